@@ -14,7 +14,7 @@ from . import __version__
 from .errors import UserError
 
 #: Subcommand modules, in the order `--help` lists them.
-COMMANDS = ["generate", "info"]
+COMMANDS = ["generate", "info", "export", "build", "run", "parity", "targets"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [UserError]
-    if "reference" in sys.modules or importlib.util.find_spec("reference") is not None:
+    # Only if the reference was imported (a ModelError can exist only then); importing it here would
+    # pull in torch, which the runtime commands must not need.
+    if "reference.errors" in sys.modules:
         from reference.errors import ModelError
         errors.append(ModelError)
     return tuple(errors)

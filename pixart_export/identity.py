@@ -1,0 +1,86 @@
+"""What made an artifact, as hashes: the model's identity (configs + weight files) and a build key.
+
+Caches are keyed on these, never on "the file exists": a build whose key equals the key recorded in
+an existing engine's manifest (and whose files still match their sha256) is reused; anything else --
+other weights, another resolution, a changed exporter -- rebuilds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def hash_paths(paths: list[Path], skip: tuple[str, ...] = ()) -> str:
+    """sha256 over (relative name, sha256) of every file under `paths` (files or folders), sorted."""
+    from .manifest import sha256_file
+
+    entries = []
+    for base in paths:
+        base = Path(base)
+        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
+        for f in files:
+            rel = f.name if base.is_file() else f.relative_to(base).as_posix()
+            if any(rel == s or rel.startswith(s + "/") for s in skip):
+                continue
+            entries.append((f"{base.name}/{rel}", sha256_file(f)))
+    return _sha(canonical(entries))
+
+
+def _model_paths(model) -> list[Path]:
+    from reference.loading import OFFICIAL_T5_DIRS, OFFICIAL_VAE_DIRS
+
+    if model.layout == "diffusers":
+        return [model.source / d for d in ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
+                if (model.source / d).exists()]
+    root = model.source.parent
+    extra = [root / d for d in OFFICIAL_T5_DIRS + OFFICIAL_VAE_DIRS if (root / d).is_dir()]
+    return [model.source, *extra[:2]]
+
+
+def model_identity(model, controlnet_path: Path | None) -> dict:
+    """{config_hash, weights_hash, identity} of a loaded model (+ ControlNet), and the configs."""
+    configs = {"transformer": model.dit.config.to_dict(),
+               "controlnet": None if model.controlnet is None else model.controlnet.config.to_dict(),
+               "text_encoder": model.text_encoder.config.to_dict(), "vae": dict(model.vae.config),
+               "lcm_spacing": model.lcm_spacing}
+    config_hash = _sha(canonical(configs))
+    paths = _model_paths(model) + ([Path(controlnet_path)] if controlnet_path else [])
+    weights_hash = hash_paths(paths)
+    return {"config_hash": config_hash, "weights_hash": weights_hash,
+            "identity": _sha(f"{config_hash}:{weights_hash}".encode()), "configs": configs}
+
+
+def code_hash() -> str:
+    """The toolchain's own code: what turns a model into graphs."""
+    files = sorted((ROOT / "pixart_export").rglob("*.py")) + sorted((ROOT / "reference").glob("*.py"))
+    return _sha(canonical([(f.relative_to(ROOT).as_posix(), _sha(f.read_bytes())) for f in files]))
+
+
+def toolchain_versions() -> dict:
+    import onnx
+    import onnxruntime
+    import torch
+
+    from . import __version__
+
+    return {"pixart_export": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
+            "platform": sys.platform}
+
+
+def build_key(identity: dict, options: dict, versions: dict) -> str:
+    return _sha(canonical({"model": identity["identity"], "options": options, "versions": versions,
+                           "code": code_hash()}))

@@ -1,0 +1,116 @@
+"""Prompt -> images from an ONNX Runtime engine folder: tokenizer, `text_encoder`, the unrolled
+`denoiser_lcm{K}` (or its ControlNet form, after `vae_encoder` on the control image), `vae_decoder`.
+
+Numerically the reference pipeline: same tokenisation, same noise (`noise.draw_noise`), same image
+pre- and post-processing (PIL bicubic resize, /255; x255, round half to even, uint8). Graph names,
+files and shapes come from the manifest, never spelled here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..errors import UserError
+from .noise import draw_noise
+from .tokenizer import load_tokenizer
+
+
+def image_to_array(image: Image.Image, height: int, width: int) -> np.ndarray:
+    """PIL -> [1,3,H,W] float32 in [0, 1], resized as the reference does (bicubic)."""
+    image = image.convert("RGB").resize((width, height), Image.BICUBIC)
+    return (np.asarray(image, dtype=np.float32) / 255.0).transpose(2, 0, 1)[None].copy()
+
+
+def to_pil(images: np.ndarray) -> list[Image.Image]:
+    arr = (images.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
+    return [Image.fromarray(a) for a in arr]
+
+
+class OrtPipeline:
+    """Holds one onnxruntime session per graph file, created on first use."""
+
+    def __init__(self, folder: Path, manifest: dict, providers: Sequence[str] | None = None,
+                 threads: int | None = None):
+        self.folder = Path(folder)
+        self.manifest = manifest
+        self.providers = list(providers or ["CPUExecutionProvider"])
+        self.threads = threads
+        self.tokenizer = load_tokenizer(self.folder, manifest["tokenizer"])
+        self.steps = int(manifest["steps"])
+        self.resolutions = [tuple(r) for r in manifest["resolutions"]]
+        self._sessions: dict[str, object] = {}
+
+    # -- graphs ---------------------------------------------------------------------------------
+    def record(self, graph: str, height: int | None = None, width: int | None = None) -> dict:
+        for rec in self.manifest["graphs"]:
+            if rec["graph"] == graph and (rec["height"] is None or (rec["height"], rec["width"]) == (height, width)):
+                return rec
+        raise UserError(f"engine has no {graph} graph for {height}x{width}; it was built for "
+                        f"{', '.join(f'{h}x{w}' for h, w in self.resolutions)}")
+
+    def session(self, rec: dict):
+        if rec["file"] not in self._sessions:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            if self.threads:
+                options.intra_op_num_threads = self.threads
+            self._sessions[rec["file"]] = ort.InferenceSession(str(self.folder / rec["file"]), options,
+                                                               providers=self.providers)
+        return self._sessions[rec["file"]]
+
+    def run(self, graph: str, feeds: dict[str, np.ndarray], height: int | None = None,
+            width: int | None = None) -> list[np.ndarray]:
+        rec = self.record(graph, height, width)
+        names = [t["name"] for t in rec["inputs"]]
+        return self.session(rec).run(None, {n: feeds[n] for n in names})
+
+    # -- pipeline --------------------------------------------------------------------------------
+    def encode(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        for p in prompts:
+            if not p or not p.strip():
+                raise UserError("empty prompt: give the text to draw")
+        ids, mask = self.tokenizer(prompts)
+        return self.run("text_encoder", {"input_ids": ids, "attention_mask": mask})[0], mask
+
+    def _resolution(self, resolution) -> tuple[int, int]:
+        if resolution is None:
+            return self.resolutions[0]
+        h, w = (resolution, resolution) if isinstance(resolution, int) else tuple(int(v) for v in resolution)
+        if (h, w) not in self.resolutions:
+            raise UserError(f"resolution {h}x{w} is not in this engine (built for "
+                            f"{', '.join(f'{a}x{b}' for a, b in self.resolutions)}); rebuild with --resolution")
+        return h, w
+
+    def __call__(self, prompt: str | list[str], seed: int = 0, num_images: int = 1,
+                 control_image: Image.Image | None = None, conditioning_scale: float = 1.0,
+                 resolution: int | Sequence[int] | None = None, output: str = "pil"):
+        """Images for `prompt` (a list gives one image each; a string gives `num_images` images)."""
+        prompts = [prompt] * num_images if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise UserError("no prompt given")
+        height, width = self._resolution(resolution)
+        f = int(self.manifest["vae_scale_factor"])
+        latent_shape = (int(self.manifest["latent_channels"]), height // f, width // f)
+        embeds, mask = self.encode(prompts)
+        noise = draw_noise(seed, len(prompts), latent_shape, self.steps)
+        feeds = {"latents": noise[0], "step_noise": noise[1:], "prompt_embeds": embeds,
+                 "prompt_attention_mask": mask}
+        graph = f"denoiser_lcm{self.steps}"
+        if control_image is not None:
+            if not self.manifest["model"].get("controlnet"):
+                raise UserError("this engine has no ControlNet; rebuild with --controlnet to use a control image")
+            control = self.run("vae_encoder", {"image": image_to_array(control_image, height, width)},
+                               height, width)[0]
+            feeds["control_latents"] = np.ascontiguousarray(np.broadcast_to(control, (len(prompts), *control.shape[1:])))
+            feeds["conditioning_scale"] = np.array([conditioning_scale], np.float32)
+            graph += "_controlnet"
+        denoised = self.run(graph, feeds, height, width)[0]
+        if output == "latent":
+            return denoised
+        images = self.run("vae_decoder", {"denoised": denoised}, height, width)[0]
+        return images if output == "np" else to_pil(images)
