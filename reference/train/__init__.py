@@ -1,0 +1,11 @@
+"""Training of the miniature PixArt-delta shipped as the built-in `tiny` model (issue #5).
+
+Stages, each a resumable entry point that also runs under `accelerate launch` (data parallel):
+
+    python -m reference.train.vae     --out runs/vae                      # AutoencoderKL + scaling factor
+    python -m reference.train.teacher --vae runs/vae/vae --out runs/teacher  # epsilon DiT with CFG dropout
+    python -m reference.train.lcd     --teacher runs/teacher/model --out runs/lcd  # PixArt-delta Alg. 1
+
+Data are generated, not downloaded (`data.py`); the T5 is the tiny model's, frozen. Each stage writes
+a complete diffusers-layout model folder, loadable with `reference.load_model`.
+"""

@@ -1,0 +1,169 @@
+"""Stage 3: Latent Consistency Distillation of the teacher into the 4-step student (PixArt-delta,
+arXiv 2401.05252, Algorithm 1; LCM, arXiv 2310.04378, Algorithm 1).
+
+Per step, for latents z of a caption c, n drawn on the 50-step grid t_n = 20 i - 1 and noise eps:
+
+    z_{t_{n+k}} = sqrt(a) z + sqrt(1 - a) eps                          (forward process, `add_noise`)
+    eps_w = eps_T(z, null) + w (eps_T(z, c) - eps_T(z, null))          teacher, fixed guidance w (`guided`)
+    z_hat_{t_n} = DDIM(z_{t_{n+k}}, eps_w, t_{n+k} -> t_n)             the ODE solver Psi (`ddim_step`)
+    f(z, t) = c_skip(t) z + c_out(t) x0(eps_S(z, t, c))               consistency function, LCM boundary
+                                                                        scalings at 10 t (`lcm_scalings`)
+    loss = Huber_c(f_theta(z_{t_{n+k}}, t_{n+k}), f_theta^-(z_hat_{t_n}, t_n))
+
+with k = 20 (one grid step), the student theta initialised from the teacher, the target theta^- an
+EMA of theta (rate 0.95), Huber c = 0.001, AdamW and gradient clipping. Where t_n < 0 (n at the first
+grid point) the DDIM step lands on the clean end and the target is z_hat itself, the boundary
+condition f(z, 0) = z. The student takes no guidance input (PixArt-delta fixes w). The weights written
+out are the target network's (the EMA), as LCM releases them.
+
+    python -m reference.train.lcd --teacher runs/teacher/model --out runs/lcd [--steps 1000]
+    accelerate launch --num_processes 2 --cpu -m reference.train.lcd --teacher ... --out ...
+Writes `<out>/model/` (the student as a full model folder), `<out>/loss.csv`, `<out>/loss.png`.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..loading import load_model
+from ..sampling import add_noise, ddim_step, guided, lcm_step
+from ..schedules import LCM_ORIGINAL_STEPS, NUM_TRAIN_TIMESTEPS, alphas_cumprod
+from . import common
+from .teacher import load_training_set
+
+
+class StudentEps(torch.nn.Module):
+    """The student's epsilon prediction in one `forward` (for DDP)."""
+
+    def __init__(self, dit):
+        super().__init__()
+        self.dit = dit
+
+    def forward(self, latents, timestep, embeds, mask):
+        return self.dit.predict_noise(latents, timestep, embeds, mask)
+
+
+def consistency(eps: torch.Tensor, x: torch.Tensor, timesteps: list[int], ac: torch.Tensor) -> torch.Tensor:
+    """f(x, t) = c_skip(t) x + c_out(t) x0(eps), per sample: the denoised output of `lcm_step`."""
+    return torch.cat([lcm_step(eps[i:i + 1], x[i:i + 1], t, None, ac, None)[1] for i, t in enumerate(timesteps)])
+
+
+def huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
+    """Pseudo-Huber loss sqrt((a-b)^2 + c^2) - c, mean over elements (LCM's choice)."""
+    return (torch.sqrt((a - b) ** 2 + c * c) - c).mean()
+
+
+def lcd_loss(student, teacher, target, x0: torch.Tensor, noise: torch.Tensor, t: list[int], embeds, mask,
+             guidance_scale: float, skip: int, huber_c: float, ac: torch.Tensor) -> torch.Tensor:
+    """The LCD objective of one batch (module docstring); `student(x, t, embeds, mask)` -> eps is the
+    network trained, `teacher` and `target` are DiTs (no gradients)."""
+    dev = x0.device
+    batch = len(t)
+    t_prev = [v - skip for v in t]
+    x_t = add_noise(x0, noise, torch.tensor(t), ac)
+    ts = torch.tensor(t, dtype=torch.float32, device=dev)
+    with torch.no_grad():
+        null = teacher.null_caption[None].expand(batch, -1, -1)
+        both = teacher.predict_noise(torch.cat([x_t, x_t]), torch.cat([ts, ts]), torch.cat([null, embeds]),
+                                     torch.cat([torch.ones_like(mask), mask]))
+        eps_u, eps_c = both.chunk(2)
+        eps_w = guided(eps_c, eps_u, guidance_scale)
+        x_prev = torch.cat([ddim_step(eps_w[i:i + 1], x_t[i:i + 1], t[i], max(t_prev[i], -1), ac)
+                            for i in range(batch)])
+        t_target = [max(v, 0) for v in t_prev]
+        eps_tgt = target.predict_noise(x_prev, torch.tensor(t_target, dtype=torch.float32, device=dev), embeds, mask)
+        f_target = consistency(eps_tgt, x_prev, t_target, ac)
+        at_boundary = torch.tensor([v < 0 for v in t_prev], device=dev)[:, None, None, None]
+        f_target = torch.where(at_boundary, x_prev, f_target)
+    f_online = consistency(student(x_t, ts, embeds, mask), x_t, t, ac)
+    return huber(f_online, f_target, huber_c)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_common_args(parser, steps=1000, batch_size=32, lr=1e-4)
+    parser.add_argument("--teacher", type=Path, required=True, help="teacher model folder (stage 2's <out>/model)")
+    parser.add_argument("--num-images", type=int, default=4096, help="training images (default 4096)")
+    parser.add_argument("--size", type=int, default=128, help="image size in px (default 128)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="where the encoded training set is cached, keyed by a hash (default: --out)")
+    parser.add_argument("--guidance-scale", "-w", type=float, default=4.5, help="fixed teacher CFG scale w (default 4.5)")
+    parser.add_argument("--skip", "-k", type=int, default=20, help="skipping interval k in timesteps (default 20)")
+    parser.add_argument("--ema-rate", type=float, default=0.95, help="target network EMA rate (default 0.95)")
+    parser.add_argument("--huber-c", type=float, default=0.001, help="pseudo-Huber c (default 0.001)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    acc = common.make_accelerator(args.threads)
+    common.check_batch(args.batch_size, acc)
+    args.out.mkdir(parents=True, exist_ok=True)
+    teacher_model = load_model(args.teacher)
+    _, train = load_training_set(args, acc, args.teacher / "vae", teacher_model)
+    latents, caption_ids, embeds, masks = train["latents"], train["caption_ids"], train["embeds"], train["masks"]
+
+    teacher = teacher_model.dit.eval().requires_grad_(False)
+    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    student.null_caption.requires_grad_(False)  # the student is never unconditioned
+    target = copy.deepcopy(teacher).requires_grad_(False)
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    state = common.load_checkpoint(args.out, {"student": student, "target": target}, optimizer)
+    start = state["step"] if state else 0
+    model, optimizer = acc.prepare(StudentEps(student), optimizer)
+    dev = acc.device
+    teacher.to(dev)
+    target.to(dev)
+    ac = alphas_cumprod()
+    grid = np.arange(1, LCM_ORIGINAL_STEPS + 1) * (NUM_TRAIN_TIMESTEPS // LCM_ORIGINAL_STEPS) - 1  # 19 .. 999
+    log = common.LossLog(args.out, ["loss"], start, acc.is_main_process)
+    t0, elapsed0 = time.time(), (state or {}).get("elapsed_s", 0.0)
+    bar = common.progress(args.steps, start, "lcd", acc.is_main_process and not args.no_progress)
+    for step in range(start, args.steps):
+        rng = common.step_rng(args.seed, step, 3)
+        idx = rng.integers(0, len(latents), size=args.batch_size)
+        t_all = grid[rng.integers(0, len(grid), size=args.batch_size)]
+        noise = torch.from_numpy(rng.standard_normal((args.batch_size, *latents.shape[1:]), dtype="float32"))
+        mine = common.shard(np.arange(args.batch_size), acc)
+        t = [int(v) for v in t_all[mine]]
+        ids = caption_ids[idx[mine]]
+        e, m = embeds[ids].to(dev), masks[ids].to(dev)
+        loss = lcd_loss(model, teacher, target, latents[idx[mine]].to(dev), noise[mine].to(dev), t, e, m,
+                        args.guidance_scale, args.skip, args.huber_c, ac)
+        optimizer.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        acc.clip_grad_norm_(params, args.grad_clip)
+        optimizer.step()
+        common.ema_update(target, student, args.ema_rate)
+        value = float(acc.reduce(loss.detach(), "mean"))
+        log.log(step + 1, {"loss": value})
+        bar.update(1)
+        bar.set_postfix(loss=f"{value:.4f}")
+        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
+            if acc.is_main_process:
+                common.save_checkpoint(args.out, step + 1, {"student": student, "target": target}, optimizer,
+                                       {"elapsed_s": elapsed0 + time.time() - t0})
+            acc.wait_for_everyone()
+    bar.close()
+    common.check_replicas(args.out, student, acc)
+    if acc.is_main_process:
+        common.write_model_folder(args.out / "model", args.teacher, dit=target.eval().cpu(),
+                                  controlnet_seed=args.seed)
+        log.plot("LCD (pseudo-Huber consistency loss)")
+        summary = {"steps": args.steps, "elapsed_s": elapsed0 + time.time() - t0,
+                   "final_loss_mean_last_100": float(log.read()["loss"][-100:].mean()),
+                   "args": {k: str(v) for k, v in vars(args).items()}}
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(json.dumps({k: summary[k] for k in ("steps", "elapsed_s", "final_loss_mean_last_100")}))
+    acc.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Stage 2: train the teacher DiT (PixArt-alpha objective) on VAE latents of the generated scenes.
+
+Epsilon prediction with PixArt's schedule (linear betas 1e-4..0.02, 1000 steps, t uniform), MSE on
+the first 4 output channels (the learned-sigma channels are not trained: samplers use epsilon only).
+A share `--cfg-drop` (10%) of captions is replaced by the learned null caption `dit.null_caption`,
+with every token attended, as upstream PixArt's `CaptionEmbedder` does, so the teacher supports
+classifier-free guidance exactly as `ReferencePipeline.null_embeds` applies it. The T5 is frozen
+(its embeddings are computed once). The weights written out are an EMA of the trained ones.
+
+    python -m reference.train.teacher --vae runs/vae/vae --out runs/teacher [--steps 3000]
+    accelerate launch --num_processes 2 --cpu -m reference.train.teacher --vae ... --out ...
+Writes `<out>/model/` (a full diffusers-layout model folder), `<out>/loss.csv`, `<out>/loss.png`.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ..dit import PixArtDiT
+from ..loading import TINY_DIR, load_model
+from ..sampling import add_noise
+from ..schedules import NUM_TRAIN_TIMESTEPS, alphas_cumprod
+from ..text import MAX_TEXT_LEN
+from . import common
+
+
+class EpsObjective(torch.nn.Module):
+    """The DiT's epsilon prediction with caption dropout to the null caption, inside one `forward`
+    (so DDP sees every parameter used)."""
+
+    def __init__(self, dit: PixArtDiT):
+        super().__init__()
+        self.dit = dit
+
+    def forward(self, latents, timestep, embeds, mask, drop: torch.Tensor) -> torch.Tensor:
+        null = self.dit.null_caption[None].to(embeds.dtype)
+        embeds = torch.where(drop[:, None, None], null, embeds)
+        mask = torch.where(drop[:, None], torch.ones_like(mask), mask)
+        return self.dit.predict_noise(latents, timestep, embeds, mask)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_common_args(parser, steps=3000, batch_size=32, lr=3e-4)
+    parser.add_argument("--vae", type=Path, required=True, help="trained VAE folder (stage 1's <out>/vae)")
+    parser.add_argument("--base", type=Path, default=TINY_DIR,
+                        help="model folder giving the DiT config, T5, tokenizer, scheduler (default: tiny)")
+    parser.add_argument("--num-images", type=int, default=4096, help="training images (default 4096)")
+    parser.add_argument("--size", type=int, default=128, help="image size in px (default 128)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="where the encoded training set is cached, keyed by a hash (default: --out)")
+    parser.add_argument("--cfg-drop", type=float, default=0.1, help="share of captions dropped to null (default 0.1)")
+    parser.add_argument("--ema-decay", type=float, default=0.999, help="EMA of the weights written out (default 0.999)")
+    parser.add_argument("--warmup", type=int, default=200, help="linear LR warm-up steps (default 200)")
+    return parser.parse_args(argv)
+
+
+def load_training_set(args, acc, vae_dir: Path, base):
+    """The cached latents and caption embeddings, keyed by the VAE and T5 weights and the data args."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(vae_dir), local_files_only=True).eval()
+    key = common.file_digest(*sorted(vae_dir.glob("*.safetensors")), vae_dir / "config.json",
+                             *sorted((base.source / "text_encoder").glob("*.safetensors")))
+    key = f"{key}-s{args.seed}-n{args.num_images}-px{args.size}"
+    return vae, common.cached_dataset(args.cache_dir or args.out, key, acc, lambda: common.encode_dataset(
+        vae, base.tokenizer, base.text_encoder, args.seed, args.num_images, args.size))
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    acc = common.make_accelerator(args.threads)
+    common.check_batch(args.batch_size, acc)
+    args.out.mkdir(parents=True, exist_ok=True)
+    base = load_model(args.base)
+    vae, train = load_training_set(args, acc, args.vae, base)
+    latents, caption_ids, embeds, masks = train["latents"], train["caption_ids"], train["embeds"], train["masks"]
+    if embeds.shape[1] != MAX_TEXT_LEN:
+        raise SystemExit(f"caption embeddings have {embeds.shape[1]} tokens, the DiT's null caption {MAX_TEXT_LEN}")
+
+    torch.manual_seed(args.seed)
+    dit = PixArtDiT(base.dit.config, text_len=MAX_TEXT_LEN)
+    ema = copy.deepcopy(dit).requires_grad_(False)
+    optimizer = torch.optim.AdamW(dit.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    state = common.load_checkpoint(args.out, {"dit": dit, "ema": ema}, optimizer)
+    start = state["step"] if state else 0
+    model, optimizer = acc.prepare(EpsObjective(dit), optimizer)
+    ac = alphas_cumprod()
+    log = common.LossLog(args.out, ["loss"], start, acc.is_main_process)
+    t0, elapsed0 = time.time(), (state or {}).get("elapsed_s", 0.0)
+    bar = common.progress(args.steps, start, "teacher", acc.is_main_process and not args.no_progress)
+    model.train()
+    for step in range(start, args.steps):
+        rng = common.step_rng(args.seed, step, 2)
+        idx = rng.integers(0, len(latents), size=args.batch_size)
+        t = rng.integers(0, NUM_TRAIN_TIMESTEPS, size=args.batch_size)
+        drop = rng.random(args.batch_size) < args.cfg_drop
+        noise = torch.from_numpy(rng.standard_normal((args.batch_size, *latents.shape[1:]), dtype="float32"))
+        mine = common.shard(torch.arange(args.batch_size).numpy(), acc)
+        x0, noise = latents[idx[mine]], noise[mine]
+        ts = torch.from_numpy(t[mine])
+        xt = add_noise(x0, noise, ts, ac)
+        ids = caption_ids[idx[mine]]
+        dev = acc.device
+        pred = model(xt.to(dev), ts.float().to(dev), embeds[ids].to(dev), masks[ids].to(dev),
+                     torch.from_numpy(drop[mine]).to(dev))
+        loss = torch.nn.functional.mse_loss(pred, noise.to(dev))
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * min(1.0, (step + 1) / max(args.warmup, 1))
+        optimizer.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        acc.clip_grad_norm_(model.parameters(), args.grad_clip)
+        optimizer.step()
+        common.ema_update(ema, dit, args.ema_decay if step >= args.warmup else 0.0)
+        value = float(acc.reduce(loss.detach(), "mean"))
+        log.log(step + 1, {"loss": value})
+        bar.update(1)
+        bar.set_postfix(loss=f"{value:.4f}")
+        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
+            if acc.is_main_process:
+                common.save_checkpoint(args.out, step + 1, {"dit": dit, "ema": ema}, optimizer,
+                                       {"elapsed_s": elapsed0 + time.time() - t0})
+            acc.wait_for_everyone()
+    bar.close()
+    common.check_replicas(args.out, dit, acc)
+    if acc.is_main_process:
+        common.write_model_folder(args.out / "model", base.source, dit=ema.eval(), vae=vae, controlnet_seed=args.seed)
+        log.plot("teacher (epsilon MSE)")
+        summary = {"steps": args.steps, "elapsed_s": elapsed0 + time.time() - t0,
+                   "final_loss_mean_last_100": float(log.read()["loss"][-100:].mean()),
+                   "args": {k: str(v) for k, v in vars(args).items()}}
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(json.dumps({k: summary[k] for k in ("steps", "elapsed_s", "final_loss_mean_last_100")}))
+    acc.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main()
