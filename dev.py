@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """One-command set-up and tasks for a fresh clone: needs only python3.
 
-    python3 dev.py demo    # create .venv if needed, build the tiny engine and draw an image
+    python3 dev.py demo    # create .venv if needed, draw with the reference, build the tiny ort-cpu
+                           # engine and draw the same image with it
     python3 dev.py test    # create .venv if needed, run the default test suite
 
 The virtual environment lives in `.venv` inside the repository. It is (re)installed when the files
@@ -63,9 +64,16 @@ def main(argv: list[str]) -> int:
     out = ROOT / "out"
     out.mkdir(exist_ok=True)
     cli = [str(VENV / "bin" / "pixart-export")]
+    prompt = "a small red circle above a blue square"
+    engine = ROOT / "engines" / "ort-cpu-tiny"
     steps = [
-        cli + ["generate", "--model", "tiny", "--prompt", "a small red circle above a blue square",
-               "--steps", "4", "--seed", "0", "--out", str(out / "tiny_reference.png")],
+        # the PyTorch reference (ground truth) ...
+        cli + ["generate", "--model", "tiny", "--prompt", prompt, "--steps", "4", "--seed", "0",
+               "--out", str(out / "tiny_reference.png")],
+        # ... the ort-cpu engine: export, verify against the reference, manifest (reused when unchanged) ...
+        cli + ["build", "--target", "ort-cpu", "--model", "tiny", "--controlnet", "tiny", "--out", str(engine)],
+        # ... and the same image from the engine through the torch-free runtime.
+        cli + ["run", str(engine), "--prompt", prompt, "--seed", "0", "--out", str(out / "tiny_ort_cpu.png")],
     ]
     for step in steps:
         code = subprocess.run(step, cwd=ROOT, env=env).returncode

@@ -96,12 +96,29 @@ def _compact_value_names(graph) -> None:
         info.name = rename.get(info.name, info.name)
 
 
-def finish_onnx(raw_path: Path, path: Path, metadata: dict[str, str]) -> list[str]:
+def _set_shapes(graph, shapes: dict[str, list]) -> None:
+    """Write the contract's shapes on the graph's inputs/outputs: the tracer's shape inference names
+    static output axes symbolically at times (`Mulprompt_embeds_dim_1`); the contract says 120."""
+    for value in list(graph.input) + list(graph.output):
+        if value.name not in shapes:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        del dims[:]
+        for d in shapes[value.name]:
+            dim = dims.add()
+            if isinstance(d, str):
+                dim.dim_param = d
+            else:
+                dim.dim_value = d
+
+
+def finish_onnx(raw_path: Path, path: Path, metadata: dict[str, str], shapes: dict[str, list] | None = None) -> list[str]:
     """Post-process a traced file into `path` (+ external data if large); returns the files written."""
     import onnx
 
     model = onnx.load(str(raw_path), load_external_data=True)
     _compact_value_names(model.graph)
+    _set_shapes(model.graph, shapes or {})
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, str(value)
@@ -132,7 +149,8 @@ def export_graph(module, spec: GraphSpec, dims: Dims, path: Path, metadata: dict
             torch.onnx.export(module.eval(), args, str(raw), input_names=spec.input_names,
                               output_names=spec.output_names, dynamic_axes=spec.dynamic_axes(),
                               opset_version=OPSET, do_constant_folding=True, dynamo=False)
-        return finish_onnx(raw, path, {"pixart_export.graph": spec.name, **(metadata or {})})
+        shapes = {t.name: dims.shape(t) for t in spec.inputs + spec.outputs}
+        return finish_onnx(raw, path, {"pixart_export.graph": spec.name, **(metadata or {})}, shapes)
 
 
 def io_signature(spec: GraphSpec, dims: Dims) -> dict:
