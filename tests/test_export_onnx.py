@@ -107,3 +107,31 @@ def test_refusals(model):  # noqa: F811
         export_onnx.check_exportable(model, [(120, 128)], 4)
     with pytest.raises(UserError, match="1 to 8"):
         export_onnx.check_exportable(model, [(128, 128)], 9)
+
+
+def test_export_cli_several_buckets(tmp_path, model, capsys):  # noqa: F811
+    """`export` without a ControlNet, two resolution buckets: one file per bucket, loadable, no parity yet."""
+    import json
+
+    from pixart_export import runtime
+    from pixart_export.cli import main
+    from pixart_export.parity import psnr_uint8
+    from reference.pipeline import ReferencePipeline
+
+    out = tmp_path / "onnx-tiny"
+    assert main(["export", "--model", "tiny", "--resolution", "128", "128x256", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["parity"] is None and manifest["resolutions"] == [[128, 128], [128, 256]]
+    files = sorted(g["file"] for g in manifest["graphs"])
+    assert files == sorted(["text_encoder.onnx"] + [f"{g}_{r}.onnx" for g in
+                            ("transformer", "denoiser_lcm4", "vae_decoder", "vae_encoder")
+                            for r in ("128x128", "128x256")])
+    assert "controlnet" not in " ".join(files)
+    wide = next(g for g in manifest["graphs"] if g["file"] == "transformer_128x256.onnx")
+    assert next(t["shape"] for t in wide["inputs"] if t["name"] == "control_residuals") == [2, "B", 128, 128]
+    got = runtime.load(out)("a wide picture", seed=2, resolution=(128, 256), output="np")
+    want = ReferencePipeline(model)("a wide picture", seed=2, resolution=(128, 256), output="pt").numpy()
+    assert got.shape == (1, 3, 128, 256)
+    psnr, _ = psnr_uint8(got, want)
+    assert psnr is None or psnr >= 40.0  # graphs.MIN_PSNR_DB
+    assert "denoiser_lcm4_128x256.onnx" in capsys.readouterr().out
