@@ -147,3 +147,26 @@ def test_resolution_not_in_engine(engine):  # noqa: F811
     folder, _ = engine
     with pytest.raises(Exception, match="not in this engine"):
         runtime.load(folder)("x", resolution=256)
+
+
+def test_tokenizer_json_matches_transformers(tmp_path):
+    """The `tokenizers` path (T5-style tokenizer.json): same ids/mask as transformers' fast tokenizer,
+    padding and truncation included. A word-level vocabulary stands in for T5's sentencepiece model
+    (none ships here); what is tested is our padding/truncation/special-token handling."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from pixart_export.runtime.tokenizer import JsonTokenizer
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate("a small red circle above blue square".split())}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    fast = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"), pad_token="<pad>",
+                                   eos_token="</s>", unk_token="<unk>")
+    prompts = ["a small red circle above a blue square", "unknown words here", " ".join(["red"] * 30)]
+    want = fast(prompts, padding="max_length", max_length=12, truncation=True)
+    ids, mask = JsonTokenizer(tmp_path / "tokenizer.json", 12)(prompts)
+    assert ids.tolist() == want.input_ids and mask.tolist() == want.attention_mask
+    assert ids[2, -1] == 1  # truncated rows still end with </s>
