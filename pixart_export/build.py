@@ -85,6 +85,11 @@ def build(target_name: str, model_spec: str, out: Path | None = None, controlnet
     `"parity": null` until `pixart-export parity` measures it.
     """
     target = buildable_target(target_name)
+    if target.backend == "tensorrt":  # hook (issue #6): TensorRT targets build a verified bundle
+        from .build_trt import build_bundle
+
+        return build_bundle(target, model_spec, out, controlnet_spec, resolutions, steps, lcm_spacing, verify,
+                            force, log)
     from reference.loading import load_model, resolve_controlnet
     from reference.text import MAX_TEXT_LEN
 
