@@ -78,7 +78,7 @@ def _reusable(out: Path, key: str, verify: bool) -> dict | None:
 def build(target_name: str, model_spec: str, out: Path | None = None, controlnet_spec: str | None = None,
           resolutions: list[tuple[int, int]] | None = None, steps: int = 4, lcm_spacing: str | None = None,
           optimise: bool = True, verify: bool = True, force: bool = False,
-          log: Log = print) -> tuple[Path, dict, bool]:
+          log: Log = print, ov_int8=None) -> tuple[Path, dict, bool]:
     """Build (or reuse) an engine; returns (folder, manifest, reused).
 
     `verify=False` (the `export` command) skips parity: the folder is complete and loadable, with
@@ -90,6 +90,11 @@ def build(target_name: str, model_spec: str, out: Path | None = None, controlnet
 
         return build_bundle(target, model_spec, out, controlnet_spec, resolutions, steps, lcm_spacing, verify,
                             force, log)
+    if target.backend == "openvino":  # hook (issue #7): OpenVINO targets have their own builder
+        from .build_ov import build_ov
+
+        return build_ov(target, model_spec, out, controlnet_spec, resolutions, steps, lcm_spacing, verify, force,
+                        log, int8=ov_int8)
     from reference.loading import load_model, resolve_controlnet
     from reference.text import MAX_TEXT_LEN
 

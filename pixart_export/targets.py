@@ -56,9 +56,10 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
     Target("ort-cpu", "onnxruntime", "any CPU", ("fp32",), "the parity baseline: the exported graphs as they are",
            implemented=True),
     Target("ov-cpu", "openvino", "x86 CPU", ("fp32",),
-           "inference precision set explicitly: OpenVINO picks bf16 by itself where the CPU has it"),
+           "inference precision set explicitly: OpenVINO picks bf16 by itself where the CPU has it",
+           implemented=True),
     Target("ov-cpu-int8", "openvino", "x86 CPU", ("int8 transformer (NNCF)", "int8-weight T5", "fp32 VAE"),
-           "gains need VNNI/AMX; AVX2-only CPUs gain mostly size"),
+           "gains need VNNI/AMX; AVX2-only CPUs gain mostly size", implemented=True),
     # TensorRT: precision lives in the graphs (fp16 types, Q/DQ) because TensorRT 11 builds strongly
     # typed networks only; the bundle carries `prepared` precisions, the rest are what the GPU supports.
     # Batch limits by memory: a T4 has 16 GB, a V100 16/32 GB, A100/H100 40-80 GB.

@@ -21,16 +21,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="engine folder (default engines/<target>-<model>)")
     p.add_argument("--no-optimise", action="store_true", help="skip the measured offline optimisation")
     p.add_argument("--force", action="store_true", help="rebuild even if an identical engine exists")
+    from ..build_ov import add_int8_options  # hook (issue #7): OpenVINO int8 options
+
+    add_int8_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..build import build
+    from ..build_ov import int8_options_from_args
 
     out = None if args.out is None else _options.check_out(args.out)
     out, manifest, reused = build(args.target, args.model, out, args.controlnet,
                                   _options.parse_resolutions(args.resolution), args.steps, args.lcm_spacing,
                                   optimise=not args.no_optimise, force=args.force,
-                                  log=lambda m: print(m, file=sys.stderr, flush=True))
+                                  log=lambda m: print(m, file=sys.stderr, flush=True),
+                                  ov_int8=int8_options_from_args(args))
     print(out)
     return 0

@@ -22,6 +22,14 @@ __all__ = ["load", "EngineError"]
 def load(engine_dir: str | Path, providers: list[str] | None = None, threads: int | None = None,
          verify_hashes: bool = True):
     """Validate `engine_dir` and return a pipeline: `pipe(prompt, seed=0, num_images=1, control_image=None)`."""
+    # -- hook (issue #7): OpenVINO engine folders go to their own loader --------------------------
+    from ..manifest import read_manifest
+
+    if (read_manifest(Path(engine_dir)).get("backend") or {}).get("name") == "openvino":
+        from .ov_pipeline import load_openvino
+
+        return load_openvino(engine_dir, threads=threads, verify_hashes=verify_hashes)
+    # ---------------------------------------------------------------------------------------------
     try:
         import onnxruntime
     except ImportError as exc:
