@@ -14,7 +14,8 @@ from . import __version__
 from .errors import UserError
 
 #: Subcommand modules, in the order `--help` lists them.
-COMMANDS = ["generate", "info", "export", "build", "run", "parity", "targets"]
+COMMANDS = ["generate", "info", "export", "build", "run", "parity", "targets",
+            "check", "compile"]  # check/compile: TensorRT bundles (issue #6)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -257,6 +257,8 @@ def check_file(path: Path, target, record: dict | None = None) -> CheckReport:
     check_ops(model, report, target)
     check_types(model, report, target)
     check_qdq(model, report)
+    if report.qdq_pairs and "int8" not in target.precisions:
+        report.problems.append(f"int8 Q/DQ graph, but {target.name} ({target.trt.arch}) has no int8 in this toolchain")
     check_shapes(model, report, target, record)
     return report
 
@@ -270,9 +272,16 @@ def check_bundle(folder: Path, target, on_file=None) -> list[CheckReport]:
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
         items = [(folder / r["file"], r) for r in manifest["graphs"]]
+        if manifest.get("target") != target.name:
+            mismatch = CheckReport("manifest.json")
+            mismatch.problems.append(f"bundle was built for {manifest.get('target')!r}, not {target.name!r}: "
+                                     f"build a bundle with --target {target.name}")
+            reports = [mismatch]
+        else:
+            reports = []
     else:
         items = [(p, None) for p in sorted(folder.glob("*.onnx"))]
-    reports = []
+        reports = []
     for path, rec in items:
         if on_file:
             on_file(path.name)

@@ -25,6 +25,11 @@ def load(engine_dir: str | Path, providers: list[str] | None = None, threads: in
     # -- hook (issue #7): OpenVINO engine folders go to their own loader --------------------------
     from ..manifest import read_manifest
 
+    if (read_manifest(Path(engine_dir)).get("backend") or {}).get("name") == "tensorrt":  # hook (issue #6)
+        from .trt import load_tensorrt
+
+        return load_tensorrt(engine_dir, verify_hashes=verify_hashes)
+
     if (read_manifest(Path(engine_dir)).get("backend") or {}).get("name") == "openvino":
         from .ov_pipeline import load_openvino
 
