@@ -131,7 +131,7 @@ def gate(report: dict) -> None:
             for r in report["end_to_end"] if not r["ok"]]
     if bad:
         raise UserError("precision check failed: " + "; ".join(bad) + ". The bundle was not written; the figures "
-                        "are printed above (rerun with fewer int8 layers via --no-int8 to ship fp16 only)")
+                        "are printed above (build_trt.build_bundle(..., int8=False) ships fp16 only)")
 
 
 def format_table(report: dict) -> str:
