@@ -29,6 +29,26 @@ def test_consistency_function_matches_lcm_step_and_is_identity_at_zero():
     torch.testing.assert_close(got[2], x[2])  # f(x, 0) = x: the boundary condition
 
 
+def test_guided_solver_step_is_algorithm_1():
+    """z_hat = (1 + w) Psi(z, c) - w Psi(z, null) with Psi the DDIM step; t_n < 0 lands on the clean end."""
+    from reference.dit import PixArtDiT
+    from reference.sampling import ddim_step
+    from reference.tiny import TINY_DIT
+
+    ac = alphas_cumprod()
+    dit = PixArtDiT(TINY_DIT, text_len=10).eval()
+    x = torch.randn(2, 4, 16, 16)
+    embeds, mask = torch.randn(2, 10, 64), torch.tensor([[1] * 6 + [0] * 4, [1] * 10])
+    got = lcd.guided_solver_step(dit, x, [519, 19], [499, -1], embeds, mask, 4.5, ac)
+    ones = torch.ones(1, 10, dtype=torch.int64)
+    for i, (t, tp) in enumerate([(519, 499), (19, -1)]):
+        ts = torch.tensor([float(t)])
+        eps_c = dit.predict_noise(x[i:i + 1], ts, embeds[i:i + 1], mask[i:i + 1])
+        eps_u = dit.predict_noise(x[i:i + 1], ts, dit.null_caption[None], ones)
+        want = 5.5 * ddim_step(eps_c, x[i:i + 1], t, tp, ac) - 4.5 * ddim_step(eps_u, x[i:i + 1], t, tp, ac)
+        torch.testing.assert_close(got[i:i + 1], want, rtol=1e-4, atol=1e-4)
+
+
 def test_pseudo_huber():
     a, b = torch.tensor([0.0, 3.0]), torch.tensor([0.0, -1.0])
     assert float(lcd.huber(a, b, 0.001)) == pytest.approx(((16 + 1e-6) ** 0.5 - 0.001) / 2)

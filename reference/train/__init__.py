@@ -1,6 +1,8 @@
 """Training of the miniature PixArt-delta shipped as the built-in `tiny` model (issue #5).
 
-Stages, each a resumable entry point that also runs under `accelerate launch` (data parallel):
+Stages, each a resumable entry point that runs unchanged data-parallel under `torchrun --nproc_per_node N`
+(CPU: gloo) or `accelerate launch --multi_gpu --num_processes N` (GPUs); accelerate's `Accelerator` reads
+the launcher's environment. (`accelerate launch --cpu` starts one process only: use torchrun on CPU.)
 
     python -m reference.train.vae     --out runs/vae                      # AutoencoderKL + scaling factor
     python -m reference.train.teacher --vae runs/vae/vae --out runs/teacher  # epsilon DiT with CFG dropout

@@ -4,20 +4,22 @@ arXiv 2401.05252, Algorithm 1; LCM, arXiv 2310.04378, Algorithm 1).
 Per step, for latents z of a caption c, n drawn on the 50-step grid t_n = 20 i - 1 and noise eps:
 
     z_{t_{n+k}} = sqrt(a) z + sqrt(1 - a) eps                          (forward process, `add_noise`)
-    eps_w = eps_T(z, null) + w (eps_T(z, c) - eps_T(z, null))          teacher, fixed guidance w (`guided`)
-    z_hat_{t_n} = DDIM(z_{t_{n+k}}, eps_w, t_{n+k} -> t_n)             the ODE solver Psi (`ddim_step`)
+    z_hat_{t_n} = (1 + w) DDIM(z_{t_{n+k}}, eps_T(., c)) - w DDIM(z_{t_{n+k}}, eps_T(., null))
+                = DDIM(z_{t_{n+k}}, eps_w, t_{n+k} -> t_n)          Algorithm 1's guided solver step (`ddim_step`:
+    eps_w = eps_T(null) + (1 + w) (eps_T(c) - eps_T(null))          DDIM is linear in eps, so CFG at 1 + w, `guided`)
     f(z, t) = c_skip(t) z + c_out(t) x0(eps_S(z, t, c))               consistency function, LCM boundary
                                                                         scalings at 10 t (`lcm_scalings`)
     loss = Huber_c(f_theta(z_{t_{n+k}}, t_{n+k}), f_theta^-(z_hat_{t_n}, t_n))
 
-with k = 20 (one grid step), the student theta initialised from the teacher, the target theta^- an
+with w fixed (4.5: LCM's convention, so the usual CFG scale is 1 + w = 5.5; PixArt-delta fixes w where
+LCM samples it), k = 20 (one grid step), the student theta initialised from the teacher, the target theta^- an
 EMA of theta (rate 0.95), Huber c = 0.001, AdamW and gradient clipping. Where t_n < 0 (n at the first
 grid point) the DDIM step lands on the clean end and the target is z_hat itself, the boundary
 condition f(z, 0) = z. The student takes no guidance input (PixArt-delta fixes w). The weights written
 out are the target network's (the EMA), as LCM releases them.
 
     python -m reference.train.lcd --teacher runs/teacher/model --out runs/lcd [--steps 1000]
-    accelerate launch --num_processes 2 --cpu -m reference.train.lcd --teacher ... --out ...
+    torchrun --nproc_per_node 2 -m reference.train.lcd --teacher ... --out ...
 Writes `<out>/model/` (the student as a full model folder), `<out>/loss.csv`, `<out>/loss.png`.
 """
 from __future__ import annotations
@@ -59,23 +61,30 @@ def huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
     return (torch.sqrt((a - b) ** 2 + c * c) - c).mean()
 
 
+@torch.no_grad()
+def guided_solver_step(teacher, x_t: torch.Tensor, t: list[int], t_prev: list[int], embeds, mask, w: float,
+                       ac: torch.Tensor) -> torch.Tensor:
+    """z_hat_{t_n} = (1 + w) DDIM(x_t, eps_c) - w DDIM(x_t, eps_null), per sample t -> t_prev (< 0: clean end)."""
+    batch = len(t)
+    ts = torch.tensor(t, dtype=torch.float32, device=x_t.device)
+    null = teacher.null_caption[None].expand(batch, -1, -1)
+    both = teacher.predict_noise(torch.cat([x_t, x_t]), torch.cat([ts, ts]), torch.cat([null, embeds]),
+                                 torch.cat([torch.ones_like(mask), mask]))
+    eps_u, eps_c = both.chunk(2)
+    eps_w = guided(eps_c, eps_u, 1.0 + w)  # DDIM is linear in eps: CFG at scale 1 + w
+    return torch.cat([ddim_step(eps_w[i:i + 1], x_t[i:i + 1], t[i], max(t_prev[i], -1), ac) for i in range(batch)])
+
+
 def lcd_loss(student, teacher, target, x0: torch.Tensor, noise: torch.Tensor, t: list[int], embeds, mask,
-             guidance_scale: float, skip: int, huber_c: float, ac: torch.Tensor) -> torch.Tensor:
+             w: float, skip: int, huber_c: float, ac: torch.Tensor) -> torch.Tensor:
     """The LCD objective of one batch (module docstring); `student(x, t, embeds, mask)` -> eps is the
     network trained, `teacher` and `target` are DiTs (no gradients)."""
     dev = x0.device
-    batch = len(t)
     t_prev = [v - skip for v in t]
     x_t = add_noise(x0, noise, torch.tensor(t), ac)
     ts = torch.tensor(t, dtype=torch.float32, device=dev)
+    x_prev = guided_solver_step(teacher, x_t, t, t_prev, embeds, mask, w, ac)
     with torch.no_grad():
-        null = teacher.null_caption[None].expand(batch, -1, -1)
-        both = teacher.predict_noise(torch.cat([x_t, x_t]), torch.cat([ts, ts]), torch.cat([null, embeds]),
-                                     torch.cat([torch.ones_like(mask), mask]))
-        eps_u, eps_c = both.chunk(2)
-        eps_w = guided(eps_c, eps_u, guidance_scale)
-        x_prev = torch.cat([ddim_step(eps_w[i:i + 1], x_t[i:i + 1], t[i], max(t_prev[i], -1), ac)
-                            for i in range(batch)])
         t_target = [max(v, 0) for v in t_prev]
         eps_tgt = target.predict_noise(x_prev, torch.tensor(t_target, dtype=torch.float32, device=dev), embeds, mask)
         f_target = consistency(eps_tgt, x_prev, t_target, ac)
@@ -93,7 +102,8 @@ def parse_args(argv=None):
     parser.add_argument("--size", type=int, default=128, help="image size in px (default 128)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="where the encoded training set is cached, keyed by a hash (default: --out)")
-    parser.add_argument("--guidance-scale", "-w", type=float, default=4.5, help="fixed teacher CFG scale w (default 4.5)")
+    parser.add_argument("--w", "-w", type=float, default=4.5,
+                        help="fixed guidance w, LCM convention (CFG scale 1 + w; default 4.5)")
     parser.add_argument("--skip", "-k", type=int, default=20, help="skipping interval k in timesteps (default 20)")
     parser.add_argument("--ema-rate", type=float, default=0.95, help="target network EMA rate (default 0.95)")
     parser.add_argument("--huber-c", type=float, default=0.001, help="pseudo-Huber c (default 0.001)")
@@ -136,7 +146,7 @@ def main(argv=None) -> None:
         ids = caption_ids[idx[mine]]
         e, m = embeds[ids].to(dev), masks[ids].to(dev)
         loss = lcd_loss(model, teacher, target, latents[idx[mine]].to(dev), noise[mine].to(dev), t, e, m,
-                        args.guidance_scale, args.skip, args.huber_c, ac)
+                        args.w, args.skip, args.huber_c, ac)
         optimizer.zero_grad(set_to_none=True)
         acc.backward(loss)
         acc.clip_grad_norm_(params, args.grad_clip)

@@ -8,7 +8,7 @@ classifier-free guidance exactly as `ReferencePipeline.null_embeds` applies it. 
 (its embeddings are computed once). The weights written out are an EMA of the trained ones.
 
     python -m reference.train.teacher --vae runs/vae/vae --out runs/teacher [--steps 3000]
-    accelerate launch --num_processes 2 --cpu -m reference.train.teacher --vae ... --out ...
+    torchrun --nproc_per_node 2 -m reference.train.teacher --vae ... --out ...
 Writes `<out>/model/` (a full diffusers-layout model folder), `<out>/loss.csv`, `<out>/loss.png`.
 """
 from __future__ import annotations

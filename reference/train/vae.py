@@ -6,7 +6,7 @@ the end, `scaling_factor` = 1 / std of the posterior means over `--scale-images`
 0.18215 was measured), so the DiT sees latents of unit variance.
 
     python -m reference.train.vae --out runs/vae [--steps 1500] [--crop 64]
-    accelerate launch --num_processes 2 --cpu -m reference.train.vae --out runs/vae
+    torchrun --nproc_per_node 2 -m reference.train.vae --out runs/vae
 Writes `<out>/vae/` (diffusers folder), `<out>/loss.csv`, `<out>/loss.png` (with matplotlib).
 """
 from __future__ import annotations
