@@ -110,7 +110,7 @@ def test_refusals(model):  # noqa: F811
 
 
 def test_export_cli_several_buckets(tmp_path, model, capsys):  # noqa: F811
-    """`export` without a ControlNet, two resolution buckets: one file per bucket, loadable, no parity yet."""
+    """`export` without a ControlNet, two resolution buckets, K = 2: one file per bucket, loadable, no parity yet."""
     import json
 
     from pixart_export import runtime
@@ -119,19 +119,20 @@ def test_export_cli_several_buckets(tmp_path, model, capsys):  # noqa: F811
     from reference.pipeline import ReferencePipeline
 
     out = tmp_path / "onnx-tiny"
-    assert main(["export", "--model", "tiny", "--resolution", "128", "128x256", "--out", str(out)]) == 0
+    assert main(["export", "--model", "tiny", "--resolution", "128", "128x256", "--steps", "2", "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["parity"] is None and manifest["resolutions"] == [[128, 128], [128, 256]]
+    assert manifest["steps"] == 2 and manifest["lcm"]["timesteps"] == [999, 499]
     files = sorted(g["file"] for g in manifest["graphs"])
     assert files == sorted(["text_encoder.onnx"] + [f"{g}_{r}.onnx" for g in
-                            ("transformer", "denoiser_lcm4", "vae_decoder", "vae_encoder")
+                            ("transformer", "denoiser_lcm2", "vae_decoder", "vae_encoder")
                             for r in ("128x128", "128x256")])
     assert "controlnet" not in " ".join(files)
     wide = next(g for g in manifest["graphs"] if g["file"] == "transformer_128x256.onnx")
     assert next(t["shape"] for t in wide["inputs"] if t["name"] == "control_residuals") == [2, "B", 128, 128]
     got = runtime.load(out)("a wide picture", seed=2, resolution=(128, 256), output="np")
-    want = ReferencePipeline(model)("a wide picture", seed=2, resolution=(128, 256), output="pt").numpy()
+    want = ReferencePipeline(model)("a wide picture", steps=2, seed=2, resolution=(128, 256), output="pt").numpy()
     assert got.shape == (1, 3, 128, 256)
     psnr, _ = psnr_uint8(got, want)
     assert psnr is None or psnr >= 40.0  # graphs.MIN_PSNR_DB
-    assert "denoiser_lcm4_128x256.onnx" in capsys.readouterr().out
+    assert "denoiser_lcm2_128x256.onnx" in capsys.readouterr().out
