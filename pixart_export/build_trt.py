@@ -7,7 +7,7 @@ Stages, in a private temporary folder renamed into place at the end (as `build.p
   2. calibration data from the reference on the shipped prompt set (`calibration.collect`);
   3. fp16: every graph (`fp16.convert`, sensitive nodes kept fp32, decided on measured ranges);
   4. int8: explicit Q/DQ for the transformer and the unrolled denoiser where the target has int8
-     (`quantize_qdq.quantize`, calibrated on 2.);
+     (`quantize_qdq.quantize`, calibrated on 2.), fp16 outside the int8 layers (`quantize_qdq.to_fp16`);
   5. verify 3. and 4. in onnxruntime against the fp32 graphs, per graph and end to end, and gate them
      (`verify_precision`): below a threshold the build stops with the figures;
   6. `trt_check`: every op, dtype, Q/DQ pattern and shape against the target's parser and profile;
@@ -127,6 +127,7 @@ def build_bundle(target, model_spec: str, out: Path | None = None, controlnet_sp
         heldout = calibration.collect(model, calibration.HELDOUT, resolutions[0], steps, seed=1000)
         specs = {s.name: s for s in graph_specs(steps, model.controlnet is not None)}
         prepared, report = [], {"graphs": [], "end_to_end": []}
+        fp32_ranges: dict[str, dict[str, float]] = {}
 
         log("[4/8] fp16 graphs (sensitive nodes kept fp32 by rule and by measured range)")
         for rec in records:
@@ -136,6 +137,7 @@ def build_bundle(target, model_spec: str, out: Path | None = None, controlnet_sp
             src = fp32_dir / rec["file"]
             ranges = fp16.activation_ranges(src, _range_feeds(spec, dims, calib if (h, w) == tuple(resolutions[0])
                                                               else {}))
+            fp32_ranges[rec["file"]] = ranges
             name = prepared_name(rec, "fp16")
             conv = fp16.convert(src, tmp / name, spec.name, ranges)
             reasons: dict[str, int] = {}
@@ -164,8 +166,12 @@ def build_bundle(target, model_spec: str, out: Path | None = None, controlnet_sp
                 if not feeds:
                     raise UserError(f"no calibration data for {rec['file']}: int8 needs the first resolution bucket")
                 name = prepared_name(rec, "int8")
-                q = quantize_qdq.quantize(fp32_dir / rec["file"], tmp / name, feeds)
-                new = {**rec, "file": name, "files": q["files"], "precision": "int8", "int8": q}
+                qdq32 = fp32_dir / name  # Q/DQ with fp32 around it: an intermediate, not shipped
+                q = quantize_qdq.quantize(fp32_dir / rec["file"], qdq32, feeds)
+                conv = quantize_qdq.to_fp16(qdq32, tmp / name, spec.name, fp32_ranges.get(rec["file"]))
+                new = {**rec, "file": name, "files": conv["files"], "precision": "int8", "int8": q,
+                       "opset": quantize_qdq.QDQ_FP16_OPSET, "kept_fp32": len(conv["kept_fp32"]),
+                       "fp16_matmul_share": round(fp16.fp16_share(tmp / name), 3)}
                 new.pop("export_seconds", None)
                 prepared.append(new)
                 report["graphs"] += vp.graph_errors(fp32_dir / rec["file"], tmp / name, spec, dims, "int8",

@@ -19,6 +19,9 @@ more per graph; the measured error is gated by `verify_precision.py` either way.
 applied: onnxruntime implements it through Intel Neural Compressor, an extra heavy dependency, and
 the measured int8 error passes its gate without it (see the manifest's figures).
 
+The Q/DQ graph is then made fp16 outside the int8 layers (`to_fp16`, opset 19 for fp16 scales), so
+the engine is int8 where quantized and fp16 elsewhere, with the same fp32 exceptions as the fp16 graphs.
+
 Left in float on purpose (`EXCLUDE`): the timestep embedding and adaLN modulation (tiny matmuls whose
 outputs scale every block), the patch embedding and the final projection (first and last layers,
 the usual exclusions of diffusion int8 recipes).
@@ -103,6 +106,32 @@ def keep_float_for_other_consumers(path: Path) -> int:
         onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
                         location=f"{Path(path).name}.data" if external else None)
     return changed
+
+
+#: Opset of the int8 graphs: QuantizeLinear/DequantizeLinear take fp16 scales from opset 19 on, which
+#: lets the layers around the int8 GEMMs be fp16 too (a strongly typed engine runs what the graph says).
+QDQ_FP16_OPSET = 19
+
+
+def to_fp16(qdq_path: Path, dst: Path, graph_name: str, ranges: dict[str, float] | None) -> dict:
+    """The int8 graph with fp16 everywhere else: Q/DQ at opset 19 with fp16 scales, then `fp16.convert`
+    with the same fp32 rules as the fp16 graphs (`ranges` measured on the fp32 graph). Without this, the
+    float parts of an int8 graph would run in fp32 on TensorRT, slower than the fp16 engine."""
+    import onnx
+    from onnx import version_converter
+
+    from . import fp16
+
+    qdq_path, dst = Path(qdq_path), Path(dst)
+    model = onnx.load(str(qdq_path), load_external_data=False)  # weights stay where they are
+    model = version_converter.convert_version(model, QDQ_FP16_OPSET)
+    staged = qdq_path.with_name(f"{qdq_path.stem}.opset{QDQ_FP16_OPSET}.onnx")
+    onnx.save(model, str(staged))  # external-data references are relative, so they still resolve
+    del model
+    try:
+        return fp16.convert(staged, dst, graph_name, ranges)
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def quantize(src: Path, dst: Path, feeds_list: list[dict[str, np.ndarray]], exclude=EXCLUDE) -> dict:

@@ -124,3 +124,12 @@ def test_prepared_graphs_check_for_every_target(name):
     for rec in manifest["graphs"]:
         report = trt_check.check_file(folder / rec["file"], target, rec)
         assert report.ok == (rec["precision"] in target.trt.prepared), (rec["file"], report.problems)
+
+
+def test_runtime_refuses_an_uncompiled_bundle():
+    from pixart_export import runtime
+    from pixart_export.manifest import EngineError
+
+    folder, _ = tiny_bundle()
+    with pytest.raises(EngineError, match="without engines; run `pixart-export compile"):
+        runtime.load(folder)
