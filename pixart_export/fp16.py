@@ -97,7 +97,12 @@ def activation_ranges(path: Path, feeds_list: list[dict[str, np.ndarray]], chunk
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session = ort.InferenceSession(_serialise_beside(probe, path), options, providers=["CPUExecutionProvider"])
+        source = _serialise_beside(probe, path)
+        try:
+            session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        finally:
+            if isinstance(source, str):
+                Path(source).unlink(missing_ok=True)  # onnxruntime has read it (weights included)
         want = part + (outputs if start == 0 else [])
         input_names = [i.name for i in session.get_inputs()]
         for feeds in feeds_list:

@@ -54,7 +54,7 @@ class _Engine:
 
     def _bind(self, feeds: dict[str, np.ndarray]) -> None:
         cudart = _cudart()
-        batch = next(iter(feeds.values())).shape[0] if "step_noise" not in feeds else feeds["latents"].shape[0]
+        batch = feeds[self.record["inputs"][0]["name"]].shape[0]  # every graph's first input leads with B
         if batch == self.batch:
             return
         for ptr, _ in self.buffers.values():
@@ -80,6 +80,8 @@ class _Engine:
             _ok(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, size, h2d, self.stream))
         if self.cuda_graph:
             if self.batch not in self.graphs:
+                if not self.context.execute_async_v3(self.stream):  # warm-up: TensorRT's lazy set-up
+                    raise RuntimeError(f"TensorRT failed to run {self.record['file']}")  # must not be captured
                 _ok(cudart.cudaStreamBeginCapture(self.stream,
                                                   cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
                 self.context.execute_async_v3(self.stream)
