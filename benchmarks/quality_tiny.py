@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -71,24 +72,46 @@ def grid_image(rows: list[tuple[str, torch.Tensor]], captions: list[str], cell: 
     return img
 
 
+def classifier(args) -> probe.SceneClassifier:
+    """The probe, trained (deterministic) or read from `--classifier-cache`, keyed by its settings."""
+    if args.classifier_cache is None:
+        return probe.train_classifier(steps=args.classifier_steps, num_images=args.classifier_images)
+    path = args.classifier_cache / f"probe-{args.classifier_steps}-{args.classifier_images}.safetensors"
+    if path.exists():
+        model = probe.SceneClassifier()
+        model.load_state_dict(load_file(str(path)))
+        return model.eval()
+    model = probe.train_classifier(steps=args.classifier_steps, num_images=args.classifier_images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(model.state_dict(), str(path))
+    return model
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", type=Path, required=True, help="teacher model folder")
-    parser.add_argument("--student", type=Path, required=True, help="LCD student model folder")
+    parser.add_argument("--teacher", type=Path, help="teacher model folder")
+    parser.add_argument("--student", type=Path, help="LCD student model folder")
     parser.add_argument("--cfg", type=float, default=5.5, help="teacher CFG scale (default 5.5 = 1 + w)")
     parser.add_argument("--seeds", type=int, default=4, help="images per caption (default 4)")
     parser.add_argument("--classifier-steps", type=int, default=300, help="probe training steps (default 300)")
     parser.add_argument("--classifier-images", type=int, default=3000, help="probe training images (default 3000)")
+    parser.add_argument("--classifier-cache", type=Path, default=None,
+                        help="folder to keep the trained probe in and reuse it from (default: train every run)")
+    parser.add_argument("--classifier-only", action="store_true", help="train (and cache) the probe, then stop")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
     parser.add_argument("--name", default="quality_tiny", help="stem of the result files (default quality_tiny)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = parser.parse_args(argv)
+    if not args.classifier_only and (args.teacher is None or args.student is None):
+        parser.error("--teacher and --student are required (unless --classifier-only)")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.time()
-    clf = probe.train_classifier(steps=args.classifier_steps, num_images=args.classifier_images)
+    clf = classifier(args)
     clf_s = time.time() - t0
+    if args.classifier_only:
+        return
     evals = data.eval_captions()
     prompts = [c for c, _ in evals]
     want = np.asarray([lab.as_tuple() for _ in range(args.seeds) for _, lab in evals])

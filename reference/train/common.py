@@ -185,10 +185,17 @@ class LossLog:
 
 
 # -- cached training set ------------------------------------------------------------------------------
-def file_digest(*paths: Path) -> str:
+def content_digest(paths: list[Path]) -> str:
+    """Hash of what files hold: bytes, except JSON configs without their "_"-prefixed bookkeeping keys
+    (diffusers adds `_name_or_path` on load), so a re-saved but identical model keys the same."""
     h = hashlib.sha256()
     for p in paths:
-        h.update(Path(p).read_bytes())
+        p = Path(p)
+        if p.suffix == ".json":
+            raw = {k: v for k, v in json.loads(p.read_text()).items() if not k.startswith("_")}
+            h.update(json.dumps(raw, sort_keys=True).encode())
+        else:
+            h.update(p.read_bytes())
     return h.hexdigest()[:16]
 
 

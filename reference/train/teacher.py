@@ -65,8 +65,8 @@ def load_training_set(args, acc, vae_dir: Path, base):
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(str(vae_dir), local_files_only=True).eval()
-    key = common.file_digest(*sorted(vae_dir.glob("*.safetensors")), vae_dir / "config.json",
-                             *sorted((base.source / "text_encoder").glob("*.safetensors")))
+    key = common.content_digest([*sorted(vae_dir.glob("*.safetensors")), vae_dir / "config.json",
+                                 *sorted((base.source / "text_encoder").glob("*.safetensors"))])
     key = f"{key}-s{args.seed}-n{args.num_images}-px{args.size}"
     return vae, common.cached_dataset(args.cache_dir or args.out, key, acc, lambda: common.encode_dataset(
         vae, base.tokenizer, base.text_encoder, args.seed, args.num_images, args.size))

@@ -9,6 +9,7 @@ PY=${PY:-.venv/bin/python}
 VAE_STEPS=${VAE_STEPS:-600}
 TEACHER_STEPS=${TEACHER_STEPS:-2000}
 LCD_STEPS=${LCD_STEPS:-400}
+LCD_LR=${LCD_LR:-1e-4}
 NUM_IMAGES=${NUM_IMAGES:-2048}
 mkdir -p "$RUN"
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
@@ -17,5 +18,5 @@ stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 [ -d "$RUN/teacher/model" ] || { stamp teacher; $PY -m reference.train.teacher --vae "$RUN/vae/vae" \
     --out "$RUN/teacher" --steps "$TEACHER_STEPS" --num-images "$NUM_IMAGES" --cache-dir "$RUN/cache" --no-progress; }
 [ -d "$RUN/lcd/model" ] || { stamp lcd; $PY -m reference.train.lcd --teacher "$RUN/teacher/model" \
-    --out "$RUN/lcd" --steps "$LCD_STEPS" --num-images "$NUM_IMAGES" --cache-dir "$RUN/cache" --no-progress; }
+    --out "$RUN/lcd" --steps "$LCD_STEPS" --lr "$LCD_LR" --num-images "$NUM_IMAGES" --cache-dir "$RUN/cache" --no-progress; }
 stamp done
