@@ -13,6 +13,8 @@ After tracing each file is post-processed once:
   graph inputs/outputs and initializers keep their names; node names are what quantisation
   exclusions and TensorRT layer names use.
 - graphs over 2 GB go to external data (one `<file>.data` beside each graph: protobuf's limit);
+- in the unrolled denoiser, the LCM update's root-scope nodes are named after their step
+  (`/step.2/lcm/Mul`, see `_name_lcm_nodes`);
 - `onnx.checker` runs on the file as written (by path, so external data is checked too).
 """
 from __future__ import annotations
@@ -96,6 +98,23 @@ def _compact_value_names(graph) -> None:
         info.name = rename.get(info.name, info.name)
 
 
+def _name_lcm_nodes(graph) -> None:
+    """Give the unrolled loop's own arithmetic a step: `/Mul_3` -> `/step.1/lcm/Mul_3`.
+
+    `lcm_step` runs outside any module, so the tracer leaves its nodes at the root scope. Nodes are in
+    execution order, so a root node belongs to the LCM update of the last step whose transformer ran
+    before it (`/inputs/...` before the first step: slicing `step_noise`). These ops carry c_skip
+    ~1e-9 and alpha-bar ~4e-5 at t = 999 -- below fp16's range -- so quantisers must be able to keep
+    them in fp32 by pattern (`*/lcm/*`). Exporter-made names without a leading `/` stay as they are.
+    """
+    step = None
+    for node in graph.node:
+        if node.name.startswith("/step."):
+            step = node.name.split("/")[1]
+        elif node.name.startswith("/"):
+            node.name = f"/{step}/lcm{node.name}" if step else f"/inputs{node.name}"
+
+
 def _set_shapes(graph, shapes: dict[str, list]) -> None:
     """Write the contract's shapes on the graph's inputs/outputs: the tracer's shape inference names
     static output axes symbolically at times (`Mulprompt_embeds_dim_1`); the contract says 120."""
@@ -119,6 +138,8 @@ def finish_onnx(raw_path: Path, path: Path, metadata: dict[str, str], shapes: di
     model = onnx.load(str(raw_path), load_external_data=True)
     _compact_value_names(model.graph)
     _set_shapes(model.graph, shapes or {})
+    if any(n.name.startswith("/step.") for n in model.graph.node):
+        _name_lcm_nodes(model.graph)
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, str(value)

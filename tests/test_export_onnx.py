@@ -62,6 +62,9 @@ def test_node_names_say_where_they_come_from(engine):  # noqa: F811
         # `copied_block` and the tracer numbers repeats (`attn1`, `attn1_1`): see wrappers.py
         assert any(re.match(rf"^/step\.{step}/controlnet/copied_block/attn1_1/", n) for n in names)
         assert any(re.match(rf"^/step\.{step}/controlnet/transformer_blocks\.0/", n) for n in names)
+        # the LCM update itself (outside any module) is named after its step too
+        assert any(re.match(rf"^/step\.{step}/lcm/Mul", n) for n in names)
+    assert not [n for n in names if n.startswith("/") and not n.startswith(("/step.", "/inputs/"))]
     one = next(r for r in manifest["graphs"] if r["graph"] == "transformer")
     assert any(n.startswith("/transformer/transformer_blocks.0/attn2/") for n in
                (n.name for n in onnx.load(str(folder / one["file"])).graph.node))
