@@ -234,11 +234,20 @@ def convert(src: Path, dst: Path, graph_name: str, ranges: dict[str, float] | No
 
     from .export_onnx import EXTERNAL_DATA_THRESHOLD
 
-    model = onnx.load(str(src), load_external_data=True)
+    big = (Path(src).parent / f"{Path(src).name}.data").exists() or Path(src).stat().st_size > EXTERNAL_DATA_THRESHOLD
+    if big:  # the converter needs value types; onnx infers them for > 2 GB graphs only path to path
+        inferred = Path(src).with_name(f".{Path(src).stem}.inferred.onnx")
+        onnx.shape_inference.infer_shapes_path(str(src), str(inferred))
+        try:
+            model = onnx.load(str(inferred), load_external_data=False)
+            onnx.load_external_data_for_model(model, str(Path(src).parent))
+        finally:
+            inferred.unlink(missing_ok=True)
+    else:
+        model = onnx.load(str(src), load_external_data=True)
     drop_weight_identities(model)
     plan = plan_fp32_nodes(model, graph_name, ranges, bound)
     block_ops = list(float16.DEFAULT_OP_BLOCK_LIST)
-    big = sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD
     import warnings
 
     with warnings.catch_warnings():

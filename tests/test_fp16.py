@@ -70,3 +70,17 @@ def test_restore_fp32_outputs():
                                          ("sensitive op Softmax", "sensitive op"), ("normalisation", "normalisation")])
 def test_reason_kind(reason, kind):
     assert fp16.reason_kind(reason) == kind
+
+
+def test_convert_graph_with_external_data(tmp_path):
+    """The > 2 GB path (shape inference path to path, weights beside the graph), on a small graph saved
+    with external data so it runs in milliseconds."""
+    src, dst = tmp_path / "g.onnx", tmp_path / "g.fp16.onnx"
+    onnx.save_model(linear_residual(), str(src), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="g.onnx.data", size_threshold=0)
+    ranges = fp16.activation_ranges(src, [feeds()])
+    fp16.convert(src, dst, "transformer", ranges)
+    want = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, feeds(seed=5))[0]
+    got = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, feeds(seed=5))[0]
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 5e-3  # as above
+    assert not list(tmp_path.glob(".*"))  # no probe or inferred files left behind

@@ -78,3 +78,17 @@ def test_int8_graph_is_fp16_outside_the_int8_layers(tmp_path):
     assert got.dtype == np.float32
     # int8 error (< 2e-2, above) plus fp16 storage (~1e-3): still under 2e-2
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 2e-2
+
+
+def test_quantize_graph_with_external_data(tmp_path):
+    """The > 2 GB path on a small graph saved with external data: quantize, restore float consumers,
+    make fp16, run."""
+    src, dst, half = tmp_path / "g.onnx", tmp_path / "g.int8.onnx", tmp_path / "g.int8.fp16.onnx"
+    onnx.save_model(linear_residual(), str(src), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="g.onnx.data", size_threshold=0)
+    Q.quantize(src, dst, [feeds(seed=s) for s in range(4)], exclude=())
+    Q.to_fp16(dst, half, "transformer", None)
+    test = feeds(seed=99)
+    want = session(src, "fp32").run(None, test)[0]
+    got = session(half, "int8").run(None, test)[0]
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 2e-2  # as above
