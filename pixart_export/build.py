@@ -78,7 +78,7 @@ def _reusable(out: Path, key: str, verify: bool) -> dict | None:
 def build(target_name: str, model_spec: str, out: Path | None = None, controlnet_spec: str | None = None,
           resolutions: list[tuple[int, int]] | None = None, steps: int = 4, lcm_spacing: str | None = None,
           optimise: bool = True, verify: bool = True, force: bool = False,
-          log: Log = print, ov_int8=None) -> tuple[Path, dict, bool]:
+          log: Log = print, ov_int8=None, trt_int8: bool | None = None) -> tuple[Path, dict, bool]:
     """Build (or reuse) an engine; returns (folder, manifest, reused).
 
     `verify=False` (the `export` command) skips parity: the folder is complete and loadable, with
@@ -89,7 +89,7 @@ def build(target_name: str, model_spec: str, out: Path | None = None, controlnet
         from .build_trt import build_bundle
 
         return build_bundle(target, model_spec, out, controlnet_spec, resolutions, steps, lcm_spacing, verify,
-                            force, log)
+                            force, log, int8=trt_int8)
     if target.backend == "openvino":  # hook (issue #7): OpenVINO targets have their own builder
         from .build_ov import build_ov
 

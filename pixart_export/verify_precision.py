@@ -134,7 +134,7 @@ def gate(report: dict) -> None:
             for r in report["end_to_end"] if not r["ok"]]
     if bad:
         raise UserError("precision check failed: " + "; ".join(bad) + ". The bundle was not written; the figures "
-                        "are printed above (build_trt.build_bundle(..., int8=False) ships fp16 only)")
+                        "are printed above (build with --trt-fp16-only to ship fp16 graphs only)")
 
 
 def format_table(report: dict) -> str:

@@ -133,3 +133,14 @@ def test_runtime_refuses_an_uncompiled_bundle():
     folder, _ = tiny_bundle()
     with pytest.raises(EngineError, match="without engines; run `pixart-export compile"):
         runtime.load(folder)
+
+
+def test_int8_refused_for_v100_and_fp16_only_flag(tmp_path):
+    from pixart_export.build_trt import build_bundle
+    from pixart_export.cli import build_parser
+    from pixart_export.targets import TARGETS
+
+    with pytest.raises(UserError, match="trt-v100 .sm_70. has no int8"):
+        build_bundle(TARGETS["trt-v100"], "tiny", tmp_path / "b", int8=True, log=lambda m: None)
+    args = build_parser().parse_args(["build", "--target", "trt-t4", "--trt-fp16-only"])
+    assert args.trt_fp16_only

@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     from ..build_ov import add_int8_options  # hook (issue #7): OpenVINO int8 options
 
     add_int8_options(p)
+    p.add_argument("--trt-fp16-only", action="store_true",  # hook (issue #6)
+                   help="TensorRT targets: ship fp16 graphs only, no int8 Q/DQ graphs")
     p.set_defaults(func=run)
 
 
@@ -36,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
                                   _options.parse_resolutions(args.resolution), args.steps, args.lcm_spacing,
                                   optimise=not args.no_optimise, force=args.force,
                                   log=lambda m: print(m, file=sys.stderr, flush=True),
-                                  ov_int8=int8_options_from_args(args))
+                                  ov_int8=int8_options_from_args(args),
+                                  trt_int8=False if args.trt_fp16_only else None)
     print(out)
     return 0
