@@ -132,10 +132,13 @@ def gate_failure_message(quality: dict, out: Path) -> str:
 
 def build_ov(target, model_spec: str, out: Path | None, controlnet_spec: str | None,
              resolutions: list[tuple[int, int]] | None, steps: int, lcm_spacing: str | None, verify: bool,
-             force: bool, log: Log, int8=None) -> tuple[Path, dict, bool]:
+             force: bool, log: Log, int8=None, onnx_from: Path | None = None) -> tuple[Path, dict, bool]:
     """Build (or reuse) an OpenVINO engine folder; returns (folder, manifest, reused).
 
     `int8`: a `quantize_ov.Int8Options` for `ov-cpu-int8` (default options when None).
+    `onnx_from`: an ort-cpu engine folder of the same model, steps and resolutions whose fp32 ONNX
+    graphs are converted instead of exporting again (XL export takes many minutes; the folder is
+    checked against its manifest, sha256 included, and its build key enters this one's).
     """
     from reference.loading import load_model, resolve_controlnet
     from reference.text import MAX_TEXT_LEN
@@ -173,6 +176,10 @@ def build_ov(target, model_spec: str, out: Path | None, controlnet_spec: str | N
                "int8": int8.key() if quantise else None,
                # int8 choices (bf16 for the rest) are measured on this CPU: another CPU rebuilds
                "cpu": [cpu["model"], cpu["isa"]] if quantise else None}
+    source = None
+    if onnx_from is not None:
+        source = _onnx_source(Path(onnx_from), identity, resolutions, steps)
+        options["onnx_from"] = source["build_key"]
     key = ident.build_key(identity, options, versions)
     _check_destination(out)
     if not force and (manifest := _reusable(out, key, verify)) is not None:
@@ -184,8 +191,17 @@ def build_ov(target, model_spec: str, out: Path | None, controlnet_spec: str | N
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.scratch-", dir=out.parent))
     try:
         onnx_dir, ir_dir = scratch / "onnx", scratch / "ir"
-        log(f"[2/{total}] export ONNX graphs (fp32, opset {export_onnx.OPSET})")
-        records = export_onnx.export_model(model, onnx_dir, resolutions, steps, on_graph=lambda n: log(f"      {n}"))
+        if source is not None:
+            import copy
+
+            log(f"[2/{total}] fp32 ONNX graphs from {onnx_from} (exported and hashed by its build)")
+            onnx_dir = Path(onnx_from)
+            records = [{k: v for k, v in copy.deepcopy(r).items() if k not in ("optimisation",)}
+                       for r in source["graphs"]]
+        else:
+            log(f"[2/{total}] export ONNX graphs (fp32, opset {export_onnx.OPSET})")
+            records = export_onnx.export_model(model, onnx_dir, resolutions, steps,
+                                               on_graph=lambda n: log(f"      {n}"))
         log(f"[3/{total}] convert to OpenVINO IR (fp32 weights) {compile_ov.openvino_version()}")
         ir_dir.mkdir()
         for rec in records:
@@ -195,7 +211,8 @@ def build_ov(target, model_spec: str, out: Path | None, controlnet_spec: str | N
             rec["file"], rec["files"] = xml, compile_ov.convert_graph(onnx_dir / rec["onnx_file"], ir_dir / xml)
             rec["precision"] = "fp32"
             rec["openvino"] = {"config": compile_config_for(target.name)}
-        shutil.rmtree(onnx_dir)
+        if source is None:
+            shutil.rmtree(onnx_dir)
         quantisation = None
         if quantise:
             log(f"[4/{total}] int8: calibrate on the reference pipeline, NNCF quantise, measure")
@@ -256,6 +273,22 @@ def build_ov(target, model_spec: str, out: Path | None, controlnet_spec: str | N
         shutil.rmtree(scratch, ignore_errors=True)
     log(f"built {out} in {time.perf_counter() - t0:.0f} s")
     return out, manifest, False
+
+
+def _onnx_source(folder: Path, identity: dict, resolutions, steps: int) -> dict:
+    """The manifest of an ort-cpu folder whose graphs may stand in for an export, or UserError."""
+    import onnxruntime
+
+    from .manifest import verify_engine
+
+    manifest = verify_engine(folder, "onnxruntime", onnxruntime.__version__, hashes=True)
+    if manifest["model"]["identity"] != identity["identity"]:
+        raise UserError(f"{folder}: built from another model (identity {manifest['model']['identity'][:12]} != "
+                        f"{identity['identity'][:12]}); export again without --onnx-from")
+    if int(manifest["steps"]) != steps or [list(r) for r in manifest["resolutions"]] != [list(r) for r in resolutions]:
+        raise UserError(f"{folder}: steps {manifest['steps']} / resolutions {manifest['resolutions']} differ from "
+                        f"this build's {steps} / {[list(r) for r in resolutions]}")
+    return manifest
 
 
 def compile_config_for(target_name: str) -> dict:

@@ -1,0 +1,498 @@
+#!/usr/bin/env python3
+"""CPU latency suite: diffusers eager vs our reference vs ONNX Runtime vs OpenVINO fp32 / int8.
+
+One process, one machine, one run, so ratios are comparable. Per backend and stage: text encoder,
+one transformer step, the unrolled `denoiser_lcm4` (and the single-step graph run 4 times, step by
+step), VAE decoder, and end to end (prompt -> image); median, min and max over `--repeats` runs after
+`--warmup` runs; peak resident memory while the backend ran; size on disk; the error of each
+backend's step output against eager fp32 and of its image against the reference image. Threads:
+all cores vs 1 for the transformer step. Batch 1.
+
+Backends: `diffusers` (PixArtAlphaPipeline + LCMScheduler, 4 steps, guidance 0, eager fp32, the same
+weights folder), `eager-fp32` (our reference), `eager-bf16` (reference under torch.autocast bf16,
+step and denoiser), `ort-cpu`, `ov-cpu` (f32 explicitly), `ov-cpu@bf16` (the same IR with OpenVINO's
+own default precision on this CPU, step only, where the CPU has bf16), `ov-cpu-int8`. Engines are
+built with `pixart-export`'s own `build` into runs/bench-engines/ (reused when up to date).
+
+    .venv/bin/python benchmarks/latency.py            # tiny, a few minutes
+    flock /tmp/pixart-heavy.lock nice -n 5 .venv/bin/python benchmarks/latency.py --xl   # XL, slow
+
+`--xl`: the XL-size random-weight model at 512 px (`benchmarks/xl_model.py`: 28 blocks, 1152 wide,
+caption_channels 4096, 64x64 latents, SD VAE; a 2-layer T5 of width 4096 stands in for T5-XXL, so
+the text-encoder row is not T5-XXL's). Outputs: benchmarks/results/latency_<model>.{md,json,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+PROMPT = "a red apple on a blue plate"
+SEED = 11
+STAGES = ["text_encoder", "transformer_step", "step_x4", "denoiser_lcm4", "vae_decoder", "end_to_end"]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class PeakRss:
+    """Peak resident memory of this process while the block runs (sampled every 10 ms)."""
+
+    def __enter__(self):
+        import psutil
+
+        self.proc, self.peak, self.stop = psutil.Process(), 0, False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self):
+        while not self.stop:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.01)
+
+    def __exit__(self, *exc):
+        self.stop = True
+        self.thread.join()
+
+
+def timed(fn, warmup: int, repeats: int) -> dict:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": repeats}
+
+
+def folder_bytes(paths) -> int:
+    total = 0
+    for p in paths:
+        p = Path(p)
+        files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]
+        total += sum(f.stat().st_size for f in files)
+    return total
+
+
+def rel_l2(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+
+
+def psnr(got, want) -> float | None:
+    qa, qb = (np.asarray(got) * 255).round(), (np.asarray(want) * 255).round()
+    mse = float(np.mean((qa - qb) ** 2))
+    return None if mse == 0 else round(10 * np.log10(255.0**2 / mse), 2)
+
+
+# -- engines ------------------------------------------------------------------------------------------
+def build_engines(spec: str, name: str, xl: bool, root: Path, rebuild: bool = False) -> dict[str, Path]:
+    """Engine folders for the three targets: existing ones are used as they are (the runtime still
+    checks every file against its manifest) unless `rebuild`; missing ones are built."""
+    from pixart_export.build import build
+    from pixart_export.quantize_ov import CANDIDATES, Int8Options
+
+    out = {}
+    for target in ("ort-cpu", "ov-cpu", "ov-cpu-int8"):
+        existing = root / f"{target}-{name}" / "manifest.json"
+        if existing.exists() and not rebuild:
+            log(f"== engine {target} for {name}: using {existing.parent} (--rebuild to build it again)")
+            out[target] = existing.parent
+            continue
+        log(f"== engine {target} for {name}")
+        kwargs = {}
+        if target == "ov-cpu-int8" and xl:
+            # XL calibration is planned for 24 GiB and the time of one run: 2 prompts x 4 steps for the
+            # one-step graph, 2 prompts for the unrolled one, the candidate measured best on tiny.
+            kwargs["ov_int8"] = Int8Options(candidates=CANDIDATES[:1], transformer_prompts=2, denoiser_prompts=2,
+                                            held_out_prompts=1)
+        started = time.perf_counter()
+        if target == "ort-cpu":
+            folder, manifest, reused = build(target, spec, root / f"{target}-{name}", optimise=False, verify=not xl,
+                                             log=lambda m: log("   " + m))
+        else:  # convert the ort-cpu engine's ONNX graphs: one export for the three engines
+            from pixart_export.build_ov import build_ov
+            from pixart_export.targets import get_target
+
+            folder, manifest, reused = build_ov(get_target(target), spec, root / f"{target}-{name}", None, None, 4,
+                                                None, not xl, False, lambda m: log("   " + m),
+                                                int8=kwargs.get("ov_int8"), onnx_from=out["ort-cpu"])
+        log(f"   {'reused' if reused else 'built'} {folder} in {time.perf_counter() - started:.0f} s")
+        out[target] = folder
+    return out
+
+
+# -- backends: each gives callables per stage ----------------------------------------------------------
+class Inputs:
+    """Batch-1 inputs shared by every backend (numpy), from the runtime tokenizer and noise contract."""
+
+    def __init__(self, model, folder: Path, manifest: dict):
+        from pixart_export.export_onnx import model_dims
+        from pixart_export.graphs import TRANSFORMER, fixed_inputs
+        from pixart_export.runtime.noise import draw_noise
+        from pixart_export.runtime.tokenizer import load_tokenizer
+
+        h, w = manifest["resolutions"][0]
+        self.resolution = (h, w)
+        self.ids, self.mask = load_tokenizer(folder, manifest["tokenizer"])([PROMPT])
+        dims = model_dims(model, h, w)
+        step = fixed_inputs(TRANSFORMER, dims, batch=1, seed=3)
+        step["control_residuals"] = np.zeros_like(step["control_residuals"])
+        step["timestep"] = np.array([999.0], np.float32)
+        self.step = step
+        f = model.vae_scale_factor
+        noise = draw_noise(SEED, 1, (model.dit.config.in_channels, h // f, w // f), 4)
+        self.noise = noise
+        self.timesteps = manifest["lcm"]["timesteps"]
+
+
+class Reference:
+    def __init__(self, model, inputs: Inputs, bf16: bool = False):
+        import torch
+
+        from pixart_export.export_onnx import wrapper_for
+        from pixart_export.graphs import denoiser_spec
+        from reference.pipeline import ReferencePipeline
+
+        self.torch, self.model, self.inp, self.bf16 = torch, model, inputs, bf16
+        self.denoiser = wrapper_for(denoiser_spec(4, False), model, 4).eval()
+        self.pipe = ReferencePipeline(model)
+        t = {k: torch.from_numpy(v) for k, v in inputs.step.items()}
+        self.step_args = (t["latents"], t["timestep"], t["prompt_embeds"], t["prompt_attention_mask"], None)
+        self.ids, self.mask = torch.from_numpy(inputs.ids), torch.from_numpy(inputs.mask)
+
+    def _ctx(self):
+        import contextlib
+
+        torch = self.torch
+        return torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+    def text_encoder(self):
+        with self.torch.no_grad():
+            return self.model.text_encoder(input_ids=self.ids, attention_mask=self.mask)[0].numpy()
+
+    def transformer_step(self):
+        with self.torch.no_grad(), self._ctx():
+            return self.model.dit.predict_noise(*self.step_args).float().numpy()
+
+    def step_x4(self):
+        torch = self.torch
+        with torch.no_grad(), self._ctx():
+            x, ts, e, m, _ = self.step_args
+            for t in self.inp.timesteps:
+                self.model.dit.predict_noise(x, torch.full((1,), float(t)), e, m, None)
+
+    def denoiser_lcm4(self):
+        torch = self.torch
+        n = torch.from_numpy(self.inp.noise)
+        with torch.no_grad(), self._ctx():
+            return self.denoiser(n[0], n[1:], self.step_args[2], self.step_args[3]).float().numpy()
+
+    def vae_decoder(self):
+        from reference import vae as vae_io
+
+        with self.torch.no_grad():
+            return vae_io.decode(self.model.vae, self.torch.from_numpy(self.inp.noise[0])).numpy()
+
+    def end_to_end(self):
+        return self.pipe([PROMPT], steps=4, seed=SEED, resolution=self.inp.resolution, output="pt").numpy()
+
+
+class Diffusers:
+    def __init__(self, folder: Path, inputs: Inputs):
+        import torch
+        from diffusers import LCMScheduler, PixArtAlphaPipeline
+
+        self.torch, self.inp = torch, inputs
+        self.pipe = PixArtAlphaPipeline.from_pretrained(str(folder), local_files_only=True, torch_dtype=torch.float32)
+        self.pipe.scheduler = LCMScheduler.from_config(self.pipe.scheduler.config)
+        self.pipe.set_progress_bar_config(disable=True)
+        t = {k: torch.from_numpy(v) for k, v in inputs.step.items()}
+        self.t = t
+        self.ids, self.mask = torch.from_numpy(inputs.ids), torch.from_numpy(inputs.mask)
+
+    def text_encoder(self):
+        with self.torch.no_grad():
+            return self.pipe.text_encoder(self.ids, attention_mask=self.mask)[0].numpy()
+
+    def transformer_step(self):
+        t = self.t
+        with self.torch.no_grad():
+            out = self.pipe.transformer(t["latents"], encoder_hidden_states=t["prompt_embeds"], timestep=t["timestep"],
+                                        encoder_attention_mask=t["prompt_attention_mask"],
+                                        added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+        return out[:, :4].numpy()
+
+    def step_x4(self):
+        for _ in range(4):
+            self.transformer_step()
+
+    def vae_decoder(self):
+        vae = self.pipe.vae
+        with self.torch.no_grad():
+            image = vae.decode(self.torch.from_numpy(self.inp.noise[0]) / vae.config.scaling_factor).sample
+        return (image / 2 + 0.5).clamp(0, 1).numpy()
+
+    def end_to_end(self):
+        h, w = self.inp.resolution
+        out = self.pipe(PROMPT, num_inference_steps=4, guidance_scale=0.0, clean_caption=False,
+                        use_resolution_binning=False, height=h, width=w, output_type="np",
+                        generator=self.torch.Generator().manual_seed(SEED))
+        return out.images.transpose(0, 3, 1, 2)
+
+
+class Engine:
+    """An engine folder through `pixart_export.runtime.load` (onnxruntime or OpenVINO)."""
+
+    def __init__(self, folder: Path, inputs: Inputs, threads: int | None = None, precision: str | None = None):
+        from pixart_export import runtime
+
+        if precision is None:
+            self.pipe = runtime.load(folder, threads=threads)
+        else:
+            from pixart_export.runtime.ov_pipeline import load_openvino
+
+            self.pipe = load_openvino(folder, threads=threads, precision=precision)
+        self.inp = inputs
+        self.h, self.w = inputs.resolution
+
+    def _run(self, graph, feeds):
+        return self.pipe.run(graph, feeds, self.h, self.w)[0]
+
+    def text_encoder(self):
+        return self._run("text_encoder", {"input_ids": self.inp.ids, "attention_mask": self.inp.mask})
+
+    def transformer_step(self):
+        return self._run("transformer", self.inp.step)
+
+    def step_x4(self):
+        feeds = dict(self.inp.step)
+        for t in self.inp.timesteps:
+            feeds["timestep"] = np.array([float(t)], np.float32)
+            self._run("transformer", feeds)
+
+    def denoiser_lcm4(self):
+        s = self.inp.step
+        return self._run("denoiser_lcm4", {"latents": self.inp.noise[0], "step_noise": self.inp.noise[1:],
+                                           "prompt_embeds": s["prompt_embeds"],
+                                           "prompt_attention_mask": s["prompt_attention_mask"]})
+
+    def vae_decoder(self):
+        return self._run("vae_decoder", {"denoised": self.inp.noise[0]})
+
+    def end_to_end(self):
+        return self.pipe([PROMPT], seed=SEED, resolution=self.inp.resolution, output="np")
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--xl", action="store_true", help="XL-size random-weight model at 512 px (slow)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed runs per stage (default 10 tiny; XL 2, and 1 for the 4-step rows)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    parser.add_argument("--engines", type=Path, default=ROOT / "runs" / "bench-engines", help="engine folders")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--build-only", action="store_true", help="build (or reuse) the engines and stop")
+    parser.add_argument("--rebuild", action="store_true", help="build the engines even if folders exist")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (2 if args.xl else 10)
+
+    from pixart_export.compile_ov import cpu_info, has_bf16, openvino_version
+
+    if args.xl:
+        from benchmarks.xl_model import make_xl
+
+        spec, name = str(make_xl(ROOT / "runs" / "xl-random")), "xl-random"
+    else:
+        from reference.loading import TINY_DIR
+
+        spec, name = "tiny", "tiny"
+    engines = build_engines(spec, name, args.xl, args.engines, args.rebuild)
+    if args.build_only:
+        return 0
+
+    import onnxruntime
+    import torch
+
+    from pixart_export.manifest import read_manifest
+    from reference.loading import load_model, resolve
+
+    cpu = cpu_info()
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(cores)
+    model = load_model(spec)
+    model_dir = Path(resolve(spec)) if spec != "tiny" else TINY_DIR
+    manifest = read_manifest(engines["ov-cpu"])
+    inputs = Inputs(model, engines["ov-cpu"], manifest)
+    eager_bytes = folder_bytes([model_dir / d for d in ("transformer", "text_encoder", "vae")])
+
+    # step by step (4 single-step calls) is measured for the engines, where it is the alternative to
+    # the unrolled graph; for eager rows it is 4 x the step. diffusers' VAE is the same AutoencoderKL.
+    eager_stages = [s for s in STAGES if s != "step_x4"]
+    backends = [  # eager-fp32 first: every other row's error is measured against its outputs
+        ("eager-fp32", "reference eager fp32", lambda: Reference(model, inputs), eager_bytes, eager_stages),
+        ("diffusers", "diffusers eager fp32", lambda: Diffusers(model_dir, inputs), eager_bytes,
+         [s for s in eager_stages if s != "vae_decoder"]),
+        ("eager-bf16", "reference eager bf16 autocast", lambda: Reference(model, inputs, bf16=True), eager_bytes,
+         ["transformer_step", "denoiser_lcm4"]),
+        ("ort-cpu", "ONNX Runtime fp32", lambda: Engine(engines["ort-cpu"], inputs), None, STAGES),
+        ("ov-cpu", "OpenVINO fp32 (f32 hint)", lambda: Engine(engines["ov-cpu"], inputs), None, STAGES),
+    ]
+    if has_bf16(cpu):
+        backends.append(("ov-cpu@bf16", "OpenVINO fp32 IR, bf16 hint (its default here)",
+                         lambda: Engine(engines["ov-cpu"], inputs, precision="bf16"), None,
+                         ["transformer_step", "denoiser_lcm4"]))
+    backends.append(("ov-cpu-int8", "OpenVINO int8 (NNCF)", lambda: Engine(engines["ov-cpu-int8"], inputs), None,
+                     STAGES))
+
+    results: dict = {"model": name, "resolution": list(inputs.resolution), "batch": 1, "repeats": repeats,
+                     "warmup": args.warmup, "cpu": cpu, "threads": cores,
+                     "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+                                  "openvino": openvino_version(),
+                                  "diffusers": __import__("diffusers").__version__},
+                     "prompt": PROMPT, "seed": SEED, "backends": {}}
+    log(f"CPU: {cpu['model']}, {cores} logical cores, ISA: {' '.join(cpu['isa'])}")
+    reference_out: dict = {}
+    for key, label, make, size, stages in backends:
+        gc.collect()
+        log(f"== {label}")
+        row = {"label": label, "stages": {}, "errors": {}}
+        with PeakRss() as mem:
+            t0 = time.perf_counter()
+            backend = make()
+            row["load_s"] = round(time.perf_counter() - t0, 2)
+            for stage in stages:
+                fn = getattr(backend, stage, None)
+                if fn is None:
+                    continue
+                out = fn()  # also the first warm-up run
+                reps = repeats if not (args.xl and stage in ("end_to_end", "denoiser_lcm4", "step_x4")) else \
+                    max(1, repeats // 2)
+                row["stages"][stage] = timed(fn, max(0, args.warmup - 1), reps)
+                log(f"   {stage:18} median {row['stages'][stage]['median_s']:.4f} s")
+                if out is not None and stage in ("transformer_step", "denoiser_lcm4", "end_to_end", "text_encoder",
+                                                 "vae_decoder"):
+                    out = np.asarray(out)
+                    if key == "eager-fp32":
+                        reference_out[stage] = out
+                    elif stage in reference_out:
+                        row["errors"][stage] = (psnr(out, reference_out[stage]) if stage == "end_to_end"
+                                                else rel_l2(out, reference_out[stage]))
+            if "transformer_step" in stages and key in ("eager-fp32", "ort-cpu", "ov-cpu", "ov-cpu-int8"):
+                one = (Reference(model, inputs) if key == "eager-fp32" else
+                       Engine(engines[key], inputs, threads=1))
+                if key == "eager-fp32":
+                    torch.set_num_threads(1)
+                one.transformer_step()
+                row["transformer_step_1_thread"] = timed(one.transformer_step, 0, max(1, repeats // 2))
+                torch.set_num_threads(cores)
+                log(f"   1 thread step      median {row['transformer_step_1_thread']['median_s']:.4f} s")
+                del one
+            del backend
+        row["peak_rss_gib"] = round(mem.peak / 2**30, 2)
+        row["disk_bytes"] = size if size is not None else folder_bytes([engines[key.split("@")[0]]])
+        results["backends"][key] = row
+    write_results(results, args.results)
+    return 0
+
+
+def _fmt(row: dict, stage: str) -> str:
+    s = row["stages"].get(stage)
+    return "" if s is None else f"{s['median_s']:.3f} ({s['min_s']:.3f}-{s['max_s']:.3f})"
+
+
+def write_results(results: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"latency_{results['model']}"
+    b = results["backends"]
+    base = b["diffusers"]["stages"]
+    cpu = results["cpu"]
+    lines = [f"# Latency: {results['model']} ({results['resolution'][0]}x{results['resolution'][1]} px, batch 1)", "",
+             f"CPU: **{cpu['model']}**, {cpu['logical_cores']} logical cores, ISA: {', '.join(cpu['isa'])}; "
+             f"threads: all {results['threads']}. " + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
+             + f". Median (min-max) seconds over {results['repeats']} runs after warm-up (XL: half as many for "
+             "the 4-step rows), one process.", "",
+             "| backend | text encoder | 1 transformer step | 4 steps, step by step | denoiser_lcm4 (unrolled) | "
+             "VAE decoder | end to end | step speed-up vs diffusers | e2e speed-up vs diffusers | step rel. err vs "
+             "eager fp32 | image PSNR vs reference (dB) | peak RSS (GiB) | disk (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, row in b.items():
+        st = row["stages"]
+
+        def speed(stage):
+            return (f"{base[stage]['median_s'] / st[stage]['median_s']:.2f}x"
+                    if stage in st and stage in base else "")
+
+        err = row["errors"].get("transformer_step")
+        img = row["errors"].get("end_to_end", "")
+        lines.append(f"| {key} | {_fmt(row, 'text_encoder')} | {_fmt(row, 'transformer_step')} | "
+                     f"{_fmt(row, 'step_x4')} | {_fmt(row, 'denoiser_lcm4')} | {_fmt(row, 'vae_decoder')} | "
+                     f"{_fmt(row, 'end_to_end')} | {speed('transformer_step')} | {speed('end_to_end')} | "
+                     f"{'' if err is None else f'{err:.1e}'} | {'identical' if img is None else img} | "
+                     f"{row['peak_rss_gib']} | {row['disk_bytes'] / 2**20:.0f} |")
+    lines += ["", "Threads, one transformer step (median s): " + ", ".join(
+        f"{k} {r['stages']['transformer_step']['median_s']:.3f} all / {r['transformer_step_1_thread']['median_s']:.3f} "
+        f"one" for k, r in b.items() if "transformer_step_1_thread" in r) + ".", "",
+        "Rows: `diffusers` = PixArtAlphaPipeline + LCMScheduler (4 steps, guidance 0), eager fp32; `eager-*` = "
+        "our PyTorch reference; the others are engine folders from `pixart-export build` run through "
+        "`pixart_export.runtime`. Peak RSS is the whole process while that backend ran (earlier backends' "
+        "memory is released first but the interpreter, torch and the reference model stay resident). "
+        "Disk: the model's weight folders for eager rows, the engine folder otherwise."]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, stem.with_suffix(".png"))
+    print("\n".join(lines))
+    log(f"wrote {stem}.md/.json/.png")
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    b = results["backends"]
+    keys = list(b)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for ax, stage, title in zip(axes, ("transformer_step", "denoiser_lcm4", "end_to_end"),
+                                ("one transformer step", "denoiser_lcm4 (4 steps)", "end to end")):
+        ks = [k for k in keys if stage in b[k]["stages"]]
+        med = [b[k]["stages"][stage]["median_s"] for k in ks]
+        lo = [m - b[k]["stages"][stage]["min_s"] for k, m in zip(ks, med)]
+        hi = [b[k]["stages"][stage]["max_s"] - m for k, m in zip(ks, med)]
+        ax.barh(ks, med, xerr=[lo, hi], color=["#999" if k.startswith(("diffusers", "eager")) else "#3b7dd8"
+                                               for k in ks])
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("seconds, log scale (median, min-max)")
+    cpu = results["cpu"]
+    fig.suptitle(f"PixArt-delta {results['model']} {results['resolution'][0]} px, batch 1 - {cpu['model']}, "
+                 f"{cpu['logical_cores']} cores ({', '.join(cpu['isa'])})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
