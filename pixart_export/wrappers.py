@@ -9,10 +9,9 @@ Submodule names decide ONNX node names (the TorchScript exporter scopes nodes by
 they are chosen to read well in patterns: `/transformer/transformer_blocks.3/attn1/...` for one step,
 `/step.2/transformer/...` and `/step.2/controlnet/...` inside the unrolled denoiser. Each `step.i`
 holds *the same* DiT (and ControlNet) object, so the exporter stores their weights once. ControlNet
-copies appear under `/step.i/controlnet/copied_block/...`, later copies' sub-scopes numbered by the
-tracer (`attn1`, `attn1_1`, ...): the reference calls `block.copied_block` rather than the
-`ControlBlock`, so no copy index reaches the scope. `/controlnet/copied_block/` matches every copy;
-base block 0 as run by the ControlNet is `/controlnet/transformer_blocks.0/`.
+copy j appears under `/step.i/controlnet/controlnet.j/copied_block/...` (its zero projection under
+`.../controlnet.j/after_proj`); base block 0 as run by the ControlNet is
+`/controlnet/transformer_blocks.0/`.
 """
 from __future__ import annotations
 

@@ -38,6 +38,12 @@ class ControlBlock(nn.Module):
                 nn.init.zeros_(proj.weight)
                 nn.init.zeros_(proj.bias)
 
+    def forward(self, base: PixArtDiT, h: torch.Tensor, cond) -> tuple[torch.Tensor, torch.Tensor]:
+        """(copy's output, its residual). Called as a module so traced node names carry the copy index
+        (`/controlnet/controlnet.3/copied_block/...`)."""
+        h = base.run_block(self.copied_block, h, cond)
+        return h, self.after_proj(h)
+
 
 class PixArtControlNet(nn.Module):
     """Produces the N control residuals; the base model is an argument, never owned or copied."""
@@ -62,8 +68,8 @@ class PixArtControlNet(nn.Module):
         h = x0 + self.controlnet[0].before_proj(c)
         residuals = []
         for block in self.controlnet:
-            h = base.run_block(block.copied_block, h, cond)
-            residuals.append(block.after_proj(h))
+            h, residual = block(base, h, cond)
+            residuals.append(residual)
         return torch.stack(residuals) * conditioning_scale
 
 
@@ -87,7 +93,7 @@ class ControlledDiT(nn.Module):
         h = x + copies[0].before_proj(base.pos_embed(control_latents.to(x.dtype)))
         for index in range(1, len(base.transformer_blocks)):
             if index <= len(copies):
-                h = base.run_block(copies[index - 1].copied_block, h, cond)
-                x = x + conditioning_scale * copies[index - 1].after_proj(h)
+                h, residual = copies[index - 1](base, h, cond)
+                x = x + conditioning_scale * residual
             x = base.run_block(base.transformer_blocks[index], x, cond)
         return base.final(x, cond)
