@@ -108,7 +108,6 @@ def psnr(got, want) -> float | None:
 def build_engines(spec: str, name: str, xl: bool, root: Path, rebuild: bool = False) -> dict[str, Path]:
     """Engine folders for the three targets: existing ones are used as they are (the runtime still
     checks every file against its manifest) unless `rebuild`; missing ones are built."""
-    from pixart_export.build import build
     from pixart_export.quantize_ov import CANDIDATES, Int8Options
 
     out = {}
@@ -126,19 +125,29 @@ def build_engines(spec: str, name: str, xl: bool, root: Path, rebuild: bool = Fa
             kwargs["ov_int8"] = Int8Options(candidates=CANDIDATES[:1], transformer_prompts=2, denoiser_prompts=2,
                                             held_out_prompts=1)
         started = time.perf_counter()
-        if target == "ort-cpu":
-            folder, manifest, reused = build(target, spec, root / f"{target}-{name}", optimise=False, verify=not xl,
-                                             log=lambda m: log("   " + m))
-        else:  # convert the ort-cpu engine's ONNX graphs: one export for the three engines
-            from pixart_export.build_ov import build_ov
-            from pixart_export.targets import get_target
-
-            folder, manifest, reused = build_ov(get_target(target), spec, root / f"{target}-{name}", None, None, 4,
-                                                None, not xl, False, lambda m: log("   " + m),
-                                                int8=kwargs.get("ov_int8"), onnx_from=out["ort-cpu"])
+        try:
+            folder, reused = _build_one(target, spec, name, xl, root, out, kwargs)
+        except Exception as exc:  # noqa: BLE001 - a failed engine drops its rows, the run goes on
+            log(f"   FAILED to build {target}: {type(exc).__name__}: {exc}")
+            continue
         log(f"   {'reused' if reused else 'built'} {folder} in {time.perf_counter() - started:.0f} s")
         out[target] = folder
     return out
+
+
+def _build_one(target, spec, name, xl, root, out, kwargs):
+    from pixart_export.build import build
+    from pixart_export.build_ov import build_ov
+    from pixart_export.targets import get_target
+
+    if target == "ort-cpu":
+        folder, _, reused = build(target, spec, root / f"{target}-{name}", optimise=False, verify=not xl,
+                                  log=lambda m: log("   " + m))
+    else:  # convert the ort-cpu engine's ONNX graphs: one export for the three engines
+        folder, _, reused = build_ov(get_target(target), spec, root / f"{target}-{name}", None, None, 4, None,
+                                     not xl, False, lambda m: log("   " + m), int8=kwargs.get("ov_int8"),
+                                     onnx_from=out["ort-cpu"])
+    return folder, reused
 
 
 # -- backends: each gives callables per stage ----------------------------------------------------------
@@ -365,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     backends.append(("ov-cpu-int8", "OpenVINO int8 (NNCF)", lambda: Engine(engines["ov-cpu-int8"], inputs), None,
                      STAGES))
 
+    backends = [b for b in backends if b[0] in ("eager-fp32", "diffusers", "eager-bf16")
+                or b[0].split("@")[0] in engines]
     results: dict = {"model": name, "resolution": list(inputs.resolution), "batch": 1, "repeats": repeats,
                      "warmup": args.warmup, "cpu": cpu, "threads": cores,
                      "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
