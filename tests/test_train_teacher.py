@@ -57,6 +57,12 @@ def test_resumed_run_equals_uninterrupted_run(vae_dir, tmp_path):
     assert rows["step"].tolist() == [1, 2, 3, 4, 5, 6]
 
 
+def test_ema_decay_warms_up():
+    assert teacher.ema_decay(0.999, -1) == 0.0  # during the LR warm-up the EMA copies the weights
+    assert teacher.ema_decay(0.999, 0) == 0.1 and teacher.ema_decay(0.999, 90) == 0.91
+    assert teacher.ema_decay(0.999, 10**6) == 0.999
+
+
 def test_caption_dropout_uses_the_null_caption():
     dit = PixArtDiT(TINY_DIT, text_len=12).eval()
     objective = teacher.EpsObjective(dit)

@@ -5,7 +5,7 @@ the first 4 output channels (the learned-sigma channels are not trained: sampler
 A share `--cfg-drop` (10%) of captions is replaced by the learned null caption `dit.null_caption`,
 with every token attended, as upstream PixArt's `CaptionEmbedder` does, so the teacher supports
 classifier-free guidance exactly as `ReferencePipeline.null_embeds` applies it. The T5 is frozen
-(its embeddings are computed once). The weights written out are an EMA of the trained ones.
+(its embeddings are computed once). The weights written out are an EMA of the trained ones (`ema_decay`).
 
     python -m reference.train.teacher --vae runs/vae/vae --out runs/teacher [--steps 3000]
     torchrun --nproc_per_node 2 -m reference.train.teacher --vae ... --out ...
@@ -44,6 +44,12 @@ class EpsObjective(torch.nn.Module):
         return self.dit.predict_noise(latents, timestep, embeds, mask)
 
 
+def ema_decay(decay: float, n: int) -> float:
+    """EMA rate after n steps past the LR warm-up: 0 before it, then min(decay, (1 + n) / (10 + n)), the
+    usual EMA warm-up, so a short run's EMA does not average in its first, poor weights."""
+    return 0.0 if n < 0 else min(decay, (1 + n) / (10 + n))
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(parser, steps=3000, batch_size=32, lr=3e-4)
@@ -55,7 +61,8 @@ def parse_args(argv=None):
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="where the encoded training set is cached, keyed by a hash (default: --out)")
     parser.add_argument("--cfg-drop", type=float, default=0.1, help="share of captions dropped to null (default 0.1)")
-    parser.add_argument("--ema-decay", type=float, default=0.999, help="EMA of the weights written out (default 0.999)")
+    parser.add_argument("--ema-decay", type=float, default=0.999,
+                        help="EMA of the weights written out, after its warm-up (default 0.999)")
     parser.add_argument("--warmup", type=int, default=200, help="linear LR warm-up steps (default 200)")
     return parser.parse_args(argv)
 
@@ -116,7 +123,7 @@ def main(argv=None) -> None:
         acc.backward(loss)
         acc.clip_grad_norm_(model.parameters(), args.grad_clip)
         optimizer.step()
-        common.ema_update(ema, dit, args.ema_decay if step >= args.warmup else 0.0)
+        common.ema_update(ema, dit, ema_decay(args.ema_decay, step - args.warmup))
         value = float(acc.reduce(loss.detach(), "mean"))
         log.log(step + 1, {"loss": value})
         bar.update(1)
