@@ -121,6 +121,31 @@ def format_graph_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def measure_ov(model, folder: Path, manifest: dict, int8, log: Log) -> dict:
+    """The parity section of an OpenVINO engine: every graph vs the reference (compiled as the runtime
+    compiles it); end to end as ort-cpu for fp32, the image quality gate for int8 (`int8` options)."""
+    from .runtime.ov_pipeline import OvPipeline
+
+    pipeline = OvPipeline(folder, manifest)
+    graphs = graph_parity_ov(model, folder, manifest, pipeline, on_graph=lambda n: log(f"      {n}"))
+    log(format_graph_table(graphs))
+    parity = {"graphs": graphs, "measured_with": {"openvino": backend_versions()["openvino"],
+                                                  "torch": __import__("torch").__version__}}
+    if int8 is not None:
+        from .quantize_ov import quality_gate
+
+        quality = quality_gate(model, pipeline, int8, tuple(manifest["resolutions"][0]), int(manifest["steps"]), log)
+        parity.update(quality=quality, end_to_end=[], ok=all(r["ok"] for r in graphs) and quality["ok"])
+    else:
+        e2e = end_to_end_fp32(model, manifest, pipeline, on_case=lambda n: log(f"      {n}"))
+        for r in e2e:
+            psnr = "inf" if r["psnr_db"] is None else f"{r['psnr_db']:.1f}"
+            log(f"      end to end {r['case']} {r['resolution']}: PSNR {psnr} dB (min {MIN_PSNR_DB:.0f})")
+        parity.update(end_to_end=e2e, ok=all(r["ok"] for r in graphs + e2e))
+    parity["psnr_note"] = "psnr_db null means the uint8 images are identical"
+    return parity
+
+
 def gate_failure_message(quality: dict, out: Path) -> str:
     """One line: which quality figure fell below which threshold, and that nothing was installed."""
     q, g = quality, quality["thresholds"]
@@ -147,7 +172,6 @@ def build_ov(target, model_spec: str, out: Path | None, controlnet_spec: str | N
     from .build import _check_destination, _reusable, _swap_into_place, assemble_manifest, engine_name
     from .export_tokenizer import export_tokenizer
     from .manifest import file_table, write_json_atomic
-    from .runtime.ov_pipeline import OvPipeline
 
     try:
         versions = {**ident.toolchain_versions(), **backend_versions()}
@@ -236,28 +260,10 @@ def build_ov(target, model_spec: str, out: Path | None, controlnet_spec: str | N
         manifest["files"] = file_table(tmp)
         if verify:
             log(f"[6/{total}] verify against the reference (parity" + (", quality gate)" if quantise else ")"))
-            pipeline = OvPipeline(tmp, manifest)
-            graphs = graph_parity_ov(model, tmp, manifest, pipeline, on_graph=lambda n: log(f"      {n}"))
-            log(format_graph_table(graphs))
-            parity = {"graphs": graphs, "measured_with": {"openvino": versions["openvino"],
-                                                          "torch": versions["torch"]}}
-            if quantise:
-                quality = quality_gate(model, pipeline, int8, tuple(resolutions[0]), steps, log)
-                parity["quality"] = quality
-                parity["end_to_end"] = []
-                parity["ok"] = all(r["ok"] for r in graphs) and quality["ok"]
-            else:
-                e2e = end_to_end_fp32(model, manifest, pipeline, on_case=lambda n: log(f"      {n}"))
-                for r in e2e:
-                    psnr = "inf" if r["psnr_db"] is None else f"{r['psnr_db']:.1f}"
-                    log(f"      end to end {r['case']} {r['resolution']}: PSNR {psnr} dB (min {MIN_PSNR_DB:.0f})")
-                parity["end_to_end"] = e2e
-                parity["ok"] = all(r["ok"] for r in graphs + e2e)
-            parity["psnr_note"] = "psnr_db null means the uint8 images are identical"
+            parity = measure_ov(model, tmp, manifest, int8 if quantise else None, log)
             manifest["parity"] = parity
-            del pipeline
             if not parity["ok"]:
-                bad = [r["file"] for r in graphs if not r["ok"]]
+                bad = [r["file"] for r in parity["graphs"] if not r["ok"]]
                 if quantise and not parity["quality"]["ok"]:
                     raise UserError(gate_failure_message(parity["quality"], out))
                 raise UserError(f"parity check failed ({', '.join(bad) or 'end to end'}; table above); the engine "
@@ -329,3 +335,41 @@ def int8_options_from_args(args):
     return Int8Options(calibration_prompts=Path(args.calibration_prompts),
                        gate=QualityGate(min_mean_psnr_db=args.min_psnr, min_image_psnr_db=args.min_image_psnr,
                                         min_mean_ssim=args.min_ssim, pairs=args.quality_pairs))
+
+
+def parity_command(args) -> int:
+    """`pixart-export parity` on an OpenVINO folder: re-measure, print, record (unless --no-write)."""
+    import sys
+
+    from reference.loading import load_model, resolve_controlnet
+
+    from . import identity as ident
+    from .compile_ov import openvino_version
+    from .manifest import verify_engine, write_json_atomic
+    from .quantize_ov import Int8Options, QualityGate
+
+    manifest = verify_engine(args.engine, "openvino", openvino_version())
+    recorded = manifest["model"]
+    model_spec = args.model or recorded["spec"]
+    controlnet_spec = args.controlnet or recorded.get("controlnet_spec")
+    model = load_model(model_spec, controlnet=controlnet_spec, lcm_spacing=manifest["lcm"]["spacing"])
+    identity = ident.model_identity(model, resolve_controlnet(controlnet_spec) if controlnet_spec else None)
+    if identity["identity"] != recorded["identity"]:
+        raise UserError(f"{model_spec}: not the model this engine was built from (identity "
+                        f"{identity['identity'][:12]} != {recorded['identity'][:12]}); pass --model/--controlnet")
+    int8 = None
+    if manifest["target"] == "ov-cpu-int8":
+        gate = ((manifest.get("parity") or {}).get("quality") or {}).get("thresholds")
+        int8 = Int8Options(gate=QualityGate(**gate) if gate else QualityGate())
+    print(f"parity of {args.engine} against {model_spec}", file=sys.stderr, flush=True)
+    parity = measure_ov(model, args.engine, manifest, int8, lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_graph_table(parity["graphs"]))
+    if "quality" in parity:
+        q = parity["quality"]
+        print(f"quality: mean PSNR {q['mean_psnr_db']} dB (worst {q['min_psnr_db']}), mean SSIM {q['mean_ssim']} "
+              f"over {q['pairs']} pairs")
+    print(f"parity: {'PASS' if parity['ok'] else 'FAIL'}")
+    if not args.no_write:
+        manifest["parity"] = parity
+        write_json_atomic(args.engine / "manifest.json", manifest)
+    return 0 if parity["ok"] else 1

@@ -105,3 +105,14 @@ def test_cli_build_errors_are_one_line():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "pixart-export: error: --quality-pairs 4: the int8 quality gate needs at least 16 pairs"]
+
+
+def test_parity_command_on_openvino_folder(ov_cpu, tmp_path, capsys):  # noqa: F811
+    from pixart_export.cli import main
+
+    folder, _ = ov_cpu
+    copy = shutil.copytree(folder, tmp_path / "engine")
+    assert main(["parity", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert "transformer_128x128.xml" in out and "parity: PASS" in out
+    assert json.loads((copy / "manifest.json").read_text())["parity"]["ok"]

@@ -23,6 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..manifest import read_manifest
+
+    if (read_manifest(args.engine).get("backend") or {}).get("name") == "openvino":  # hook (issue #7)
+        from ..build_ov import parity_command
+
+        return parity_command(args)
     import onnxruntime
 
     from reference.loading import load_model, resolve_controlnet
