@@ -50,9 +50,6 @@ def model_dims(model, height: int = 0, width: int = 0, steps: int = 4) -> Dims:
 
 def check_exportable(model, resolutions: list[tuple[int, int]], steps: int) -> None:
     """Refuse, with one line each, what this exporter does not produce."""
-    if model.dit.config.resolved_additional_conditions:
-        raise UserError("multi-aspect (1024-MS) models need resolution/aspect-ratio graph inputs, which this "
-                        "build does not export yet; use a 512-px model")
     if not 1 <= steps <= 8:
         raise UserError(f"--steps {steps}: LCM sampling takes 1 to 8 steps")
     step = model.vae_scale_factor * model.dit.config.patch_size
@@ -190,7 +187,8 @@ def export_model(model, out_dir: Path, resolutions: list[tuple[int, int]], steps
     check_exportable(model, resolutions, steps)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    specs = graph_specs(steps, control=model.controlnet is not None)
+    specs = graph_specs(steps, control=model.controlnet is not None,
+                        multi_aspect=model.dit.config.resolved_additional_conditions)
     records = []
     for spec in specs:
         buckets = resolutions if spec.spatial else [(None, None)]

@@ -14,7 +14,7 @@ and can optimise for them); several buckets are several files, `<graph>_<H>x<W>.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -114,6 +114,10 @@ TEXT_MASK = _i("prompt_attention_mask", "B", "L")
 CONTROL_LATENTS = _f("control_latents", "B", 4, "h", "w")
 SCALE = _f("conditioning_scale", 1)
 RESIDUALS = _f("control_residuals", "N", "B", "T", "D")
+#: Multi-aspect (1024-MS) models' extra conditions, as diffusers' PixArtAlphaPipeline builds them:
+#: (height, width) in pixels and height / width, per row.
+RESOLUTION = _f("resolution", "B", 2)
+ASPECT_RATIO = _f("aspect_ratio", "B", 1)
 
 TEXT_ENCODER = GraphSpec("text_encoder", (_i("input_ids", "B", "L"), _i("attention_mask", "B", "L")),
                          (_f("prompt_embeds", "B", "L", "C"),), spatial=False)
@@ -136,8 +140,29 @@ def denoiser_spec(steps: int, control: bool) -> GraphSpec:
                          "stays far below 1e-4 (measured)")
 
 
-def graph_specs(steps: int, control: bool) -> list[GraphSpec]:
-    """Every graph a build makes, in export order."""
+def with_size_conditions(spec: GraphSpec) -> GraphSpec:
+    """`spec` with the multi-aspect inputs appended (the DiT graphs of a 1024-MS model)."""
+    return replace(spec, inputs=spec.inputs + (RESOLUTION, ASPECT_RATIO))
+
+
+def takes_size_conditions(name: str) -> bool:
+    return name in ("transformer", "controlnet") or name.startswith("denoiser_lcm")
+
+
+def graph_specs(steps: int, control: bool, multi_aspect: bool = False) -> list[GraphSpec]:
+    """Every graph a build makes, in export order. `multi_aspect`: the DiT graphs take
+    `resolution` and `aspect_ratio` too (ARCHITECTURE.md, multi-aspect 1024 px models)."""
+    specs = _base_specs(steps, control)
+    return [with_size_conditions(s) if multi_aspect and takes_size_conditions(s.name) else s for s in specs]
+
+
+def spec_for_record(record: dict, steps: int, control: bool) -> GraphSpec:
+    """The spec an engine's graph record was exported from (multi-aspect read off its inputs)."""
+    multi_aspect = any(t["name"] == RESOLUTION.name for t in record["inputs"])
+    return next(s for s in graph_specs(steps, control, multi_aspect) if s.name == record["graph"])
+
+
+def _base_specs(steps: int, control: bool) -> list[GraphSpec]:
     specs = [TEXT_ENCODER, TRANSFORMER]
     if control:
         specs.append(CONTROLNET)
@@ -172,6 +197,10 @@ def fixed_inputs(spec: GraphSpec, dims: Dims, batch: int = 2, seed: int = 1234) 
             out[t.name] = np.array([0.8], np.float32)
         elif t.name == "image":
             out[t.name] = rng.random(shape, dtype=np.float32)
+        elif t.name == "resolution":
+            out[t.name] = np.tile(np.array([[dims.value("H"), dims.value("W")]], np.float32), (batch, 1))
+        elif t.name == "aspect_ratio":
+            out[t.name] = np.full((batch, 1), dims.value("H") / dims.value("W"), np.float32)
         elif t.name == "control_residuals":
             out[t.name] = 0.1 * rng.standard_normal(shape, dtype=np.float32)
         else:

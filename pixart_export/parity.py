@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .graphs import MIN_PSNR_DB, GraphSpec, fixed_inputs, graph_specs
+from .graphs import MIN_PSNR_DB, fixed_inputs, spec_for_record
 
 PARITY_BATCH = 3
 PARITY_SEED = 7
@@ -47,10 +47,6 @@ def control_image(height: int, width: int):
     return Image.fromarray(img)
 
 
-def _spec_for(record: dict, steps: int, control: bool) -> GraphSpec:
-    return next(s for s in graph_specs(steps, control) if s.name == record["graph"])
-
-
 def graph_parity(model, folder: Path, manifest: dict, batch: int = PARITY_BATCH, on_graph=None) -> list[dict]:
     """Each graph file vs its reference module (the same wrapper the export traced)."""
     import onnxruntime as ort
@@ -63,7 +59,7 @@ def graph_parity(model, folder: Path, manifest: dict, batch: int = PARITY_BATCH,
     for rec in manifest["graphs"]:
         if on_graph:
             on_graph(rec["file"])
-        spec = _spec_for(rec, steps, control)
+        spec = spec_for_record(rec, steps, control)
         h, w = rec["height"] or manifest["resolutions"][0][0], rec["width"] or manifest["resolutions"][0][1]
         dims = model_dims(model, h, w, steps)
         feeds = fixed_inputs(spec, dims, batch, seed=PARITY_SEED)

@@ -46,9 +46,10 @@ class TransformerGraph(nn.Module):
         super().__init__()
         self.transformer = dit
 
-    def forward(self, latents, timestep, prompt_embeds, prompt_attention_mask, control_residuals):
+    def forward(self, latents, timestep, prompt_embeds, prompt_attention_mask, control_residuals,
+                resolution=None, aspect_ratio=None):
         return self.transformer.predict_noise(latents, timestep, prompt_embeds, prompt_attention_mask,
-                                              control_residuals)
+                                              control_residuals, resolution, aspect_ratio)
 
 
 class ControlNetGraph(nn.Module):
@@ -58,9 +59,9 @@ class ControlNetGraph(nn.Module):
         self.controlnet = controlnet
 
     def forward(self, latents, timestep, prompt_embeds, prompt_attention_mask, control_latents,
-                conditioning_scale):
+                conditioning_scale, resolution=None, aspect_ratio=None):
         return self.controlnet(self.transformer, latents, timestep, prompt_embeds, prompt_attention_mask,
-                               control_latents, conditioning_scale)
+                               control_latents, conditioning_scale, resolution, aspect_ratio)
 
 
 class LcmStep(nn.Module):
@@ -72,13 +73,14 @@ class LcmStep(nn.Module):
         self.controlnet = controlnet
 
     def forward(self, x, t: float, prompt_embeds, prompt_attention_mask, control_latents=None,
-                conditioning_scale=None):
+                conditioning_scale=None, resolution=None, aspect_ratio=None):
         ts = _broadcast_t(x, t)
         residuals = None
         if self.controlnet is not None:
             residuals = self.controlnet(self.transformer, x, ts, prompt_embeds, prompt_attention_mask,
-                                        control_latents, conditioning_scale)
-        return self.transformer.predict_noise(x, ts, prompt_embeds, prompt_attention_mask, residuals)
+                                        control_latents, conditioning_scale, resolution, aspect_ratio)
+        return self.transformer.predict_noise(x, ts, prompt_embeds, prompt_attention_mask, residuals,
+                                              resolution, aspect_ratio)
 
 
 class DenoiserGraph(nn.Module):
@@ -101,12 +103,19 @@ class DenoiserGraph(nn.Module):
                 "c_out": [lcm_scalings(float(t))[1] for t in self.timesteps],
                 "alphas_cumprod": [float(ac[t]) for t in self.timesteps]}
 
-    def forward(self, latents, step_noise, prompt_embeds, prompt_attention_mask, control_latents=None,
-                conditioning_scale=None):
+    def forward(self, latents, step_noise, prompt_embeds, prompt_attention_mask, *extra):
+        """`extra`, in the graph's input order: (control_latents, conditioning_scale) with a ControlNet,
+        then (resolution, aspect_ratio) for a multi-aspect model (see `graphs.graph_specs`)."""
+        control_latents = conditioning_scale = resolution = aspect_ratio = None
+        if self.step[0].controlnet is not None:
+            control_latents, conditioning_scale, *extra = extra
+        if extra:
+            resolution, aspect_ratio = extra
         calls = iter(self.step)
 
         def eps(x, t):
-            return next(calls)(x, t, prompt_embeds, prompt_attention_mask, control_latents, conditioning_scale)
+            return next(calls)(x, t, prompt_embeds, prompt_attention_mask, control_latents, conditioning_scale,
+                               resolution, aspect_ratio)
 
         noises = [step_noise[i] for i in range(len(self.timesteps) - 1)]
         return lcm_sample(eps, latents, self.timesteps, noises, self.alphas_cumprod)

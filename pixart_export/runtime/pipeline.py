@@ -99,7 +99,10 @@ class OrtPipeline:
         embeds, mask = self.encode(prompts)
         noise = draw_noise(seed, len(prompts), latent_shape, self.steps)
         feeds = {"latents": noise[0], "step_noise": noise[1:], "prompt_embeds": embeds,
-                 "prompt_attention_mask": mask}
+                 "prompt_attention_mask": mask,
+                 # multi-aspect models' conditions; `run` passes only the inputs a graph declares
+                 "resolution": np.tile(np.array([[height, width]], np.float32), (len(prompts), 1)),
+                 "aspect_ratio": np.full((len(prompts), 1), height / width, np.float32)}
         graph = f"denoiser_lcm{self.steps}"
         if control_image is not None:
             if not self.manifest["model"].get("controlnet"):
