@@ -118,6 +118,14 @@ def activation_ranges(path: Path, feeds_list: list[dict[str, np.ndarray]], chunk
     return ranges
 
 
+def has_external_data(path: Path) -> bool:
+    """Whether the graph keeps weights in external data (the > 2 GB case, whatever the file names)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
 def _serialise_beside(model, path: Path) -> bytes | str:
     """Bytes for onnxruntime; a graph with external data is written next to `path` (its data is relative)."""
     if not any(t.data_location == 1 for t in model.graph.initializer):
@@ -234,7 +242,7 @@ def convert(src: Path, dst: Path, graph_name: str, ranges: dict[str, float] | No
 
     from .export_onnx import EXTERNAL_DATA_THRESHOLD
 
-    big = (Path(src).parent / f"{Path(src).name}.data").exists() or Path(src).stat().st_size > EXTERNAL_DATA_THRESHOLD
+    big = has_external_data(src)
     if big:  # the converter needs value types; onnx infers them for > 2 GB graphs only path to path
         inferred = Path(src).with_name(f".{Path(src).stem}.inferred.onnx")
         onnx.shape_inference.infer_shapes_path(str(src), str(inferred))

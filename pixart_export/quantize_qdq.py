@@ -139,21 +139,33 @@ def quantize(src: Path, dst: Path, feeds_list: list[dict[str, np.ndarray]], excl
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from .fp16 import drop_weight_identities
+    from .fp16 import drop_weight_identities, has_external_data
 
+    src, dst = Path(src), Path(dst)
     model = onnx.load(str(src), load_external_data=True)
     drop_weight_identities(model)  # an Identity between weight and MatMul would hide the weight from the quantiser
     names = [i.name for i in model.graph.input]
     skip = excluded_nodes(model, exclude)
-    big = model.ByteSize() > 2**31 - 2**26
-    quantize_static(
-        model, str(dst), _Reader(feeds_list, names), quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True, reduce_range=False,
-        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=skip,
-        use_external_data_format=big, calibrate_method=CalibrationMethod.MinMax,
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True,
-                       "QuantizeBias": False, "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
-                       "DedicatedQDQPair": False, "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS)})
+    # over 2 GB a graph cannot be one protobuf message: hand onnxruntime a file with external data
+    big = has_external_data(src)
+    staged = dst.with_name(f".{dst.stem}.source.onnx")
+    if big:
+        onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{staged.name}.data", size_threshold=1024)
+        model = str(staged)
+    try:
+        quantize_static(
+            model, str(dst), _Reader(feeds_list, names), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True, reduce_range=False,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=skip,
+            use_external_data_format=big, calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True,
+                           "QuantizeBias": False, "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+                           "DedicatedQDQPair": False,
+                           "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS)})
+    finally:
+        staged.unlink(missing_ok=True)
+        (staged.parent / f"{staged.name}.data").unlink(missing_ok=True)
     del model
     rewired = keep_float_for_other_consumers(Path(dst))
     q = onnx.load(str(dst), load_external_data=False)
