@@ -31,7 +31,7 @@ def test_card_states_the_measured_figures(tmp_path):
     card = package.model_card(tmp_path / "run", results)
     assert "| teacher | 1200 | 32 | 0.0003 | 50.5000 | 1150.5000 | 10.0 min |" in card  # means of 1..100, 1101..1200
     assert "| student LCM 4 | 4 | 0.625 | 0.750 | 0.500 | 3.25 |" in card
-    assert "scaling_factor = 0.2937" in card and "0.50 h" in card  # 3 x 600 s
+    assert "1/std of latents = 0.2937" in card and "Total 0.50 h" in card  # 3 x 600 s
 
 
 def test_packaging_replaces_the_destination(tmp_path):
