@@ -73,7 +73,7 @@ def build_bundle(target, model_spec: str, out: Path | None = None, controlnet_sp
     from . import verify_precision as vp
     from .build import _check_destination, _reusable, _swap_into_place, engine_name
     from .export_tokenizer import export_tokenizer
-    from .graphs import graph_specs
+    from .graphs import spec_for_record
 
     if not verify:
         raise UserError(f"{target.name}: TensorRT bundles are always verified (fp16/int8 are only shipped "
@@ -125,13 +125,12 @@ def build_bundle(target, model_spec: str, out: Path | None = None, controlnet_sp
         log(f"[3/8] calibration data: reference LCM trajectories of {len(prompts)} shipped prompts")
         calib = calibration.collect(model, prompts, resolutions[0], steps)
         heldout = calibration.collect(model, calibration.HELDOUT, resolutions[0], steps, seed=1000)
-        specs = {s.name: s for s in graph_specs(steps, model.controlnet is not None)}
         prepared, report = [], {"graphs": [], "end_to_end": []}
         fp32_ranges: dict[str, dict[str, float]] = {}
 
         log("[4/8] fp16 graphs (sensitive nodes kept fp32 by rule and by measured range)")
         for rec in records:
-            spec = specs[rec["graph"]]
+            spec = spec_for_record(rec, steps, model.controlnet is not None)
             h, w = rec["height"] or resolutions[0][0], rec["width"] or resolutions[0][1]
             dims = export_onnx.model_dims(model, h, w, steps)
             src = fp32_dir / rec["file"]
@@ -159,7 +158,7 @@ def build_bundle(target, model_spec: str, out: Path | None = None, controlnet_sp
             for rec in records:
                 if not quantize_qdq.wants_int8(rec["graph"]) or rec["graph"].endswith("_controlnet"):
                     continue
-                spec = specs[rec["graph"]]
+                spec = spec_for_record(rec, steps, model.controlnet is not None)
                 h, w = rec["height"], rec["width"]
                 dims = export_onnx.model_dims(model, h, w, steps)
                 feeds = calib.get(spec.name) if (h, w) == tuple(resolutions[0]) else None

@@ -54,12 +54,13 @@ def collect(model, prompts=PROMPTS, resolution: tuple[int, int] | None = None, s
     """{graph name: [feeds]} as the reference pipeline produces them, for the graphs of ARCHITECTURE.md.
 
     `graphs` limits what is kept (default: text_encoder, transformer, denoiser_lcm{K}, vae_decoder).
-    The transformer's `control_residuals` are zeros (plain text-to-image: the contract says zeros give
+    Multi-aspect (1024-MS) models get their `resolution`/`aspect_ratio` inputs as the reference builds
+    them. The transformer's `control_residuals` are zeros (plain text-to-image: the contract says zeros give
     the plain result) so calibration sees the activations the plain path sees.
     """
     import torch
 
-    from reference.pipeline import ReferencePipeline
+    from reference.pipeline import ReferencePipeline, size_conditions
     from reference.sampling import lcm_sample
     from reference.schedules import draw_noise, lcm_timesteps
     from reference.text import tokenize
@@ -74,6 +75,7 @@ def collect(model, prompts=PROMPTS, resolution: tuple[int, int] | None = None, s
     timesteps = lcm_timesteps(steps, model.lcm_spacing)
     latent_shape = (model.dit.config.in_channels, dims.h, dims.w)
     out: dict[str, list[dict[str, np.ndarray]]] = {g: [] for g in graphs}
+    multi_aspect = bool(model.dit.config.resolved_additional_conditions)
     for i, chunk in enumerate(prompt_batches(prompts, batch)):
         ids, mask = tokenize(model.tokenizer, chunk)
         if "text_encoder" in graphs:
@@ -82,9 +84,12 @@ def collect(model, prompts=PROMPTS, resolution: tuple[int, int] | None = None, s
             embeds, mask = pipe.encode(chunk)
             noise = torch.from_numpy(draw_noise(seed + i, len(chunk), latent_shape, steps))
             zeros = torch.zeros(dims.N, len(chunk), dims.value("T"), dims.D)
+            res, ar = size_conditions(height, width, len(chunk))
+            size = {"resolution": res.numpy(), "aspect_ratio": ar.numpy()} if multi_aspect else {}
             if denoiser in graphs:
                 out[denoiser].append({"latents": noise[0].numpy(), "step_noise": noise[1:].numpy(),
-                                      "prompt_embeds": embeds.numpy(), "prompt_attention_mask": mask.numpy()})
+                                      "prompt_embeds": embeds.numpy(), "prompt_attention_mask": mask.numpy(),
+                                      **size})
 
             def eps(x, t):
                 ts = torch.full((x.shape[0],), float(t))
@@ -92,8 +97,8 @@ def collect(model, prompts=PROMPTS, resolution: tuple[int, int] | None = None, s
                     out["transformer"].append({"latents": x.numpy().copy(), "timestep": ts.numpy(),
                                                "prompt_embeds": embeds.numpy(),
                                                "prompt_attention_mask": mask.numpy(),
-                                               "control_residuals": zeros.numpy()})
-                return model.dit.predict_noise(x, ts, embeds, mask, None)
+                                               "control_residuals": zeros.numpy(), **size})
+                return model.dit.predict_noise(x, ts, embeds, mask, None, res, ar)
 
             denoised = lcm_sample(eps, noise[0], timesteps, list(noise[1:]), pipe.alphas_cumprod)
         if "vae_decoder" in graphs:
