@@ -139,7 +139,8 @@ def main(argv=None) -> None:
         print(json.dumps(results[-1]), flush=True)
 
     cols = [0, 5, 10, 7] + list(range(12, 12 + GRID_CAPTIONS - 4))  # 4 singles of different shapes, 4 pairs
-    grid_image([(n, x[cols]) for n, x in rows], [prompts[c] for c in cols]).save(args.out / f"{args.name}_grid.png")
+    grid = grid_image([(n, x[cols]) for n, x in rows], [prompts[c] for c in cols])
+    grid.quantize(256).save(args.out / f"{args.name}_grid.png", optimize=True)  # palette PNG: a few hundred KB
     meta = {"teacher": str(args.teacher), "student": str(args.student), "seeds": args.seeds, "cfg": args.cfg,
             "captions": len(prompts), "classifier_steps": args.classifier_steps,
             "classifier_images": args.classifier_images, "classifier_seconds": clf_s,
