@@ -510,9 +510,9 @@ def plot(results: dict, path: Path) -> None:
         ax.barh(ks, med, xerr=[lo, hi], color=["#999" if k.startswith(("diffusers", "eager")) else "#3b7dd8"
                                                for k in ks])
         ax.invert_yaxis()
-        ax.set_xscale("log")
+        ax.set_xlim(left=0)
         ax.set_title(title)
-        ax.set_xlabel("seconds, log scale (median, min-max)")
+        ax.set_xlabel("seconds (median, min-max)")
     cpu = results["cpu"]
     fig.suptitle(f"PixArt-delta {results['model']} {results['resolution'][0]} px, batch 1 - {cpu['model']}, "
                  f"{cpu['logical_cores']} cores ({', '.join(cpu['isa'])})", fontsize=9)
