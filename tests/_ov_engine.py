@@ -23,10 +23,25 @@ def _root() -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def ov_engine() -> tuple[Path, dict]:
+def onnx_folder() -> Path:
+    """One export for both engines: an ort-cpu folder (no optimisation, no parity) they convert."""
     from pixart_export.build import build
 
-    out, manifest, reused = build("ov-cpu", "tiny", _root() / "ov-cpu-tiny", log=lambda m: None)
+    out, _, _ = build("ort-cpu", "tiny", _root() / "ort-cpu-tiny", optimise=False, verify=False, log=lambda m: None)
+    return out
+
+
+def build_from_onnx(target: str, out: Path, **kwargs):
+    from pixart_export.build_ov import build_ov
+    from pixart_export.targets import get_target
+
+    return build_ov(get_target(target), "tiny", out, None, None, 4, None, True, False, lambda m: None,
+                    onnx_from=onnx_folder(), **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def ov_engine() -> tuple[Path, dict]:
+    out, manifest, reused = build_from_onnx("ov-cpu", _root() / "ov-cpu-tiny")
     assert not reused
     return out, manifest
 
@@ -35,16 +50,13 @@ def ov_engine() -> tuple[Path, dict]:
 def small_int8_options(**gate):
     from pixart_export.quantize_ov import CANDIDATES, Int8Options, QualityGate
 
-    return Int8Options(candidates=CANDIDATES[:1], transformer_prompts=2, denoiser_prompts=2,
+    return Int8Options(candidates=CANDIDATES[:1], transformer_prompts=2, denoiser_prompts=2, held_out_prompts=1,
                        gate=QualityGate(**gate))
 
 
 @functools.lru_cache(maxsize=None)
 def int8_engine() -> tuple[Path, dict]:
-    from pixart_export.build import build
-
-    out, manifest, reused = build("ov-cpu-int8", "tiny", _root() / "ov-cpu-int8-tiny", log=lambda m: None,
-                                  ov_int8=small_int8_options())
+    out, manifest, reused = build_from_onnx("ov-cpu-int8", _root() / "ov-cpu-int8-tiny", int8=small_int8_options())
     assert not reused
     return out, manifest
 

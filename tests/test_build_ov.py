@@ -71,11 +71,42 @@ def test_runtime_load_matches_reference_without_torch(ov_cpu, model, tmp_path): 
 
 
 def test_rebuild_is_reused(ov_cpu):  # noqa: F811
-    from pixart_export.build import build
+    from tests._ov_engine import build_from_onnx
 
     folder, manifest = ov_cpu
-    out, again, reused = build("ov-cpu", "tiny", folder, log=lambda m: None)
+    out, again, reused = build_from_onnx("ov-cpu", folder)
     assert reused and again["build_key"] == manifest["build_key"]
+    assert manifest["graphs"][0]["onnx_file"].endswith(".onnx")  # converted from the ort-cpu folder's graphs
+
+
+def test_build_through_the_plain_entry_point(tmp_path, monkeypatch):
+    """`build(target="ov-cpu")` dispatches to the OpenVINO builder (stopped after the first stage)."""
+    from pixart_export import build_ov
+    from pixart_export.build import build
+
+    seen = {}
+
+    def fake(target, *args, **kwargs):
+        seen["target"] = target.name
+        return tmp_path, {}, True
+
+    monkeypatch.setattr(build_ov, "build_ov", fake)
+    assert build("ov-cpu", "tiny", tmp_path / "x", log=lambda m: None)[2] is True
+    assert seen["target"] == "ov-cpu"
+
+
+def test_onnx_from_refuses_another_model(tmp_path):
+    from pixart_export.errors import UserError
+    from tests._ov_engine import build_from_onnx, onnx_folder
+
+    from pixart_export.build_ov import _onnx_source
+
+    with pytest.raises(UserError, match="steps 4 / resolutions"):
+        from pixart_export import identity as ident
+        from reference.loading import load_model
+
+        identity = ident.model_identity(load_model("tiny"), None)
+        _onnx_source(onnx_folder(), identity, [(256, 256)], 4)
 
 
 def test_loader_refuses_tampered_or_foreign_folders(ov_cpu, tmp_path):  # noqa: F811
