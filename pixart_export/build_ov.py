@@ -341,22 +341,13 @@ def parity_command(args) -> int:
     """`pixart-export parity` on an OpenVINO folder: re-measure, print, record (unless --no-write)."""
     import sys
 
-    from reference.loading import load_model, resolve_controlnet
-
     from . import identity as ident
     from .compile_ov import openvino_version
     from .manifest import verify_engine, write_json_atomic
     from .quantize_ov import Int8Options, QualityGate
 
     manifest = verify_engine(args.engine, "openvino", openvino_version())
-    recorded = manifest["model"]
-    model_spec = args.model or recorded["spec"]
-    controlnet_spec = args.controlnet or recorded.get("controlnet_spec")
-    model = load_model(model_spec, controlnet=controlnet_spec, lcm_spacing=manifest["lcm"]["spacing"])
-    identity = ident.model_identity(model, resolve_controlnet(controlnet_spec) if controlnet_spec else None)
-    if identity["identity"] != recorded["identity"]:
-        raise UserError(f"{model_spec}: not the model this engine was built from (identity "
-                        f"{identity['identity'][:12]} != {recorded['identity'][:12]}); pass --model/--controlnet")
+    model, model_spec = ident.load_recorded_model(manifest, args.model, args.controlnet)
     int8 = None
     if manifest["target"] == "ov-cpu-int8":
         gate = ((manifest.get("parity") or {}).get("quality") or {}).get("thresholds")

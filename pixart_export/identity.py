@@ -92,3 +92,21 @@ def toolchain_versions() -> dict:
 def build_key(identity: dict, options: dict, versions: dict) -> str:
     return _sha(canonical({"model": identity["identity"], "options": options, "versions": versions,
                            "code": code_hash()}))
+
+
+def load_recorded_model(manifest: dict, model_spec: str | None = None, controlnet_spec: str | None = None):
+    """The reference model an engine was built from (or the one given), refused unless its identity
+    equals the manifest's: parity against another model's weights would measure nothing."""
+    from reference.loading import load_model, resolve_controlnet
+
+    from .errors import UserError
+
+    recorded = manifest["model"]
+    model_spec = model_spec or recorded["spec"]
+    controlnet_spec = controlnet_spec or recorded.get("controlnet_spec")
+    model = load_model(model_spec, controlnet=controlnet_spec, lcm_spacing=manifest["lcm"]["spacing"])
+    identity = model_identity(model, resolve_controlnet(controlnet_spec) if controlnet_spec else None)
+    if identity["identity"] != recorded["identity"]:
+        raise UserError(f"{model_spec}: not the model this engine was built from (identity "
+                        f"{identity['identity'][:12]} != {recorded['identity'][:12]}); pass --model/--controlnet")
+    return model, model_spec

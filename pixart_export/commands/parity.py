@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,21 +30,12 @@ def run(args: argparse.Namespace) -> int:
         return parity_command(args)
     import onnxruntime
 
-    from reference.loading import load_model, resolve_controlnet
-
     from .. import identity as ident
     from ..manifest import verify_engine, write_json_atomic
     from ..parity import format_table, measure
 
     manifest = verify_engine(args.engine, "onnxruntime", onnxruntime.__version__)
-    recorded = manifest["model"]
-    model_spec = args.model or recorded["spec"]
-    controlnet_spec = args.controlnet or recorded.get("controlnet_spec")
-    model = load_model(model_spec, controlnet=controlnet_spec, lcm_spacing=manifest["lcm"]["spacing"])
-    identity = ident.model_identity(model, resolve_controlnet(controlnet_spec) if controlnet_spec else None)
-    if identity["identity"] != recorded["identity"]:
-        raise UserError(f"{model_spec}: not the model this engine was built from (identity "
-                        f"{identity['identity'][:12]} != {recorded['identity'][:12]}); pass --model/--controlnet")
+    model, model_spec = ident.load_recorded_model(manifest, args.model, args.controlnet)
     print(f"parity of {args.engine} against {model_spec}", file=sys.stderr, flush=True)
     parity = measure(model, args.engine, manifest, on_item=lambda n: print(f"  {n}", file=sys.stderr, flush=True))
     print(format_table(parity))
