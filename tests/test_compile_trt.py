@@ -148,3 +148,16 @@ def test_compile_refuses_wrong_gpu_and_tampered_bundle(tmp_path):
         C.compile_bundle(folder, log=lambda m: None, trt=FakeTrt, device=T4_GPU)
     data = json.loads((folder / "manifest.json").read_text())
     assert data["status"] == "bundle"
+
+
+def test_runtime_refuses_a_manifest_without_a_gpu_device(tmp_path):
+    """A folder that claims TensorRT but whose manifest has no GPU description is refused in one line,
+    not with an AttributeError (seen when an ort-cpu manifest was relabelled)."""
+    from pixart_export.manifest import EngineError
+    from pixart_export.runtime.trt import load_tensorrt
+
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "schema_version": SCHEMA_VERSION, "target": "trt-t4", "backend": {"name": "tensorrt", "version": "10.4"},
+        "device": "any CPU", "status": "compiled", "engines": {"x": "y"}, "files": {}, "graphs": []}))
+    with pytest.raises(EngineError, match="does not describe a GPU"):
+        load_tensorrt(tmp_path)

@@ -143,6 +143,9 @@ def load_tensorrt(engine_dir, precision: str = "fp16", cuda_graph: bool = False,
     """Validate a compiled bundle against this host and return a `TrtPipeline`."""
     folder = Path(engine_dir)
     manifest = read_manifest(folder)
+    if not isinstance(manifest.get("device"), dict):
+        raise EngineError(f"{folder}: manifest 'device' does not describe a GPU (arch, sm): not a TensorRT bundle "
+                          "made by `pixart-export build --target trt-*`; rebuild it")
     if manifest.get("status") != "compiled" or not manifest.get("engines"):
         raise EngineError(f"{folder}: a TensorRT bundle without engines; run `pixart-export compile {folder}` on "
                           f"a {manifest.get('device', {}).get('arch', 'target')} host first")
