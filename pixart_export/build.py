@@ -75,6 +75,16 @@ def _reusable(out: Path, key: str, verify: bool) -> dict | None:
         return None
 
 
+def reuse_existing(out: Path, key: str, verify: bool, force: bool, log: Log) -> dict | None:
+    """The manifest of `out` when it was built with `key` and every file is intact (else None, and
+    the destination is checked to be an engine folder we may replace). Shared by every backend."""
+    _check_destination(out)
+    if force or (manifest := _reusable(out, key, verify)) is None:
+        return None
+    log(f"up to date: {out} (build key {key[:12]}, every file matches its sha256); reusing it")
+    return manifest
+
+
 def build(target_name: str, model_spec: str, out: Path | None = None, controlnet_spec: str | None = None,
           resolutions: list[tuple[int, int]] | None = None, steps: int = 4, lcm_spacing: str | None = None,
           optimise: bool = True, verify: bool = True, force: bool = False,
@@ -112,9 +122,7 @@ def build(target_name: str, model_spec: str, out: Path | None = None, controlnet
     options = {"target": target.name, "resolutions": [list(r) for r in resolutions], "steps": steps,
                "lcm_spacing": model.lcm_spacing, "optimise": optimise, "verify": verify}
     key = ident.build_key(identity, options, versions)
-    _check_destination(out)
-    if not force and (manifest := _reusable(out, key, verify)) is not None:
-        log(f"up to date: {out} (build key {key[:12]}, every file matches its sha256); reusing it")
+    if (manifest := reuse_existing(out, key, verify, force, log)) is not None:
         return out, manifest, True
 
     out.parent.mkdir(parents=True, exist_ok=True)

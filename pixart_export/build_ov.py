@@ -169,7 +169,7 @@ def build_ov(target, model_spec: str, out: Path | None, controlnet_spec: str | N
     from reference.text import MAX_TEXT_LEN
 
     from . import compile_ov, export_onnx, identity as ident
-    from .build import _check_destination, _reusable, _swap_into_place, assemble_manifest, engine_name
+    from .build import _swap_into_place, reuse_existing, assemble_manifest, engine_name
     from .export_tokenizer import export_tokenizer
     from .manifest import file_table, write_json_atomic
 
@@ -180,7 +180,7 @@ def build_ov(target, model_spec: str, out: Path | None, controlnet_spec: str | N
                         f"({exc.name} is missing)") from None
     quantise = target.name == "ov-cpu-int8"
     if quantise:
-        from .quantize_ov import Int8Options, choose_and_quantize, quality_gate
+        from .quantize_ov import Int8Options, choose_and_quantize
 
         int8 = int8 or Int8Options()
     out = Path(out) if out is not None else Path("engines") / engine_name(target.name, model_spec, controlnet_spec)
@@ -205,9 +205,7 @@ def build_ov(target, model_spec: str, out: Path | None, controlnet_spec: str | N
         source = _onnx_source(Path(onnx_from), identity, resolutions, steps)
         options["onnx_from"] = source["build_key"]
     key = ident.build_key(identity, options, versions)
-    _check_destination(out)
-    if not force and (manifest := _reusable(out, key, verify)) is not None:
-        log(f"up to date: {out} (build key {key[:12]}, every file matches its sha256); reusing it")
+    if (manifest := reuse_existing(out, key, verify, force, log)) is not None:
         return out, manifest, True
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -71,7 +71,7 @@ def build_bundle(target, model_spec: str, out: Path | None = None, controlnet_sp
 
     from . import calibration, export_onnx, fp16, identity as ident, parity, quantize_qdq, trt_check
     from . import verify_precision as vp
-    from .build import _check_destination, _reusable, _swap_into_place, engine_name
+    from .build import _swap_into_place, reuse_existing, engine_name
     from .export_tokenizer import export_tokenizer
     from .graphs import spec_for_record
 
@@ -101,9 +101,7 @@ def build_bundle(target, model_spec: str, out: Path | None = None, controlnet_sp
                "lcm_spacing": model.lcm_spacing, "int8": want_int8, "calib_prompts": len(prompts),
                "fp16_safe_max": fp16.FP16_SAFE_MAX, "trt": repr(target.trt)}
     key = ident.build_key(identity, options, versions)
-    _check_destination(out)
-    if not force and (manifest := _reusable(out, key, False)) is not None:
-        log(f"up to date: {out} (build key {key[:12]}, every file matches its sha256); reusing it")
+    if (manifest := reuse_existing(out, key, False, force, log)) is not None:
         return out, manifest, True
 
     out.parent.mkdir(parents=True, exist_ok=True)

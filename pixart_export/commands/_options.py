@@ -38,3 +38,17 @@ def check_out(path: Path) -> Path:
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {path}: exists and is not a folder")
     return path
+
+
+def read_control_image(path: Path | None):
+    """The --control-image as a loaded PIL image (None when not given); one clear error if unreadable."""
+    if path is None:
+        return None
+    from PIL import Image
+
+    try:
+        image = Image.open(path)
+        image.load()
+    except OSError as exc:
+        raise UserError(f"{path}: not a readable image ({exc})") from exc
+    return image

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ._options import read_control_image
 from ..progress import step_bar
 
 
@@ -44,18 +45,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--control-image needs --controlnet")
     if args.out.suffix.lower() != ".png":
         raise UserError(f"--out {args.out}: the output is a PNG, name it *.png")
-    from PIL import Image
-
     from reference.loading import load_model
     from reference.pipeline import ReferencePipeline
 
-    control = None
-    if args.control_image is not None:
-        try:
-            control = Image.open(args.control_image)
-            control.load()
-        except OSError as exc:
-            raise UserError(f"{args.control_image}: not a readable image ({exc})") from exc
+    control = read_control_image(args.control_image)
     model = load_model(args.model, controlnet=args.controlnet, lcm_spacing=args.lcm_spacing)
     resolution = None if args.resolution is None else (args.resolution * 2)[:2]
     with step_bar(args.steps, f"{args.sampler} sampling") as bar:

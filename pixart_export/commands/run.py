@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ._options import read_control_image
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,17 +33,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--num-images must be at least 1")
     if args.resolution is not None and len(args.resolution) not in (1, 2):
         raise UserError("--resolution takes one value (square) or two (HEIGHT WIDTH)")
-    from PIL import Image
-
     from .. import runtime
 
-    control = None
-    if args.control_image is not None:
-        try:
-            control = Image.open(args.control_image)
-            control.load()
-        except OSError as exc:
-            raise UserError(f"{args.control_image}: not a readable image ({exc})") from exc
+    control = read_control_image(args.control_image)
     pipe = runtime.load(args.engine)
     resolution = None if args.resolution is None else (args.resolution * 2)[:2]
     images = pipe(args.prompt, seed=args.seed, num_images=args.num_images, control_image=control,
