@@ -4,7 +4,8 @@ by a scene classifier trained on the renderer (`reference.train.classifier`).
 Samplers compared on the fixed evaluation captions (`reference.train.data.eval_captions`: 12 single
 shapes and 24 two-shape scenes held out of training), `--seeds` images each:
     teacher DDIM 25 steps with guidance, teacher DDIM 4 steps with guidance (CFG scale `--cfg`, default
-    5.5 = 1 + w: the guidance the student was distilled at, w = 4.5 in LCM's convention),
+    5.5 = 1 + w: the guidance the student was distilled at, w = 4.5 in LCM's convention; "trailing"
+    DDIM spacing, so 4 steps start at t = 999 as the student's do, not at 750 as "leading" would),
     student LCM 1, 2, 4, 8 steps (no guidance),
 the renderer itself ("real") and real renders passed through the VAE ("VAE reconstruction", the
 ceiling for anything the DiT generates). The Frechet distance compares each set's classifier
@@ -47,9 +48,11 @@ def configs(teacher: Path, student: Path, cfg: float):
         yield f"student LCM {k}", student, "lcm", k, 1.0, k
 
 
-def generate(folder: Path, sampler: str, steps: int, guidance: float, prompts: list[str], seeds: int) -> torch.Tensor:
+def generate(folder: Path, sampler: str, steps: int, guidance: float, prompts: list[str], seeds: int,
+             ddim_spacing: str = "trailing") -> torch.Tensor:
     pipe = ReferencePipeline(load_model(folder))
-    out = [pipe(prompts, steps=steps, seed=s, sampler=sampler, guidance_scale=guidance, output="pt") for s in range(seeds)]
+    out = [pipe(prompts, steps=steps, seed=s, sampler=sampler, guidance_scale=guidance, output="pt",
+                ddim_spacing=ddim_spacing) for s in range(seeds)]
     return torch.cat(out)  # [seeds * len(prompts), 3, H, W], seed-major
 
 
@@ -92,6 +95,8 @@ def main(argv=None) -> None:
     parser.add_argument("--teacher", type=Path, help="teacher model folder")
     parser.add_argument("--student", type=Path, help="LCD student model folder")
     parser.add_argument("--cfg", type=float, default=5.5, help="teacher CFG scale (default 5.5 = 1 + w)")
+    parser.add_argument("--ddim-spacing", choices=("trailing", "leading"), default="trailing",
+                        help="teacher DDIM timestep spacing (default trailing: starts at t=999)")
     parser.add_argument("--seeds", type=int, default=4, help="images per caption (default 4)")
     parser.add_argument("--classifier-steps", type=int, default=300, help="probe training steps (default 300)")
     parser.add_argument("--classifier-images", type=int, default=3000, help="probe training images (default 3000)")
@@ -130,7 +135,7 @@ def main(argv=None) -> None:
                         "frechet": probe.frechet_distance(clf.embed(images), ref_feat)})
     for name, folder, sampler, steps, guidance, nfe in configs(args.teacher, args.student, args.cfg):
         t = time.time()
-        images = generate(folder, sampler, steps, guidance, prompts, args.seeds)
+        images = generate(folder, sampler, steps, guidance, prompts, args.seeds, args.ddim_spacing)
         per_image = (time.time() - t) / len(images)
         acc = probe.adherence(clf.predict(images), want)
         results.append({"name": name, "nfe": nfe, **acc, "frechet": probe.frechet_distance(clf.embed(images), ref_feat),
@@ -142,6 +147,7 @@ def main(argv=None) -> None:
     grid = grid_image([(n, x[cols]) for n, x in rows], [prompts[c] for c in cols])
     grid.quantize(256).save(args.out / f"{args.name}_grid.png", optimize=True)  # palette PNG: a few hundred KB
     meta = {"teacher": str(args.teacher), "student": str(args.student), "seeds": args.seeds, "cfg": args.cfg,
+            "ddim_spacing": args.ddim_spacing,
             "captions": len(prompts), "classifier_steps": args.classifier_steps,
             "classifier_images": args.classifier_images, "classifier_seconds": clf_s,
             "total_seconds": time.time() - t0, "torch_threads": args.threads}

@@ -98,8 +98,10 @@ class ReferencePipeline:
     def __call__(self, prompts: str | list[str], steps: int = 4, seed: int = 0,
                  resolution: int | Sequence[int] | None = None, sampler: str = "lcm", guidance_scale: float = 4.5,
                  control_image: Image.Image | None = None, conditioning_scale: float = 1.0,
-                 progress: Callable[[int], None] | None = None, output: str = "pil"):
-        """Images for `prompts`. `sampler`: "lcm" (PixArt-delta, no guidance) or "ddim" (teacher, CFG)."""
+                 progress: Callable[[int], None] | None = None, output: str = "pil", ddim_spacing: str = "leading"):
+        """Images for `prompts`. `sampler`: "lcm" (PixArt-delta, no guidance) or "ddim" (teacher, CFG);
+        `ddim_spacing`: "leading" (diffusers' DDIMScheduler default) or "trailing" (starts at t=999,
+        the fair choice for few steps)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise ModelError("no prompt given")
@@ -129,7 +131,8 @@ class ReferencePipeline:
                 raise ModelError("the DDIM teacher sampler runs without ControlNet")
             uncond = self.null_embeds(len(prompts), embeds.shape[1]) if guidance_scale != 1.0 else None
             eps = self.eps_fn(embeds, mask, height, width, None, uncond, guidance_scale)
-            latents = ddim_sample(eps, noise[0], ddim_timesteps(steps), self.alphas_cumprod, progress)
+            latents = ddim_sample(eps, noise[0], ddim_timesteps(steps, ddim_spacing), self.alphas_cumprod,
+                                  progress)
         else:
             raise ModelError(f"unknown sampler {sampler!r}; choose 'lcm' or 'ddim'")
         if output == "latent":

@@ -3,10 +3,12 @@
 Same modules as XL with a small config: a 6-block DiT of width 128 on 16x16 latents (128 px), a
 2-layer T5 encoder with transformers' `ByT5Tokenizer` (bytes, so no vocabulary file), a small
 4-level `AutoencoderKL` (8x downsampling, like SD's VAE), LCM scheduler settings, and a 2-copy
-ControlNet. Weights are deterministic from a fixed seed and written as a diffusers-layout folder of
-safetensors, which `PixArtAlphaPipeline.from_pretrained` can also load.
+ControlNet. `build_tiny` writes the *untrained* model, deterministic from a fixed seed, as a
+diffusers-layout folder of safetensors (which `PixArtAlphaPipeline.from_pretrained` can also load):
+the starting point of `reference/train/` (teacher `--base`). The shipped copy,
+reference/assets/tiny, is the trained one that `reference.train.package` writes (MODEL_CARD.md).
 
-    python -m reference.tiny OUT_DIR     # rebuild (the shipped copy is reference/assets/tiny)
+    python -m reference.tiny OUT_DIR     # the random, untrained tiny
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """reference/train/teacher.py (smoke): the epsilon objective falls in a few steps, caption dropout
-swaps in the learned null caption, a resumed run equals an uninterrupted one, and the written
-model folder runs in the reference pipeline."""
+swaps in the learned null caption, a resumed run equals an uninterrupted one, the written model
+folder (with the trained or the frozen T5) runs in the reference pipeline, and the PixArt
+initialisation starts every block as the identity."""
 from __future__ import annotations
 
 import pytest
@@ -40,9 +41,36 @@ def test_teacher_loss_falls_and_model_folder_samples(vae_dir, tmp_path):
     ema = load_file(str(out / "ckpt" / "ema.safetensors"))
     for key, value in model.dit.state_dict().items():
         assert torch.equal(value, ema[key]), key  # the written transformer is the EMA
+    text_ema = load_file(str(out / "ckpt" / "text_ema.safetensors"))
+    base = load_model(out / "base").text_encoder.state_dict()  # the random tiny the run started from
+    written = model.text_encoder.state_dict()
+    assert all(torch.equal(written[k], text_ema[k]) for k in text_ema)  # the written T5 is its EMA, trained
+    assert not all(torch.equal(written[k], base[k]) for k in base)
     assert model.vae.config.scaling_factor == 1.0 and model.controlnet is None
     images = ReferencePipeline(model)("a red circle", steps=2, sampler="ddim", output="pt")
     assert images.shape == (1, 3, 128, 128) and torch.isfinite(images).all()
+
+
+def test_frozen_text_encoder_is_written_unchanged(vae_dir, tmp_path):
+    run(vae_dir, tmp_path / "frozen", 3, "--text-encoder", "frozen")
+    base = load_model(tmp_path / "frozen" / "base").text_encoder.state_dict()
+    written = load_model(tmp_path / "frozen" / "model").text_encoder.state_dict()
+    assert all(torch.equal(written[k], base[k]) for k in base)
+    assert not (tmp_path / "frozen" / "ckpt" / "text_ema.safetensors").exists()
+
+
+def test_pixart_init_starts_blocks_as_identity_and_predicts_zero():
+    torch.manual_seed(0)
+    dit = teacher.initialize_like_pixart(PixArtDiT(TINY_DIT, text_len=12)).eval()
+    x, t = torch.randn(2, 4, 16, 16), torch.tensor([10.0, 700.0])
+    embeds, mask = torch.randn(2, 12, TINY_DIT.caption_channels), torch.ones(2, 12, dtype=torch.int64)
+    assert torch.count_nonzero(dit.predict_noise(x, t, embeds, mask)) == 0  # zero final layer
+    for block in dit.transformer_blocks:  # cross-attention contributes nothing at the start
+        assert torch.count_nonzero(block.attn2.to_out[0].weight) == 0
+    q = dit.transformer_blocks[0].attn1.to_q.weight
+    bound = (6 / (q.shape[0] + q.shape[1])) ** 0.5
+    assert q.abs().max() <= bound and q.abs().max() > 0.9 * bound  # xavier-uniform
+    assert abs(float(dit.adaln_single.linear.weight.detach().std()) - 0.02) < 0.002
 
 
 def test_resumed_run_equals_uninterrupted_run(vae_dir, tmp_path):
@@ -55,6 +83,13 @@ def test_resumed_run_equals_uninterrupted_run(vae_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = LossLog(tmp_path / "resumed", ["loss"], 6, enabled=False).read()
     assert rows["step"].tolist() == [1, 2, 3, 4, 5, 6]
+
+
+def test_min_snr_weights():
+    ac = torch.tensor([0.999, 0.9, 5 / 6, 0.5, 0.01])  # SNR 999, 9, 5, 1, 0.0101
+    weight = teacher.snr_weight(ac, 5.0)
+    torch.testing.assert_close(weight, torch.tensor([5 / 999, 5 / 9, 1.0, 1.0, 1.0]), rtol=1e-4, atol=0)
+    assert torch.equal(teacher.snr_weight(ac, 0.0), torch.ones(5))  # PixArt's plain MSE
 
 
 def test_ema_decay_warms_up():

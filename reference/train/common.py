@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model as load_module, save_model as save_module
 
 from ..config import ControlNetConfig
 from ..controlnet import PixArtControlNet
@@ -98,9 +99,8 @@ def check_replicas(out: Path, module: torch.nn.Module, accelerator) -> list[str]
 def save_checkpoint(out: Path, step: int, modules: dict[str, torch.nn.Module], optimizer, extra: dict) -> None:
     """Write `<out>/ckpt` atomically (main process only)."""
     tmp = Path(tempfile.mkdtemp(prefix=".ckpt-", dir=out))
-    for name, module in modules.items():
-        save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()},
-                  str(tmp / f"{name}.safetensors"))
+    for name, module in modules.items():  # save_model: T5's tied embeddings are stored once
+        save_module(module, str(tmp / f"{name}.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2) + "\n")
     final = out / CKPT
@@ -118,7 +118,7 @@ def load_checkpoint(out: Path, modules: dict[str, torch.nn.Module], optimizer) -
     if not (folder / "state.json").exists():
         return None
     for name, module in modules.items():
-        module.load_state_dict(load_file(str(folder / f"{name}.safetensors")), strict=True)
+        load_module(module, str(folder / f"{name}.safetensors"), strict=True)
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     return json.loads((folder / "state.json").read_text())
 
@@ -234,16 +234,20 @@ def cached_dataset(out: Path, key: str, accelerator, build) -> dict[str, torch.T
 
 # -- model folder -------------------------------------------------------------------------------------
 def write_model_folder(out: Path, source: Path, dit: PixArtDiT | None = None, vae=None,
-                       controlnet_seed: int = 0) -> Path:
-    """A diffusers-layout model folder: `source`'s text encoder, tokenizer and scheduler; `dit` and
-    `vae` when given (else the source's). The ControlNet is rebuilt from the DiT (copies of its first
+                       text_encoder=None, controlnet_seed: int = 0) -> Path:
+    """A diffusers-layout model folder: `source`'s tokenizer and scheduler; `dit`, `vae` and
+    `text_encoder` when given (else the source's). The ControlNet is rebuilt from the DiT (copies of its first
     blocks) with small random projection weights, as `reference.tiny` ships it (untrained, path exercised)."""
     from ..loading import load_dit
 
     tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=out.parent))
     try:
-        for name in ("text_encoder", "tokenizer", "scheduler"):
+        for name in ("tokenizer", "scheduler"):
             shutil.copytree(source / name, tmp / name)
+        if text_encoder is None:
+            shutil.copytree(source / "text_encoder", tmp / "text_encoder")
+        else:
+            text_encoder.eval().save_pretrained(str(tmp / "text_encoder"), safe_serialization=True)
         shutil.copy(source / "model_index.json", tmp / "model_index.json")
         if vae is None:
             shutil.copytree(source / "vae", tmp / "vae")

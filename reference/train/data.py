@@ -116,9 +116,18 @@ def render(labels: Labels, size: int, rng: np.random.Generator) -> np.ndarray:
 def sample(seed: int, index: int, size: int = 128, heldout: bool = False) -> tuple[np.ndarray, str, Labels]:
     """Training sample `index` of the data set `seed`: (image uint8 [size,size,3], caption, labels)."""
     rng = np.random.default_rng([seed, index])
-    labels = sample_labels(rng, heldout)
-    text = caption(labels, variant=int(rng.integers(2)), background=bool(rng.random() < P_BACKGROUND_PHRASE))
+    text, labels = _draw_caption(rng, heldout)
     return render(labels, size, rng), text, labels
+
+
+def _draw_caption(rng: np.random.Generator, heldout: bool) -> tuple[str, Labels]:
+    labels = sample_labels(rng, heldout)
+    return caption(labels, variant=int(rng.integers(2)), background=bool(rng.random() < P_BACKGROUND_PHRASE)), labels
+
+
+def captions(seed: int, count: int, start: int = 0) -> list[str]:
+    """The captions of samples start..start+count-1 of data set `seed`, without rendering the images."""
+    return [_draw_caption(np.random.default_rng([seed, i]), False)[0] for i in range(start, start + count)]
 
 
 def dataset(seed: int, count: int, size: int = 128, start: int = 0, heldout: bool = False):

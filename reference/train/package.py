@@ -28,6 +28,30 @@ def _stage(run: Path, name: str) -> dict:
     return summary
 
 
+def processes(stage_dir: Path) -> int:
+    """Data-parallel processes of a stage, from the replica check it wrote (1 if absent)."""
+    path = stage_dir / "replicas.json"
+    return int(json.loads(path.read_text())["processes"]) if path.exists() else 1
+
+
+def text_encoder_line(args: dict) -> str:
+    if args.get("text_encoder", "frozen") == "trained":
+        return ("- Text encoder and tokenizer: the tiny T5 (2 layers, width 64, byte-level ByT5 tokenizer), trained "
+                "with the teacher from `reference.tiny`'s random weights (PixArt freezes T5-XXL, which already "
+                "knows language; a random T5 does not, so it learns here), then frozen for LCD.")
+    return ("- Text encoder and tokenizer: the tiny random T5 (2 layers, width 64, byte-level ByT5 tokenizer), frozen, "
+            "unchanged from `reference.tiny` (a deterministic text featuriser).")
+
+
+def teacher_line(stage: dict) -> str:
+    args = stage["args"]
+    gamma = float(args.get("snr_gamma", 0))
+    weighting = f"min-SNR-{gamma:g} loss weights" if gamma > 0 else "plain MSE"
+    return (f"- Teacher: epsilon prediction, linear betas 1e-4..0.02 over 1000 steps, {weighting}, "
+            f"{args.get('init', 'diffusers')} initialisation, 10% captions dropped to the learned null caption; "
+            f"{stage['steps']} steps; EMA weights.")
+
+
 def model_card(run: Path, results: Path) -> str:
     stages = {name: _stage(run, name) for name in ("vae", "teacher", "lcd")}
     total_h = sum(s["elapsed_s"] for s in stages.values()) / 3600
@@ -44,12 +68,10 @@ def model_card(run: Path, results: Path) -> str:
         "triangle on a white background\". Training set: data set seed 0. 24 of the 288 two-shape combinations "
         "never appear in training; they and the 12 single shapes are the evaluation captions.", "",
         "## Components",
-        "- Text encoder and tokenizer: the tiny random T5 (2 layers, width 64, byte-level ByT5 tokenizer), frozen, "
-        "unchanged from `reference.tiny` (a deterministic text featuriser).",
+        text_encoder_line(stages["teacher"]["args"]),
         f"- VAE: the tiny `AutoencoderKL` config trained {stages['vae']['steps']} steps (L1 + KL, 64 px crops); "
         f"scaling_factor = 1/std of latents = {stages['vae']['scaling_factor']:.4f}.",
-        f"- Teacher: epsilon prediction, linear betas 1e-4..0.02 over 1000 steps, 10% captions dropped to the learned "
-        f"null caption; {stages['teacher']['steps']} steps; EMA weights.",
+        teacher_line(stages["teacher"]),
         f"- Student (these weights): LCD from the teacher, w = 4.5, DDIM solver, k = 20, target EMA 0.95, "
         f"pseudo-Huber c = 0.001; {stages['lcd']['steps']} steps; the target network is shipped.",
         "- ControlNet: rebuilt from the student's first blocks with small random projections (untrained, as before).", "",
@@ -60,7 +82,9 @@ def model_card(run: Path, results: Path) -> str:
         args = s["args"]
         lines.append(f"| {name} | {s['steps']} | {args['batch_size']} | {args['lr']} | {s['loss_first_100']:.4f} | "
                      f"{s['loss_last_100']:.4f} | {s['elapsed_s'] / 60:.1f} min |")
-    lines += ["", f"Total {total_h:.2f} h on a shared 2-core CPU, 1 torch thread per stage, seed 0 everywhere "
+    layout = ", ".join(f"{name} {processes(run / name)} process(es) x {s['args'].get('threads', '1')} thread(s)"
+                       for name, s in stages.items())
+    lines += ["", f"Total {total_h:.2f} h on a 2-core CPU ({layout}), seed 0 everywhere "
               "(`reference/train/train_tiny.sh`). Stage arguments are in each run folder's summary.json.", ""]
     if results.exists():
         bench = json.loads(results.read_text())
