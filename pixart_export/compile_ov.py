@@ -78,12 +78,12 @@ def runnable_precision(precision: str, info: dict | None = None) -> str:
     return precision if precision != "bf16" or has_bf16(info) else "f32"
 
 
-def compile_graph(path: Path, config: dict, core=None):
-    """`ov.CompiledModel` for an IR (or ONNX) file on the CPU with `config`."""
+def compile_graph(source, config: dict, core=None):
+    """`ov.CompiledModel` on the CPU with `config`, from an IR (or ONNX) path or an `ov.Model`."""
     import openvino as ov
 
     core = core or ov.Core()
-    return core.compile_model(str(path), "CPU", config)
+    return core.compile_model(source if isinstance(source, ov.Model) else str(source), "CPU", config)
 
 
 def run_compiled(compiled, feeds: dict) -> list:

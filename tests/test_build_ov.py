@@ -70,6 +70,24 @@ def test_runtime_load_matches_reference_without_torch(ov_cpu, model, tmp_path): 
     assert psnr is None or psnr > 60
 
 
+def test_static_shape_compilation_matches_the_dynamic_model(ov_cpu):  # noqa: F811
+    """The runtime compiles each graph for the call's shapes (one compiled model per batch size);
+    the numbers are those of the dynamic-batch IR (same kernels' maths, f32)."""
+    from pixart_export.runtime.ov_pipeline import load_openvino
+
+    folder, _ = ov_cpu
+    static, dynamic = load_openvino(folder, threads=1), load_openvino(folder, threads=1, static_shapes=False)
+    rng = np.random.default_rng(0)
+    for batch in (1, 2):
+        feeds = {"denoised": rng.standard_normal((batch, 4, 16, 16), dtype=np.float32)}
+        got, want = static.run("vae_decoder", feeds, 128, 128)[0], dynamic.run("vae_decoder", feeds, 128, 128)[0]
+        assert got.shape == (batch, 3, 128, 128)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert len(static._sessions) == 2 and len(dynamic._sessions) == 1
+    compiled = next(iter(static._sessions.values()))
+    assert all(not i.get_partial_shape().is_dynamic for i in compiled.inputs)
+
+
 def test_rebuild_is_reused(ov_cpu):  # noqa: F811
     from tests._ov_engine import build_from_onnx
 

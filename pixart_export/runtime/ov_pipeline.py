@@ -2,9 +2,14 @@
 
 The same pipeline as `OrtPipeline` (tokenizer, `text_encoder`, unrolled `denoiser_lcm{K}`,
 `vae_decoder`; names, files and shapes from the manifest); only how one graph runs differs: each IR
-is compiled once on the CPU with the properties the build recorded for it (`openvino.config` of
-the graph's manifest record: the inference precision, always explicit), plus the thread count asked
-for here. No torch, no `reference`.
+is compiled on the CPU with the properties the build recorded for it (`openvino.config` of the
+graph's manifest record: the inference precision, always explicit), plus the thread count asked for
+here. No torch, no `reference`.
+
+The IR keeps the batch axis dynamic (one file serves every batch), but each graph is compiled for
+the concrete input shapes of the call (`Model.reshape`, then compile; one compiled model per shape
+set, kept), so the CPU plugin can pick its kernels and memory plan for those shapes.
+`static_shapes=False` compiles the dynamic model once instead.
 """
 from __future__ import annotations
 
@@ -21,9 +26,10 @@ class OvPipeline(OrtPipeline):
     """Holds one compiled OpenVINO model per graph file, compiled on first use."""
 
     def __init__(self, folder: Path, manifest: dict, threads: int | None = None,
-                 precision: str | None = None, providers: Sequence[str] | None = None):
+                 precision: str | None = None, providers: Sequence[str] | None = None, static_shapes: bool = True):
         super().__init__(folder, manifest, providers=providers, threads=threads)
         self.precision_override = precision
+        self.static_shapes = static_shapes
         self._core = None
         self._cpu = cpu_info()
 
@@ -36,23 +42,29 @@ class OvPipeline(OrtPipeline):
             recorded["INFERENCE_NUM_THREADS"] = int(self.threads)
         return recorded
 
-    def session(self, rec: dict):
-        if rec["file"] not in self._sessions:
+    def session(self, rec: dict, feeds: dict[str, np.ndarray] | None = None):
+        """The compiled model for one graph: for the shapes of `feeds` when static, else the dynamic IR."""
+        shapes = tuple((n, tuple(a.shape)) for n, a in sorted(feeds.items())) if self.static_shapes and feeds else None
+        key = (rec["file"], shapes)
+        if key not in self._sessions:
             import openvino as ov
 
             self._core = self._core or ov.Core()
-            self._sessions[rec["file"]] = compile_graph(self.folder / rec["file"], self.graph_config(rec), self._core)
-        return self._sessions[rec["file"]]
+            model = self._core.read_model(str(self.folder / rec["file"]))
+            if shapes:
+                model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes})
+            self._sessions[key] = compile_graph(model, self.graph_config(rec), self._core)
+        return self._sessions[key]
 
     def run(self, graph: str, feeds: dict[str, np.ndarray], height: int | None = None,
             width: int | None = None) -> list[np.ndarray]:
         rec = self.record(graph, height, width)
-        names = [t["name"] for t in rec["inputs"]]
-        return run_compiled(self.session(rec), {n: feeds[n] for n in names})
+        feeds = {t["name"]: feeds[t["name"]] for t in rec["inputs"]}
+        return run_compiled(self.session(rec, feeds), feeds)
 
 
 def load_openvino(engine_dir: str | Path, threads: int | None = None, verify_hashes: bool = True,
-                  precision: str | None = None) -> OvPipeline:
+                  precision: str | None = None, static_shapes: bool = True) -> OvPipeline:
     """Validate an OpenVINO engine folder (manifest, OpenVINO version, sha256, x86 CPU) and load it.
 
     `precision` overrides the recorded inference precision of every graph ("f32" | "bf16"), for
@@ -73,4 +85,4 @@ def load_openvino(engine_dir: str | Path, threads: int | None = None, verify_has
     if machine not in ("x86_64", "amd64", "i686", "x86"):
         raise EngineError(f"engine target {manifest['target']!r} is for x86 CPUs; this host is {machine}: "
                           "use the ort-cpu target here")
-    return OvPipeline(Path(engine_dir), manifest, threads=threads, precision=precision)
+    return OvPipeline(Path(engine_dir), manifest, threads=threads, precision=precision, static_shapes=static_shapes)
