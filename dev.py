@@ -64,7 +64,7 @@ def main(argv: list[str]) -> int:
     out = ROOT / "out"
     out.mkdir(exist_ok=True)
     cli = [str(VENV / "bin" / "pixart-export")]
-    prompt = "a small red circle above a blue square"
+    prompt = "a red circle above a blue square"
     engine = ROOT / "engines" / "ort-cpu-tiny"
     steps = [
         # the PyTorch reference (ground truth) ...

@@ -36,6 +36,30 @@ def prepared_name(record: dict, precision: str) -> str:
     return record["file"].replace(".onnx", f".{precision}.onnx")
 
 
+#: Graphs that may ship fp32 when their fp16 graph fails its measured tolerance. T5 only: it has no
+#: attention scaling, and a trained T5 can learn attention logits in the thousands, where rounding the
+#: *weights* to fp16 already moves the logits by whole units (the trained `tiny`: 2.3% error on real
+#: tokens with every node kept fp32 and only the weights fp16). It is a small share of an image's
+#: FLOPs (one call per image); the DiT and VAE graphs never fall back, they fail the gate.
+FP32_FALLBACK_GRAPHS = ("text_encoder",)
+
+
+def fp32_fallback(rec: dict, src: Path, tmp: Path, row: dict, fp16_files: list[str]) -> dict:
+    """The fp32 graph shipped in place of a failed fp16 one (precision "fp32", reason recorded); the
+    failed fp16 file is removed and its error row marked `replaced_by_fp32` (kept in the report)."""
+    name = prepared_name(rec, "fp32")
+    shutil.copy2(src, tmp / name)
+    for extra in rec.get("files", [])[1:]:
+        shutil.copy2(src.parent / extra, tmp / extra)
+    for f in fp16_files:
+        (tmp / f).unlink(missing_ok=True)
+    row["replaced_by_fp32"] = True
+    new = {**rec, "file": name, "files": [name, *rec.get("files", [])[1:]], "precision": "fp32",
+           "fp32_fallback": f"fp16 measured rel L2 {row['rel_l2']:.2e} > tolerance {row['tol_rel_l2']:.0e}"}
+    new.pop("export_seconds", None)
+    return new
+
+
 def compile_command(folder: Path) -> str:
     return f"pixart-export compile {folder}"
 
@@ -149,7 +173,12 @@ def build_bundle(target, model_spec: str, out: Path | None = None, controlnet_sp
             prepared.append(new)
             held = heldout.get(spec.name) if (h, w) == tuple(resolutions[0]) else None
             report["graphs"] += vp.graph_errors(src, tmp / name, spec, dims, "fp16", held)
-            log(f"      {name}: {len(conv['kept_fp32'])} nodes kept fp32, rel L2 {report['graphs'][-1]['rel_l2']:.2e}")
+            row = report["graphs"][-1]
+            log(f"      {name}: {len(conv['kept_fp32'])} nodes kept fp32, rel L2 {row['rel_l2']:.2e}")
+            if not row["ok"] and rec["graph"] in FP32_FALLBACK_GRAPHS:
+                prepared[-1] = fp32_fallback(rec, src, tmp, row, prepared[-1]["files"])
+                log(f"      {rec['graph']}: fp16 rel L2 {row['rel_l2']:.2e} > {row['tol_rel_l2']:.0e}: "
+                    f"shipping it fp32 ({prepared[-1]['file']})")
 
         if want_int8:
             log("[5/8] int8 Q/DQ graphs (symmetric, per-channel weights, calibrated MinMax)")
@@ -185,14 +214,15 @@ def build_bundle(target, model_spec: str, out: Path | None = None, controlnet_sp
                 shutil.copy2(tmp / extra, fp32_dir / extra)
         control = parity.control_image if model.controlnet is not None else None
         report["end_to_end"] += vp.end_to_end(fp32_dir, base, records,
-                                              [r for r in prepared if r["precision"] == "fp16"], "fp16", control)
+                                              [r for r in prepared if r["precision"] in ("fp16", "fp32")], "fp16",
+                                              control)
         if want_int8:  # int8 where there is an int8 graph, fp16 elsewhere: what the int8 engine set runs
             int8_graphs = {r["graph"] for r in prepared if r["precision"] == "int8"}
             mix = [r for r in prepared if r["precision"] == "int8" or
-                   (r["precision"] == "fp16" and r["graph"] not in int8_graphs)]
+                   (r["precision"] in ("fp16", "fp32") and r["graph"] not in int8_graphs)]
             report["end_to_end"] += vp.end_to_end(fp32_dir, base, records, mix, "int8", None)
         log(vp.format_table(report))
-        report["ok"] = all(r["ok"] for r in report["graphs"] + report["end_to_end"])
+        report["ok"] = all(r["ok"] for r in report["graphs"] + report["end_to_end"] if not r.get("replaced_by_fp32"))
         report["fp32_vs_reference"] = fp32_rows
         vp.gate(report)
 

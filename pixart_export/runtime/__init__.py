@@ -3,7 +3,7 @@ no `reference` (a test imports this package in a process where importing torch r
 
     from pixart_export import runtime
     pipe = runtime.load("engines/ort-cpu-tiny")
-    pipe("a small red circle above a blue square", seed=0)[0].save("x.png")
+    pipe("a red circle above a blue square", seed=0)[0].save("x.png")
 
 `load` checks the folder against its manifest first (schema, backend and version, sha256 of every
 file) and refuses with a message naming the mismatch and what to do.

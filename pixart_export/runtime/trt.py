@@ -2,7 +2,7 @@
 
     from pixart_export import runtime
     pipe = runtime.load("engines/trt-t4-tiny")          # a compiled bundle (after `pixart-export compile`)
-    pipe("a small red circle above a blue square", seed=0)[0].save("x.png")
+    pipe("a red circle above a blue square", seed=0)[0].save("x.png")
 
 Imports numpy, tensorrt and cuda-python only (no torch). `load` refuses a bundle that is not compiled,
 whose engines were built for another GPU architecture or TensorRT version, or whose files changed.
@@ -118,7 +118,7 @@ class TrtPipeline(OrtPipeline):
     def record(self, graph: str, height: int | None = None, width: int | None = None) -> dict:
         matches = [e for e in self.manifest["graphs"] if e["graph"] == graph and
                    (e["height"] is None or (e["height"], e["width"]) == (height, width))]
-        order = ["int8", "fp16"] if self.precision == "int8" else ["fp16"]
+        order = (["int8", "fp16"] if self.precision == "int8" else ["fp16"]) + ["fp32"]  # fp32: a measured fallback
         for p in order:
             for e in matches:
                 if e["precision"] == p:

@@ -52,7 +52,7 @@ def teacher_line(stage: dict) -> str:
             f"{stage['steps']} steps; EMA weights.")
 
 
-def model_card(run: Path, results: Path) -> str:
+def model_card(run: Path, results: Path, note: str | None = None) -> str:
     stages = {name: _stage(run, name) for name in ("vae", "teacher", "lcd")}
     total_h = sum(s["elapsed_s"] for s in stages.values()) / 3600
     lines = [
@@ -86,6 +86,8 @@ def model_card(run: Path, results: Path) -> str:
                        for name, s in stages.items())
     lines += ["", f"Total {total_h:.2f} h on a 2-core CPU ({layout}), seed 0 everywhere "
               "(`reference/train/train_tiny.sh`). Stage arguments are in each run folder's summary.json.", ""]
+    if note:
+        lines += [note, ""]
     if results.exists():
         bench = json.loads(results.read_text())
         lines += ["## Quality (`benchmarks/quality_tiny.py`)",
@@ -108,8 +110,9 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="destination model folder (replaced)")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "quality_tiny.json")
     parser.add_argument("--card-only", action="store_true", help="write only MODEL_CARD.md into --out")
+    parser.add_argument("--note", default=None, help="a sentence for the card's training record (how the run went)")
     args = parser.parse_args(argv)
-    card = model_card(args.run, args.results)
+    card = model_card(args.run, args.results, args.note)
     if args.card_only:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "MODEL_CARD.md").write_text(card)
