@@ -8,8 +8,10 @@ here. No torch, no `reference`.
 
 The IR keeps the batch axis dynamic (one file serves every batch), but each graph is compiled for
 the concrete input shapes of the call (`Model.reshape`, then compile; one compiled model per shape
-set, kept), so the CPU plugin can pick its kernels and memory plan for those shapes.
-`static_shapes=False` compiles the dynamic model once instead.
+set, kept), so the CPU plugin can pick its kernels and memory plan for those shapes (on tiny it
+fuses the elementwise chains it leaves unfused in the dynamic model). Measured on the XL int8 step
+(512 px, 2-core AVX-512 VNNI CPU, idle): 2.19 s static vs 2.25 s dynamic; the VAE decoder the same
+(12.4 s). A small gain, kept. `static_shapes=False` compiles the dynamic model once instead.
 """
 from __future__ import annotations
 
