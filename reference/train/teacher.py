@@ -9,8 +9,9 @@ out are an EMA of the trained ones (`ema_decay`).
 
 The DiT starts from upstream PixArt's initialisation (`initialize_like_pixart`: xavier linears,
 zero cross-attention outputs and zero final layer, so every block starts as the identity), not from
-diffusers' module defaults; at this scale that is the difference between shapes and blobs after a
-few thousand steps.
+diffusers' module defaults (on the miniature the loss curves of the two were alike over 800 steps;
+it is kept because it is upstream's). What made the miniature follow captions was the min-SNR
+weighting with lr 1e-3 (`snr_weight`).
 
 `--text-encoder trained` (the default here) trains the miniature's 2-layer T5 with the DiT. PixArt
 freezes T5-XXL because it has already learned language; the miniature's T5 is random, has never
@@ -90,7 +91,9 @@ def snr_weight(alpha_bar: torch.Tensor, gamma: float) -> torch.Tensor:
 
     The plain epsilon MSE is dominated by the nearly clean timesteps, whose errors are fine texture;
     what a caption decides (colour, shape, layout) is settled at mid-to-high noise, where the
-    weight stays 1. Measured on the miniature: see the model card."""
+    weight stays 1. Measured on the miniature over 800 steps (trained T5, lr 1e-3): the eps-MSE gap
+    between true and shuffled captions at t in [200, 800] was 0.0006 with gamma 5 and 0.0001 without
+    (a caption-blind teacher's gap), at a lower loss (0.021 vs 0.026)."""
     if gamma <= 0:
         return torch.ones_like(alpha_bar)
     snr = alpha_bar / (1 - alpha_bar)
