@@ -27,7 +27,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
 import sys
 import threading
