@@ -1,14 +1,19 @@
 """Captioned scenes of coloured shapes, generated deterministically: the miniature's training data.
 
-A scene is one shape, or two shapes side by side or one above the other, on a white background:
+A scene is one shape, or two shapes side by side or one above the other, on a white background
+(two-shape scenes are three quarters of the stream: binding two objects' attributes is the hard part):
 
     "a red circle", "a blue square above a yellow triangle on a white background",
     "a green triangle to the right of a red circle"
 
 Sample i of a data set is drawn from `numpy.random.default_rng([seed, i])`, so it does not depend on
-how many samples are drawn or in which order. Every scene has integer labels (`Labels`) that the
+how many samples are drawn or in which order: the data set is an unbounded seeded stream, and
+training renders it on the fly (`reference.train.common.SceneStream`). Every scene has integer labels
+(`Labels`) that the
 evaluation classifier reads back from images; two-object combinations in `HELDOUT` never appear in
-training and make up, with the single shapes, the fixed evaluation captions (`eval_captions`).
+training and make up, with the single shapes, the fixed evaluation captions (`eval_captions`);
+`eval_groups` adds a fixed set of two-shape combinations that ARE in training (`SEEN_PAIRS`), so
+binding and generalisation are measured apart.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ COLOUR_NAMES = tuple(COLOURS)
 SHAPES = ("circle", "square", "triangle")
 LAYOUTS = ("single", "vertical", "horizontal")  # vertical: a above b; horizontal: a left of b
 BACKGROUND = (255, 255, 255)
-P_SINGLE = 0.4  # share of one-shape scenes
+P_SINGLE = 0.25  # share of one-shape scenes
 P_BACKGROUND_PHRASE = 0.5  # share of captions ending "on a white background"
 SUPERSAMPLE = 4  # drawn at 4x and downsampled: anti-aliased edges
 
@@ -62,7 +67,8 @@ def caption(labels: Labels, variant: int = 0, background: bool = False) -> str:
 
 def _all_pairs() -> list[Labels]:
     things = list(itertools.product(range(len(SHAPES)), range(len(COLOURS))))
-    return [Labels(layout, sa, ca, sb, cb) for layout in (1, 2) for (sa, ca), (sb, cb) in itertools.product(things, things)]
+    return [Labels(layout, sa, ca, sb, cb) for layout in (1, 2)
+            for (sa, ca), (sb, cb) in itertools.product(things, things)]
 
 
 #: Two-object scenes kept out of training (a fixed 24 of the 288), for evaluation.
@@ -151,3 +157,37 @@ def eval_captions() -> list[tuple[str, Labels]]:
 def render_for(labels: Labels, seed: int, index: int, size: int = 128) -> np.ndarray:
     """A real image of given labels (the reference set the Frechet distance compares against)."""
     return render(labels, size, np.random.default_rng([seed, index, *(v + 1 for v in labels.as_tuple())]))
+
+
+#: Two-object scenes that training does see (a fixed 24 of the 264 not held out), for evaluation.
+SEEN_PAIRS: tuple[Labels, ...] = tuple(sorted(
+    [lab for lab in (_all_pairs()[i] for i in np.random.default_rng(6).permutation(len(_all_pairs())))
+     if lab not in HELDOUT][:24], key=Labels.as_tuple))
+
+
+def eval_groups() -> dict[str, list[tuple[str, Labels]]]:
+    """The evaluation captions by group, canonical phrasing: "single" (12), "seen pair" (24 combinations
+    in training), "held-out pair" (the 24 of `HELDOUT`)."""
+    evals = eval_captions()
+    return {"single": evals[:12], "seen pair": [(caption(lab), lab) for lab in SEEN_PAIRS],
+            "held-out pair": evals[12:]}
+
+
+def training_captions() -> list[str]:
+    """Every caption the training stream can produce (sorted): the index space of caption ids."""
+    singles = [Labels(0, s, c) for s in range(len(SHAPES)) for c in range(len(COLOURS))]
+    out = {caption(lab, variant, bg) for lab in singles for variant in (0,) for bg in (False, True)}
+    out |= {caption(lab, variant, bg) for lab in _all_pairs() if lab not in HELDOUT
+            for variant in (0, 1) for bg in (False, True)}
+    return sorted(out)
+
+
+#: The words of every training caption: anything else in a prompt is unknown to the miniature.
+VOCABULARY: frozenset[str] = frozenset(
+    {"a", "above", "below", "to", "the", "left", "right", "of", "on", "white", "background", *COLOUR_NAMES, *SHAPES})
+
+
+def unknown_words(prompt: str) -> list[str]:
+    """The words of `prompt` (lower-cased, punctuation stripped) that no training caption uses, in order."""
+    words = [w.strip(".,;:!?\"'()").lower() for w in prompt.split()]
+    return [w for w in dict.fromkeys(words) if w and w not in VOCABULARY]
