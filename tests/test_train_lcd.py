@@ -1,6 +1,7 @@
 """reference/train/lcd.py: the consistency function and its boundary, the pseudo-Huber loss, and (smoke)
 a few LCD steps make the student more self-consistent on a fixed probe batch of the training set than
-the teacher it started from (the logged loss is too noisy over t to compare in 60 steps); the model folder written out is the target network and samples with LCM."""
+the teacher it started from (the logged loss is too noisy over t to compare in 60 steps); the model
+folder written out is the target network and samples with LCM."""
 from __future__ import annotations
 
 import copy

@@ -4,6 +4,9 @@ EMA, the cached training set (VAE latents + frozen-T5 embeddings) and the model 
 Data parallelism: every process draws the same global batch from `rng(seed, step)` and takes its
 slice `[rank::world]`; accelerate's DDP averages the gradients, so a run with N processes takes the
 same steps as one process with the same global batch, and resuming at step s draws the same batches.
+Data: `SceneStream` renders the unbounded seeded scene stream of `data.py` on the fly, in worker
+processes, into a sliding window of VAE latents that every step samples its batch from (the older
+`cached_dataset` holds a fixed set of `--num-images` scenes, for small tests and comparisons).
 Checkpoints: `<out>/ckpt/` holds the trained modules as safetensors, the optimizer state through
 `torch.save` (tensors and plain containers only, read back with `weights_only=True`) and `state.json`.
 """
@@ -15,19 +18,21 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from safetensors.torch import load_model as load_module, save_model as save_module
+from safetensors.torch import load_model as load_module
+from safetensors.torch import save_model as save_module
 
+from .. import vae as vae_io
 from ..config import ControlNetConfig
 from ..controlnet import PixArtControlNet
 from ..dit import PixArtDiT
 from ..loading import save_controlnet, save_dit
 from ..text import encode_prompts
-from .. import vae as vae_io
 from . import data
 
 CKPT = "ckpt"
@@ -72,8 +77,7 @@ def check_batch(batch_size: int, accelerator) -> None:
 @torch.no_grad()
 def ema_update(target: torch.nn.Module, online: torch.nn.Module, rate: float) -> None:
     """target <- rate * target + (1 - rate) * online, over parameters (buffers copied)."""
-    for t, o in zip(target.parameters(), online.parameters()):
-        t.lerp_(o.detach(), 1.0 - rate)
+    torch._foreach_lerp_(list(target.parameters()), [o.detach() for o in online.parameters()], 1.0 - rate)
     for t, o in zip(target.buffers(), online.buffers()):
         t.copy_(o)
 
@@ -131,6 +135,7 @@ class LossLog:
         self.path = out / "loss.csv"
         self.columns = columns
         self.enabled = enabled
+        self.pending: list[tuple[int, torch.Tensor]] = []
         if not enabled:
             return
         rows = []
@@ -147,6 +152,25 @@ class LossLog:
         if self.enabled:
             with self.path.open("a", newline="") as f:
                 csv.writer(f).writerow([step, *(f"{values[c]:.6g}" for c in self.columns)])
+
+    def log_later(self, step: int, value: torch.Tensor, every: int = 50, last: bool = False) -> float | None:
+        """Queue a one-column loss still on the device; write the queue (one device sync) every `every`
+        steps or when `last`. Returns the newest value when written, else None."""
+        self.pending.append((step, value.detach().reshape(())))
+        if not (last or len(self.pending) >= every):
+            return None
+        return self.flush()
+
+    def flush(self) -> float | None:
+        """Write the losses `log_later` queued; the newest value, or None if none was queued."""
+        if not self.pending:
+            return None
+        values = torch.stack([v for _, v in self.pending]).double().cpu().tolist()
+        if self.enabled:
+            with self.path.open("a", newline="") as f:
+                csv.writer(f).writerows([s, f"{v:.6g}"] for (s, _), v in zip(self.pending, values))
+        self.pending = []
+        return values[-1]
 
     def read(self) -> dict[str, np.ndarray]:
         with self.path.open() as f:
@@ -232,12 +256,143 @@ def cached_dataset(out: Path, key: str, accelerator, build) -> dict[str, torch.T
     return load_file(str(path))
 
 
+# -- the scene stream, rendered on the fly -------------------------------------------------------------
+def _render_chunk(seed: int, start: int, count: int, size: int):
+    """Stream scenes start..start+count-1: (images uint8 [n,size,size,3], caption ids int64 [n]).
+    Top-level so worker processes can run it."""
+    images, captions, _ = data.dataset(seed, count, size, start=start)
+    index = _caption_index()
+    return images, np.asarray([index[c] for c in captions], dtype=np.int64)
+
+
+_CAPTION_INDEX: dict[str, int] = {}
+
+
+def _caption_index() -> dict[str, int]:
+    if not _CAPTION_INDEX:
+        _CAPTION_INDEX.update({c: i for i, c in enumerate(data.training_captions())})
+    return _CAPTION_INDEX
+
+
+class SceneStream:
+    """A sliding window over the seeded scene stream (`data.sample(seed, i)`, i = 0, 1, 2, ...).
+
+    The stream is cut into chunks of `chunk` scenes; at step s the window holds chunks
+    [s // refresh, s // refresh + window) as VAE latents in a ring buffer on the training device, so
+    every `refresh` steps the oldest chunk is replaced by the next unseen one. A batch is drawn
+    uniformly from the window. Everything depends on (seed, step) only: every data-parallel process
+    holds the same window, and a resumed run rebuilds the window it stopped with. `workers` processes
+    render the chunks ahead of need (0: render in this process when needed). Caption ids index
+    `data.training_captions()`."""
+
+    def __init__(self, seed: int, size: int, vae, device, window: int, chunk: int, refresh: int,
+                 workers: int = 0, ahead: int = 4):
+        self.seed, self.size, self.vae, self.device = seed, size, vae, torch.device(device)
+        self.window, self.chunk, self.refresh, self.ahead = window, chunk, max(refresh, 1), ahead
+        self.pool = None
+        if workers > 0:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        self.pending: dict[int, object] = {}
+        self.slots: dict[int, int] = {}  # ring slot -> chunk held
+        self.latents: torch.Tensor | None = None
+        self.caption_ids = torch.zeros(window * chunk, dtype=torch.int64, device=self.device)
+        self.rendered = 0  # scenes rendered by this stream (a figure for the run record)
+
+    def _submit(self, k: int) -> None:
+        if self.pool is not None and k not in self.pending:
+            self.pending[k] = self.pool.submit(_render_chunk, self.seed, k * self.chunk, self.chunk, self.size)
+
+    def _fetch(self, k: int):
+        future = self.pending.pop(k, None)
+        return future.result() if future is not None else _render_chunk(self.seed, k * self.chunk, self.chunk,
+                                                                         self.size)
+
+    @torch.no_grad()
+    def _encode(self, images: np.ndarray, batch: int = 512) -> torch.Tensor:
+        out = []
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(images[i:i + batch]).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+            out.append(vae_io.encode(self.vae, x))
+        return torch.cat(out)
+
+    def advance(self, step: int) -> None:
+        """Make the window of `step` resident (renders what is missing, queues what comes next)."""
+        first = step // self.refresh
+        wanted = range(first, first + self.window)
+        for k in range(first, first + self.window + self.ahead):
+            if k % self.window not in self.slots or self.slots[k % self.window] != k:
+                self._submit(k)
+        for k in wanted:
+            slot = k % self.window
+            if self.slots.get(slot) == k:
+                continue
+            images, ids = self._fetch(k)
+            latents = self._encode(images)
+            if self.latents is None:
+                self.latents = torch.zeros((self.window * self.chunk, *latents.shape[1:]), device=self.device)
+            rows = slice(slot * self.chunk, (slot + 1) * self.chunk)
+            self.latents[rows] = latents
+            self.caption_ids[rows] = torch.from_numpy(ids).to(self.device)
+            self.slots[slot] = k
+            self.rendered += len(ids)
+
+    def batch(self, step: int, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(latents [B,4,h,w], caption ids [B]) of window rows `index` (uniform draws in [0, window*chunk))."""
+        self.advance(step)
+        rows = torch.from_numpy(np.asarray(index)).to(self.device)
+        return self.latents[rows], self.caption_ids[rows]
+
+    @property
+    def size_rows(self) -> int:
+        return self.window * self.chunk
+
+    def close(self) -> None:
+        if self.pool is not None:
+            for future in self.pending.values():
+                future.cancel()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+
+
+def add_stream_args(parser) -> None:
+    parser.add_argument("--num-images", type=int, default=0,
+                        help="a fixed, cached set of this many scenes instead of the stream (default 0: the stream)")
+    parser.add_argument("--window", type=int, default=16, help="stream: chunks held in the window (default 16)")
+    parser.add_argument("--chunk", type=int, default=512, help="stream: scenes per chunk (default 512)")
+    parser.add_argument("--refresh", type=int, default=32,
+                        help="stream: steps between replacing the oldest chunk with a new one (default 32)")
+    parser.add_argument("--render-workers", type=int, default=0,
+                        help="stream: worker processes rendering ahead (default 0: render in the training process)")
+    parser.add_argument("--time-limit", type=float, default=0.0,
+                        help="stop at the first step past this many seconds of this run, checkpoint and write the "
+                             "model as usual (default 0: no limit; the step reached is in summary.json)")
+
+
+def out_of_time(acc, t0: float, limit: float) -> bool:
+    """True on every process once the main process's clock has passed `limit` s since `t0` (0: never)."""
+    if limit <= 0:
+        return False
+    flag = torch.tensor([float(time.time() - t0 > limit)], device=acc.device)
+    return bool(acc.reduce(flag, "max").item() > 0)
+
+
+def setup_device() -> None:
+    """GPU only: TF32 matrix products (the tiny DiT's small matrices stay accurate to ~1e-3; recorded)."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 # -- model folder -------------------------------------------------------------------------------------
 def write_model_folder(out: Path, source: Path, dit: PixArtDiT | None = None, vae=None,
-                       text_encoder=None, controlnet_seed: int = 0) -> Path:
+                       text_encoder=None) -> Path:
     """A diffusers-layout model folder: `source`'s tokenizer and scheduler; `dit`, `vae` and
-    `text_encoder` when given (else the source's). The ControlNet is rebuilt from the DiT (copies of its first
-    blocks) with small random projection weights, as `reference.tiny` ships it (untrained, path exercised)."""
+    `text_encoder` when given (else the source's). The ControlNet (when the source has one) is rebuilt
+    from the DiT: copies of its first blocks with their zero-initialised projections, untrained, so it
+    leaves every image unchanged until a ControlNet is trained."""
     from ..loading import load_dit
 
     tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=out.parent))
@@ -257,14 +412,7 @@ def write_model_folder(out: Path, source: Path, dit: PixArtDiT | None = None, va
         save_dit(dit, tmp / "transformer")
         if (source / "controlnet").is_dir():
             num = json.loads((source / "controlnet" / "config.json").read_text())["num_copies"]
-            net = PixArtControlNet(dit, ControlNetConfig(num_copies=num))
-            g = torch.Generator().manual_seed(controlnet_seed)
-            with torch.no_grad():
-                for block in net.controlnet:
-                    for proj in (block.before_proj, block.after_proj):
-                        if proj is not None:
-                            proj.weight.copy_(torch.randn(proj.weight.shape, generator=g) * 0.02)
-            save_controlnet(net, tmp / "controlnet")
+            save_controlnet(PixArtControlNet(dit, ControlNetConfig(num_copies=num)), tmp / "controlnet")
         tmp.chmod(0o755)
         if out.exists():
             shutil.rmtree(out)

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from ..loading import load_model
-from ..sampling import add_noise, ddim_step, guided, lcm_step
-from ..schedules import LCM_ORIGINAL_STEPS, NUM_TRAIN_TIMESTEPS, alphas_cumprod
+from ..sampling import add_noise, guided
+from ..schedules import LCM_ORIGINAL_STEPS, NUM_TRAIN_TIMESTEPS, alphas_cumprod, lcm_scalings
 from . import common
-from .teacher import load_training_set
+from .teacher import TrainingData, base_latent_shape, device_name
 
 
 class StudentEps(torch.nn.Module):
@@ -51,9 +51,21 @@ class StudentEps(torch.nn.Module):
         return self.dit.predict_noise(latents, timestep, embeds, mask)
 
 
+def _per_sample(values: list[float], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *([1] * (like.ndim - 1)))
+
+
+def _alpha_bars(t: list[int], ac: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """alpha-bar_t per sample, [B,1,1,1] (alpha-bar_{-1} = 1, the clean end)."""
+    return _per_sample([float(ac[v]) if v >= 0 else 1.0 for v in t], like)
+
+
 def consistency(eps: torch.Tensor, x: torch.Tensor, timesteps: list[int], ac: torch.Tensor) -> torch.Tensor:
-    """f(x, t) = c_skip(t) x + c_out(t) x0(eps), per sample: the denoised output of `lcm_step`."""
-    return torch.cat([lcm_step(eps[i:i + 1], x[i:i + 1], t, None, ac, None)[1] for i, t in enumerate(timesteps)])
+    """f(x, t) = c_skip(t) x + c_out(t) x0(eps), per sample: the denoised output of `lcm_step`, batched."""
+    scalings = [lcm_scalings(float(t)) for t in timesteps]
+    c_skip, c_out = _per_sample([c[0] for c in scalings], x), _per_sample([c[1] for c in scalings], x)
+    a = _alpha_bars(timesteps, ac, x)
+    return c_out * ((x - (1 - a).sqrt() * eps) / a.sqrt()) + c_skip * x
 
 
 def huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
@@ -72,7 +84,9 @@ def guided_solver_step(teacher, x_t: torch.Tensor, t: list[int], t_prev: list[in
                                  torch.cat([torch.ones_like(mask), mask]))
     eps_u, eps_c = both.chunk(2)
     eps_w = guided(eps_c, eps_u, 1.0 + w)  # DDIM is linear in eps: CFG at scale 1 + w
-    return torch.cat([ddim_step(eps_w[i:i + 1], x_t[i:i + 1], t[i], max(t_prev[i], -1), ac) for i in range(batch)])
+    a, a_prev = _alpha_bars(t, ac, x_t), _alpha_bars([max(v, -1) for v in t_prev], ac, x_t)
+    x0 = (x_t - (1 - a).sqrt() * eps_w) / a.sqrt()  # `ddim_step`, batched over per-sample timesteps
+    return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps_w
 
 
 def lcd_loss(student, teacher, target, x0: torch.Tensor, noise: torch.Tensor, t: list[int], embeds, mask,
@@ -97,11 +111,11 @@ def lcd_loss(student, teacher, target, x0: torch.Tensor, noise: torch.Tensor, t:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(parser, steps=1000, batch_size=32, lr=1e-4)
+    common.add_stream_args(parser)
     parser.add_argument("--teacher", type=Path, required=True, help="teacher model folder (stage 2's <out>/model)")
-    parser.add_argument("--num-images", type=int, default=4096, help="training images (default 4096)")
     parser.add_argument("--size", type=int, default=128, help="image size in px (default 128)")
     parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="where the encoded training set is cached, keyed by a hash (default: --out)")
+                        help="where a fixed --num-images set is cached, keyed by a hash (default: --out)")
     parser.add_argument("--w", "-w", type=float, default=4.5,
                         help="fixed guidance w, LCM convention (CFG scale 1 + w; default 4.5)")
     parser.add_argument("--skip", "-k", type=int, default=20, help="skipping interval k in timesteps (default 20)")
@@ -113,22 +127,24 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     acc = common.make_accelerator(args.threads)
+    common.setup_device()
     common.check_batch(args.batch_size, acc)
     args.out.mkdir(parents=True, exist_ok=True)
+    dev = acc.device
     teacher_model = load_model(args.teacher)
-    _, train = load_training_set(args, acc, args.teacher / "vae", teacher_model)
-    latents, caption_ids, embeds, masks = train["latents"], train["caption_ids"], train["embeds"], train["masks"]
+    train = TrainingData(args, acc, args.teacher / "vae", teacher_model)
+    embeds, masks = train.frozen_text(teacher_model, dev)
 
     teacher = teacher_model.dit.eval().requires_grad_(False)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     student.null_caption.requires_grad_(False)  # the student is never unconditioned
     target = copy.deepcopy(teacher).requires_grad_(False)
     params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    fused = {"fused": True} if dev.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, **fused)
     state = common.load_checkpoint(args.out, {"student": student, "target": target}, optimizer)
     start = state["step"] if state else 0
     model, optimizer = acc.prepare(StudentEps(student), optimizer)
-    dev = acc.device
     teacher.to(dev)
     target.to(dev)
     ac = alphas_cumprod()
@@ -136,40 +152,52 @@ def main(argv=None) -> None:
     log = common.LossLog(args.out, ["loss"], start, acc.is_main_process)
     t0, elapsed0 = time.time(), (state or {}).get("elapsed_s", 0.0)
     bar = common.progress(args.steps, start, "lcd", acc.is_main_process and not args.no_progress)
-    for step in range(start, args.steps):
+    step = start
+    while step < args.steps:
+        if step > start and (step - start) % 25 == 0 and common.out_of_time(acc, t0, args.time_limit):
+            break
         rng = common.step_rng(args.seed, step, 3)
-        idx = rng.integers(0, len(latents), size=args.batch_size)
+        idx = rng.integers(0, train.rows, size=args.batch_size)
         t_all = grid[rng.integers(0, len(grid), size=args.batch_size)]
-        noise = torch.from_numpy(rng.standard_normal((args.batch_size, *latents.shape[1:]), dtype="float32"))
+        noise = torch.from_numpy(rng.standard_normal((args.batch_size, *base_latent_shape(teacher_model)),
+                                                     dtype="float32"))
         mine = common.shard(np.arange(args.batch_size), acc)
         t = [int(v) for v in t_all[mine]]
-        ids = caption_ids[idx[mine]]
-        e, m = embeds[ids].to(dev), masks[ids].to(dev)
-        loss = lcd_loss(model, teacher, target, latents[idx[mine]].to(dev), noise[mine].to(dev), t, e, m,
+        x0, ids = train.batch(step, idx[mine])
+        loss = lcd_loss(model, teacher, target, x0, noise[mine].to(dev), t, embeds[ids], masks[ids],
                         args.w, args.skip, args.huber_c, ac)
         optimizer.zero_grad(set_to_none=True)
         acc.backward(loss)
         acc.clip_grad_norm_(params, args.grad_clip)
         optimizer.step()
         common.ema_update(target, student, args.ema_rate)
-        value = float(acc.reduce(loss.detach(), "mean"))
-        log.log(step + 1, {"loss": value})
+        step += 1
+        value = log.log_later(step, acc.reduce(loss.detach(), "mean"),
+                              last=step % args.ckpt_every == 0 or step == args.steps)
         bar.update(1)
-        bar.set_postfix(loss=f"{value:.4f}")
-        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
+        if value is not None:
+            bar.set_postfix(loss=f"{value:.4f}")
+        if step % args.ckpt_every == 0 or step == args.steps:
             if acc.is_main_process:
-                common.save_checkpoint(args.out, step + 1, {"student": student, "target": target}, optimizer,
+                common.save_checkpoint(args.out, step, {"student": student, "target": target}, optimizer,
                                        {"elapsed_s": elapsed0 + time.time() - t0})
             acc.wait_for_everyone()
+    log.flush()
     bar.close()
+    train.close()
+    if step % args.ckpt_every and step != args.steps and step > start:  # stopped by --time-limit
+        if acc.is_main_process:
+            common.save_checkpoint(args.out, step, {"student": student, "target": target}, optimizer,
+                                   {"elapsed_s": elapsed0 + time.time() - t0})
+        acc.wait_for_everyone()
     common.check_replicas(args.out, student, acc)
     if acc.is_main_process:
-        common.write_model_folder(args.out / "model", args.teacher, dit=target.eval().cpu(),
-                                  controlnet_seed=args.seed)
+        common.write_model_folder(args.out / "model", args.teacher, dit=target.eval().cpu())
         log.plot("LCD (pseudo-Huber consistency loss)")
-        summary = {"steps": args.steps, "elapsed_s": elapsed0 + time.time() - t0,
+        summary = {"steps": step, "steps_asked": args.steps, "elapsed_s": elapsed0 + time.time() - t0,
                    "final_loss_mean_last_100": float(log.read()["loss"][-100:].mean()),
-                   "args": {k: str(v) for k, v in vars(args).items()}}
+                   "scenes_rendered": train.stream.rendered if train.stream else args.num_images,
+                   "device": device_name(dev), "args": {k: str(v) for k, v in vars(args).items()}}
         (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(json.dumps({k: summary[k] for k in ("steps", "elapsed_s", "final_loss_mean_last_100")}))
     acc.wait_for_everyone()

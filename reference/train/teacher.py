@@ -13,12 +13,17 @@ diffusers' module defaults (on the miniature the loss curves of the two were ali
 it is kept because it is upstream's). What made the miniature follow captions was the min-SNR
 weighting with lr 1e-3 (`snr_weight`).
 
-`--text-encoder trained` (the default here) trains the miniature's 2-layer T5 with the DiT. PixArt
+Data: by default the on-the-fly scene stream (`common.SceneStream`: a sliding window of freshly
+rendered scenes); `--num-images N` trains on a fixed cached set of N scenes instead.
+
+`--text-encoder trained` (the default here) trains the miniature's T5 with the DiT
+(`--t5-layers` / `--t5-ff` set its depth and feed-forward width; the width stays the DiT's
+caption_channels, so the DiT is unchanged). PixArt
 freezes T5-XXL because it has already learned language; the miniature's T5 is random, has never
 read a word, and frozen it leaves the DiT's cross-attention to parse byte sequences alone. Training
 it stands in for that pre-training; `frozen` is PixArt's recipe (embeddings computed once).
 
-    python -m reference.train.teacher --vae runs/vae/vae --out runs/teacher [--steps 3000]
+    python -m reference.train.teacher --vae runs/vae/vae --out runs/teacher [--steps 3000] [--time-limit 600]
     torchrun --nproc_per_node 2 -m reference.train.teacher --vae ... --out ...
 Writes `<out>/model/` (a full diffusers-layout model folder), `<out>/loss.csv`, `<out>/loss.png`.
 """
@@ -30,14 +35,15 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..dit import PixArtDiT
 from ..loading import load_model
 from ..sampling import add_noise
 from ..schedules import NUM_TRAIN_TIMESTEPS, alphas_cumprod
-from ..text import MAX_TEXT_LEN, tokenize
-from ..tiny import build_tiny
+from ..text import MAX_TEXT_LEN, encode_prompts, tokenize
+from ..tiny import TINY_T5, build_tiny
 from . import common, data
 
 
@@ -117,15 +123,15 @@ def random_tiny(folder: Path, acc) -> Path:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(parser, steps=3000, batch_size=32, lr=3e-4)
+    common.add_stream_args(parser)
     parser.add_argument("--vae", type=Path, required=True, help="trained VAE folder (stage 1's <out>/vae)")
     parser.add_argument("--base", type=Path, default=None,
                         help="model folder giving the DiT config, T5, tokenizer, scheduler (default: the random "
                              "`reference.tiny` build, written to <out>/base, so a rerun never starts from the "
                              "shipped, trained tiny)")
-    parser.add_argument("--num-images", type=int, default=4096, help="training images (default 4096)")
     parser.add_argument("--size", type=int, default=128, help="image size in px (default 128)")
     parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="where the encoded training set is cached, keyed by a hash (default: --out)")
+                        help="where a fixed --num-images set is cached, keyed by a hash (default: --out)")
     parser.add_argument("--cfg-drop", type=float, default=0.1, help="share of captions dropped to null (default 0.1)")
     parser.add_argument("--ema-decay", type=float, default=0.999,
                         help="EMA of the weights written out, after its warm-up (default 0.999)")
@@ -135,12 +141,18 @@ def parse_args(argv=None):
     parser.add_argument("--init", choices=("pixart", "diffusers"), default="pixart",
                         help="DiT initialisation: upstream PixArt's (default) or diffusers' module defaults")
     parser.add_argument("--text-encoder", choices=("trained", "frozen"), default="trained",
-                        help="train the miniature's random T5 with the DiT (default) or keep it frozen (PixArt's recipe)")
+                        help="train the miniature's random T5 with the DiT (default) or keep it frozen "
+                             "(PixArt's recipe)")
+    parser.add_argument("--t5-layers", type=int, default=0,
+                        help="a fresh random T5 with this many layers instead of the base's (default 0: the base's)")
+    parser.add_argument("--t5-ff", type=int, default=0,
+                        help="with --t5-layers: its feed-forward width (default: TINY_T5's)")
     return parser.parse_args(argv)
 
 
 def load_training_set(args, acc, vae_dir: Path, base):
-    """The cached latents and caption embeddings, keyed by the VAE and T5 weights and the data args."""
+    """The cached latents and caption embeddings of a fixed set of `--num-images` scenes, keyed by the
+    VAE and T5 weights and the data args."""
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(str(vae_dir), local_files_only=True).eval()
@@ -151,56 +163,121 @@ def load_training_set(args, acc, vae_dir: Path, base):
         vae, base.tokenizer, base.text_encoder, args.seed, args.num_images, args.size))
 
 
+class TrainingData:
+    """Batches of (latents, caption ids) on the device, from the stream or a fixed cached set; `captions`
+    lists the texts caption ids index."""
+
+    def __init__(self, args, acc, vae_dir: Path, base):
+        from diffusers import AutoencoderKL
+
+        self.stream = None
+        if args.num_images > 0:
+            vae, train = load_training_set(args, acc, vae_dir, base)
+            self.vae = vae
+            self.latents = train["latents"].to(acc.device)
+            self.caption_ids = train["caption_ids"].to(acc.device)
+            self.captions = sorted(set(data.captions(args.seed, args.num_images)))
+            self.embeds, self.masks = train["embeds"], train["masks"]
+            if len(self.captions) != len(self.embeds):
+                raise SystemExit(f"the cached set has {len(self.embeds)} captions, the data generator "
+                                 f"{len(self.captions)}")
+            self.rows = len(self.latents)
+        else:
+            self.vae = AutoencoderKL.from_pretrained(str(vae_dir), local_files_only=True).eval()
+            self.stream = common.SceneStream(args.seed, args.size, self.vae.to(acc.device), acc.device, args.window,
+                                             args.chunk, args.refresh, args.render_workers)
+            self.captions = data.training_captions()
+            self.embeds = self.masks = None
+            self.rows = self.stream.size_rows
+
+    def batch(self, step: int, index) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.stream is not None:
+            return self.stream.batch(step, index)
+        rows = torch.from_numpy(index).to(self.latents.device)
+        return self.latents[rows], self.caption_ids[rows]
+
+    def frozen_text(self, base, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen T5's embeddings of every caption (cached set: from the cache)."""
+        if self.embeds is not None:
+            return self.embeds.to(device), self.masks.to(device)
+        embeds, masks = [], []
+        for i in range(0, len(self.captions), 256):
+            e, m = encode_prompts(base.tokenizer, base.text_encoder, self.captions[i:i + 256])
+            embeds.append(e)
+            masks.append(m)
+        return torch.cat(embeds).to(device), torch.cat(masks).to(device)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+
+
+def fresh_text_encoder(layers: int, ff: int, seed: int):
+    """A random T5 encoder like `reference.tiny`'s with another depth / feed-forward width."""
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    config = {**TINY_T5, "num_layers": layers, **({"d_ff": ff} if ff else {})}
+    return T5EncoderModel(T5Config(**config)).eval()
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     acc = common.make_accelerator(args.threads)
+    common.setup_device()
     common.check_batch(args.batch_size, acc)
     args.out.mkdir(parents=True, exist_ok=True)
     base = load_model(args.base or random_tiny(args.out / "base", acc))
-    vae, train = load_training_set(args, acc, args.vae, base)
-    latents, caption_ids, embeds, masks = train["latents"], train["caption_ids"], train["embeds"], train["masks"]
-    if embeds.shape[1] != MAX_TEXT_LEN:
-        raise SystemExit(f"caption embeddings have {embeds.shape[1]} tokens, the DiT's null caption {MAX_TEXT_LEN}")
+    if args.t5_layers:
+        base.text_encoder = fresh_text_encoder(args.t5_layers, args.t5_ff, args.seed)
+    dev = acc.device
+    train = TrainingData(args, acc, args.vae, base)
 
     torch.manual_seed(args.seed)
     dit = PixArtDiT(base.dit.config, text_len=MAX_TEXT_LEN)
     if args.init == "pixart":
         initialize_like_pixart(dit)
     modules = {"dit": dit, "ema": copy.deepcopy(dit).requires_grad_(False)}
-    text = embeds
     if args.text_encoder == "trained":
-        unique = sorted(set(data.captions(args.seed, args.num_images)))
-        if len(unique) != len(embeds):
-            raise SystemExit(f"the cached set has {len(embeds)} captions, the data generator {len(unique)}")
-        text, masks = tokenize(base.tokenizer, unique)
+        text, masks = tokenize(base.tokenizer, train.captions)
+        text, masks = text.to(dev), masks.to(dev)
         modules["text_encoder"] = base.text_encoder.train().requires_grad_(True)
         modules["text_ema"] = copy.deepcopy(base.text_encoder).requires_grad_(False)
+    else:
+        text, masks = train.frozen_text(base, dev)
+    if text.shape[1] != MAX_TEXT_LEN:
+        raise SystemExit(f"caption embeddings have {text.shape[1]} tokens, the DiT's null caption {MAX_TEXT_LEN}")
     objective = EpsObjective(dit, modules.get("text_encoder"))
-    optimizer = torch.optim.AdamW(objective.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    fused = {"fused": True} if dev.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(objective.parameters(), lr=args.lr, weight_decay=args.weight_decay, **fused)
     state = common.load_checkpoint(args.out, modules, optimizer)
     start = state["step"] if state else 0
     model, optimizer = acc.prepare(objective, optimizer)
+    for name in ("ema", "text_ema"):
+        if name in modules:
+            modules[name].to(dev)
     ac = alphas_cumprod()
     log = common.LossLog(args.out, ["loss"], start, acc.is_main_process)
     t0, elapsed0 = time.time(), (state or {}).get("elapsed_s", 0.0)
     bar = common.progress(args.steps, start, "teacher", acc.is_main_process and not args.no_progress)
     model.train()
-    for step in range(start, args.steps):
+    step = start
+    while step < args.steps:
+        if step > start and (step - start) % 25 == 0 and common.out_of_time(acc, t0, args.time_limit):
+            break
         rng = common.step_rng(args.seed, step, 2)
-        idx = rng.integers(0, len(latents), size=args.batch_size)
+        idx = rng.integers(0, train.rows, size=args.batch_size)
         t = rng.integers(0, NUM_TRAIN_TIMESTEPS, size=args.batch_size)
         drop = rng.random(args.batch_size) < args.cfg_drop
-        noise = torch.from_numpy(rng.standard_normal((args.batch_size, *latents.shape[1:]), dtype="float32"))
-        mine = common.shard(torch.arange(args.batch_size).numpy(), acc)
-        x0, noise = latents[idx[mine]], noise[mine]
-        ts = torch.from_numpy(t[mine])
+        noise = torch.from_numpy(rng.standard_normal((args.batch_size, *base_latent_shape(base)), dtype="float32"))
+        mine = common.shard(np.arange(args.batch_size), acc)
+        x0, ids = train.batch(step, idx[mine])
+        noise = noise[mine].to(dev)
+        ts = torch.from_numpy(t[mine]).to(dev)
         xt = add_noise(x0, noise, ts, ac)
-        ids = caption_ids[idx[mine]]
-        dev = acc.device
-        pred = model(xt.to(dev), ts.float().to(dev), text[ids].to(dev), masks[ids].to(dev),
-                     torch.from_numpy(drop[mine]).to(dev))
-        weight = snr_weight(ac[ts], args.snr_gamma).to(dev)
-        loss = (weight * (pred - noise.to(dev)).square().mean(dim=(1, 2, 3))).mean()
+        pred = model(xt, ts.float(), text[ids], masks[ids], torch.from_numpy(drop[mine]).to(dev))
+        weight = snr_weight(ac.to(dev)[ts], args.snr_gamma)
+        loss = (weight * (pred - noise).square().mean(dim=(1, 2, 3))).mean()
         for group in optimizer.param_groups:
             group["lr"] = args.lr * min(1.0, (step + 1) / max(args.warmup, 1))
         optimizer.zero_grad(set_to_none=True)
@@ -211,27 +288,45 @@ def main(argv=None) -> None:
         common.ema_update(modules["ema"], dit, rate)
         if "text_ema" in modules:
             common.ema_update(modules["text_ema"], modules["text_encoder"], rate)
-        value = float(acc.reduce(loss.detach(), "mean"))
-        log.log(step + 1, {"loss": value})
+        step += 1
+        value = log.log_later(step, acc.reduce(loss.detach(), "mean"),
+                              last=step % args.ckpt_every == 0 or step == args.steps)
         bar.update(1)
-        bar.set_postfix(loss=f"{value:.4f}")
-        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
+        if value is not None:
+            bar.set_postfix(loss=f"{value:.4f}")
+        if step % args.ckpt_every == 0 or step == args.steps:
             if acc.is_main_process:
-                common.save_checkpoint(args.out, step + 1, modules, optimizer,
-                                       {"elapsed_s": elapsed0 + time.time() - t0})
+                common.save_checkpoint(args.out, step, modules, optimizer, {"elapsed_s": elapsed0 + time.time() - t0})
             acc.wait_for_everyone()
+    log.flush()
     bar.close()
+    train.close()
+    if step % args.ckpt_every and step != args.steps and step > start:  # stopped by --time-limit
+        if acc.is_main_process:
+            common.save_checkpoint(args.out, step, modules, optimizer, {"elapsed_s": elapsed0 + time.time() - t0})
+        acc.wait_for_everyone()
     common.check_replicas(args.out, objective, acc)
     if acc.is_main_process:
-        common.write_model_folder(args.out / "model", base.source, dit=modules["ema"].eval(), vae=vae,
-                                  text_encoder=modules.get("text_ema"), controlnet_seed=args.seed)
+        text_ema = modules.get("text_ema")
+        common.write_model_folder(args.out / "model", base.source, dit=modules["ema"].eval().cpu(),
+                                  vae=train.vae.cpu(), text_encoder=None if text_ema is None else text_ema.cpu())
         log.plot("teacher (epsilon MSE)")
-        summary = {"steps": args.steps, "elapsed_s": elapsed0 + time.time() - t0,
+        summary = {"steps": step, "steps_asked": args.steps, "elapsed_s": elapsed0 + time.time() - t0,
                    "final_loss_mean_last_100": float(log.read()["loss"][-100:].mean()),
-                   "args": {k: str(v) for k, v in vars(args).items()}}
+                   "scenes_rendered": train.stream.rendered if train.stream else args.num_images,
+                   "device": device_name(dev), "args": {k: str(v) for k, v in vars(args).items()}}
         (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(json.dumps({k: summary[k] for k in ("steps", "elapsed_s", "final_loss_mean_last_100")}))
     acc.wait_for_everyone()
+
+
+def base_latent_shape(base) -> tuple[int, int, int]:
+    c = base.dit.config
+    return (c.in_channels, c.sample_size, c.sample_size)
+
+
+def device_name(dev: torch.device) -> str:
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
 
 
 if __name__ == "__main__":
