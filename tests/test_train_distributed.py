@@ -44,3 +44,33 @@ def test_two_process_teacher_replicas_agree_and_match_one_process(tmp_path):
     b = load_file(str(tmp_path / "single" / "ckpt" / "dit.safetensors"))
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < 1e-4, worst
+
+
+def test_two_process_lcd_replicas_agree_and_match_one_process(tmp_path):
+    """The LCD stage under torchrun (2 gloo processes, the on-the-fly scene stream): identical student
+    weights on both replicas, and the same losses and weights as one process with the same global batch."""
+    from reference.tiny import build_tiny
+    from reference.train import lcd
+
+    teacher_dir = build_tiny(tmp_path / "teacher")  # random weights: the stage's arithmetic is what is tested
+    args = ["--teacher", str(teacher_dir), "--steps", "3", "--batch-size", "4", "--window", "2", "--chunk", "8",
+            "--refresh", "2", "--lr", "1e-3", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "reference.train.lcd", *args, "--out", str(tmp_path / "ddp")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    replicas = json.loads((tmp_path / "ddp" / "replicas.json").read_text())
+    assert replicas["processes"] == 2
+    assert len(set(replicas["sha256"])) == 1
+
+    lcd.main([*args, "--out", str(tmp_path / "single")])
+    ddp_loss = LossLog(tmp_path / "ddp", ["loss"], 3, enabled=False).read()["loss"]
+    one_loss = LossLog(tmp_path / "single", ["loss"], 3, enabled=False).read()["loss"]
+    assert len(one_loss) == 3
+    np.testing.assert_allclose(ddp_loss, one_loss, rtol=1e-4)
+    for name in ("student", "target"):
+        a = load_file(str(tmp_path / "ddp" / "ckpt" / f"{name}.safetensors"))
+        b = load_file(str(tmp_path / "single" / "ckpt" / f"{name}.safetensors"))
+        worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+        assert worst < 1e-4, (name, worst)
