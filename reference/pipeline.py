@@ -72,7 +72,7 @@ class ReferencePipeline:
         for models without one (diffusers folders), T5 on the empty prompt as diffusers does."""
         null = self.model.dit.null_caption
         if null is not None and null.shape[0] == length:
-            return null[None].expand(batch, -1, -1), torch.ones(batch, length, dtype=torch.int64)
+            return null[None].expand(batch, -1, -1), torch.ones(batch, length, dtype=torch.int64, device=null.device)
         return encode_prompts(self.model.tokenizer, self.model.text_encoder, [""] * batch, length)
 
     def eps_fn(self, embeds, mask, height, width, residuals_fn: Callable | None = None,
@@ -80,10 +80,10 @@ class ReferencePipeline:
         """eps(x, t) for the samplers; with `uncond`, classifier-free guidance over one batched call."""
         dit = self.model.dit
         batch = embeds.shape[0]
-        res, ar = size_conditions(height, width, batch)
+        res, ar = (v.to(embeds.device) for v in size_conditions(height, width, batch))
 
         def eps(x: torch.Tensor, t: float) -> torch.Tensor:
-            ts = torch.full((batch,), t, dtype=torch.float32)
+            ts = torch.full((batch,), t, dtype=torch.float32, device=x.device)
             if uncond is None:
                 residuals = residuals_fn(x, ts) if residuals_fn else None
                 return dit.predict_noise(x, ts, embeds, mask, residuals, res, ar)
@@ -110,6 +110,7 @@ class ReferencePipeline:
         latent_shape = (self.model.dit.config.in_channels, height // f, width // f)
         embeds, mask = self.encode(prompts)
         noise = torch.from_numpy(draw_noise(seed, len(prompts), latent_shape, steps if sampler == "lcm" else 1))
+        noise = noise.to(self.model.dit.proj_out.weight.device)  # CPU unless the caller moved the model
 
         residuals_fn = None
         if control_image is not None:

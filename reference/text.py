@@ -23,5 +23,7 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str],
                    max_length: int = MAX_TEXT_LEN) -> tuple[torch.Tensor, torch.Tensor]:
     """(prompt_embeds [B,L,C_text] float32, prompt_attention_mask int64 [B,L])."""
     ids, mask = tokenize(tokenizer, prompts, max_length)
+    device = next(text_encoder.parameters()).device  # CPU unless the caller moved the model
+    ids, mask = ids.to(device), mask.to(device)
     embeds = text_encoder(input_ids=ids, attention_mask=mask)[0]
     return embeds, mask
