@@ -7,7 +7,9 @@ Layouts:
 - official: a PixArt-alpha `.pth` (e.g. `PixArt-XL-2-512x512.pth`), converted in memory, with the
   T5 and VAE folders the official repository downloads beside it (`t5_ckpts/t5-v1_1-xxl/`,
   `sd-vae-ft-ema/`), as in its `output/pretrained_models/`.
-- `tiny`: the built-in diffusers-layout folder shipped in `reference/assets/tiny`.
+- `tiny`: the built-in diffusers-layout folder shipped in `reference/assets/tiny` (the 4-step LCD
+  student); `tiny-teacher`: the same folder with the teacher DiT it was distilled from
+  (`reference/assets/tiny/teacher/transformer`), for guided DDIM (`model_for_sampler`).
 
 Every weights load is strict: one `WeightsError` names all missing, unexpected and mis-shaped keys.
 Nothing here touches the network (`local_files_only` everywhere).
@@ -29,6 +31,8 @@ from .errors import ModelError, WeightsError
 from .schedules import BETA_END, BETA_START, LCM_SPACINGS, NUM_TRAIN_TIMESTEPS
 
 TINY_DIR = Path(__file__).resolve().parent / "assets" / "tiny"
+TINY_TEACHER = "tiny-teacher"
+TINY_TEACHER_DIT = TINY_DIR / "teacher" / "transformer"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 NULL_CAPTION_NAME = "pixart_null_caption.safetensors"
 OFFICIAL_T5_DIRS = ("t5_ckpts/t5-v1_1-xxl", "t5-v1_1-xxl")
@@ -238,12 +242,23 @@ def _load_text_and_vae(t5_dir: Path, tok_dir: Path, vae_dir: Path):
     return tokenizer, text_encoder.eval(), vae.eval()
 
 
+def model_for_sampler(spec: str | Path, sampler: str) -> str | Path:
+    """The model a sampler should run: `tiny` with "ddim" (the guided teacher sampler) is `tiny-teacher`
+    when the teacher is shipped; anything else is `spec` unchanged."""
+    if str(spec) == "tiny" and sampler == "ddim" and TINY_TEACHER_DIT.is_dir():
+        return TINY_TEACHER
+    return spec
+
+
 def load_model(spec: str | Path, controlnet: str | Path | None = None, lcm_spacing: str | None = None) -> PixArtModel:
-    """Load a whole model from `tiny`, a diffusers folder, or an official checkpoint layout."""
-    layout, path = detect_layout(resolve(spec))
+    """Load a whole model from `tiny`, `tiny-teacher`, a diffusers folder, or an official checkpoint layout."""
+    teacher = str(spec) == TINY_TEACHER
+    if teacher and not TINY_TEACHER_DIT.is_dir():
+        raise ModelError(f"{TINY_TEACHER_DIT}: the tiny teacher is not shipped in this copy")
+    layout, path = detect_layout(resolve("tiny" if teacher else spec))
     if layout == "diffusers":
         spacing = _check_scheduler(path)
-        dit = load_dit(path / "transformer")
+        dit = load_dit(TINY_TEACHER_DIT if teacher else path / "transformer")
         tokenizer, text_encoder, vae = _load_text_and_vae(path / "text_encoder", path / "tokenizer", path / "vae")
     else:
         spacing = "pixart"

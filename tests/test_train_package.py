@@ -1,14 +1,31 @@
-"""reference/train/package.py: the model card is written from the run's own records, and packaging
-replaces the destination with the student's model folder plus the card."""
+"""reference/train/package.py: the model card is written from the run's own records (figures with their
+intervals, the issue's gates stated against them), and packaging replaces the destination with the
+student's model folder, the teacher's DiT and the card; `tiny-teacher` loads that teacher DiT."""
 from __future__ import annotations
 
 import json
+import shutil
 
+import pytest
+
+from reference import loading
+from reference.errors import ModelError
 from reference.train import package
 
 
-def fake_run(root):
-    for stage, steps, cols in (("vae", 600, "loss,l1,kl"), ("teacher", 1200, "loss"), ("lcd", 300, "loss")):
+def _score(mean: float) -> dict:
+    return {"mean": mean, "lo": mean - 0.125, "hi": mean + 0.125}
+
+
+def _row(key: str, name: str, nfe: int, single: float, seen: float, held: float) -> dict:
+    pair = (seen + held) / 2
+    return {"key": key, "name": name, "nfe": nfe, "all": _score((single + 4 * pair) / 5), "single": _score(single),
+            "seen pair": _score(seen), "held-out pair": _score(held), "pair": _score(pair), "frechet": 3.25}
+
+
+def fake_run(root, with_vae: bool = True):
+    stages = [("teacher", 1200, "loss"), ("lcd", 300, "loss")] + ([("vae", 600, "loss,l1,kl")] if with_vae else [])
+    for stage, steps, cols in stages:
         d = root / stage
         d.mkdir(parents=True)
         n = len(cols.split(","))
@@ -16,34 +33,66 @@ def fake_run(root):
         (d / "loss.csv").write_text(f"step,{cols}\n" + "\n".join(rows) + "\n")
         summary = {"steps": steps, "elapsed_s": 600.0, "args": {"batch_size": "32", "lr": "0.0003", "threads": "1"}}
         if stage == "teacher":
-            summary["args"].update(text_encoder="trained", snr_gamma="5.0", init="pixart")
+            summary["args"].update(text_encoder="trained", snr_gamma="5.0", init="pixart", num_images="0",
+                                   window="16", chunk="512", refresh="32")
+            summary["scenes_rendered"] = 12288
             (d / "replicas.json").write_text(json.dumps({"processes": 2, "sha256": ["a", "a"]}))
         if stage == "vae":
             summary["scaling_factor"] = 0.2937
         (d / "summary.json").write_text(json.dumps(summary))
-    (root / "lcd" / "model" / "transformer").mkdir(parents=True)
-    (root / "lcd" / "model" / "transformer" / "config.json").write_text("{}")
+    for stage in ("lcd", "teacher"):
+        (root / stage / "model" / "transformer").mkdir(parents=True)
+        (root / stage / "model" / "transformer" / "config.json").write_text(json.dumps({"who": stage}))
     results = root / "quality.json"
-    results.write_text(json.dumps({"meta": {"captions": 36, "seeds": 4}, "results": [
-        {"name": "student LCM 4", "nfe": 4, "all": 0.625, "single_all": 0.75, "pair_all": 0.5, "frechet": 3.25}]}))
+    results.write_text(json.dumps({"meta": {"captions": 60, "seeds": 16}, "results": [
+        _row("t25", "teacher DDIM 25 (CFG 5.5)", 50, 1.0, 0.875, 0.5),
+        _row("t4", "teacher DDIM 4 (CFG 5.5)", 8, 0.5, 0.25, 0.125),
+        _row("s4", "student LCM 4", 4, 1.0, 0.75, 0.5)]}))
     return results
 
 
-def test_card_states_the_measured_figures(tmp_path):
+def test_card_states_the_measured_figures_and_gates(tmp_path):
     results = fake_run(tmp_path / "run")
     card = package.model_card(tmp_path / "run", results)
-    assert "| teacher | 1200 | 32 | 0.0003 | 50.5000 | 1150.5000 | 10.0 min |" in card  # means of 1..100, 1101..1200
-    assert "| student LCM 4 | 4 | 0.625 | 0.750 | 0.500 | 3.25 |" in card
+    # loss means of steps 1..100 and 1101..1200
+    assert "| teacher | 1200 | 32 | 0.0003 | 50.5000 | 1150.5000 | 10.0 min | 2 |" in card
+    assert "| student LCM 4 | 4 | 0.700 [0.575, 0.825] | 1.000 [0.875, 1.125] | 0.750 [0.625, 0.875] |" in card
     assert "1/std of latents = 0.2937" in card and "Total 0.50 h" in card  # 3 x 600 s
-    assert "teacher 2 process(es) x 1 thread(s)" in card and "vae 1 process(es)" in card
     assert "min-SNR-5 loss weights, pixart initialisation" in card and "trained with the teacher" in card
+    assert "a sliding window of 16 x 512 = 8192 scenes" in card and "12288 scenes rendered" in card
+    assert "- teacher DDIM 25 seen pairs >= 0.80 (0.875 [0.750, 1.000]): met" in card
+    assert "- student LCM 4 within 0.05 of teacher DDIM 25 on pairs (0.625 vs 0.688): NOT met" in card
+    assert "zero-initialised projections" in card
 
 
-def test_packaging_replaces_the_destination(tmp_path):
+def test_card_without_a_vae_stage_says_the_vae_was_reused(tmp_path):
+    results = fake_run(tmp_path / "run", with_vae=False)
+    card = package.model_card(tmp_path / "run", results)
+    assert "previously shipped tiny VAE, reused" in card and "Total 0.33 h" in card
+
+
+def test_packaging_replaces_the_destination_and_ships_the_teacher(tmp_path):
     results = fake_run(tmp_path / "run")
     out = tmp_path / "tiny"
     (out / "old").mkdir(parents=True)
     package.main(["--run", str(tmp_path / "run"), "--out", str(out), "--results", str(results)])
-    assert (out / "transformer" / "config.json").exists() and (out / "MODEL_CARD.md").exists()
-    assert not (out / "old").exists()
+    assert json.loads((out / "transformer" / "config.json").read_text()) == {"who": "lcd"}
+    assert json.loads((out / "teacher" / "transformer" / "config.json").read_text()) == {"who": "teacher"}
+    assert (out / "MODEL_CARD.md").exists() and not (out / "old").exists()
     assert not list(tmp_path.glob(".tiny-*"))
+
+
+def test_tiny_teacher_loads_the_teacher_dit_and_ddim_picks_it(tmp_path, monkeypatch):
+    missing = tmp_path / "none" / "transformer"
+    monkeypatch.setattr(loading, "TINY_TEACHER_DIT", missing)
+    assert loading.model_for_sampler("tiny", "ddim") == "tiny"  # no teacher shipped: the student
+    with pytest.raises(ModelError, match="tiny teacher is not shipped"):
+        loading.load_model("tiny-teacher")
+    teacher = tmp_path / "teacher" / "transformer"
+    shutil.copytree(loading.TINY_DIR / "transformer", teacher)
+    monkeypatch.setattr(loading, "TINY_TEACHER_DIT", teacher)
+    assert loading.model_for_sampler("tiny", "ddim") == "tiny-teacher"
+    assert loading.model_for_sampler("tiny", "lcm") == "tiny"
+    assert loading.model_for_sampler("other", "ddim") == "other"
+    model = loading.load_model("tiny-teacher")
+    assert model.source == loading.TINY_DIR and model.dit.null_caption is not None

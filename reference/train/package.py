@@ -1,10 +1,14 @@
-"""Package a finished run as the built-in `tiny`: the student's model folder plus MODEL_CARD.md.
+"""Package a finished run as the built-in `tiny`: the student's model folder, the teacher's DiT
+(`teacher/transformer`, loaded as `tiny-teacher`) and MODEL_CARD.md.
 
     python -m reference.train.package --run runs/tiny --out reference/assets/tiny
     python -m reference.train.package --run runs/tiny --card-only --out /tmp/card   # card alone
 
-The card is written from the run's own records (`<stage>/summary.json`, `loss.csv`) and the quality
-benchmark's `benchmarks/results/quality_tiny.json`, so its figures are the measured ones.
+A run folder holds `teacher/` and `lcd/` (each `summary.json`, `loss.csv`, `model/`), optionally `vae/`
+(`summary.json`, `loss.csv`; absent when the shipped VAE was reused) and `record.json` (the machine
+and the teacher arms of `reference.train.gpu_run`). The card is written from these records and the
+quality benchmark's JSON (`benchmarks/results/quality_tiny.json`), so its figures are the measured ones,
+with their 95% bootstrap intervals, and it states which of issue #13's gates they meet.
 """
 from __future__ import annotations
 
@@ -19,10 +23,12 @@ from .common import LossLog
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _stage(run: Path, name: str) -> dict:
+def _stage(run: Path, name: str) -> dict | None:
+    if not (run / name / "summary.json").exists():
+        return None
     summary = json.loads((run / name / "summary.json").read_text())
-    loss = LossLog(run / name, ["loss"], 0, enabled=False).read()["loss"] if name != "vae" else \
-        LossLog(run / name, ["loss", "l1", "kl"], 0, enabled=False).read()["loss"]
+    columns = ["loss", "l1", "kl"] if name == "vae" else ["loss"]
+    loss = LossLog(run / name, columns, 0, enabled=False).read()["loss"]
     summary["loss_first_100"] = float(loss[:100].mean())
     summary["loss_last_100"] = float(loss[-100:].mean())
     return summary
@@ -34,79 +40,136 @@ def processes(stage_dir: Path) -> int:
     return int(json.loads(path.read_text())["processes"]) if path.exists() else 1
 
 
-def text_encoder_line(args: dict) -> str:
+def text_encoder_line(args: dict, t5: dict | None) -> str:
+    size = (f"{t5['num_layers']} layers, width {t5['d_model']}, feed-forward {t5['d_ff']}" if t5
+            else "width 64")
     if args.get("text_encoder", "frozen") == "trained":
-        return ("- Text encoder and tokenizer: the tiny T5 (2 layers, width 64, byte-level ByT5 tokenizer), trained "
-                "with the teacher from `reference.tiny`'s random weights (PixArt freezes T5-XXL, which already "
-                "knows language; a random T5 does not, so it learns here), then frozen for LCD.")
-    return ("- Text encoder and tokenizer: the tiny random T5 (2 layers, width 64, byte-level ByT5 tokenizer), frozen, "
-            "unchanged from `reference.tiny` (a deterministic text featuriser).")
+        return (f"- Text encoder and tokenizer: the tiny T5 ({size}, byte-level ByT5 tokenizer), trained with the "
+                "teacher from random weights (PixArt freezes T5-XXL, which already knows language; a random T5 "
+                "does not, so it learns here), then frozen for LCD.")
+    return f"- Text encoder and tokenizer: the tiny random T5 ({size}, byte-level ByT5 tokenizer), frozen."
 
 
 def teacher_line(stage: dict) -> str:
     args = stage["args"]
     gamma = float(args.get("snr_gamma", 0))
     weighting = f"min-SNR-{gamma:g} loss weights" if gamma > 0 else "plain MSE"
-    return (f"- Teacher: epsilon prediction, linear betas 1e-4..0.02 over 1000 steps, {weighting}, "
-            f"{args.get('init', 'diffusers')} initialisation, 10% captions dropped to the learned null caption; "
-            f"{stage['steps']} steps; EMA weights.")
+    return (f"- Teacher (`teacher/transformer`, `--model tiny-teacher`): epsilon prediction, linear betas 1e-4..0.02 "
+            f"over 1000 steps, {weighting}, {args.get('init', 'diffusers')} initialisation, 10% captions dropped to "
+            f"the learned null caption; {stage['steps']} steps; EMA weights.")
+
+
+def data_line(stage: dict) -> str:
+    args = stage["args"]
+    if int(args.get("num_images", 0) or 0) > 0:
+        return f"Training set: a fixed {args['num_images']} scenes of data set seed {args.get('seed', 0)}."
+    window, chunk = int(args.get("window", 0)), int(args.get("chunk", 0))
+    return (f"Training data: the seeded scene stream rendered on the fly, a sliding window of {window} x {chunk} = "
+            f"{window * chunk} scenes, one chunk replaced every {args.get('refresh')} steps; "
+            f"{stage.get('scenes_rendered', '?')} scenes rendered for the teacher.")
+
+
+def fmt(score: dict) -> str:
+    return f"{score['mean']:.3f} [{score['lo']:.3f}, {score['hi']:.3f}]"
+
+
+def gates(results: list[dict]) -> list[str]:
+    """Issue #13's gates, stated against the measured figures (mean and interval)."""
+    rows = {r["key"]: r for r in results}
+    if not {"t25", "t4", "s4"} <= set(rows):
+        return []
+    t25, t4, s4 = rows["t25"], rows["t4"], rows["s4"]
+
+    def line(text: str, ok: bool) -> str:
+        return f"- {text}: {'met' if ok else 'NOT met'}"
+
+    out = [line(f"teacher DDIM 25 seen pairs >= 0.80 ({fmt(t25['seen pair'])})", t25["seen pair"]["mean"] >= 0.80),
+           line(f"teacher DDIM 25 single shapes >= 0.95 ({fmt(t25['single'])})", t25["single"]["mean"] >= 0.95)]
+    for group in ("pair", "all"):
+        gap = abs(s4[group]["mean"] - t25[group]["mean"])
+        out.append(line(f"student LCM 4 within 0.05 of teacher DDIM 25 on {group}s ({s4[group]['mean']:.3f} vs "
+                        f"{t25[group]['mean']:.3f})", gap <= 0.05))
+        lift = s4[group]["mean"] - t4[group]["mean"]
+        out.append(line(f"student LCM 4 at least 0.30 above teacher DDIM 4 on {group}s ({lift:+.3f})", lift >= 0.30))
+    return out
 
 
 def model_card(run: Path, results: Path, note: str | None = None) -> str:
-    stages = {name: _stage(run, name) for name in ("vae", "teacher", "lcd")}
-    total_h = sum(s["elapsed_s"] for s in stages.values()) / 3600
+    stages = {name: s for name in ("vae", "teacher", "lcd") if (s := _stage(run, name)) is not None}
+    record = json.loads((run / "record.json").read_text()) if (run / "record.json").exists() else {}
+    t5_config = run / "teacher" / "model" / "text_encoder" / "config.json"
+    t5 = json.loads(t5_config.read_text()) if t5_config.exists() else None
+    machine = record.get("machine", {})
+    where = machine.get("gpu") or "a CPU"
     lines = [
         "# Model card: the built-in `tiny` (miniature PixArt-delta)", "",
-        "A 6-block, width-128 PixArt DiT on 16x16 latents (128 px) trained on CPU from scratch by this repository "
-        "(`reference/train/`, issue #5): the PixArt-alpha objective for the teacher, then Latent Consistency "
-        "Distillation (PixArt-delta Algorithm 1) for the 4-step student shipped here. It exists to prove the "
-        "training code and to give every export backend a model whose images mean something; it draws "
-        "coloured shapes, nothing else.", "",
+        "A 6-block, width-128 PixArt DiT on 16x16 latents (128 px) trained from scratch by this repository "
+        "(`reference/train/`): the PixArt-alpha objective for the teacher, then Latent Consistency Distillation "
+        "(PixArt-delta Algorithm 1) for the 4-step student shipped as `tiny`; the teacher ships beside it as "
+        "`tiny-teacher` (`--sampler ddim` on `tiny` uses it). It draws coloured shapes, nothing else.", "",
         "## Data",
-        "Generated, no downloads (`reference/train/data.py`): one shape (40%) or two shapes above / beside each other "
+        "Generated, no downloads (`reference/train/data.py`): one shape (25%) or two shapes above / beside each other "
         "on white; 3 shapes x 4 colours; captions such as \"a red circle\" or \"a blue square above a yellow "
-        "triangle on a white background\". Training set: data set seed 0. 24 of the 288 two-shape combinations "
-        "never appear in training; they and the 12 single shapes are the evaluation captions.", "",
+        "triangle on a white background\". 24 of the 288 two-shape combinations never appear in training.",
+        data_line(stages["teacher"]), "",
         "## Components",
-        text_encoder_line(stages["teacher"]["args"]),
-        f"- VAE: the tiny `AutoencoderKL` config trained {stages['vae']['steps']} steps (L1 + KL, 64 px crops); "
-        f"scaling_factor = 1/std of latents = {stages['vae']['scaling_factor']:.4f}.",
+        text_encoder_line(stages["teacher"]["args"], t5)]
+    if "vae" in stages:
+        lines.append(f"- VAE: the tiny `AutoencoderKL` config trained {stages['vae']['steps']} steps (L1 + KL); "
+                     f"scaling_factor = 1/std of latents = {stages['vae']['scaling_factor']:.4f}.")
+    else:
+        lines.append("- VAE: the previously shipped tiny VAE, reused unchanged (frozen).")
+    lines += [
         teacher_line(stages["teacher"]),
         f"- Student (these weights): LCD from the teacher, w = 4.5, DDIM solver, k = 20, target EMA 0.95, "
         f"pseudo-Huber c = 0.001; {stages['lcd']['steps']} steps; the target network is shipped.",
-        "- ControlNet: rebuilt from the student's first blocks with small random projections (untrained, as before).", "",
+        "- ControlNet: copies of the student's first blocks with zero-initialised projections (untrained: it leaves "
+        "every image unchanged).", "",
         "## Training record",
-        "| stage | steps | batch | lr | loss, first 100 steps | loss, last 100 steps | wall time |",
-        "|---|---|---|---|---|---|---|"]
+        "| stage | steps | batch | lr | loss, first 100 steps | loss, last 100 steps | wall time | processes |",
+        "|---|---|---|---|---|---|---|---|"]
     for name, s in stages.items():
         args = s["args"]
         lines.append(f"| {name} | {s['steps']} | {args['batch_size']} | {args['lr']} | {s['loss_first_100']:.4f} | "
-                     f"{s['loss_last_100']:.4f} | {s['elapsed_s'] / 60:.1f} min |")
-    layout = ", ".join(f"{name} {processes(run / name)} process(es) x {s['args'].get('threads', '1')} thread(s)"
-                       for name, s in stages.items())
-    lines += ["", f"Total {total_h:.2f} h on a 2-core CPU ({layout}), seed 0 everywhere "
-              "(`reference/train/train_tiny.sh`). Stage arguments are in each run folder's summary.json.", ""]
+                     f"{s['loss_last_100']:.4f} | {s['elapsed_s'] / 60:.1f} min | {processes(run / name)} |")
+    total_h = sum(s["elapsed_s"] for s in stages.values()) / 3600
+    lines += ["", f"Total {total_h:.2f} h of training loops on {where}, seed 0 everywhere. Stage arguments are in "
+              "each run folder's summary.json."]
+    if record.get("selection"):
+        sel = record["selection"]
+        lines += ["", f"Teacher arms trained side by side; kept: `{sel['best']}` by {sel['criterion']}:", "",
+                  "| arm | arguments | steps | seen-pair adherence | all |", "|---|---|---|---|---|"]
+        for arm, extra in record.get("arms", {}).items():
+            steps = (record.get("teacher_summaries", {}).get(arm) or {}).get("steps", "?")
+            score = sel["scores"].get(arm)
+            shown = f"{score[0]:.3f} | {score[1]:.3f}" if score else "- | -"
+            lines.append(f"| {arm} | `{' '.join(extra)}` | {steps} | {shown} |")
+    lines.append("")
     if note:
         lines += [note, ""]
     if results.exists():
         bench = json.loads(results.read_text())
+        meta = bench["meta"]
         lines += ["## Quality (`benchmarks/quality_tiny.py`)",
-                  f"{bench['meta']['captions']} evaluation captions x {bench['meta']['seeds']} seeds, scored by a scene "
-                  "classifier trained on the renderer. Adherence: all attributes of the prompt right.", "",
-                  "| sampler | NFE | adherence | single | pair (held out) | Frechet |", "|---|---|---|---|---|---|"]
+                  f"{meta['captions']} evaluation captions x {meta['seeds']} seeds, scored by a scene classifier "
+                  "trained on the renderer. Adherence: all attributes of the prompt right; mean [95% bootstrap "
+                  "interval].", "",
+                  "| sampler | NFE | all | single | seen pair | held-out pair | Frechet |",
+                  "|---|---|---|---|---|---|---|"]
         for r in bench["results"]:
-            lines.append(f"| {r['name']} | {r['nfe']} | {r['all']:.3f} | {r['single_all']:.3f} | "
-                         f"{r['pair_all']:.3f} | {r['frechet']:.2f} |")
-        lines.append("")
+            lines.append(f"| {r['name']} | {r['nfe']} | {fmt(r['all'])} | {fmt(r['single'])} | {fmt(r['seen pair'])} | "
+                         f"{fmt(r['held-out pair'])} | {r['frechet']:.2f} |")
+        lines += ["", *gates(bench["results"]), ""]
     lines += ["## Limits",
-              "Tiny data and a few CPU hours: expect blurry shapes, wrong colours or counts on some seeds, and "
-              "weaker two-shape compositions than single shapes. Not a general text-to-image model."]
+              "Expect blurry shapes, wrong colours or counts on some seeds, and weaker two-shape compositions than "
+              "single shapes (see the seen- and held-out-pair columns). Words outside the training captions are "
+              "unknown (`reference.vocab`). Not a general text-to-image model."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True, help="run folder of reference/train/train_tiny.sh")
+    parser.add_argument("--run", type=Path, required=True, help="run folder (teacher/, lcd/, optional vae/)")
     parser.add_argument("--out", type=Path, required=True, help="destination model folder (replaced)")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "quality_tiny.json")
     parser.add_argument("--card-only", action="store_true", help="write only MODEL_CARD.md into --out")
@@ -120,6 +183,7 @@ def main(argv=None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=args.out.parent))
     try:
         shutil.copytree(args.run / "lcd" / "model", tmp, dirs_exist_ok=True)
+        shutil.copytree(args.run / "teacher" / "model" / "transformer", tmp / "teacher" / "transformer")
         (tmp / "MODEL_CARD.md").write_text(card)
         tmp.chmod(0o755)
         if args.out.exists():
