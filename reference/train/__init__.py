@@ -8,6 +8,8 @@ the launcher's environment. (`accelerate launch --cpu` starts one process only: 
     python -m reference.train.teacher --vae runs/vae/vae --out runs/teacher  # epsilon DiT with CFG dropout
     python -m reference.train.lcd     --teacher runs/teacher/model --out runs/lcd  # PixArt-delta Alg. 1
 
-Data are generated, not downloaded (`data.py`); the T5 is the tiny model's, frozen. Each stage writes
-a complete diffusers-layout model folder, loadable with `reference.load_model`.
+Data are generated, not downloaded (`data.py`), and rendered on the fly (`common.SceneStream`); the
+teacher trains the tiny T5 with the DiT, LCD keeps it frozen. Each stage writes a complete
+diffusers-layout model folder, loadable with `reference.load_model`. `gpu_run.py` runs teacher arms,
+their selection, LCD and the quality benchmark within one budgeted GPU session.
 """
