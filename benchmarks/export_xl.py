@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
     import torch
 
-    from pixart_export.export_onnx import default_num_copies, export_graph
+    from pixart_export.export.exporter import default_num_copies, export_graph
+    from pixart_export.export.wrappers import DenoiserGraph, TransformerGraph
     from pixart_export.graphs import TRANSFORMER, Dims, denoiser_spec, fixed_inputs
-    from pixart_export.parity import rel_l2
-    from pixart_export.wrappers import DenoiserGraph, TransformerGraph
+    from pixart_export.metrics import rel_l2
     from reference.config import DiTConfig
     from reference.dit import PixArtDiT
     from reference.schedules import lcm_timesteps
@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         onnx.checker.check_model(str(path))
         row = {"graph": spec.name, "files": sizes, "export_s": seconds, "peak_rss_gib": peak_rss_gib()}
         print(f"{spec.name}: exported in {seconds:.0f} s, files " +
-              ", ".join(f"{f} {b / 2**30:.3f} GiB" for f, b in sizes.items()) + f", peak RSS {row['peak_rss_gib']:.1f} GiB",
-              flush=True)
+              ", ".join(f"{f} {b / 2**30:.3f} GiB" for f, b in sizes.items()) +
+              f", peak RSS {row['peak_rss_gib']:.1f} GiB", flush=True)
         if not args.no_parity:
             feeds = fixed_inputs(spec, dims, batch=1, seed=7)
             t0 = time.perf_counter()
@@ -125,7 +125,8 @@ def write_report(args, rows, n_params, ratio, total_s) -> None:
         f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; random weights, "
         f"{args.layers} blocks, width 1152, caption_channels 4096, {args.latent}x{args.latent} latents "
         f"({args.latent * 8} px), {n_params / 1e6:.0f} M parameters. Total wall time {total_s / 60:.1f} min.", "",
-        "| graph | export s | .onnx | external data | peak RSS GiB | rel L2 | max abs (max abs ref) | torch s | ort load s | ort run s |",
+        "| graph | export s | .onnx | external data | peak RSS GiB | rel L2 | max abs (max abs ref) | torch s | "
+        "ort load s | ort run s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -135,7 +136,8 @@ def write_report(args, rows, n_params, ratio, total_s) -> None:
             f"| `{r['graph']}` | {r['export_s']:.0f} | {files[0][1] / 2**20:.1f} MiB | {data / 2**30:.3f} GiB | "
             f"{r['peak_rss_gib']:.1f} | {r.get('rel_l2', float('nan')):.2e} | "
             f"{r.get('max_abs', float('nan')):.2e} ({r.get('ref_max_abs', float('nan')):.2f}) | "
-            f"{r.get('torch_s', float('nan')):.0f} | {r.get('ort_load_s', float('nan')):.0f} | {r.get('ort_s', float('nan')):.0f} |")
+            f"{r.get('torch_s', float('nan')):.0f} | {r.get('ort_load_s', float('nan')):.0f} | "
+            f"{r.get('ort_s', float('nan')):.0f} |")
     lines += ["", f"`denoiser_lcm4` total size / `transformer` total size: **{ratio:.4f}** (weights stored once; "
               "4 copies would be ~4).", "",
               "Peak RSS is the whole process's high-water mark up to that row (export + parity run in one process).",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import statistics
 import sys
@@ -100,15 +101,12 @@ def folder_bytes(paths) -> int:
     return total
 
 
-def rel_l2(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+def image_psnr(got, want) -> float | None:
+    """`metrics.psnr_uint8` as the tables and JSON record it: 2 decimals, None ("identical") for inf."""
+    from pixart_export.metrics import psnr_uint8
 
-
-def psnr(got, want) -> float | None:
-    qa, qb = (np.asarray(got) * 255).round(), (np.asarray(want) * 255).round()
-    mse = float(np.mean((qa - qb) ** 2))
-    return None if mse == 0 else round(10 * np.log10(255.0**2 / mse), 2)
+    value = psnr_uint8(got, want)
+    return None if math.isinf(value) else round(value, 2)
 
 
 # -- engines ------------------------------------------------------------------------------------------
@@ -116,9 +114,10 @@ def build_engines(spec: str, name: str, xl: bool, root: Path, rebuild: bool = Fa
     """Engine folders for the three targets: existing ones built from these very weights are used as
     they are (the runtime still checks every file against its manifest) unless `rebuild`; missing
     ones, and ones built from other weights (e.g. before `tiny` was retrained), are built."""
-    from pixart_export.identity import model_identity
-    from pixart_export.manifest import read_manifest
-    from pixart_export.quantize_ov import CANDIDATES, Int8Options
+    from pixart_export.backends.openvino import quantize
+    from pixart_export.backends.openvino.options import int8_options
+    from pixart_export.export.identity import model_identity
+    from pixart_export.manifest import EngineError, read_manifest
     from reference.loading import load_model
 
     identity = model_identity(load_model(spec), None)["identity"]
@@ -126,25 +125,33 @@ def build_engines(spec: str, name: str, xl: bool, root: Path, rebuild: bool = Fa
     for target in ("ort-cpu", "ov-cpu", "ov-cpu-int8"):
         existing = root / f"{target}-{name}" / "manifest.json"
         if existing.exists() and not rebuild:
-            recorded = read_manifest(existing.parent)["model"].get("identity")
+            try:
+                recorded = read_manifest(existing.parent).model.identity
+            except EngineError as exc:  # e.g. a schema-1 folder from before the manifest redesign
+                recorded = None
+                log(f"== engine {target} for {name}: {exc}")
             if recorded == identity:
                 log(f"== engine {target} for {name}: using {existing.parent} (--rebuild to build it again)")
                 out[target] = existing.parent
                 continue
-            log(f"== engine {target} for {name}: {existing.parent} was built from other weights; rebuilding")
+            log(f"== engine {target} for {name}: {existing.parent} was built from other weights or by another "
+                "version; rebuilding")
             rebuild_this = True
         else:
             rebuild_this = rebuild
         log(f"== engine {target} for {name}")
-        kwargs = {}
-        if target == "ov-cpu-int8" and xl:
+        options = None  # the target's defaults
+        if target == "ort-cpu":
+            # unoptimised graphs: the OpenVINO builds convert them (`onnx_from` refuses optimised ones)
+            options = {"optimise": False}
+        elif target == "ov-cpu-int8" and xl:
             # XL calibration is planned for 24 GiB and the time of one run: 2 prompts x 4 steps for the
             # one-step graph, 2 prompts for the unrolled one, the candidate measured best on tiny.
-            kwargs["ov_int8"] = Int8Options(candidates=CANDIDATES[:1], transformer_prompts=2, denoiser_prompts=2,
-                                            held_out_prompts=1)
+            options = int8_options(candidates=quantize.CANDIDATES[:1], transformer_prompts=2, denoiser_prompts=2,
+                                   held_out_prompts=1)
         started = time.perf_counter()
         try:
-            folder, reused = _build_one(target, spec, name, xl, root, out, kwargs, force=rebuild_this)
+            folder, reused = _build_one(target, spec, name, xl, root, out, options, force=rebuild_this)
         except Exception as exc:  # noqa: BLE001 - a failed engine drops its rows, the run goes on
             log(f"   FAILED to build {target}: {type(exc).__name__}: {exc}")
             continue
@@ -153,18 +160,14 @@ def build_engines(spec: str, name: str, xl: bool, root: Path, rebuild: bool = Fa
     return out
 
 
-def _build_one(target, spec, name, xl, root, out, kwargs, force=False):
-    from pixart_export.build import build
-    from pixart_export.build_ov import build_ov
-    from pixart_export.targets import get_target
+def _build_one(target, spec, name, xl, root, out, options, force=False):
+    from pixart_export.build import build_target
 
-    if target == "ort-cpu":
-        folder, _, reused = build(target, spec, root / f"{target}-{name}", optimise=False, verify=not xl,
-                                  force=force, log=lambda m: log("   " + m))
-    else:  # convert the ort-cpu engine's ONNX graphs: one export for the three engines
-        folder, _, reused = build_ov(get_target(target), spec, root / f"{target}-{name}", None, None, 4, None,
-                                     not xl, force, lambda m: log("   " + m), int8=kwargs.get("ov_int8"),
-                                     onnx_from=out["ort-cpu"])
+    # the OpenVINO targets convert the ort-cpu engine's ONNX graphs: one export for the three engines
+    onnx_from = None if target == "ort-cpu" else out["ort-cpu"]
+    folder, _, reused = build_target(target, spec, out=root / f"{target}-{name}", steps=4, verify=not xl,
+                                     force=force, log=lambda m: log("   " + m), options=options,
+                                     onnx_from=onnx_from)
     return folder, reused
 
 
@@ -172,15 +175,15 @@ def _build_one(target, spec, name, xl, root, out, kwargs, force=False):
 class Inputs:
     """Batch-1 inputs shared by every backend (numpy), from the runtime tokenizer and noise contract."""
 
-    def __init__(self, model, folder: Path, manifest: dict):
-        from pixart_export.export_onnx import model_dims
+    def __init__(self, model, folder: Path, manifest):
+        from pixart_export.export.exporter import model_dims
         from pixart_export.graphs import TRANSFORMER, fixed_inputs
         from pixart_export.runtime.noise import draw_noise
         from pixart_export.runtime.tokenizer import load_tokenizer
 
-        h, w = manifest["resolutions"][0]
+        h, w = manifest.resolutions[0]
         self.resolution = (h, w)
-        self.ids, self.mask = load_tokenizer(folder, manifest["tokenizer"])([PROMPT])
+        self.ids, self.mask = load_tokenizer(folder, manifest.tokenizer)([PROMPT])
         dims = model_dims(model, h, w)
         step = fixed_inputs(TRANSFORMER, dims, batch=1, seed=3)
         step["control_residuals"] = np.zeros_like(step["control_residuals"])
@@ -189,14 +192,14 @@ class Inputs:
         f = model.vae_scale_factor
         noise = draw_noise(SEED, 1, (model.dit.config.in_channels, h // f, w // f), 4)
         self.noise = noise
-        self.timesteps = manifest["lcm"]["timesteps"]
+        self.timesteps = list(manifest.lcm.timesteps)
 
 
 class Reference:
     def __init__(self, model, inputs: Inputs, bf16: bool = False):
         import torch
 
-        from pixart_export.export_onnx import wrapper_for
+        from pixart_export.export.exporter import wrapper_for
         from pixart_export.graphs import denoiser_spec
         from reference.pipeline import ReferencePipeline
 
@@ -295,10 +298,8 @@ class Engine:
 
         if precision is None:
             self.pipe = runtime.load(folder, threads=threads)
-        else:
-            from pixart_export.runtime.ov_pipeline import load_openvino
-
-            self.pipe = load_openvino(folder, threads=threads, precision=precision)
+        else:  # OpenVINO's inference precision ("f32" | "bf16") for every graph, overriding the build's
+            self.pipe = runtime.load(folder, threads=threads, inference_precision=precision)
         self.inp = inputs
         self.h, self.w = inputs.resolution
 
@@ -345,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     repeats = args.repeats or (2 if args.xl else 10)
 
-    from pixart_export.compile_ov import cpu_info, has_bf16, openvino_version
+    from pixart_export.backends.openvino.runner import cpu_info, has_bf16
+    from pixart_export.targets import get_target
 
     if args.xl:
         from benchmarks.xl_model import make_xl
@@ -363,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from pixart_export.manifest import read_manifest
+    from pixart_export.metrics import rel_l2
     from reference.loading import load_model, resolve
 
     cpu = cpu_info()
@@ -400,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"model": name, "resolution": list(inputs.resolution), "batch": 1, "repeats": repeats,
                      "warmup": args.warmup, "cpu": cpu, "threads": cores,
                      "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-                                  "openvino": openvino_version(),
+                                  "openvino": get_target("ov-cpu").backend.installed_version(),
                                   "diffusers": __import__("diffusers").__version__},
                      "prompt": PROMPT, "seed": SEED, "backends": {}}
     log(f"CPU: {cpu['model']}, {cores} logical cores, ISA: {' '.join(cpu['isa'])}")
@@ -433,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
                     elif stage in reference_out and not (key == "diffusers" and stage == "end_to_end"):
                         # (diffusers draws its own x_T and step noise: its image is another sample, so
                         # a PSNR against ours would measure the noise, not the backend)
-                        row["errors"][stage] = (psnr(out, reference_out[stage]) if stage == "end_to_end"
+                        row["errors"][stage] = (image_psnr(out, reference_out[stage]) if stage == "end_to_end"
                                                 else rel_l2(out, reference_out[stage]))
             threads_rows = ("ov-cpu", "ov-cpu-int8") if args.xl and not args.full else \
                 ("eager-fp32", "ort-cpu", "ov-cpu", "ov-cpu-int8")

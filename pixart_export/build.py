@@ -1,176 +1,276 @@
-"""`build`: model -> engine folder in one command: export, optimise, tokenizer, manifest, verify.
+"""`build`: model -> engine folder for a target, as one pipeline of named stages for every backend.
 
-Stages run in a private temporary folder beside the destination (`.<name>.building-*`) which is
-renamed into place only after parity passed, so an engine folder is never half-written: a failure
-or Ctrl-C leaves the previous engine (if any) untouched and the temporary folder removed. A rebuild
-whose build key (model identity + options + tool versions + code, see `identity.py`) equals the key
-in the existing manifest, with every file still matching its sha256, is reused as it is.
+    load model -> (build key: reuse an identical folder) -> export fp32 ONNX + tokenizer
+      -> the backend's stages (quantise / convert / compile: `Backend.stages`)
+      -> verify against the reference (`Backend.verify`, through `verify.py`)
+      -> write manifest.json (the one writer) and install atomically -> `Backend.finish`
+
+The pipeline numbers its stages itself ("[3/7] ...") and knows no backend by name: what differs
+between targets lives in `backends/<name>/`. Folder handling (staging beside the destination, the
+build key, reuse, the atomic install, clean-up of interrupted builds) is `engine_folder.py`'s.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
+import dataclasses
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import UserError
-from .manifest import SCHEMA_VERSION, EngineError, check_files, file_table, read_manifest, write_json_atomic
-from .targets import buildable_target
+from . import engine_folder
+from .backends.base import Stage
+from .errors import GateFailed, UserError
+from .manifest import (
+    SCHEMA_VERSION,
+    GraphRecord,
+    LcmRecord,
+    Manifest,
+    ModelRecord,
+    Parity,
+    Precision,
+    TokenizerRecord,
+    file_table,
+    graph_record,
+    read_manifest,
+    write_manifest,
+)
+from .progress import log as default_log
+from .targets import Target, get_target
 
 Log = Callable[[str], None]
 
+@dataclass
+class BuildRequest:
+    """What the user asked for. `options`: the backend's build options (`Backend.options`); `onnx_from`:
+    an ort-cpu folder of the same model whose fp32 graphs stand in for the export (XL exports take long)."""
 
-def engine_name(target: str, model_spec: str, controlnet: str | None) -> str:
-    stem = Path(str(model_spec)).stem if str(model_spec) != "tiny" else "tiny"
-    return f"{target}-{stem}" + ("-controlnet" if controlnet else "")
-
-
-def assemble_manifest(*, target, model, model_spec, controlnet_spec, identity, key, versions, steps, records,
-                      resolutions, tokenizer, optimisation) -> dict:
-    from reference.schedules import NUM_TRAIN_TIMESTEPS
-
-    lcm = next(r["lcm"] for r in records if "lcm" in r)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "toolchain": versions,
-        "target": target.name,
-        "backend": {"name": target.backend, "version": versions["onnxruntime"]},
-        "device": target.device,
-        "precision": {r["file"]: r["precision"] for r in records},
-        "model": {"spec": str(model_spec), "controlnet_spec": None if controlnet_spec is None else str(controlnet_spec),
-                  "layout": model.layout, "controlnet": model.controlnet is not None,
-                  "config_hash": identity["config_hash"], "weights_hash": identity["weights_hash"],
-                  "identity": identity["identity"], "configs": identity["configs"]},
-        "build_key": key,
-        "steps": steps,
-        "lcm": {"spacing": model.lcm_spacing, "num_train_timesteps": NUM_TRAIN_TIMESTEPS, **lcm},
-        "resolutions": [list(r) for r in resolutions],
-        "latent_size_policy": "static per resolution bucket (one file per bucket); batch dynamic",
-        "latent_channels": model.dit.config.in_channels,
-        "vae_scale_factor": model.vae_scale_factor,
-        "tokenizer": tokenizer,
-        "graphs": records,
-        "optimisation": optimisation,
-        "parity": None,
-        "files": {},
-    }
+    target: Target
+    model_spec: str
+    out: Path | None = None
+    controlnet_spec: str | None = None
+    resolutions: list[tuple[int, int]] | None = None
+    steps: int = 4
+    lcm_spacing: str | None = None
+    verify: bool = True
+    force: bool = False
+    options: dict | None = None
+    onnx_from: Path | None = None
 
 
-def _check_destination(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").exists())):
-        raise UserError(f"{out}: exists and is not an engine folder; refusing to replace it (choose another --out)")
+@dataclass
+class BuildContext:
+    """What the stages share. Records are plain dicts while the build runs (backends add to them);
+    `assemble` turns them into the typed `Manifest`."""
+
+    request: BuildRequest
+    out: Path
+    log: Log
+    model: object = None
+    resolutions: list[tuple[int, int]] = field(default_factory=list)
+    identity: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    key: str = ""
+    staging: Path | None = None  # the folder that becomes the engine folder
+    scratch: Path | None = None  # intermediates, never shipped
+    fp32_dir: Path | None = None  # the exported fp32 ONNX graphs
+    fp32_records: list[dict] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)  # what ships, files in `staging`
+    tokenizer: dict = field(default_factory=dict)
+    status: str = "ready"
+    default_precision: Precision = Precision.FP32
+    quantisation: dict | None = None
+    build_info: dict = field(default_factory=dict)
+    parity: Parity | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def target(self) -> Target:
+        return self.request.target
+
+    def assemble(self, records: list[dict] | None = None, folder: Path | None = None) -> Manifest:
+        """The manifest of the folder as built so far (`records` and `folder` default to what ships)."""
+        from reference.schedules import NUM_TRAIN_TIMESTEPS
+
+        lcm = next(r["lcm"] for r in self.fp32_records if "lcm" in r)
+        req, ident = self.request, self.identity
+        return Manifest(
+            schema_version=SCHEMA_VERSION, toolchain=dict(self.versions), target=self.target.name,
+            backend=self.target.backend.backend_info(self.target, self.versions),
+            device=self.target.backend.device(self.target),
+            model=ModelRecord(spec=str(req.model_spec), controlnet_spec=None if req.controlnet_spec is None else
+                              str(req.controlnet_spec), layout=self.model.layout,
+                              controlnet=self.model.controlnet is not None, config_hash=ident["config_hash"],
+                              weights_hash=ident["weights_hash"], identity=ident["identity"], configs=ident["configs"]),
+            build_key=self.key, status=self.status, steps=req.steps,
+            lcm=LcmRecord(spacing=self.model.lcm_spacing, num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+                          timesteps=tuple(lcm["timesteps"]), c_skip=tuple(lcm["c_skip"]), c_out=tuple(lcm["c_out"]),
+                          alphas_cumprod=tuple(lcm["alphas_cumprod"])),
+            resolutions=tuple(tuple(r) for r in self.resolutions),
+            latent_channels=self.model.dit.config.in_channels, vae_scale_factor=self.model.vae_scale_factor,
+            tokenizer=TokenizerRecord(kind=self.tokenizer["kind"], dir=self.tokenizer["dir"],
+                                      max_length=self.tokenizer["max_length"], pad_id=self.tokenizer["pad_id"],
+                                      tokenizer_class=self.tokenizer["class"]),
+            graphs=tuple(graph_record(r) for r in (self.records if records is None else records)),
+            default_precision=self.default_precision, parity=self.parity,
+            files=file_table(self.staging if folder is None else folder),
+            quantisation=self.quantisation, build=dict(self.build_info))
 
 
-def _reusable(out: Path, key: str, verify: bool) -> dict | None:
-    if not (out / "manifest.json").exists():
-        return None
-    try:
-        manifest = read_manifest(out)
-        if manifest.get("build_key") != key or (verify and not (manifest.get("parity") or {}).get("ok")):
-            return None
-        check_files(out, manifest, hashes=True)
-        return manifest
-    except EngineError:
-        return None
+# -- the common stages -------------------------------------------------------------------------------------------
+def _load(ctx: BuildContext) -> None:
+    from reference.loading import load_model, resolve_controlnet
+
+    from .export import exporter
+    from .export.identity import model_identity, toolchain_versions
+
+    req = ctx.request
+    ctx.model = load_model(req.model_spec, controlnet=req.controlnet_spec, lcm_spacing=req.lcm_spacing)
+    ctx.resolutions = req.resolutions or [(ctx.model.default_resolution, ctx.model.default_resolution)]
+    exporter.check_exportable(ctx.model, ctx.resolutions, req.steps)
+    backend = ctx.target.backend
+    ctx.options = backend.options(ctx.target, None) if req.options is None else dict(req.options)
+    backend.check_request(ctx)
+    ctx.identity = model_identity(ctx.model, resolve_controlnet(req.controlnet_spec) if req.controlnet_spec else None)
+    ctx.versions = {**toolchain_versions(), **backend.versions()}
+    key_options = {"target": ctx.target.name, "resolutions": [list(r) for r in ctx.resolutions], "steps": req.steps,
+                   "lcm_spacing": ctx.model.lcm_spacing, "verify": req.verify, "backend": ctx.options}
+    if req.onnx_from is not None:
+        key_options["onnx_from"] = _onnx_source(ctx).build_key
+    ctx.key = engine_folder.build_key(ctx.identity["identity"], key_options, ctx.versions, backend.code)
 
 
-def reuse_existing(out: Path, key: str, verify: bool, force: bool, log: Log) -> dict | None:
-    """The manifest of `out` when it was built with `key` and every file is intact (else None, and
-    the destination is checked to be an engine folder we may replace). Shared by every backend."""
-    _check_destination(out)
-    if force or (manifest := _reusable(out, key, verify)) is None:
-        return None
-    log(f"up to date: {out} (build key {key[:12]}, every file matches its sha256); reusing it")
+def _onnx_source(ctx: BuildContext) -> Manifest:
+    """The manifest of the ort-cpu folder given as `onnx_from`, refused unless it holds this model's graphs."""
+    from .manifest import check_files, read_manifest
+
+    folder = Path(ctx.request.onnx_from)
+    manifest = read_manifest(folder)
+    check_files(folder, manifest, hashes=True)
+    if any(r.precision != Precision.FP32 or not r.file.endswith(".onnx") for r in manifest.graphs):
+        raise UserError(f"{folder}: --onnx-from needs a folder of fp32 ONNX graphs (from `export`); it is a "
+                        f"{manifest.target} folder")
+    if manifest.model.identity != ctx.identity["identity"]:
+        raise UserError(f"{folder}: built from another model (identity {manifest.model.identity[:12]} != "
+                        f"{ctx.identity['identity'][:12]}); export again without --onnx-from")
+    buckets = [list(r) for r in manifest.resolutions]
+    if manifest.steps != ctx.request.steps or buckets != [list(r) for r in ctx.resolutions]:
+        raise UserError(f"{folder}: steps {manifest.steps} / resolutions {[list(r) for r in manifest.resolutions]} "
+                        f"differ from this build's {ctx.request.steps} / {[list(r) for r in ctx.resolutions]}")
+    if any(r.details.get("optimisation") for r in manifest.graphs):
+        raise UserError(f"{folder}: its graphs were optimised by onnxruntime; give an `export` folder or a build "
+                        "with --no-optimise")
     return manifest
 
 
-def build(target_name: str, model_spec: str, out: Path | None = None, controlnet_spec: str | None = None,
-          resolutions: list[tuple[int, int]] | None = None, steps: int = 4, lcm_spacing: str | None = None,
-          optimise: bool = True, verify: bool = True, force: bool = False,
-          log: Log = print, ov_int8=None, trt_int8: bool | None = None) -> tuple[Path, dict, bool]:
-    """Build (or reuse) an engine; returns (folder, manifest, reused).
-
-    `verify=False` (the `export` command) skips parity: the folder is complete and loadable, with
-    `"parity": null` until `pixart-export parity` measures it.
-    """
-    target = buildable_target(target_name)
-    if target.backend == "tensorrt":  # hook (issue #6): TensorRT targets build a verified bundle
-        from .build_trt import build_bundle
-
-        return build_bundle(target, model_spec, out, controlnet_spec, resolutions, steps, lcm_spacing, verify,
-                            force, log, int8=trt_int8)
-    if target.backend == "openvino":  # hook (issue #7): OpenVINO targets have their own builder
-        from .build_ov import build_ov
-
-        return build_ov(target, model_spec, out, controlnet_spec, resolutions, steps, lcm_spacing, verify, force,
-                        log, int8=ov_int8)
-    from reference.loading import load_model, resolve_controlnet
+def _export(ctx: BuildContext) -> None:
     from reference.text import MAX_TEXT_LEN
 
-    from . import export_onnx, identity as ident, optimize_ort, parity
-    from .export_tokenizer import export_tokenizer
+    from .export import exporter
+    from .export.tokenizer import export_tokenizer
+    from .progress import step_bar
 
-    out = Path(out) if out is not None else Path("engines") / engine_name(target.name, model_spec, controlnet_spec)
-    t0 = time.perf_counter()
-    log(f"[1/6] load model {model_spec}" + (f" + ControlNet {controlnet_spec}" if controlnet_spec else ""))
-    model = load_model(model_spec, controlnet=controlnet_spec, lcm_spacing=lcm_spacing)
-    resolutions = resolutions or [(model.default_resolution, model.default_resolution)]
-    export_onnx.check_exportable(model, resolutions, steps)
-    identity = ident.model_identity(model, resolve_controlnet(controlnet_spec) if controlnet_spec else None)
-    versions = ident.toolchain_versions()
-    options = {"target": target.name, "resolutions": [list(r) for r in resolutions], "steps": steps,
-               "lcm_spacing": model.lcm_spacing, "optimise": optimise, "verify": verify}
-    key = ident.build_key(identity, options, versions)
-    if (manifest := reuse_existing(out, key, verify, force, log)) is not None:
+    ctx.fp32_dir = ctx.scratch / "onnx"
+    if ctx.request.onnx_from is not None:
+        source = _onnx_source(ctx)
+        ctx.fp32_dir = Path(ctx.request.onnx_from)
+        ctx.fp32_records = [fp32_dict(r, source) for r in source.graphs]
+        ctx.log(f"      fp32 graphs of {ctx.fp32_dir} (exported and hashed by its build)")
+    else:
+        with step_bar(_graph_count(ctx), "export", "graph") as bar:
+            def on_graph(name):
+                ctx.log(f"      {name}")
+                bar.update(1)
+            ctx.fp32_records = exporter.export_model(ctx.model, ctx.fp32_dir, ctx.resolutions, ctx.request.steps,
+                                                     on_graph=on_graph)
+    ctx.tokenizer = export_tokenizer(ctx.model, ctx.staging, MAX_TEXT_LEN)
+
+
+def fp32_dict(rec: GraphRecord, source: Manifest) -> dict:
+    """A manifest record as the exporter's dict (the `lcm` constants put back on the denoiser)."""
+    d = {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec) if f.name not in ("details",)}
+    d.update(rec.details)
+    d["precision"] = str(rec.precision)
+    d["inputs"] = [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in rec.inputs]
+    d["outputs"] = [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in rec.outputs]
+    d["files"] = list(rec.files)
+    if rec.graph.startswith("denoiser_lcm"):
+        lcm = source.lcm
+        d["lcm"] = {"timesteps": list(lcm.timesteps), "c_skip": list(lcm.c_skip), "c_out": list(lcm.c_out),
+                    "alphas_cumprod": list(lcm.alphas_cumprod)}
+    return d
+
+
+def _graph_count(ctx: BuildContext) -> int:
+    from .graphs import graph_specs
+
+    specs = graph_specs(ctx.request.steps, ctx.model.controlnet is not None)
+    return sum(len(ctx.resolutions) if s.spatial else 1 for s in specs)
+
+
+def _verify(ctx: BuildContext) -> None:
+    from .verify import failures, format_table
+
+    ctx.parity = ctx.target.backend.verify(ctx)
+    ctx.log(format_table(ctx.parity))
+    if not ctx.parity.ok:
+        raise GateFailed(f"{ctx.target.name}: " + "; ".join(failures(ctx.parity)) + f". Nothing was installed at "
+                         f"{ctx.out}; the figures are in the table above")
+
+
+def _install(ctx: BuildContext) -> None:
+    ctx.build_info["seconds"] = round(time.perf_counter() - ctx.started, 1)
+    write_manifest(ctx.staging, ctx.assemble())
+    engine_folder.install(ctx.staging, ctx.out)
+
+
+# -- the pipeline ------------------------------------------------------------------------------------------------
+def run_stages(stages: list[Stage], ctx: BuildContext, first: int, total: int) -> None:
+    for i, stage in enumerate(stages, first):
+        ctx.log(f"[{i}/{total}] {stage.name}")
+        stage.run(ctx)
+
+
+def build(request: BuildRequest, log: Log = default_log) -> tuple[Path, Manifest, bool]:
+    """Build (or reuse) an engine folder; returns (folder, manifest, reused).
+
+    `request.verify=False` (the `export` command) skips the verify stage: the folder is complete and
+    loadable, with `parity: null` until `pixart-export parity` measures it.
+    """
+    target = request.target
+    out = Path(request.out) if request.out is not None else \
+        Path("engines") / engine_folder.engine_name(target.name, request.model_spec, request.controlnet_spec)
+    ctx = BuildContext(request=request, out=out, log=log)
+    engine_folder.check_destination(out)
+    for path in engine_folder.clean_leftovers(out):
+        log(f"removed {path} (left by an interrupted build)")
+    load = Stage(f"load model {request.model_spec}" + (f" + ControlNet {request.controlnet_spec}"
+                                                         if request.controlnet_spec else ""), _load)
+    export = Stage("export fp32 ONNX graphs and tokenizer" if request.onnx_from is None else
+                   f"fp32 ONNX graphs from {request.onnx_from}, tokenizer", _export)
+    verify = [Stage("verify against the reference", _verify)] if request.verify else []
+    install = Stage(f"write manifest.json, install {out}", _install)
+    # the backend's stages depend on the loaded model, so the total is known after stage 1
+    run_stages([load], ctx, 1, 1)
+    if not request.force and (manifest := engine_folder.reusable(out, ctx.key, request.verify)) is not None:
+        log(f"up to date: {out} (build key {ctx.key[:12]}, every file matches its sha256); reusing it")
         return out, manifest, True
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
-    try:
-        log(f"[2/6] export ONNX graphs (fp32, opset {export_onnx.OPSET}) -> {out}")
-        records = export_onnx.export_model(model, tmp, resolutions, steps, on_graph=lambda n: log(f"      {n}"))
-        log("[3/6] tokenizer files")
-        tokenizer = export_tokenizer(model, tmp, MAX_TEXT_LEN)
-        decisions = []
-        if optimise:
-            log("[4/6] onnxruntime offline optimisation (kept only where measured faster)")
-            decisions = optimize_ort.optimise_graphs(tmp, records, on_graph=lambda n: log(f"      {n}"))
-            for d in decisions:
-                log(f"      {d['file']}: {d['reason']}")
-        else:
-            log("[4/6] optimisation skipped (--no-optimise)")
-        manifest = assemble_manifest(target=target, model=model, model_spec=model_spec,
-                                     controlnet_spec=controlnet_spec, identity=identity, key=key, versions=versions,
-                                     steps=steps, records=records, resolutions=resolutions, tokenizer=tokenizer,
-                                     optimisation=decisions)
-        manifest["files"] = file_table(tmp)
-        if verify:
-            log("[5/6] verify against the reference (parity)")
-            manifest["parity"] = parity.measure(model, tmp, manifest, on_item=lambda n: log(f"      {n}"))
-            log(parity.format_table(manifest["parity"]))
-            if not manifest["parity"]["ok"]:
-                raise UserError(f"parity check failed (table above); the engine was not installed at {out}")
-        else:
-            log("[5/6] parity skipped (run `pixart-export parity` on the folder)")
-        manifest["build_seconds"] = round(time.perf_counter() - t0, 1)
-        write_json_atomic(tmp / "manifest.json", manifest)
-        log(f"[6/6] install {out}")
-        _swap_into_place(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log(f"built {out} in {time.perf_counter() - t0:.0f} s")
+    with engine_folder.staging(out) as staging, engine_folder.staging(out, "scratch") as scratch:
+        ctx.staging, ctx.scratch = staging, scratch
+        backend_stages = target.backend.stages(ctx)
+        stages = [export, *backend_stages, *verify, install]
+        total = 1 + len(stages)
+        if not request.verify:
+            log("      (verification skipped: run `pixart-export parity` on the folder)")
+        run_stages(stages, ctx, 2, total)
+    manifest = target.backend.finish(target, out, read_manifest(out), log)
+    log(f"built {out} in {time.perf_counter() - ctx.started:.0f} s")
     return out, manifest, False
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished folder over `out`; an old engine is moved aside first and then deleted."""
-    tmp.chmod(0o755)
-    old = None
-    _check_destination(out)
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{int(time.time() * 1000)}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def build_target(target_name: str, model_spec: str, **kwargs) -> tuple[Path, Manifest, bool]:
+    """`build(BuildRequest(get_target(target_name), model_spec, **kwargs))`, for scripts and tests."""
+    log = kwargs.pop("log", default_log)
+    return build(BuildRequest(get_target(target_name), model_spec, **kwargs), log=log)
+
+

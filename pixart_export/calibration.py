@@ -1,47 +1,35 @@
-"""Calibration data: the inputs every graph sees when the *reference* pipeline draws a shipped prompt set.
+"""Calibration data, one set and one collector for every quantiser (NNCF for OpenVINO, the ONNX Q/DQ
+and fp16 passes for TensorRT): the inputs every graph sees when the *reference* pipeline draws the
+shipped prompts.
 
-Used twice by the TensorRT preparation (`build_trt.py`): the fp16 pass measures each graph's
-activation ranges on it (which nodes would overflow fp16), and the int8 pass calibrates its Q/DQ
-scales on it. Both need realistic activations, not random tensors: a DiT's activations at t = 999 on
-pure noise differ from those at the last LCM step, so the transformer is calibrated on the latents of
-every step of real LCM trajectories (`reference.sampling.lcm_sample` with a recording eps), and the
-unrolled denoiser on the trajectories' starting noise (it runs the steps itself).
+Realistic activations, not random tensors: a DiT's activations at t = 999 on pure noise differ from
+those at the last LCM step, so the one-step transformer is calibrated on the latents of every step
+of real LCM trajectories (`reference.sampling.lcm_sample` with a recording eps), and the unrolled
+denoiser on the trajectories' starting noise (it runs the steps itself).
 
-Everything is deterministic: prompts in order, noise from `reference.schedules.draw_noise(seed)`.
+Prompt sets (data files, one prompt a line, '#' lines ignored):
+- `data/calibration_prompts.txt`: what quantisers calibrate on;
+- `data/quality_prompts.txt`: held out, never calibrated on: precision checks and the int8 quality
+  gate measure on these.
+
+Everything is deterministic: prompts in order, noise from `reference.schedules.draw_noise(seed + i)`
+for batch i.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-#: The shipped calibration prompt set: varied subjects, styles, lengths and languages (T5 sees
-#: multilingual text in real use), a few long ones so the padding mask covers most of the 120 tokens.
-PROMPTS: tuple[str, ...] = (
-    "a small red circle above a blue square",
-    "a photograph of an astronaut riding a horse on the moon, high detail",
-    "a cozy wooden cabin in a snowy pine forest at dusk, warm light in the windows",
-    "portrait of an old fisherman with a grey beard, dramatic lighting, 85mm",
-    "a bowl of ramen with a soft-boiled egg, top view, food photography",
-    "an isometric illustration of a futuristic city with flying cars and neon signs",
-    "ein Haus am See, Öl auf Leinwand",
-    "un chat noir assis sur un rebord de fenêtre, aquarelle",
-    "macro shot of a dew drop on a green leaf",
-    "a watercolor map of an imaginary archipelago with tiny lighthouses",
-    "a steampunk owl made of brass gears",
-    "sunset over the ocean, long exposure, pastel colours",
-    "a minimalist logo of a mountain, flat vector, two colours",
-    "a crowded night market in Taipei, lanterns, rain, reflections on the street, cinematic, "
-    "shallow depth of field, shot on film, grain, moody teal and orange colour grading",
-    "the text 'HELLO' written in chalk on a blackboard",
-    "a golden retriever puppy playing in autumn leaves",
-)
+DATA = Path(__file__).resolve().parent / "data"
+CALIBRATION_PROMPTS = DATA / "calibration_prompts.txt"
+HELD_OUT_PROMPTS = DATA / "quality_prompts.txt"
 
-#: Held-out prompts: the precision checks measure on these, never on the calibration prompts.
-HELDOUT: tuple[str, ...] = (
-    "a red fox sitting in tall grass, morning fog",
-    "a glass teapot on a marble table, studio light",
-    "ein kleines Segelboot auf einem ruhigen See",
-    "a pixel-art castle on a hill under a starry sky",
-)
+
+def read_prompts(path: Path) -> list[str]:
+    """The prompts of a prompt file: one a line, blank and '#' lines skipped."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
 
 
 def prompt_batches(prompts, batch: int) -> list[list[str]]:
@@ -49,7 +37,7 @@ def prompt_batches(prompts, batch: int) -> list[list[str]]:
     return [prompts[i:i + batch] for i in range(0, len(prompts), batch)]
 
 
-def collect(model, prompts=PROMPTS, resolution: tuple[int, int] | None = None, steps: int = 4, batch: int = 2,
+def collect(model, prompts, resolution: tuple[int, int] | None = None, steps: int = 4, batch: int = 2,
             seed: int = 0, graphs: set[str] | None = None) -> dict[str, list[dict[str, np.ndarray]]]:
     """{graph name: [feeds]} as the reference pipeline produces them, for the graphs of ARCHITECTURE.md.
 
@@ -65,7 +53,7 @@ def collect(model, prompts=PROMPTS, resolution: tuple[int, int] | None = None, s
     from reference.schedules import draw_noise, lcm_timesteps
     from reference.text import tokenize
 
-    from .export_onnx import model_dims
+    from .export.exporter import model_dims
 
     denoiser = f"denoiser_lcm{steps}"
     graphs = graphs or {"text_encoder", "transformer", denoiser, "vae_decoder"}

@@ -14,7 +14,7 @@ and can optimise for them); several buckets are several files, `<graph>_<H>x<W>.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -156,10 +156,13 @@ def graph_specs(steps: int, control: bool, multi_aspect: bool = False) -> list[G
     return [with_size_conditions(s) if multi_aspect and takes_size_conditions(s.name) else s for s in specs]
 
 
-def spec_for_record(record: dict, steps: int, control: bool) -> GraphSpec:
-    """The spec an engine's graph record was exported from (multi-aspect read off its inputs)."""
-    multi_aspect = any(t["name"] == RESOLUTION.name for t in record["inputs"])
-    return next(s for s in graph_specs(steps, control, multi_aspect) if s.name == record["graph"])
+def spec_for_record(record, steps: int, control: bool) -> GraphSpec:
+    """The spec a graph record (a manifest `GraphRecord` or a build-time dict) was exported from
+    (multi-aspect read off its inputs)."""
+    inputs = record["inputs"] if isinstance(record, dict) else record.inputs
+    graph = record["graph"] if isinstance(record, dict) else record.graph
+    multi_aspect = any((t["name"] if isinstance(t, dict) else t.name) == RESOLUTION.name for t in inputs)
+    return next(s for s in graph_specs(steps, control, multi_aspect) if s.name == graph)
 
 
 def _base_specs(steps: int, control: bool) -> list[GraphSpec]:
@@ -208,14 +211,3 @@ def fixed_inputs(spec: GraphSpec, dims: Dims, batch: int = 2, seed: int = 1234) 
     if "input_ids" in out:
         out["input_ids"] = np.where(out["attention_mask"] == 1, out["input_ids"], 0)
     return out
-
-
-@dataclass
-class GraphFile:
-    """One exported file: which graph, which bucket, where."""
-
-    spec: GraphSpec
-    file: str
-    height: int | None = None
-    width: int | None = None
-    extra: dict = field(default_factory=dict)

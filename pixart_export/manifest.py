@@ -1,21 +1,37 @@
-"""`manifest.json` of an engine folder: write it atomically, read it, and check a folder against it.
+"""`manifest.json` of an engine folder, schema 2: frozen dataclasses, one writer, validated on read.
 
-Torch-free: the runtime validates engine folders with this module before anything runs. The checks
-are the security boundary of an engine folder: schema version, backend and its version, that every
-file listed has the recorded sha256, that no listed path escapes the folder, and that nothing
-unlisted sits beside the graphs (an ONNX file may name external data by relative path).
+Torch-free and backend-free: the runtime validates engine folders with this module before anything
+runs. It is the security boundary of an engine folder:
+
+- the JSON must match the dataclasses below field by field (types, enums, no missing field); an
+  error names the field (`graphs[2].precision: 'int9' is not one of ...`);
+- schema 1 folders (pixart-export <= 0.1) are refused with "rebuild with this version";
+- every path the manifest names (graph files, engine plans, the tokenizer folder) is a plain
+  relative path inside the folder and is listed in `files` with its sha256 and size; nothing
+  unlisted sits beside them (an ONNX file may name external data by relative path);
+- target and backend must agree with the target registry (`targets.read_engine`, which every
+  loader uses), so editing the backend of an ort-cpu folder to openvino does not run unverified
+  files through another backend.
+
+`write_manifest` is the only code that writes `manifest.json`: builds, `compile` and `parity` hand
+it a `Manifest` (use `dataclasses.replace` to change one) and it writes atomically.
 """
 from __future__ import annotations
 
+import dataclasses
+import enum
 import hashlib
 import json
 import os
 import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 
 
@@ -23,6 +39,340 @@ class EngineError(UserError):
     """An engine folder that cannot be used as it is; the message names the mismatch and the fix."""
 
 
+class Precision(str, enum.Enum):
+    """What a graph file computes in. Details (which layers stayed fp32, the quantiser's settings)
+    live in the graph record's `details`; this is what `run --precision` chooses among."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    INT8 = "int8"  # int8 activations and weights (Q/DQ for TensorRT, NNCF PTQ for OpenVINO)
+    INT8_WEIGHTS = "int8-weights"  # int8 weights, float activations (NNCF weight compression)
+    FP8 = "fp8"
+
+    def __str__(self) -> str:  # f"{p}" prints "int8", not "Precision.INT8"
+        return self.value
+
+
+#: When a folder has no graph of the asked precision for some graph, the runtime takes the first of
+#: these that it has (an int8 engine set runs fp16 where nothing was quantised, and fp32 where an fp16
+#: graph failed its gate and shipped fp32).
+FALLBACK = {Precision.INT8: (Precision.INT8, Precision.FP16, Precision.FP32),
+            Precision.FP8: (Precision.FP8, Precision.FP16, Precision.FP32),
+            Precision.FP16: (Precision.FP16, Precision.FP32),
+            Precision.BF16: (Precision.BF16, Precision.FP32)}
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    name: str
+    dtype: str  # numpy dtype name
+    shape: tuple[int | str, ...]  # "B" marks the dynamic batch axis
+
+
+@dataclass(frozen=True)
+class GraphRecord:
+    """One runnable file: an exported/prepared graph, or (for TensorRT) a compiled engine plan.
+
+    `runtime`: what the backend must apply to run it as verified (OpenVINO compile properties, the
+    TensorRT source graph); `details`: what the build measured and decided, for people to read.
+    """
+
+    graph: str
+    file: str
+    files: tuple[str, ...]
+    precision: Precision
+    height: int | None
+    width: int | None
+    inputs: tuple[TensorRecord, ...]
+    outputs: tuple[TensorRecord, ...]
+    bytes: int = 0
+    runtime: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str  # "onnxruntime" | "openvino" | "tensorrt"
+    version: str | None  # the version the parity was measured with (TensorRT: the engines', once compiled)
+    requires: tuple[str | None, str | None] = (None, None)  # inclusive version range a host must have
+
+
+@dataclass(frozen=True)
+class Device:
+    kind: str  # "cpu" | "gpu"
+    arch: str  # "any", "x86_64", "sm_75", ...
+    sm: int | None = None
+    name: str | None = None
+    driver: str | None = None
+    isa: tuple[str, ...] = ()
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    spec: str
+    controlnet_spec: str | None
+    layout: str
+    controlnet: bool
+    config_hash: str
+    weights_hash: str
+    identity: str
+    configs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LcmRecord:
+    spacing: str
+    num_train_timesteps: int
+    timesteps: tuple[int, ...]
+    c_skip: tuple[float, ...]
+    c_out: tuple[float, ...]
+    alphas_cumprod: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class TokenizerRecord:
+    kind: str  # "byt5" | "tokenizers"
+    dir: str
+    max_length: int
+    pad_id: int
+    tokenizer_class: str
+
+
+@dataclass(frozen=True)
+class Parity:
+    """Figures measured at build time (or by `pixart-export parity`) against the reference; rows are
+    `verify` rows (graph, output, precision, rel_l2, max_abs, tolerance, why, ok)."""
+
+    ok: bool
+    graphs: tuple[dict, ...]
+    end_to_end: tuple[dict, ...]
+    quality: dict | None = None
+    measured_with: dict = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    schema_version: int
+    toolchain: dict
+    target: str
+    backend: BackendInfo
+    device: Device
+    model: ModelRecord
+    build_key: str
+    status: str  # "ready" | "bundle" (TensorRT graphs, not compiled) | "compiled"
+    steps: int
+    lcm: LcmRecord
+    resolutions: tuple[tuple[int, int], ...]
+    latent_channels: int
+    vae_scale_factor: int
+    tokenizer: TokenizerRecord
+    graphs: tuple[GraphRecord, ...]
+    default_precision: Precision
+    parity: Parity | None
+    files: dict[str, FileEntry]
+    engines: tuple[GraphRecord, ...] = ()
+    quantisation: dict | None = None
+    build: dict = field(default_factory=dict)  # what the build decided and how long it took
+
+    # -- queries the runtime and the tools share ----------------------------------------------------
+    @property
+    def runnable(self) -> tuple[GraphRecord, ...]:
+        """What a runtime runs: compiled engines where the backend compiles, else the graph files."""
+        return self.engines if self.status == "compiled" else self.graphs
+
+    @property
+    def precisions(self) -> tuple[Precision, ...]:
+        """The precisions a folder carries, in the order of `Precision`."""
+        have = {r.precision for r in self.runnable}
+        return tuple(p for p in Precision if p in have)
+
+    @property
+    def choosable_precisions(self) -> tuple[Precision, ...]:
+        """The precisions `run --precision` accepts: those of graphs the folder carries in more than
+        one precision (a TensorRT bundle: fp16 and int8), else just the default."""
+        seen: dict[tuple, set] = {}
+        for r in self.runnable:
+            seen.setdefault((r.graph, r.height, r.width), set()).add(r.precision)
+        choices = set().union(*(s for s in seen.values() if len(s) > 1)) if seen else set()
+        return tuple(p for p in Precision if p in choices) or (self.default_precision,)
+
+    def record(self, graph: str, height: int | None, width: int | None,
+               precision: Precision | None = None) -> GraphRecord:
+        """The file that runs `graph` for the bucket (`height`, `width`) at `precision` (with its
+        fallbacks); EngineError naming the buckets when the folder has none."""
+        matches = [r for r in self.runnable if r.graph == graph and
+                   (r.height is None or (r.height, r.width) == (height, width))]
+        if not matches:
+            raise EngineError(f"engine has no {graph} graph for {height}x{width}; it was built for "
+                              f"{', '.join(f'{h}x{w}' for h, w in self.resolutions)}")
+        if len(matches) == 1:
+            return matches[0]
+        want = Precision(precision or self.default_precision)
+        for p in FALLBACK.get(want, (want,)):
+            for r in matches:
+                if r.precision == p:
+                    return r
+        return matches[0]
+
+    def to_json(self) -> dict:
+        return _to_json(self)
+
+
+#: Keys of a build-time record dict that are GraphRecord fields; every other key is a detail.
+_RECORD_FIELDS = {"graph", "file", "files", "precision", "height", "width", "inputs", "outputs", "bytes", "runtime"}
+
+
+def graph_record(d: dict) -> GraphRecord:
+    """A build-time record dict as the manifest's `GraphRecord` (unknown keys go to `details`)."""
+    details = {k: v for k, v in d.items() if k not in _RECORD_FIELDS and k != "details"}
+    details.update(d.get("details", {}))
+    details.pop("lcm", None)  # the manifest's `lcm` section holds it
+    return GraphRecord(graph=d["graph"], file=d["file"], files=tuple(d.get("files") or (d["file"],)),
+                       precision=Precision(d["precision"]), height=d["height"], width=d["width"],
+                       inputs=tuple(TensorRecord(t["name"], t["dtype"], tuple(t["shape"])) for t in d["inputs"]),
+                       outputs=tuple(TensorRecord(t["name"], t["dtype"], tuple(t["shape"])) for t in d["outputs"]),
+                       bytes=int(d.get("bytes", 0)), runtime=dict(d.get("runtime", {})), details=details)
+
+
+# -- JSON <-> dataclasses ----------------------------------------------------------------------------------
+def to_json(value):
+    """A manifest dataclass (or any value of one) as plain JSON data."""
+    return _finite(_to_json(value))
+
+
+def _to_json(value):
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _load(tp, value, where: str):
+    """`value` (parsed JSON) as type `tp`, or _Invalid naming `where`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _load(option, value, where)
+            except _Invalid as exc:
+                errors.append(str(exc))
+        raise _Invalid(errors[0] if len(errors) == 1 else f"{where}: {value!r} is not "
+                       f"{' or '.join(_type_name(o) for o in options)}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise _Invalid(f"{where}: expected a list, got {type(value).__name__}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_load(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise _Invalid(f"{where}: expected {len(args)} items, got {len(value)}")
+        return tuple(_load(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict:
+        _, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise _Invalid(f"{where}: expected an object, got {type(value).__name__}")
+        return {k: _load(val_tp, v, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _Invalid(f"{where}: expected an object, got {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise _Invalid(f"{where}: unknown field(s) {', '.join(unknown)}")
+        kwargs = {}
+        for f in dataclasses.fields(tp):
+            sub = f"{where}.{f.name}" if where else f.name
+            if f.name in value:
+                kwargs[f.name] = _load(hints[f.name], value[f.name], sub)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise _Invalid(f"{sub}: missing")
+        return tp(**kwargs)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise _Invalid(f"{where}: {value!r} is not one of {', '.join(m.value for m in tp)}") from None
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise _Invalid(f"{where}: expected an object, got {type(value).__name__}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _Invalid(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp in (int, str, bool):
+        if type(value) is not tp:
+            raise _Invalid(f"{where}: expected {tp.__name__}, got {value!r}")
+        return value
+    raise _Invalid(f"{where}: unsupported type {tp}")  # pragma: no cover - a schema bug, not input
+
+
+def manifest_from_json(data, source: str = MANIFEST) -> Manifest:
+    """Validate parsed JSON as a schema-2 `Manifest`; EngineError naming the field otherwise."""
+    if not isinstance(data, dict):
+        raise EngineError(f"{source}: not a JSON object; rebuild the engine")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise EngineError(f"{source}: schema version {version!r}, this pixart-export reads {SCHEMA_VERSION}; "
+                          "rebuild the engine with this version")
+    try:
+        manifest = _load(Manifest, data, "")
+    except _Invalid as exc:
+        raise EngineError(f"{source}: {exc}; rebuild the engine") from None
+    _check_consistent(manifest, source)
+    return manifest
+
+
+def _check_consistent(m: Manifest, source: str) -> None:
+    """Cross-field rules: every path inside the folder and listed. (Target/backend agreement with the
+    registry is `targets.read_engine`'s, which every loader uses.)"""
+    for rel in m.files:
+        if not safe_rel(rel):
+            raise EngineError(f"{source}: file {rel!r} is not a plain relative path inside the folder")
+    for kind, records in (("graphs", m.graphs), ("engines", m.engines)):
+        for i, rec in enumerate(records):
+            for rel in (rec.file, *rec.files):
+                if not safe_rel(rel):
+                    raise EngineError(f"{source}: {kind}[{i}] names {rel!r}, which is not a plain relative path "
+                                      "inside the folder")
+                if rel not in m.files:
+                    raise EngineError(f"{source}: {kind}[{i}] names {rel!r}, which is not listed (with its "
+                                      "sha256) in files; rebuild the engine")
+    if not safe_rel(m.tokenizer.dir) or not any(f.startswith(m.tokenizer.dir.rstrip("/") + "/") for f in m.files):
+        raise EngineError(f"{source}: tokenizer folder {m.tokenizer.dir!r} is not inside the folder with its files "
+                          "listed; rebuild the engine")
+
+
+# -- files ---------------------------------------------------------------------------------------------------
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -31,100 +381,10 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def file_table(folder: Path) -> dict[str, dict]:
-    """{relative posix path: {sha256, bytes}} for every file under `folder` except the manifest."""
-    folder = Path(folder)
-    table = {}
-    for rel in sorted(file_table_names(folder)):
-        if rel != MANIFEST:
-            path = folder / rel
-            table[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-    return table
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON next to `path` and rename it over: a reader sees the old file or the new, never half."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_manifest(folder: Path) -> dict:
-    folder = Path(folder)
-    path = folder / MANIFEST
-    if not folder.is_dir():
-        raise EngineError(f"{folder}: no such engine folder (build one with `pixart-export build`)")
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise EngineError(f"{path}: missing; this is not an engine folder (build one with `pixart-export build`)")
-    except (OSError, json.JSONDecodeError) as exc:
-        raise EngineError(f"{path}: not readable JSON ({exc}); rebuild the engine")
-    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
-        got = manifest.get("schema_version") if isinstance(manifest, dict) else None
-        raise EngineError(f"{path}: schema version {got!r}, this pixart-export reads {SCHEMA_VERSION}; "
-                          "rebuild the engine with this version")
-    for key in ("target", "backend", "files", "graphs"):
-        if key not in manifest:
-            raise EngineError(f"{path}: no '{key}' entry; rebuild the engine")
-    return manifest
-
-
-def _safe_rel(rel: str) -> bool:
+def safe_rel(rel: str) -> bool:
+    """A plain relative POSIX path with no `..`, no backslash, not absolute, not empty."""
     p = PurePosixPath(rel)
-    return not p.is_absolute() and ".." not in p.parts and rel == p.as_posix() and "\\" not in rel
-
-
-def _version_tuple(v: str) -> tuple[int, ...]:
-    out = []
-    for part in v.split("+")[0].split("."):
-        digits = "".join(ch for ch in part if ch.isdigit())
-        out.append(int(digits) if digits else 0)
-    return tuple(out)
-
-
-def check_backend(manifest: dict, backend: str, installed: str) -> None:
-    """The backend must be the one built for, at the version the parity was measured with or newer."""
-    want = manifest["backend"]
-    if want.get("name") != backend:
-        raise EngineError(f"engine is for backend {want.get('name')!r} (target {manifest['target']!r}); "
-                          f"this loader runs {backend!r}: use the matching runtime or build --target for it")
-    built = str(want.get("version", "0"))
-    if _version_tuple(installed) < _version_tuple(built):
-        raise EngineError(f"engine was built and verified with {backend} {built}, this host has {installed}: "
-                          f"upgrade {backend} to >= {built} or rebuild the engine on this host")
-
-
-def check_files(folder: Path, manifest: dict, hashes: bool = True) -> None:
-    """Every listed file present with its recorded size (and sha256); nothing unlisted beside them."""
-    folder = Path(folder)
-    listed = manifest["files"]
-    for rel, info in listed.items():
-        if not _safe_rel(rel):
-            raise EngineError(f"{folder / MANIFEST}: file entry {rel!r} points outside the engine folder; "
-                              "refusing this engine")
-        path = folder / rel
-        if not path.is_file():
-            raise EngineError(f"{path}: listed in the manifest but missing; rebuild the engine or copy it whole")
-        if path.stat().st_size != info["bytes"]:
-            raise EngineError(f"{path}: size {path.stat().st_size} != {info['bytes']} in the manifest (changed "
-                              "or truncated); rebuild the engine or copy it again")
-        if hashes and sha256_file(path) != info["sha256"]:
-            raise EngineError(f"{path}: sha256 differs from the manifest (file changed after the build); "
-                              "rebuild the engine or copy it again")
-    extra = sorted(rel for rel in file_table_names(folder) if rel not in listed and rel != MANIFEST)
-    if extra:
-        raise EngineError(f"{folder}: files not in the manifest: {', '.join(extra[:5])}; remove them or rebuild")
+    return bool(rel) and not p.is_absolute() and ".." not in p.parts and rel == p.as_posix() and "\\" not in rel
 
 
 def file_table_names(folder: Path) -> list[str]:
@@ -137,9 +397,105 @@ def file_table_names(folder: Path) -> list[str]:
     return out
 
 
-def verify_engine(folder: Path, backend: str, installed_version: str, hashes: bool = True) -> dict:
-    """Read and check an engine folder; the manifest if it may be used, else EngineError."""
-    manifest = read_manifest(folder)
-    check_backend(manifest, backend, installed_version)
-    check_files(folder, manifest, hashes)
+def file_table(folder: Path) -> dict[str, FileEntry]:
+    """{relative posix path: FileEntry} for every file under `folder` except the manifest."""
+    folder = Path(folder)
+    return {rel: FileEntry(sha256_file(folder / rel), (folder / rel).stat().st_size)
+            for rel in sorted(file_table_names(folder)) if rel != MANIFEST}
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON next to `path` and rename it over: a reader sees the old file or the new, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=False, allow_nan=False, default=_json_default)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(value):
+    if isinstance(value, float):  # pragma: no cover - json handles floats; kept for numpy scalars below
+        return value
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _finite(value):
+    """JSON has no inf/NaN: write them as null (a row's `ok` says whether it passed)."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
+    """The one writer of manifest.json: validates `manifest` as a reader would, then writes it atomically."""
+    data = _finite(manifest.to_json())
+    manifest_from_json(json.loads(json.dumps(data)), str(Path(folder) / MANIFEST))
+    write_json_atomic(Path(folder) / MANIFEST, data)
     return manifest
+
+
+def read_manifest(folder: Path) -> Manifest:
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise EngineError(f"{folder}: no such engine folder (build one with `pixart-export build`)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EngineError(f"{path}: missing; this is not an engine folder (build one with `pixart-export build`)") \
+            from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EngineError(f"{path}: not readable JSON ({exc}); rebuild the engine") from None
+    return manifest_from_json(data, str(path))
+
+
+def version_tuple(v: str) -> tuple[int, ...]:
+    out = []
+    for part in str(v).split("+")[0].split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        out.append(int(digits) if digits else 0)
+    return tuple(out)
+
+
+def check_files(folder: Path, manifest: Manifest, hashes: bool = True) -> None:
+    """Every listed file present with its recorded size (and sha256); nothing unlisted beside them."""
+    folder = Path(folder)
+    for rel, entry in manifest.files.items():
+        path = folder / rel
+        if not path.is_file():
+            raise EngineError(f"{path}: missing (listed in the manifest); rebuild the engine or copy it again")
+        if path.stat().st_size != entry.bytes:
+            raise EngineError(f"{path}: size {path.stat().st_size} != {entry.bytes} in the manifest (changed "
+                              "or truncated); rebuild the engine or copy it again")
+        if hashes and sha256_file(path) != entry.sha256:
+            raise EngineError(f"{path}: sha256 differs from the manifest (file changed after the build); "
+                              "rebuild the engine or copy it again")
+    extra = sorted(rel for rel in file_table_names(folder) if rel not in manifest.files and rel != MANIFEST)
+    if extra:
+        raise EngineError(f"{folder}: files not in the manifest: {', '.join(extra[:5])}; remove them or rebuild")
+
+
+def check_backend_version(manifest: Manifest, installed: str) -> None:
+    """The backend must be at the version the parity was measured with or newer (and within `requires`)."""
+    name, built = manifest.backend.name, manifest.backend.version
+    if built is not None and version_tuple(installed) < version_tuple(built):
+        raise EngineError(f"engine was built and verified with {name} {built}, this host has {installed}: "
+                          f"upgrade {name} to >= {built} or rebuild the engine on this host")
+    lo, hi = manifest.backend.requires
+    have = version_tuple(installed)
+    if (lo and have < version_tuple(lo)) or (hi and have[:2] > version_tuple(hi)[:2]):
+        raise EngineError(f"{manifest.target} needs {name} {lo or ''}..{hi or ''}; this host has {installed}")

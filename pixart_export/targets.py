@@ -1,15 +1,19 @@
-"""The `Target` registry: every row of ARCHITECTURE.md's target table, and which ones this build makes.
+"""The `Target` registry: every row of ARCHITECTURE.md's target table. A target holds its backend object
+(not a name), so `build`, `run`, `parity` and the manifest checks ask the target's backend and never
+branch on a backend's name.
 
-A target names a backend, a device and its precisions. `build --target NAME` looks the target up
-here and hands it to the builder registered for its backend; a target whose builder is not written
-yet says so in one line. Later issues (OpenVINO, TensorRT) add a builder and flip `implemented`.
-Torch-free and backend-free: `pixart-export targets` lists them on any host.
+Torch-free and backend-free: the backend objects import their heavy libraries lazily, so
+`pixart-export targets` lists every row on any host.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .backends.onnxruntime import OnnxRuntime
+from .backends.openvino import OpenVino
+from .backends.tensorrt import TensorRT
 from .errors import UserError
+from .manifest import EngineError, Manifest, Precision, read_manifest
 
 
 @dataclass(frozen=True)
@@ -25,7 +29,7 @@ class TrtProfile:
 
 @dataclass(frozen=True)
 class TrtSpec:
-    """What a TensorRT target needs beyond the table row (issue #6; used by build_trt/trt_check/compile_trt).
+    """What a TensorRT target needs beyond the table row.
 
     `sm`: compute capability x10 (75 = sm_75). `tensorrt`: the TensorRT versions (inclusive range, None =
     open) that still build for this architecture. `prepared`: the precisions a bundle carries as graphs.
@@ -33,7 +37,7 @@ class TrtSpec:
 
     sm: int
     tensorrt: tuple[str, str | None]
-    prepared: tuple[str, ...]
+    prepared: tuple[Precision, ...]
     profile: TrtProfile = TrtProfile()
 
     @property
@@ -44,37 +48,46 @@ class TrtSpec:
 @dataclass(frozen=True)
 class Target:
     name: str
-    backend: str  # the runtime module that loads it: "onnxruntime" | "openvino" | "tensorrt"
+    backend: object  # a `backends.base.Backend`
     device: str
     precisions: tuple[str, ...]
     notes: str = ""
-    implemented: bool = False
+    verified: str = "CPU"  # where its figures were measured: "CPU" (CI), "GPU only" (a GPU host)
     trt: TrtSpec | None = None  # TensorRT targets only
 
 
+ORT_CPU = OnnxRuntime("cpu")
+ORT_CUDA = OnnxRuntime("cuda")
+OPENVINO = OpenVino(int8=False)
+OPENVINO_INT8 = OpenVino(int8=True)
+TENSORRT = TensorRT()
+
 TARGETS: dict[str, Target] = {t.name: t for t in [
-    Target("ort-cpu", "onnxruntime", "any CPU", ("fp32",), "the parity baseline: the exported graphs as they are",
-           implemented=True),
-    Target("ov-cpu", "openvino", "x86 CPU", ("fp32",),
-           "inference precision set explicitly: OpenVINO picks bf16 by itself where the CPU has it",
-           implemented=True),
-    Target("ov-cpu-int8", "openvino", "x86 CPU", ("int8 transformer (NNCF)", "int8-weight T5", "fp32 VAE"),
-           "gains need VNNI/AMX; AVX2-only CPUs gain mostly size", implemented=True),
+    Target("ort-cpu", ORT_CPU, "any CPU", ("fp32",), "the parity baseline: the exported graphs as they are"),
+    Target("ort-cuda", ORT_CUDA, "NVIDIA GPU", ("fp16",),
+           "onnxruntime-gpu's CUDA execution provider on fp16 graphs (the TensorRT fp16 preparation)",
+           verified="GPU only"),
+    Target("ov-cpu", OPENVINO, "x86 CPU", ("fp32",),
+           "inference precision set explicitly: OpenVINO picks bf16 by itself where the CPU has it"),
+    Target("ov-cpu-int8", OPENVINO_INT8, "x86 CPU", ("int8 transformer (NNCF)", "int8-weight T5", "fp32 VAE"),
+           "gains need VNNI/AMX; AVX2-only CPUs gain mostly size"),
     # TensorRT: precision lives in the graphs (fp16 types, Q/DQ) because TensorRT 11 builds strongly
     # typed networks only; the bundle carries `prepared` precisions, the rest are what the GPU supports.
     # Batch limits by memory: a T4 has 16 GB, a V100 16/32 GB, A100/H100 40-80 GB.
-    Target("trt-t4", "tensorrt", "sm_75", ("fp16", "int8"), "T4 (Turing); int8 as explicit Q/DQ",
-           implemented=True, trt=TrtSpec(75, ("10.0", None), ("fp16", "int8"), TrtProfile((1, 1, 2)))),
-    Target("trt-v100", "tensorrt", "sm_70", ("fp16",), "TensorRT <= 10.4 (Volta dropped in 10.5); no int8 "
-           "tensor cores", implemented=True, trt=TrtSpec(70, ("10.0", "10.4"), ("fp16",), TrtProfile((1, 1, 4)))),
-    Target("trt-a100", "tensorrt", "sm_80", ("fp16", "bf16", "int8"), "A100 (Ampere)",
-           implemented=True, trt=TrtSpec(80, ("10.0", None), ("fp16", "int8"), TrtProfile((1, 1, 8)))),
-    Target("trt-h100", "tensorrt", "sm_90", ("fp16", "int8", "fp8"), "fp8 needs sm >= 8.9 (not prepared yet)",
-           implemented=True, trt=TrtSpec(90, ("10.0", None), ("fp16", "int8"), TrtProfile((1, 1, 8)))),
+    Target("trt-t4", TENSORRT, "sm_75", ("fp16", "int8"), "T4 (Turing); int8 as explicit Q/DQ",
+           verified="CPU (graphs); engines on GPU only",
+           trt=TrtSpec(75, ("10.0", None), (Precision.FP16, Precision.INT8), TrtProfile((1, 1, 2)))),
+    Target("trt-v100", TENSORRT, "sm_70", ("fp16",), "TensorRT <= 10.4 (Volta dropped in 10.5); no int8 "
+           "tensor cores", verified="CPU (graphs); engines on GPU only",
+           trt=TrtSpec(70, ("10.0", "10.4"), (Precision.FP16,), TrtProfile((1, 1, 4)))),
+    Target("trt-a100", TENSORRT, "sm_80", ("fp16", "bf16", "int8"), "A100 (Ampere)",
+           verified="CPU (graphs); engines on GPU only",
+           trt=TrtSpec(80, ("10.0", None), (Precision.FP16, Precision.INT8), TrtProfile((1, 1, 8)))),
+    Target("trt-h100", TENSORRT, "sm_90", ("fp16", "int8", "fp8"), "fp8 needs sm >= 8.9 (not prepared yet)",
+           verified="CPU (graphs); engines on GPU only",
+           trt=TrtSpec(90, ("10.0", None), (Precision.FP16, Precision.INT8), TrtProfile((1, 1, 8)))),
 ]}
 
-#: fp8 tensor cores exist from compute capability 8.9 (Ada) on.
-FP8_MIN_SM = 89
 
 
 def get_target(name: str) -> Target:
@@ -85,11 +98,28 @@ def get_target(name: str) -> Target:
         raise UserError(f"unknown target {name!r}; known targets: {', '.join(TARGETS)}") from None
 
 
-def buildable_target(name: str) -> Target:
-    """Like `get_target`, refusing targets whose builder does not exist yet."""
-    target = get_target(name)
-    if not target.implemented:
-        ready = ", ".join(t.name for t in TARGETS.values() if t.implemented)
-        raise UserError(f"target {name!r} ({target.backend}, {target.device}) is not implemented yet in this "
-                        f"build; available: {ready}")
-    return target
+def backends() -> list:
+    """Every distinct backend object of the registry, in table order."""
+    out: list = []
+    for t in TARGETS.values():
+        if all(t.backend is not b for b in out):
+            out.append(t.backend)
+    return out
+
+
+def read_engine(folder) -> tuple[Manifest, Target]:
+    """Read an engine folder's manifest (validated) and check it against the registry: a target this
+    version knows, served by the backend the manifest names, in a status that backend writes."""
+    source = f"{folder}/manifest.json"
+    manifest = read_manifest(folder)
+    target = TARGETS.get(manifest.target)
+    if target is None:
+        raise EngineError(f"{source}: target {manifest.target!r} is unknown to this pixart-export "
+                          f"(known: {', '.join(TARGETS)}); rebuild the engine")
+    if target.backend.name != manifest.backend.name:
+        raise EngineError(f"{source}: target {manifest.target} runs on {target.backend.name}, but the manifest "
+                          f"says backend {manifest.backend.name!r}; the folder was edited or is corrupt: rebuild it")
+    if manifest.status not in target.backend.statuses:
+        raise EngineError(f"{source}: status {manifest.status!r} is not one of {', '.join(target.backend.statuses)} "
+                          f"for {manifest.target}; rebuild the engine")
+    return manifest, target

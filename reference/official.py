@@ -102,7 +102,8 @@ def dit_from_official(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
             out["null_caption"] = value
         elif key == "pos_embed":
             continue  # a fixed sin-cos buffer in the 512 models; we compute it from the shape
-        elif (m := _BLOCK_RE.match(key)) and _block_to_diffusers(m.group(2), value, f"transformer_blocks.{m.group(1)}.", out):
+        elif (m := _BLOCK_RE.match(key)) and _block_to_diffusers(m.group(2), value,
+                                                                 f"transformer_blocks.{m.group(1)}.", out):
             continue
         else:
             unknown.append(key)

@@ -11,15 +11,16 @@ import pytest
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_engine() -> tuple[Path, dict]:
-    from pixart_export.build import build
+def tiny_engine():
+    """(folder, Manifest) of the shared engine."""
+    from pixart_export.build import build_target
 
     root = Path(tempfile.mkdtemp(prefix="pixart-export-tests-"))
     import atexit
 
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    out, manifest, reused = build("ort-cpu", "tiny", root / "ort-cpu-tiny", controlnet_spec="tiny",
-                                  optimise=False, log=lambda m: None)
+    out, manifest, reused = build_target("ort-cpu", "tiny", out=root / "ort-cpu-tiny", controlnet_spec="tiny",
+                                         options={"optimise": False}, log=lambda m: None)
     assert not reused
     return out, manifest
 
@@ -32,7 +33,7 @@ def tiny_model():
 
 
 @pytest.fixture
-def engine() -> tuple[Path, dict]:
+def engine():
     return tiny_engine()
 
 

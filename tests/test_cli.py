@@ -1,4 +1,5 @@
-"""pixart_export.cli: --help everywhere, one clear line and exit 2 for bad input, README commands work."""
+"""pixart_export.cli: --help everywhere, one clear line and an exit code per kind of failure, one option
+syntax, --json. (The README's commands are run by tests/test_readme.py.)"""
 from __future__ import annotations
 
 import shutil
@@ -69,3 +70,67 @@ def test_bad_inputs(tmp_path, capsys):
     (broken / "x.pth").write_bytes(b"corrupt")
     _one_line_error(capsys, ["info", "--model", str(broken / "x.pth")], "not a readable PyTorch weights file")
     _one_line_error(capsys, ["generate", "--prompt", "x", "--control-image", "c.png"], "needs --controlnet")
+
+
+def test_exit_codes_and_verbosity(monkeypatch, capsys):
+    """0 ok, 1 gate failed, 2 bad input, 3 internal error (traceback only with -v)."""
+    from pixart_export.commands import info
+    from pixart_export.errors import GateFailed
+
+    def crash(args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(info, "run", crash)
+    assert main(["info"]) == 3
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError: boom" in err and "Traceback" not in err
+    assert main(["-v", "info"]) == 3
+    assert "Traceback" in capsys.readouterr().err
+
+    def gate(args):
+        raise GateFailed("figures beyond tolerance")
+
+    monkeypatch.setattr(info, "run", gate)
+    assert main(["info"]) == 1
+    assert "gate failed: figures beyond tolerance" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["generate", "--prompt", "x", "--seed", "-1"], "a seed is an integer from 0"),
+    (["generate", "--prompt", "x", "--conditioning-scale", "nan"], "give a finite number"),
+    (["generate", "--prompt", "x", "--resolution", "12x"], "give PX or HEIGHTxWIDTH"),
+    (["run", "e", "--prompt", "x", "--precision", "fp4"], "invalid choice"),
+])
+def test_usage_errors_exit_2(argv, match, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_one_resolution_syntax_everywhere():
+    """`512` and `512x768` in build, export, run and generate alike."""
+    parser = __import__("pixart_export.cli", fromlist=["build_parser"]).build_parser()
+    for argv in (["build", "--target", "ort-cpu", "--resolution", "512", "512x768"],
+                 ["export", "--out", "x", "--resolution", "512", "512x768"]):
+        assert parser.parse_args(argv).resolution == [(512, 512), (512, 768)]
+    for argv in (["run", "e", "--prompt", "p", "--resolution", "512x768"],
+                 ["generate", "--prompt", "p", "--resolution", "512x768"]):
+        assert parser.parse_args(argv).resolution == (512, 768)
+
+
+def test_build_help_groups_backend_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["build", "--help"])
+    out = capsys.readouterr().out
+    for group in ("onnxruntime (ort-cpu, ort-cuda)", "openvino", "tensorrt"):
+        assert group in out.lower(), group
+
+
+def test_json_outputs(capsys):
+    import json
+
+    assert main(["targets", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows][:2] == ["ort-cpu", "ort-cuda"]
+    assert main(["info", "--model", "tiny", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["transformer"]["num_layers"] == 6

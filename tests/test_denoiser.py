@@ -2,7 +2,7 @@
 
 Tolerance: all graphs are fp32 and compared with fp32 computations on the same inputs; the only
 differences are onnxruntime's kernel/summation order, measured at ~2e-7 relative L2. We hold
-relative L2 <= 1e-4 (graphs.FP32_REL_L2, reason stated there).
+relative L2 <= 1e-4 (verify.TOLERANCES' fp32 row, reason stated there).
 """
 from __future__ import annotations
 
@@ -12,13 +12,17 @@ import onnxruntime as ort
 import torch
 from onnx import numpy_helper
 
-from pixart_export.export_onnx import model_dims
-from pixart_export.graphs import FP32_REL_L2, denoiser_spec, fixed_inputs
-from pixart_export.parity import rel_l2
+from pixart_export.export.exporter import model_dims
+from pixart_export.graphs import denoiser_spec, fixed_inputs
+from pixart_export.manifest import Precision, to_json
+from pixart_export.metrics import rel_l2
+from pixart_export.verify import TOLERANCES
 from reference.controlnet import ControlledDiT
 from reference.sampling import lcm_step
 from reference.schedules import alphas_cumprod, lcm_timesteps
 from tests._tiny_engine import engine, model, tiny_model  # noqa: F401 - fixtures
+
+FP32 = TOLERANCES[(None, Precision.FP32)]
 
 
 def _session(folder, manifest, graph):
@@ -35,6 +39,7 @@ def _weight_bytes(path) -> int:
 
 def test_weights_stored_once(engine):  # noqa: F811
     folder, manifest = engine
+    manifest = to_json(manifest)  # the schema-2 manifest as JSON data
     size = {r["graph"]: (folder / r["file"]).stat().st_size for r in manifest["graphs"]}
     print({k: f"{v / 2**20:.2f} MiB" for k, v in size.items()})
     # the file: within 10% of one transformer step (4 copies of the weights would be ~4x)
@@ -46,16 +51,17 @@ def test_weights_stored_once(engine):  # noqa: F811
     # with the ControlNet: at most the DiT's weights plus the ControlNet's, each once. (Fewer is fine:
     # the exporter also merges initializers of equal value, and the tiny ControlNet's copies still
     # equal base blocks 0-1 -- only its zero projections were randomised when `tiny` was made.)
-    model = tiny_model()
-    params = sum(p.numel() * 4 for n, p in model.dit.named_parameters() if n != "null_caption") + \
-        sum(p.numel() * 4 for p in model.controlnet.parameters())
-    projections = sum(p.numel() * 4 for n, p in model.controlnet.named_parameters() if "_proj" in n)
+    tiny = tiny_model()
+    params = sum(p.numel() * 4 for n, p in tiny.dit.named_parameters() if n != "null_caption") + \
+        sum(p.numel() * 4 for p in tiny.controlnet.parameters())
+    projections = sum(p.numel() * 4 for n, p in tiny.controlnet.named_parameters() if "_proj" in n)
     controlled = _weight_bytes(folder / next(r["file"] for r in manifest["graphs"]
                                              if r["graph"] == "denoiser_lcm4_controlnet"))
     assert one + projections <= controlled <= 1.05 * params
 
 def test_lcm_constants_in_manifest(engine):  # noqa: F811
     _, manifest = engine
+    manifest = to_json(manifest)  # the schema-2 manifest as JSON data
     assert manifest["lcm"]["timesteps"] == lcm_timesteps(4, "diffusers") == [999, 759, 499, 259]
     ac = alphas_cumprod()
     assert manifest["lcm"]["alphas_cumprod"] == [float(ac[t]) for t in [999, 759, 499, 259]]
@@ -65,6 +71,7 @@ def test_lcm_constants_in_manifest(engine):  # noqa: F811
 def test_unrolled_equals_single_step_graph_k_times(engine, model):  # noqa: F811
     """denoiser_lcm4(x_T, noise) == the transformer graph run 4 times with reference.sampling.lcm_step."""
     folder, manifest = engine
+    manifest = to_json(manifest)  # the schema-2 manifest as JSON data
     den, _ = _session(folder, manifest, "denoiser_lcm4")
     one, _ = _session(folder, manifest, "transformer")
     dims = model_dims(model, 128, 128)
@@ -75,18 +82,20 @@ def test_unrolled_equals_single_step_graph_k_times(engine, model):  # noqa: F811
     x = torch.from_numpy(feeds["latents"])
     for i, t in enumerate(ts):
         eps = one.run(None, {"latents": x.numpy(), "timestep": np.full(2, t, np.float32),
-                             "prompt_embeds": feeds["prompt_embeds"], "prompt_attention_mask": feeds["prompt_attention_mask"],
+                             "prompt_embeds": feeds["prompt_embeds"],
+                             "prompt_attention_mask": feeds["prompt_attention_mask"],
                              "control_residuals": zeros})[0]
         last = i == len(ts) - 1
         x, denoised = lcm_step(torch.from_numpy(eps), x, t, None if last else ts[i + 1], ac,
                                None if last else torch.from_numpy(feeds["step_noise"][i]))
     err = rel_l2(got, denoised.numpy())
     print(f"unrolled vs 4 x single step: rel L2 {err:.2e}")
-    assert err <= FP32_REL_L2
+    assert err <= FP32.rel_l2
 
 
 def test_zero_residuals_equal_text_to_image(engine, model):  # noqa: F811
     folder, manifest = engine
+    manifest = to_json(manifest)  # the schema-2 manifest as JSON data
     one, _ = _session(folder, manifest, "transformer")
     dims = model_dims(model, 128, 128)
     from pixart_export.graphs import TRANSFORMER
@@ -96,19 +105,20 @@ def test_zero_residuals_equal_text_to_image(engine, model):  # noqa: F811
     got = one.run(None, feeds)[0]
     with torch.no_grad():
         plain = model.dit.predict_noise(*(torch.from_numpy(feeds[n]) for n in TRANSFORMER.input_names[:4])).numpy()
-    assert rel_l2(got, plain) <= FP32_REL_L2
+    assert rel_l2(got, plain) <= FP32.rel_l2
     # and the ControlNet denoiser with conditioning_scale 0 is the plain denoiser
     den, _ = _session(folder, manifest, "denoiser_lcm4")
     den_c, _ = _session(folder, manifest, "denoiser_lcm4_controlnet")
     feeds = fixed_inputs(denoiser_spec(4, True), dims, batch=2, seed=6)
     feeds["conditioning_scale"] = np.zeros(1, np.float32)
     plain = den.run(None, {k: v for k, v in feeds.items() if k not in ("control_latents", "conditioning_scale")})[0]
-    assert rel_l2(den_c.run(None, feeds)[0], plain) <= FP32_REL_L2
+    assert rel_l2(den_c.run(None, feeds)[0], plain) <= FP32.rel_l2
 
 
 def test_controlnet_then_transformer_equals_fused(engine, model):  # noqa: F811
     """controlnet graph -> control_residuals -> transformer graph == reference ControlledDiT."""
     folder, manifest = engine
+    manifest = to_json(manifest)  # the schema-2 manifest as JSON data
     net, _ = _session(folder, manifest, "controlnet")
     one, _ = _session(folder, manifest, "transformer")
     from pixart_export.graphs import CONTROLNET
@@ -124,4 +134,4 @@ def test_controlnet_then_transformer_equals_fused(engine, model):  # noqa: F811
             float(feeds["conditioning_scale"][0]))[:, :4].numpy()
     err = rel_l2(got, fused)
     print(f"split graphs vs fused ControlledDiT: rel L2 {err:.2e}")
-    assert err <= FP32_REL_L2
+    assert err <= FP32.rel_l2

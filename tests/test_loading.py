@@ -14,8 +14,16 @@ from reference.config import ControlNetConfig, DiTConfig
 from reference.controlnet import PixArtControlNet
 from reference.dit import PixArtDiT
 from reference.errors import ModelError, WeightsError
-from reference.loading import (TINY_DIR, detect_layout, load_controlnet, load_dit, load_model, load_official_dit,
-                               save_controlnet, save_dit)
+from reference.loading import (
+    TINY_DIR,
+    detect_layout,
+    load_controlnet,
+    load_dit,
+    load_model,
+    load_official_dit,
+    save_controlnet,
+    save_dit,
+)
 from tests.conftest import SMALL_512, random_inputs
 
 # Official checkpoints do not record the head width; PixArt uses 72, so small test models do too.

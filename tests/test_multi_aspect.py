@@ -11,6 +11,7 @@ import shutil
 import pytest
 import torch
 
+from pixart_export.manifest import to_json
 from reference.config import DiTConfig
 from reference.dit import PixArtDiT
 from reference.loading import TINY_DIR, save_dit
@@ -21,20 +22,22 @@ MS_CONFIG = DiTConfig(num_attention_heads=4, attention_head_dim=24, num_layers=2
 
 @pytest.fixture(scope="module")
 def ms_engine(tmp_path_factory):
-    from pixart_export.build import build
+    from pixart_export.build import build_target
 
     root = tmp_path_factory.mktemp("ms")
     for part in ("text_encoder", "tokenizer", "vae", "scheduler"):
         shutil.copytree(TINY_DIR / part, root / "model" / part)
     torch.manual_seed(0)
     save_dit(PixArtDiT(MS_CONFIG), root / "model" / "transformer")
-    out, manifest, _ = build("ort-cpu", str(root / "model"), root / "engine", resolutions=[(128, 128), (64, 128)],
-                             optimise=False, log=lambda m: None)
+    out, manifest, _ = build_target("ort-cpu", str(root / "model"), out=root / "engine",
+                                    resolutions=[(128, 128), (64, 128)], options={"optimise": False},
+                                    log=lambda m: None)
     return out, manifest
 
 
 def test_dit_graphs_take_size_conditions(ms_engine):
     _, manifest = ms_engine
+    manifest = to_json(manifest)  # the schema-2 manifest as JSON data
     for rec in manifest["graphs"]:
         names = [t["name"] for t in rec["inputs"]]
         wants = rec["graph"] in ("transformer",) or rec["graph"].startswith("denoiser_lcm")
@@ -45,6 +48,8 @@ def test_parity_and_runtime(ms_engine):
     from pixart_export.runtime import load
 
     out, manifest = ms_engine
+
+    manifest = to_json(manifest)  # the schema-2 manifest as JSON data
     assert manifest["parity"]["ok"], manifest["parity"]
     assert {tuple(r["resolution"]) for r in manifest["parity"]["end_to_end"]} == {(128, 128), (64, 128)}
     image = load(out)("a red circle", seed=1, resolution=(64, 128))[0]
@@ -56,11 +61,13 @@ def test_conditions_change_the_output(ms_engine):
     import numpy as np
     import onnxruntime as ort
 
+    from pixart_export.export.exporter import model_dims
     from pixart_export.graphs import fixed_inputs, spec_for_record
-    from pixart_export.export_onnx import model_dims
     from reference.loading import load_model
 
     out, manifest = ms_engine
+
+    manifest = to_json(manifest)  # the schema-2 manifest as JSON data
     rec = next(r for r in manifest["graphs"] if r["graph"] == "transformer" and r["height"] == 128)
     spec = spec_for_record(rec, 4, False)
     feeds = fixed_inputs(spec, model_dims(load_model(str(out.parent / "model")), 128, 128), batch=1)

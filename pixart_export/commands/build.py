@@ -1,44 +1,58 @@
-"""`pixart-export build`: model -> engine folder for a target, in one command (see pixart_export.build)."""
+"""`pixart-export build`: model -> engine folder for a target, in one command (see pixart_export.build).
+
+Build an engine folder: export the graphs, prepare them for the target's backend (optimise,
+quantise, convert, compile), verify every graph and the whole pipeline against the reference, write
+manifest.json; built in a temporary folder and renamed into place. An identical rebuild (same build
+key, files intact) is reused.
+"""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from ..targets import TARGETS
+from ..targets import TARGETS, backends
 from . import _options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("build", help="export, optimise, verify and write an engine folder for a target",
-                       description="Build an engine folder: export the graphs, optimise where measured to help, "
-                                   "verify every graph and the whole pipeline against the reference, write "
-                                   "manifest.json; built in a temporary folder and renamed into place. An "
-                                   "identical rebuild (same build key, files intact) is reused.")
+    p = _options.subcommand(sub, __doc__, "build",
+                            help="export, prepare, verify and write an engine folder for a target")
     p.add_argument("--target", required=True, choices=list(TARGETS), metavar="TARGET",
                    help=f"one of: {', '.join(TARGETS)} (see `pixart-export targets`)")
     _options.add_model_options(p)
-    p.add_argument("--out", type=Path, default=None, help="engine folder (default engines/<target>-<model>)")
-    p.add_argument("--no-optimise", action="store_true", help="skip the measured offline optimisation")
-    p.add_argument("--force", action="store_true", help="rebuild even if an identical engine exists")
-    from ..build_ov import add_int8_options  # hook (issue #7): OpenVINO int8 options
-
-    add_int8_options(p)
-    p.add_argument("--trt-fp16-only", action="store_true",  # hook (issue #6)
-                   help="TensorRT targets: ship fp16 graphs only, no int8 Q/DQ graphs")
+    _options.add_graph_options(p)
+    g = p.add_argument_group("output")
+    g.add_argument("--out", type=Path, default=None, help="engine folder (default engines/<target>-<model>)")
+    g.add_argument("--force", action="store_true", help="rebuild even if an identical engine exists")
+    g.add_argument("--onnx-from", type=Path, default=None, metavar="DIR",
+                   help="take the fp32 graphs from this `export` folder of the same model instead of exporting "
+                        "again (XL exports take long); its files are checked against its manifest")
+    _options.add_json_option(g)
+    seen = set()
+    for backend in backends():  # one option group per backend, listed under its name
+        if backend.name not in seen:
+            seen.add(backend.name)
+            backend.add_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..build import build
-    from ..build_ov import int8_options_from_args
+    from ..build import BuildRequest, build
+    from ..targets import get_target
 
+    target = get_target(args.target)
+    _options.check_steps(args.steps)
     out = None if args.out is None else _options.check_out(args.out)
-    out, manifest, reused = build(args.target, args.model, out, args.controlnet,
-                                  _options.parse_resolutions(args.resolution), args.steps, args.lcm_spacing,
-                                  optimise=not args.no_optimise, force=args.force,
-                                  log=lambda m: print(m, file=sys.stderr, flush=True),
-                                  ov_int8=int8_options_from_args(args),
-                                  trt_int8=False if args.trt_fp16_only else None)
-    print(out)
+    request = BuildRequest(target=target, model_spec=args.model, out=out, controlnet_spec=args.controlnet,
+                           resolutions=list(dict.fromkeys(args.resolution)) if args.resolution else None,
+                           steps=args.steps, lcm_spacing=args.lcm_spacing, force=args.force,
+                           options=target.backend.options(target, args), onnx_from=args.onnx_from)
+    out, manifest, reused = build(request)
+    if args.json:
+        _options.emit_json({"folder": str(out), "reused": reused, "target": manifest.target,
+                            "status": manifest.status, "precisions": [str(p) for p in manifest.precisions],
+                            "parity_ok": None if manifest.parity is None else manifest.parity.ok,
+                            "build_key": manifest.build_key})
+    else:
+        print(out)
     return 0

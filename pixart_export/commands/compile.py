@@ -1,28 +1,35 @@
-"""`pixart-export compile BUNDLE`: build the TensorRT engines of a bundle on its target GPU host."""
+"""`pixart-export compile BUNDLE`: build the TensorRT engines of a bundle on its target GPU host.
+
+Build the engines of a bundle made by `build --target trt-*` with the TensorRT Python API: strongly
+typed (precision from the graphs), one optimisation profile per engine from the manifest, timing
+cache keyed by content hash. Refuses a GPU or TensorRT version that does not match the bundle's
+target, and records device, driver and TensorRT version in the manifest.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from ..backends.tensorrt.options import add_compile_arguments
+from . import _options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compile", help="build TensorRT engines from a bundle (on the target GPU host)",
-                       description="Build the engines of a bundle made by `build --target trt-*` with the TensorRT "
-                                   "Python API: strongly typed (precision from the graphs), one optimisation profile "
-                                   "per engine from the manifest, timing cache keyed by content hash. Refuses a GPU "
-                                   "or TensorRT version that does not match the bundle's target, and records "
-                                   "device, driver and TensorRT version in the manifest.")
-    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="the bundle folder")
-    p.add_argument("--only", choices=["fp16", "int8"], action="append", default=None,
-                   help="build only these precisions (repeatable; default all in the bundle)")
+    p = _options.subcommand(sub, __doc__, "compile",
+                            help="build TensorRT engines from a bundle (on the target GPU host)")
+    add_compile_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..compile_trt import compile_bundle
+    from ..backends.tensorrt.compile import compile_bundle
+    from ..errors import UserError
+    from ..targets import read_engine
 
-    compile_bundle(args.bundle, log=lambda m: print(m, file=sys.stderr, flush=True),
+    if not args.bundle.is_dir():
+        raise UserError(f"{args.bundle}: no such folder (give a bundle from `pixart-export build --target trt-*`)")
+    _, target = read_engine(args.bundle)  # the registry row the manifest names, checked against it
+    compile_bundle(args.bundle, target, log=lambda m: print(m, file=sys.stderr, flush=True),
                    only=set(args.only) if args.only else None)
     print(args.bundle)
     return 0

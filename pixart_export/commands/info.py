@@ -1,16 +1,20 @@
-"""`pixart-export info`: what a model folder or checkpoint holds (layout, sizes, parameter counts)."""
+"""`pixart-export info`: what a model folder or checkpoint holds (layout, sizes, parameter counts).
+
+Load a model (tiny, diffusers folder or official .pth) and report what was found.
+"""
 from __future__ import annotations
 
 import argparse
-import json
+
+from . import _options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="describe a model: layout, config, sizes, parameter counts",
-                       description="Load a model (tiny, diffusers folder or official .pth) and report what was found.")
+    p = _options.subcommand(sub, __doc__, "info",
+                            help="describe a model: layout, config, sizes, parameter counts")
     p.add_argument("--model", default="tiny", help="'tiny', a diffusers folder, or an official .pth")
     p.add_argument("--controlnet", default=None, help="ControlNet folder or official .pth ('tiny' for the built-in)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _options.add_json_option(p)
     p.set_defaults(func=run)
 
 
@@ -44,13 +48,14 @@ def run(args: argparse.Namespace) -> int:
         "default_resolution": m.default_resolution, "lcm_spacing": m.lcm_spacing,
     }
     if args.json:
-        print(json.dumps(report, indent=2))
+        _options.emit_json(report)
         return 0
     t = report["transformer"]
     print(f"model        {report['source']} ({report['layout']} layout, {report['bytes_on_disk'] / 2**20:.1f} MiB)")
     print(f"transformer  {t['num_layers']} blocks, width {t['hidden']} ({t['num_attention_heads']} heads x "
           f"{t['attention_head_dim']}), patch {t['patch_size']}, {t['parameters'] / 1e6:.2f} M params"
-          f"{', multi-aspect' if t['multi_aspect'] else ''}{', learned null caption' if t['learned_null_caption'] else ''}")
+          f"{', multi-aspect' if t['multi_aspect'] else ''}"
+          f"{', learned null caption' if t['learned_null_caption'] else ''}")
     if report["controlnet"]:
         c = report["controlnet"]
         print(f"controlnet   {c['copies']} copies, {c['parameters'] / 1e6:.2f} M params")

@@ -1,26 +1,45 @@
-"""`pixart-export targets`: the target registry (works with no backend installed)."""
+"""`pixart-export targets`: the target registry (works with no backend installed).
+
+List the targets of ARCHITECTURE.md: backend, device, precisions, where their figures are verified,
+notes; for TensorRT targets also the TensorRT versions and optimisation profile.
+"""
 from __future__ import annotations
 
 import argparse
 
+from . import _options
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("targets", help="list build targets and which are implemented",
-                       description="List the targets of ARCHITECTURE.md: backend, device, precisions, notes; for "
-                                   "TensorRT targets also the TensorRT versions and optimisation profile.")
+    p = _options.subcommand(sub, __doc__, "targets",
+                            help="list build targets: backend, device, precisions, where verified")
+    _options.add_json_option(p)
     p.set_defaults(func=run)
+
+
+def _row(t) -> dict:
+    row = {"name": t.name, "backend": t.backend.name, "extra": t.backend.extra, "device": t.device,
+           "precisions": list(t.precisions), "verified": t.verified, "notes": t.notes}
+    if t.trt is not None:
+        row["tensorrt"] = {"versions": list(t.trt.tensorrt), "prepared": [str(p) for p in t.trt.prepared],
+                           "batch": list(t.trt.profile.batch), "px": [t.trt.profile.min_px, t.trt.profile.max_px]}
+    return row
 
 
 def run(args: argparse.Namespace) -> int:
     from ..targets import TARGETS
 
-    print(f"{'target':12} {'backend':12} {'device':9} {'ready':6} precisions / notes")
-    for t in TARGETS.values():
-        notes = "; ".join(x for x in (", ".join(t.precisions), t.notes) if x)
-        print(f"{t.name:12} {t.backend:12} {t.device:9} {'yes' if t.implemented else 'no':6} {notes}")
-        if t.trt is not None:
-            lo, hi = t.trt.tensorrt
-            p = t.trt.profile
-            print(f"{'':41} TensorRT {lo}{' to ' + hi if hi else '+'}; bundle: {', '.join(t.trt.prepared)}; "
-                  f"batch {p.batch[0]}/{p.batch[1]}/{p.batch[2]} (min/opt/max), {p.min_px}-{p.max_px} px")
+    rows = [_row(t) for t in TARGETS.values()]
+    if args.json:
+        _options.emit_json(rows)
+        return 0
+    print(f"{'target':12} {'backend':12} {'device':10} {'verified':33} precisions / notes")
+    for r in rows:
+        notes = "; ".join(x for x in (", ".join(r["precisions"]), r["notes"]) if x)
+        print(f"{r['name']:12} {r['backend']:12} {r['device']:10} {r['verified']:33} {notes}")
+        trt = r.get("tensorrt")
+        if trt:
+            (lo, hi), b, px = trt["versions"], trt["batch"], trt["px"]
+            print(f"{'':69} TensorRT {lo}{' to ' + hi if hi else '+'}; bundle: {', '.join(trt['prepared'])}; "
+                  f"batch {b[0]}/{b[1]}/{b[2]} (min/opt/max), {px[0]}-{px[1]} px")
     return 0

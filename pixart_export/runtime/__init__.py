@@ -1,45 +1,38 @@
-"""Run an engine folder on an edge host: numpy, onnxruntime, PIL and a tokenizer; no torch, no diffusers,
-no `reference` (a test imports this package in a process where importing torch raises).
+"""Run an engine folder on an edge host: numpy, the folder's backend, PIL and a tokenizer; no torch, no
+diffusers, no `reference`, nothing from the export, quantise or compile stages (a test imports this
+package in a process where importing torch raises).
 
     from pixart_export import runtime
     pipe = runtime.load("engines/ort-cpu-tiny")
     pipe("a red circle above a blue square", seed=0)[0].save("x.png")
 
-`load` checks the folder against its manifest first (schema, backend and version, sha256 of every
-file) and refuses with a message naming the mismatch and what to do.
+`load` reads and validates the manifest (schema 2, target/backend agreement, every path inside the
+folder), lets the folder's backend check this host (its version, the device), checks every file
+against its sha256, and returns `Pipeline(folder, manifest, runner)` with the backend's runner.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..manifest import EngineError, verify_engine
+from ..manifest import EngineError, Precision, check_files
+from .pipeline import Pipeline
 
-BACKEND = "onnxruntime"
-
-__all__ = ["load", "EngineError"]
+__all__ = ["load", "Pipeline", "EngineError", "Precision"]
 
 
-def load(engine_dir: str | Path, providers: list[str] | None = None, threads: int | None = None,
-         verify_hashes: bool = True):
-    """Validate `engine_dir` and return a pipeline: `pipe(prompt, seed=0, num_images=1, control_image=None)`."""
-    # -- hook (issue #7): OpenVINO engine folders go to their own loader --------------------------
-    from ..manifest import read_manifest
+def load(engine_dir: str | Path, precision: str | Precision | None = None, verify_hashes: bool = True,
+         **runner_options) -> Pipeline:
+    """Validate `engine_dir` and return its pipeline: `pipe(prompt, seed=0, num_images=1, control_image=None)`.
 
-    if (read_manifest(Path(engine_dir)).get("backend") or {}).get("name") == "tensorrt":  # hook (issue #6)
-        from .trt import load_tensorrt
+    `precision`: one of the folder's `choosable_precisions` (default: the one it was built to run in).
+    `runner_options` go to the backend's runner (e.g. `threads=2`; onnxruntime `providers=[...]`;
+    tensorrt `cuda_graph=True`).
+    """
+    from ..targets import read_engine
 
-        return load_tensorrt(engine_dir, verify_hashes=verify_hashes)
-
-    if (read_manifest(Path(engine_dir)).get("backend") or {}).get("name") == "openvino":
-        from .ov_pipeline import load_openvino
-
-        return load_openvino(engine_dir, threads=threads, verify_hashes=verify_hashes)
-    # ---------------------------------------------------------------------------------------------
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise EngineError("onnxruntime is not installed: pip install onnxruntime") from exc
-    manifest = verify_engine(Path(engine_dir), BACKEND, onnxruntime.__version__, hashes=verify_hashes)
-    from .pipeline import OrtPipeline
-
-    return OrtPipeline(Path(engine_dir), manifest, providers=providers, threads=threads)
+    folder = Path(engine_dir)
+    manifest, target = read_engine(folder)
+    backend = target.backend
+    backend.check_host(folder, manifest)
+    check_files(folder, manifest, hashes=verify_hashes)
+    return Pipeline(folder, manifest, backend.runner(folder, manifest, **runner_options), precision)

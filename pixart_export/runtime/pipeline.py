@@ -1,9 +1,14 @@
-"""Prompt -> images from an ONNX Runtime engine folder: tokenizer, `text_encoder`, the unrolled
-`denoiser_lcm{K}` (or its ControlNet form, after `vae_encoder` on the control image), `vae_decoder`.
+"""Prompt -> images from an engine folder: `Pipeline(folder, manifest, runner)`, the same for every backend.
 
-Numerically the reference pipeline: same tokenisation, same noise (`noise.draw_noise`), same image
-pre- and post-processing (PIL bicubic resize, /255; x255, round half to even, uint8). Graph names,
-files and shapes come from the manifest, never spelled here.
+tokenizer -> `text_encoder` -> the unrolled `denoiser_lcm{K}` (or its ControlNet form, after
+`vae_encoder` on the control image) -> `vae_decoder`. Numerically the reference pipeline: same
+tokenisation, same noise (`noise.draw_noise`), same image pre- and post-processing (PIL bicubic
+resize, /255; x255, round half to even, uint8). Graph names, files and shapes come from the manifest,
+never spelled here; *how* one graph file runs is the runner's business (a backend's `GraphRunner`:
+an onnxruntime session, an OpenVINO compiled model, a TensorRT engine).
+
+`precision` picks among the precisions the folder carries (`Manifest.choosable_precisions`, e.g. a
+TensorRT bundle's fp16 and int8 engines); each graph falls back as `manifest.FALLBACK` says.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError
+from ..manifest import EngineError, Manifest, Precision
 from .noise import draw_noise
 from .tokenizer import load_tokenizer
 
@@ -25,51 +31,41 @@ def image_to_array(image: Image.Image, height: int, width: int) -> np.ndarray:
 
 
 def to_pil(images: np.ndarray) -> list[Image.Image]:
-    arr = (images.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
+    arr = (images.transpose(0, 2, 3, 1) * 255).round().clip(0, 255).astype(np.uint8)
     return [Image.fromarray(a) for a in arr]
 
 
-class OrtPipeline:
-    """Holds one onnxruntime session per graph file, created on first use."""
+class Pipeline:
+    """One engine folder, one runner. Call it with a prompt (or a list) to get PIL images."""
 
-    def __init__(self, folder: Path, manifest: dict, providers: Sequence[str] | None = None,
-                 threads: int | None = None):
+    def __init__(self, folder: Path, manifest: Manifest, runner, precision: str | Precision | None = None):
         self.folder = Path(folder)
         self.manifest = manifest
-        self.providers = list(providers or ["CPUExecutionProvider"])
-        self.threads = threads
-        self.tokenizer = load_tokenizer(self.folder, manifest["tokenizer"])
-        self.steps = int(manifest["steps"])
-        self.resolutions = [tuple(r) for r in manifest["resolutions"]]
-        self._sessions: dict[str, object] = {}
+        self.runner = runner
+        self.precision = self._check_precision(precision)
+        self.tokenizer = load_tokenizer(self.folder, manifest.tokenizer)
+        self.steps = manifest.steps
+        self.resolutions = [tuple(r) for r in manifest.resolutions]
 
-    # -- graphs ---------------------------------------------------------------------------------
-    def record(self, graph: str, height: int | None = None, width: int | None = None) -> dict:
-        for rec in self.manifest["graphs"]:
-            if rec["graph"] == graph and (rec["height"] is None or (rec["height"], rec["width"]) == (height, width)):
-                return rec
-        raise UserError(f"engine has no {graph} graph for {height}x{width}; it was built for "
-                        f"{', '.join(f'{h}x{w}' for h, w in self.resolutions)}")
-
-    def session(self, rec: dict):
-        if rec["file"] not in self._sessions:
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            if self.threads:
-                options.intra_op_num_threads = self.threads
-            self._sessions[rec["file"]] = ort.InferenceSession(str(self.folder / rec["file"]), options,
-                                                               providers=self.providers)
-        return self._sessions[rec["file"]]
+    def _check_precision(self, precision) -> Precision:
+        if precision is None:
+            return self.manifest.default_precision
+        try:
+            precision = Precision(precision)
+        except ValueError:
+            raise UserError(f"precision {precision!r} is unknown; this folder carries "
+                            f"{', '.join(map(str, self.manifest.choosable_precisions))}") from None
+        if precision not in self.manifest.choosable_precisions:
+            raise UserError(f"this {self.manifest.target} folder carries no {precision} choice; choose one of "
+                            f"{', '.join(map(str, self.manifest.choosable_precisions))}")
+        return precision
 
     def run(self, graph: str, feeds: dict[str, np.ndarray], height: int | None = None,
             width: int | None = None) -> list[np.ndarray]:
-        rec = self.record(graph, height, width)
-        names = [t["name"] for t in rec["inputs"]]
-        return self.session(rec).run(None, {n: feeds[n] for n in names})
+        """One graph of the folder on `feeds` (extra feeds are dropped: graphs declare their inputs)."""
+        rec = self.manifest.record(graph, height, width, self.precision)
+        return self.runner.run(rec, {t.name: feeds[t.name] for t in rec.inputs})
 
-    # -- pipeline --------------------------------------------------------------------------------
     def encode(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         for p in prompts:
             if not p or not p.strip():
@@ -94,8 +90,8 @@ class OrtPipeline:
         if not prompts:
             raise UserError("no prompt given")
         height, width = self._resolution(resolution)
-        f = int(self.manifest["vae_scale_factor"])
-        latent_shape = (int(self.manifest["latent_channels"]), height // f, width // f)
+        f = self.manifest.vae_scale_factor
+        latent_shape = (self.manifest.latent_channels, height // f, width // f)
         embeds, mask = self.encode(prompts)
         noise = draw_noise(seed, len(prompts), latent_shape, self.steps)
         feeds = {"latents": noise[0], "step_noise": noise[1:], "prompt_embeds": embeds,
@@ -105,11 +101,12 @@ class OrtPipeline:
                  "aspect_ratio": np.full((len(prompts), 1), height / width, np.float32)}
         graph = f"denoiser_lcm{self.steps}"
         if control_image is not None:
-            if not self.manifest["model"].get("controlnet"):
+            if not self.manifest.model.controlnet:
                 raise UserError("this engine has no ControlNet; rebuild with --controlnet to use a control image")
             control = self.run("vae_encoder", {"image": image_to_array(control_image, height, width)},
                                height, width)[0]
-            feeds["control_latents"] = np.ascontiguousarray(np.broadcast_to(control, (len(prompts), *control.shape[1:])))
+            batch_shape = (len(prompts), *control.shape[1:])
+            feeds["control_latents"] = np.ascontiguousarray(np.broadcast_to(control, batch_shape))
             feeds["conditioning_scale"] = np.array([conditioning_scale], np.float32)
             graph += "_controlnet"
         denoised = self.run(graph, feeds, height, width)[0]
@@ -117,3 +114,6 @@ class OrtPipeline:
             return denoised
         images = self.run("vae_decoder", {"denoised": denoised}, height, width)[0]
         return images if output == "np" else to_pil(images)
+
+
+__all__ = ["Pipeline", "EngineError", "image_to_array", "to_pil"]

@@ -73,11 +73,16 @@ class JsonTokenizer:
         return (np.array([e.ids for e in enc], np.int64), np.array([e.attention_mask for e in enc], np.int64))
 
 
-def load_tokenizer(folder: Path, info: dict):
-    """`info` is the manifest's "tokenizer" entry: {"kind", "dir", "max_length"}."""
-    path = Path(folder) / info["dir"]
-    if info["kind"] == "byt5":
-        return ByT5Tokenizer.from_folder(path, info["max_length"])
-    if info["kind"] == "tokenizers":
-        return JsonTokenizer(path / "tokenizer.json", info["max_length"], info.get("pad_id", PAD))
-    raise ValueError(f"unknown tokenizer kind {info['kind']!r}")
+def load_tokenizer(folder: Path, info):
+    """`info` is the manifest's `TokenizerRecord` (kind, dir, max_length, pad_id)."""
+    from ..manifest import EngineError
+
+    path = Path(folder) / info.dir
+    try:
+        if info.kind == "byt5":
+            return ByT5Tokenizer.from_folder(path, info.max_length)
+        if info.kind == "tokenizers":
+            return JsonTokenizer(path / "tokenizer.json", info.max_length, info.pad_id)
+    except (OSError, ValueError, KeyError) as exc:
+        raise EngineError(f"{path}: tokenizer files not readable ({exc}); rebuild the engine") from None
+    raise EngineError(f"unknown tokenizer kind {info.kind!r} in the manifest; rebuild the engine with this version")

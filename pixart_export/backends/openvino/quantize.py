@@ -1,0 +1,226 @@
+"""Quantise stage of `ov-cpu-int8`: NNCF int8 for OpenVINO IR, calibrated on the reference pipeline.
+
+- `transformer` (one step) and `denoiser_lcm{K}` (unrolled): NNCF post-training quantisation
+  (`nncf.quantize`, `ModelType.TRANSFORMER`: int8 weights per channel, int8 activations per tensor,
+  symmetric where both MatMul inputs are activations, so Q.K^T and attn.V run in int8 too). The
+  calibration set is what the transformer really sees: `calibration.collect` runs the reference
+  text encoder and LCM sampler over the DiT on the calibration prompts (batch 1, seed 0 + prompt
+  index) and records every step's inputs (one-step graph) and every prompt's (x_T, step noise,
+  embeddings) (unrolled graph, whose K steps each get their own scales).
+  The settings (SmoothQuant alpha, ignored scopes) are chosen by measurement: each candidate of
+  `CANDIDATES` is quantised on the one-step graph and scored by its relative L2 error against the
+  fp32 graph on held-out inputs (steps of prompts not used for calibration); the best is used
+  for both graphs, and every score goes into the manifest.
+- `text_encoder`: int8 weight compression only (`nncf.compress_weights`, INT8_ASYM): T5's
+  activations have the well-known outliers that make activation int8 unsafe there; OpenVINO's CPU
+  plugin may still quantise activations dynamically at run time.
+- VAE: fp32 (the decoder's output is the image; not quantised).
+
+The image quality gate over held-out prompt/seed pairs is `verify.quality_gate` (see `prepare.verify`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ...manifest import Precision
+from ...metrics import rel_l2
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """One NNCF configuration tried on the transformer."""
+
+    name: str
+    smooth_quant_alpha: float = 0.95  # NNCF's default for MatMul in TRANSFORMER models; -1 turns it off
+    ignored_patterns: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict) -> QuantSettings:
+        return cls(d["name"], d["smooth_quant_alpha"], tuple(d["ignored_patterns"]))
+
+
+#: Small projections outside the blocks (timestep/adaLN MLP, caption projection, patch embedding,
+#: final projection): a few % of the FLOPs, but their error reaches every block.
+OUTSIDE_BLOCKS = (".*adaln_single.*", ".*caption_projection.*", ".*pos_embed.*", ".*proj_out.*")
+
+#: Tried in this order; the lowest error wins. Measured on tiny (held-out steps, rel L2 vs fp32):
+#: NNCF defaults 0.128, + fp32 outside the blocks 0.006; on the unrolled graph SmoothQuant was 10x
+#: worse than without (0.011 vs 0.001) *and* it rescales each step's weights by that step's
+#: activations, so the K steps no longer share one int8 copy (file 2.8x larger); without it the
+#: serialiser stores the identical int8 weights once.
+CANDIDATES = (
+    QuantSettings("fp32-outside-blocks", smooth_quant_alpha=-1, ignored_patterns=OUTSIDE_BLOCKS),
+    QuantSettings("smoothquant-0.95+fp32-outside-blocks", ignored_patterns=OUTSIDE_BLOCKS),
+    QuantSettings("nncf-defaults"),
+)
+
+
+def _quiet_nncf() -> None:
+    """NNCF logs every skipped quantizer at INFO (hundreds of lines per graph); keep warnings only."""
+    import logging
+
+    import nncf
+
+    nncf.set_log_level(logging.WARNING)
+
+
+def quantize_ir(xml_in: Path, xml_out: Path, samples: list[dict], settings: QuantSettings) -> list[str]:
+    """NNCF PTQ of one IR with `settings`, calibrated on `samples`; writes `xml_out` (+ .bin)."""
+    import nncf
+    import openvino as ov
+
+    _quiet_nncf()
+    model = ov.Core().read_model(str(xml_in))
+    params = nncf.AdvancedQuantizationParameters(
+        smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=settings.smooth_quant_alpha))
+    ignored = (nncf.IgnoredScope(patterns=list(settings.ignored_patterns), validate=False)
+               if settings.ignored_patterns else None)
+    quantized = nncf.quantize(model, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,
+                              subset_size=len(samples), ignored_scope=ignored, advanced_parameters=params)
+    ov.save_model(quantized, str(xml_out), compress_to_fp16=False)
+    del quantized, model
+    return [xml_out.name, xml_out.with_suffix(".bin").name]
+
+
+def compress_weights_int8(xml_in: Path, xml_out: Path) -> list[str]:
+    """int8 weights (asymmetric, per output channel), activations left to the runtime."""
+    import nncf
+    import openvino as ov
+
+    _quiet_nncf()
+    model = ov.Core().read_model(str(xml_in))
+    compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    ov.save_model(compressed, str(xml_out), compress_to_fp16=False)
+    del compressed, model
+    return [xml_out.name, xml_out.with_suffix(".bin").name]
+
+
+def score(xml: Path, reference_xml: Path, samples: list[dict], precision: str = "f32", repeats: int = 1) -> dict:
+    """Relative L2 of `xml` against `reference_xml` (fp32) over `samples`, and `xml`'s median latency."""
+    import openvino as ov
+
+    from .runner import compile_config, compile_graph, run_compiled
+
+    core = ov.Core()
+    ref = compile_graph(reference_xml, compile_config("f32"), core)
+    got = compile_graph(xml, compile_config(precision), core)
+    errs, times = [], []
+    for feeds in samples:
+        want = run_compiled(ref, feeds)[0]
+        out = run_compiled(got, feeds)[0]
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run_compiled(got, feeds)
+            times.append(time.perf_counter() - t0)
+        errs.append(rel_l2(out, want))
+    return {"rel_l2_mean": float(np.mean(errs)), "rel_l2_max": float(np.max(errs)),
+            "seconds_median": float(np.median(times)) if times else None}
+
+
+def _calibrate(model, options: dict, resolution: tuple[int, int], steps: int, log) -> tuple[dict, dict]:
+    """Calibration and held-out samples of the one-step and the unrolled graph at `resolution`."""
+    from ...calibration import collect
+
+    calib, held = options["calibration_prompts"], options["held_out_prompts"]
+    need = max(options["transformer_prompts"], options["denoiser_prompts"])
+    denoiser = f"denoiser_lcm{steps}"
+    log(f"      calibration: reference pipeline on {need} + {held} held-out prompts "
+        f"({resolution[0]}x{resolution[1]}, {steps} steps)")
+    # batch 1, seed 0 + prompt index; the held-out prompts are the file's last ones
+    data = collect(model, calib[:need] + calib[len(calib) - held:], resolution=resolution, steps=steps, batch=1,
+                   seed=0, graphs={"transformer", denoiser})
+    step_samples, loop_samples = data["transformer"], data[denoiser]
+    train = {"transformer": step_samples[:options["transformer_prompts"] * steps],
+             denoiser: loop_samples[:options["denoiser_prompts"]]}
+    held_out = {"transformer": step_samples[need * steps:], denoiser: loop_samples[need:]}
+    return train, held_out
+
+
+def choose_and_quantize(folder: Path, fp32_dir: Path, records: list[dict], model, options: dict,
+                        log: Callable[[str], None]) -> dict:
+    """Quantise the transformer graphs and compress the text encoder into `folder`; `records` updated.
+
+    `fp32_dir` holds the fp32 IR of every graph (the scoring reference). Returns the manifest's
+    `quantisation` section.
+    """
+    from .runner import compile_config, has_bf16
+
+    denoiser = next(r for r in records if r["graph"].startswith("denoiser_lcm"))
+    steps = len(denoiser["lcm"]["timesteps"])
+    buckets = list(dict.fromkeys((r["height"], r["width"]) for r in records if r["graph"] == "transformer"))
+    t0 = time.perf_counter()
+    samples = {bucket: _calibrate(model, options, bucket, steps, log) for bucket in buckets}
+    first_train, first_held = samples[buckets[0]]
+    section: dict = {"calibration": {"prompts_file": options["calibration_prompts_file"],
+                                     "resolutions": [list(b) for b in buckets],
+                                     "transformer_samples": len(first_train["transformer"]),
+                                     "denoiser_samples": len(first_train[denoiser["graph"]]),
+                                     "held_out_samples": len(first_held["transformer"]),
+                                     "seconds": round(time.perf_counter() - t0, 1)},
+                     "candidates": [], "graphs": {}}
+
+    # 1. settings, chosen on the (first bucket's) one-step graph by error against fp32
+    candidates = [QuantSettings.from_dict(c) for c in options["candidates"]]
+    tr_file = next(r["file"] for r in records if r["graph"] == "transformer")
+    best = None
+    for cand in candidates if len(candidates) > 1 else ():
+        t0 = time.perf_counter()
+        trial = Path(folder) / f".trial-{tr_file}"
+        quantize_ir(fp32_dir / tr_file, trial, first_train["transformer"], cand)
+        s = score(trial, fp32_dir / tr_file, first_held["transformer"])
+        row = {"settings": asdict(cand), **s, "quantize_seconds": round(time.perf_counter() - t0, 1)}
+        section["candidates"].append(row)
+        log(f"      candidate {cand.name}: rel L2 vs fp32 {s['rel_l2_mean']:.4f} (max {s['rel_l2_max']:.4f})")
+        if best is None or s["rel_l2_mean"] < best[1]["rel_l2_mean"]:
+            best = (cand, s)
+        for f in (trial, trial.with_suffix(".bin")):
+            f.unlink(missing_ok=True)
+    settings = best[0] if best else candidates[0]
+    section["chosen"] = settings.name
+    log(f"      chosen: {settings.name}")
+
+    # 2. quantise both transformer graphs with it; 3. precision of the rest (f32 or bf16) by measurement
+    bf16_ok = has_bf16()
+    for rec in records:
+        if rec["graph"] == "transformer" or rec["graph"].startswith("denoiser_lcm"):
+            train, held_out = samples[(rec["height"], rec["width"])]
+            kind = "transformer" if rec["graph"] == "transformer" else rec["graph"]
+            log(f"      nncf.quantize {rec['file']} ({len(train[kind])} samples)")
+            t0 = time.perf_counter()
+            rec["files"] = quantize_ir(fp32_dir / rec["file"], Path(folder) / rec["file"], train[kind], settings)
+            seconds = round(time.perf_counter() - t0, 1)
+            f32 = score(Path(folder) / rec["file"], fp32_dir / rec["file"], held_out[kind], "f32", repeats=2)
+            entry = {"method": "nncf.quantize int8 (ModelType.TRANSFORMER)", "settings": settings.name,
+                     "quantize_seconds": seconds, "f32_rest": f32}
+            precision = "f32"
+            if bf16_ok:
+                bf16 = score(Path(folder) / rec["file"], fp32_dir / rec["file"], held_out[kind], "bf16", repeats=2)
+                entry["bf16_rest"] = bf16
+                # bf16 for the non-int8 ops only where it adds at most 10% to the int8 error and is faster
+                if bf16["rel_l2_mean"] <= 1.10 * f32["rel_l2_mean"] and bf16["seconds_median"] < f32["seconds_median"]:
+                    precision = "bf16"
+            entry["inference_precision"] = precision
+            entry["why"] = ("bf16 for the non-int8 ops: adds <= 10% to the int8 error and is faster (measured)"
+                            if precision == "bf16" else
+                            "f32 for the non-int8 ops: bf16 " + ("added > 10% error or was not faster (measured)"
+                                                                   if bf16_ok else "is not native on this CPU"))
+            rec["precision"] = Precision.INT8.value
+            rec["quantised"] = f"NNCF PTQ int8 ({settings.name}), {precision} for the other ops"
+            rec["runtime"] = {"config": compile_config(precision)}
+            section["graphs"][rec["file"]] = entry
+            log(f"      {rec['file']}: rel L2 vs fp32 {f32['rel_l2_mean']:.4f} (f32 rest)"
+                + (f", {entry['bf16_rest']['rel_l2_mean']:.4f} (bf16 rest)" if bf16_ok else "")
+                + f"; runs {precision} rest")
+        elif rec["graph"] == "text_encoder":
+            log(f"      nncf.compress_weights {rec['file']} (int8 weights)")
+            rec["files"] = compress_weights_int8(fp32_dir / rec["file"], Path(folder) / rec["file"])
+            rec["precision"] = Precision.INT8_WEIGHTS.value
+            rec["quantised"] = "NNCF INT8_ASYM weight compression, f32 activations"
+            section["graphs"][rec["file"]] = {"method": "nncf.compress_weights INT8_ASYM",
+                                              "inference_precision": "f32"}
+    return section

@@ -1,0 +1,215 @@
+"""`compile BUNDLE`: TensorRT engines from a verified bundle, on the target GPU.
+
+Everything that can be decided without TensorRT lives in plain functions (version and architecture
+matching, optimisation profiles from the manifest, timing-cache keys, engine names) and is unit-tested
+with fakes; `compile_bundle` takes the `tensorrt` module and the device description as arguments, so a
+test can hand it fakes too. TensorRT is imported only here and in `runner.py`, and only when used.
+
+Engines are built *strongly typed* (`NetworkDefinitionCreationFlag.STRONGLY_TYPED`): each layer runs in
+the type its tensors have in the graph (fp16 graphs, Q/DQ int8), as TensorRT 11 requires and TensorRT
+10 allows; no FP16/INT8 builder flags, no implicit calibration. One optimisation profile per engine:
+the batch range of the target, every other axis static (each graph record's `runtime["profile"]`). A
+timing cache per graph is kept under `$PIXART_EXPORT_CACHE` (default ~/.cache/pixart-export) and keyed
+by the sha256 of what determines it: the graph file, the TensorRT version and the GPU (name and compute
+capability).
+
+The manifest is changed only through `manifest.write_manifest` with `dataclasses.replace`: status
+"compiled", `engines` = one `GraphRecord` per plan (`runtime`: its source graph and timing-cache key),
+the TensorRT version in `backend.version`, the GPU's name and driver in `device`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from ...errors import UserError
+from ...manifest import EngineError, GraphRecord, Manifest, check_files, file_table, version_tuple, write_manifest
+from .runner import probe_device, probe_tensorrt
+
+Log = Callable[[str], None]
+ENGINE_DIR = "engines"
+
+
+# -- decisions, testable without TensorRT ----------------------------------------------------------
+def version_allowed(version: str, allowed: tuple[str, str | None]) -> bool:
+    """`allowed` = (min, max or None), inclusive, compared on the leading components given
+    (max "10.4" admits 10.4.0.26 but not 10.5)."""
+    lo, hi = allowed
+    v = version_tuple(version)
+    if v[:len(version_tuple(lo))] < version_tuple(lo):
+        return False
+    return hi is None or v[:len(version_tuple(hi))] <= version_tuple(hi)
+
+
+def check_tensorrt_version(target, version: str) -> None:
+    lo, hi = target.trt.tensorrt
+    if not version_allowed(version, (lo, hi)):
+        span = f">= {lo}" + (f" and <= {hi}" if hi else "")
+        extra = " (TensorRT 10.5 dropped Volta)" if target.trt.sm == 70 else ""
+        raise UserError(f"TensorRT {version} cannot build {target.name}: it needs TensorRT {span}{extra}; "
+                        f"install a matching version (pip install 'tensorrt{'<=' + hi + '.99' if hi else '>=' + lo}')")
+
+
+def check_device(target, device: dict) -> None:
+    """`device`: {"name", "sm" (e.g. 75), "driver"}; the GPU must be the target's architecture."""
+    if device.get("sm") != target.trt.sm:
+        got = device.get("sm")
+        raise UserError(f"this GPU is {device.get('name', '?')} (sm_{got}), the bundle is for {target.name} "
+                        f"({target.trt.arch}): an engine runs only on the architecture it was built on. Compile "
+                        f"on a {target.trt.arch} host, or build a bundle for this GPU's target")
+
+
+def profiles_for(target, records: list[dict]) -> dict[str, dict[str, dict[str, list[int]]]]:
+    """{file: {input: {min, opt, max}}}: the batch axis from the target's profile, the rest static."""
+    lo, opt, hi = target.trt.profile.batch
+    out = {}
+    for rec in records:
+        shapes = {}
+        for inp in rec["inputs"]:
+            dims = inp["shape"]
+            shapes[inp["name"]] = {k: [b if d == "B" else d for d in dims] for k, b in
+                                   (("min", lo), ("opt", opt), ("max", hi))}
+        out[rec["file"]] = shapes
+    return out
+
+
+def profile_shapes(record: GraphRecord) -> dict[str, dict[str, list[int]]]:
+    """{input: {"min", "opt", "max"}} for one graph record, from its `runtime["profile"]`."""
+    try:
+        return record.runtime["profile"]
+    except KeyError:
+        raise EngineError(f"manifest has no optimisation profile for {record.file}; rebuild the bundle") from None
+
+
+def timing_cache_key(graph_sha256: str, trt_version: str, device: dict) -> str:
+    blob = json.dumps({"graph": graph_sha256, "tensorrt": trt_version, "gpu": device.get("name"),
+                       "sm": device.get("sm")}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PIXART_EXPORT_CACHE", Path.home() / ".cache" / "pixart-export")) / "trt-timing"
+
+
+def engine_file(record: GraphRecord, device: dict, trt_version: str) -> str:
+    stem = record.file[:-len(".onnx")] if record.file.endswith(".onnx") else record.file
+    return f"{ENGINE_DIR}/{stem}.sm{device['sm']}.trt{trt_version}.plan"
+
+
+def check_bundle_for_compile(folder: Path, target) -> Manifest:
+    """Read a bundle of `target` (the registry row its manifest names: `targets.read_engine`); its
+    manifest, or a UserError saying what is wrong with it."""
+    from ...manifest import read_manifest
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder (give a bundle from `pixart-export build --target trt-*`)")
+    manifest = read_manifest(folder)
+    if target.trt is None or manifest.backend.name != "tensorrt":
+        raise UserError(f"{folder}: a {manifest.backend.name} engine folder, not a TensorRT bundle "
+                        "(build one with --target trt-*)")
+    if manifest.target != target.name:
+        raise UserError(f"{folder}: a bundle for {manifest.target}, not {target.name}")
+    if manifest.status not in ("bundle", "compiled"):
+        raise UserError(f"{folder}: manifest status {manifest.status!r}; rebuild the bundle")
+    check_files(folder, manifest, hashes=True)
+    return manifest
+
+
+# -- host probing (the probes live with the runtime, `runner.py`) -----------------------------------
+def host_can_compile(target, trt=None, device=None) -> tuple[bool, str]:
+    """(can this host build `target`'s engines, why / why not) -- without raising."""
+    trt = trt if trt is not None else probe_tensorrt()
+    if trt is None:
+        return False, "TensorRT is not installed on this host"
+    device = device if device is not None else probe_device()
+    if device is None:
+        return False, "no NVIDIA GPU is visible on this host"
+    if device["sm"] != target.trt.sm:
+        return False, f"this host's GPU is {device['name']} (sm_{device['sm']}), not {target.trt.arch}"
+    if not version_allowed(trt.__version__, target.trt.tensorrt):
+        return False, f"TensorRT {trt.__version__} is outside {target.name}'s range {target.trt.tensorrt}"
+    return True, f"TensorRT {trt.__version__} and {device['name']} (sm_{device['sm']})"
+
+
+# -- the TensorRT calls --------------------------------------------------------------------------------
+def build_engine(trt, onnx_path: Path, shapes: dict, cache_path: Path, log: Log) -> bytes:
+    """Parse `onnx_path` strongly typed, one profile, timing cache at `cache_path`; the serialized plan."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise UserError(f"TensorRT could not parse {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    for name, s in shapes.items():
+        profile.set_shape(name, s["min"], s["opt"], s["max"])
+    config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
+    config.set_timing_cache(cache, False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise UserError(f"TensorRT failed to build {onnx_path.name} (see its log above)")
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_path.with_suffix(".tmp")
+    tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+    os.replace(tmp, cache_path)
+    return bytes(plan)
+
+
+def compile_bundle(folder: Path, target, log: Log = print, trt=None, device: dict | None = None,
+                   only: set[str] | None = None) -> Manifest:
+    """Build every graph's engine into `folder/engines/` and mark the manifest compiled; returns it.
+
+    `trt`/`device` default to the host's; tests pass fakes. `only` limits to some precisions.
+    """
+    folder = Path(folder)
+    manifest = check_bundle_for_compile(folder, target)
+    trt = trt if trt is not None else probe_tensorrt()
+    if trt is None:
+        raise UserError("TensorRT is not installed on this host: pip install 'pixart-export[tensorrt-cu12]' on the "
+                        f"{target.trt.arch} host, then rerun this command")
+    check_tensorrt_version(target, trt.__version__)
+    device = device if device is not None else probe_device()
+    if device is None:
+        raise UserError("no NVIDIA GPU is visible (CUDA driver and cuda-python needed); compile on the target host")
+    check_device(target, device)
+    records = [r for r in manifest.graphs if only is None or str(r.precision) in only]
+    work = Path(tempfile.mkdtemp(prefix=".compile-", dir=folder))
+    engines: list[GraphRecord] = []
+    try:
+        for i, rec in enumerate(records, 1):
+            name = engine_file(rec, device, trt.__version__)
+            log(f"[{i}/{len(records)}] {rec.file} -> {name}")
+            key = timing_cache_key(manifest.files[rec.file].sha256, trt.__version__, device)
+            started = time.perf_counter()
+            plan = build_engine(trt, folder / rec.file, profile_shapes(rec), cache_dir() / f"{key}.cache", log)
+            (work / Path(name).name).write_bytes(plan)
+            engines.append(GraphRecord(graph=rec.graph, file=name, files=(name,), precision=rec.precision,
+                                       height=rec.height, width=rec.width, inputs=rec.inputs, outputs=rec.outputs,
+                                       bytes=len(plan), runtime={"source": rec.file, "timing_cache": key},
+                                       details={"build_seconds": round(time.perf_counter() - started, 1)}))
+        (folder / ENGINE_DIR).mkdir(exist_ok=True)
+        for e in engines:
+            os.replace(work / Path(e.file).name, folder / e.file)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    compiled = dataclasses.replace(
+        manifest, engines=tuple(engines), status="compiled",
+        backend=dataclasses.replace(manifest.backend, version=trt.__version__),
+        device=dataclasses.replace(manifest.device, name=device["name"], sm=device["sm"], driver=device.get("driver")),
+        build={**manifest.build, "compiled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        files=file_table(folder))
+    write_manifest(folder, compiled)
+    log(f"compiled {len(engines)} engines for {target.name} on {device['name']} with TensorRT {trt.__version__}")
+    return compiled

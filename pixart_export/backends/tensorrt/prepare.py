@@ -1,0 +1,388 @@
+"""Build stages of the TensorRT targets: the exported fp32 graphs -> a bundle (graphs in their final
+precision, verified on CPU, checked for the target), compiled by `finish` when this host can.
+
+Stages, after `build.py`'s export (each a named `Stage`; the build numbers them):
+  1. the fp32 graphs against the PyTorch reference, in onnxruntime (`verify.graph_parity`): what the
+     prepared graphs are measured against must itself be right;
+  2. calibration data: reference LCM trajectories of the calibration prompts
+     (`calibration.CALIBRATION_PROMPTS`, the first `CALIBRATION_COUNT`, batch 2, seed 0) and of
+     held-out prompts (`calibration.HELD_OUT_PROMPTS`, the first `HELD_OUT_COUNT`, seed 1000);
+  3. fp16: every graph (`fp16.convert`, sensitive nodes kept fp32, decided on ranges measured on 2.),
+     each measured against its fp32 graph on the held-out inputs (`verify.prepared_errors`); T5 ships
+     fp32 where its fp16 graph fails (`FP32_FALLBACK_GRAPHS`);
+  4. int8 (where the target has it and `--trt-fp16-only` is not given): explicit Q/DQ for the transformer
+     and the unrolled denoiser (`quantize_qdq.quantize`, calibrated on 2.), fp16 outside the int8 layers
+     (`quantize_qdq.to_fp16`), measured like 3.;
+  5. end to end on CPU: the runtime `Pipeline` over the prepared graphs vs over the fp32 graphs (uint8
+     PSNR, `verify.end_to_end`); the precision gate: a figure beyond `verify.TOLERANCES` stops the build;
+  6. `check.py`: every op, dtype, Q/DQ pattern and shape against the target's parser and profile.
+The bundle ships the prepared graphs only (the fp32 ones were the baseline), status "bundle". `finish`
+compiles it (`compile.py`) when this host has TensorRT and the target GPU, else logs the command.
+
+Where the manifest keeps what this backend adds: each graph's TensorRT optimisation profile in its
+record's `runtime["profile"]` (what `compile` applies); what the preparation decided and measured per
+graph (nodes kept fp32, the int8 settings, the fp32 fallback's reason) in its `details`; the check
+report (`check`), the calibration and held-out prompts (`calibration`) and the command that finishes the
+bundle (`compile_command`) in the manifest's `build` section; the figures in `parity` (graphs: fp32 vs
+reference, then prepared vs fp32; end_to_end: prepared vs fp32 pipelines).
+
+`ort-cuda` (the onnxruntime backend on the CUDA provider) ships this preparation's fp16 graphs:
+`fp16_only_stages` (1, 2, 3 and 5 without int8) and `precision_verify`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...errors import GateFailed, UserError
+from ...manifest import Manifest, Parity, Precision
+from ..base import Stage
+
+#: Graphs that may ship fp32 when their fp16 graph fails its measured tolerance. T5 only: it has no
+#: attention scaling, and a trained T5 can learn attention logits in the thousands, where rounding the
+#: *weights* to fp16 already moves the logits by whole units (the trained `tiny`: 2.3% error on real
+#: tokens with every node kept fp32 and only the weights fp16). It is a small share of an image's
+#: FLOPs (one call per image); the DiT and VAE graphs never fall back, they fail the gate.
+FP32_FALLBACK_GRAPHS = ("text_encoder",)
+#: How many of `calibration.CALIBRATION_PROMPTS` the int8 scales and the fp16 activation ranges are
+#: measured on (the `calib_prompts` build option), and how many of `calibration.HELD_OUT_PROMPTS` the
+#: precision checks run on. Here, not in options.py: ort-cuda's build key hashes fp16.py and prepare.py.
+CALIBRATION_COUNT = 16
+HELD_OUT_COUNT = 4
+#: Seeds of the calibration and held-out trajectories (`calibration.collect`: batch i uses seed + i).
+CALIBRATION_SEED = 0
+HELD_OUT_SEED = 1000
+AGAINST = "fp32 graphs (onnxruntime, CPU)"
+
+
+def prepared_name(record: dict, precision: str) -> str:
+    return record["file"].replace(".onnx", f".{precision}.onnx")
+
+
+def compile_command(folder: Path) -> str:
+    return f"pixart-export compile {folder}"
+
+
+@dataclass
+class _Work:
+    """What the stages of one build hand each other (never shipped): calibration feeds, measured
+    ranges, the rows measured so far."""
+
+    int8: bool
+    calib: dict = field(default_factory=dict)
+    heldout: dict = field(default_factory=dict)
+    ranges: dict = field(default_factory=dict)  # {fp32 file: {value: max |value|}}
+    fp32_rows: list = field(default_factory=list)  # fp32 graphs vs the reference
+    rows: list = field(default_factory=list)  # prepared graphs vs their fp32 graphs
+    base: Manifest | None = None  # the fp32 graphs as a manifest (for runners and pipelines)
+
+
+# -- the stage lists -----------------------------------------------------------------------------------------
+def stages(backend, ctx) -> list[Stage]:
+    """The TensorRT bundle's stages (module docstring); status "bundle", default precision fp16."""
+    work = _Work(int8=bool(ctx.options.get("int8", Precision.INT8 in ctx.target.trt.prepared)))
+    ctx.status = "bundle"
+    ctx.default_precision = Precision.FP16
+    ctx.build_info["compile_command"] = compile_command(ctx.out)
+    out = _common_stages(ctx, work)
+    if work.int8:
+        out.append(Stage("int8 Q/DQ graphs (symmetric, per-channel weights, calibrated MinMax)",
+                         lambda c: _int8(c, work)))
+    out.append(Stage("end to end on CPU (onnxruntime): prepared graphs vs fp32 graphs, uint8 PSNR; precision "
+                     "gate", lambda c: _end_to_end(c, work)))
+    out.append(Stage(f"check: TensorRT parser ops, dtypes, Q/DQ patterns, profile shapes ({ctx.target.name})",
+                     _check))
+    return out
+
+
+def fp16_only_stages(ctx) -> list[Stage]:
+    """ort-cuda: the fp16 graphs of this preparation, verified in onnxruntime on the CPU as the bundle's
+    fp16 graphs are (no int8, no TensorRT check)."""
+    work = _Work(int8=False)
+    ctx.default_precision = Precision.FP16
+    out = _common_stages(ctx, work)
+    if ctx.request.verify:
+        out.append(Stage("end to end on CPU (onnxruntime): fp16 graphs vs fp32 graphs, uint8 PSNR; precision gate",
+                         lambda c: _end_to_end(c, work)))
+    return out
+
+
+def _common_stages(ctx, work: _Work) -> list[Stage]:
+    return [Stage("fp32 graphs vs the PyTorch reference (onnxruntime)", lambda c: _fp32_parity(c, work)),
+            Stage("calibration data: reference LCM trajectories of the calibration and held-out prompts",
+                  lambda c: _calibrate(c, work)),
+            Stage("fp16 graphs (sensitive nodes kept fp32 by rule and by measured range)",
+                  lambda c: _fp16(c, work))]
+
+
+def verify(backend, ctx) -> Parity:
+    return precision_verify(ctx)
+
+
+def precision_verify(ctx) -> Parity:
+    """The parity the stages measured (graphs: fp32 vs reference, then prepared vs fp32; end to end:
+    prepared vs fp32 pipelines). The end-to-end stage computed and gated it."""
+    if ctx.parity is None:
+        raise RuntimeError("the TensorRT preparation's end-to-end stage did not run")  # a pipeline bug
+    return ctx.parity
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+def _fp32_manifest(ctx, work: _Work) -> Manifest:
+    if work.base is None:
+        work.base = ctx.assemble(records=ctx.fp32_records, folder=ctx.fp32_dir)
+    return work.base
+
+
+def _spec_dims(ctx, rec: dict):
+    from ...export.exporter import model_dims
+    from ...graphs import spec_for_record
+
+    steps = ctx.request.steps
+    spec = spec_for_record(rec, steps, ctx.model.controlnet is not None)
+    h, w = rec["height"] or ctx.resolutions[0][0], rec["width"] or ctx.resolutions[0][1]
+    return spec, model_dims(ctx.model, h, w, steps), (h, w) == tuple(ctx.resolutions[0])
+
+
+def _errors(ctx, fp32_rec: dict, rec: dict, spec, dims, feeds_list) -> list[dict]:
+    """`verify.prepared_errors` with runners made for this graph only (freed after: XL graphs are large)."""
+    from ...manifest import graph_record
+    from ...verify import prepared_errors
+    from ..onnxruntime.runner import OrtRunner
+
+    return prepared_errors(OrtRunner(ctx.fp32_dir), OrtRunner(ctx.staging), graph_record(fp32_rec), graph_record(rec),
+                           spec, dims, feeds_list)
+
+
+def _prepared(rec: dict, name: str, files: list[str], precision: str, **details) -> dict:
+    new = {**rec, "file": name, "files": list(files), "precision": precision, **details}
+    new.pop("export_seconds", None)
+    return new
+
+
+def fp32_fallback(rec: dict, src_dir: Path, dst_dir: Path, row: dict, fp16_files: list[str]) -> dict:
+    """The fp32 graph shipped in place of a failed fp16 one (precision "fp32", reason recorded); the
+    failed fp16 file is removed and its error row marked `replaced_by_fp32` (kept in the report, not
+    gated: `verify.gated_rows`)."""
+    name = prepared_name(rec, "fp32")
+    shutil.copy2(Path(src_dir) / rec["file"], Path(dst_dir) / name)
+    for extra in rec.get("files", [])[1:]:
+        shutil.copy2(Path(src_dir) / extra, Path(dst_dir) / extra)
+    for f in fp16_files:
+        (Path(dst_dir) / f).unlink(missing_ok=True)
+    row["replaced_by_fp32"] = True
+    return _prepared(rec, name, [name, *rec.get("files", [])[1:]], "fp32",
+                     fp32_fallback=f"fp16 measured rel L2 {row['rel_l2']:.2e} > tolerance {row['tol_rel_l2']:.0e}")
+
+
+def _range_feeds(spec, dims, calib: dict | None) -> list[dict]:
+    from ...graphs import fixed_inputs
+
+    feeds = (calib or {}).get(spec.name)
+    return feeds if feeds else [fixed_inputs(spec, dims, 2, seed=s) for s in (11, 12)]
+
+
+def _gate_now(ctx, parity: Parity, what: str) -> None:
+    from ...verify import failures, format_table
+
+    if not parity.ok:
+        ctx.log(format_table(parity))
+        raise GateFailed(f"{ctx.target.name}: {what}: " + "; ".join(failures(parity)) +
+                         f". Nothing was installed at {ctx.out}; the figures are in the table above")
+
+
+# -- stages ------------------------------------------------------------------------------------------------------
+def _fp32_parity(ctx, work: _Work) -> None:
+    from ...verify import graph_parity
+    from ..onnxruntime.runner import OrtRunner
+
+    work.fp32_rows = graph_parity(ctx.model, OrtRunner(ctx.fp32_dir), _fp32_manifest(ctx, work),
+                                  on_graph=lambda n: ctx.log(f"      {n}"))
+    for r in work.fp32_rows:
+        r["against"] = "PyTorch reference"
+    _gate_now(ctx, Parity(ok=all(r["ok"] for r in work.fp32_rows), graphs=tuple(work.fp32_rows), end_to_end=()),
+              "the fp32 export does not match the reference")
+
+
+def _calibrate(ctx, work: _Work) -> None:
+    from ...calibration import CALIBRATION_PROMPTS, HELD_OUT_PROMPTS, collect, read_prompts
+
+    prompts = read_prompts(CALIBRATION_PROMPTS)[:int(ctx.options.get("calib_prompts", CALIBRATION_COUNT))]
+    held = read_prompts(HELD_OUT_PROMPTS)[:HELD_OUT_COUNT]
+    ctx.log(f"      {len(prompts)} calibration prompts, {len(held)} held-out prompts")
+    work.calib = collect(ctx.model, prompts, ctx.resolutions[0], ctx.request.steps, seed=CALIBRATION_SEED)
+    work.heldout = collect(ctx.model, held, ctx.resolutions[0], ctx.request.steps, seed=HELD_OUT_SEED)
+    ctx.build_info["calibration"] = {
+        "prompts": prompts, "seed": CALIBRATION_SEED, "file": CALIBRATION_PROMPTS.name,
+        "held_out": held, "held_out_seed": HELD_OUT_SEED, "held_out_file": HELD_OUT_PROMPTS.name,
+        "resolution": list(ctx.resolutions[0]),
+        "used_for": "fp16 activation ranges and int8 scales (calibration); precision checks (held out)"}
+
+
+def _fp16(ctx, work: _Work) -> None:
+    from . import fp16
+
+    ctx.records = []
+    for rec in ctx.fp32_records:
+        spec, dims, first_bucket = _spec_dims(ctx, rec)
+        src = ctx.fp32_dir / rec["file"]
+        ranges = fp16.activation_ranges(src, _range_feeds(spec, dims, work.calib if first_bucket else None))
+        work.ranges[rec["file"]] = ranges
+        name = prepared_name(rec, "fp16")
+        conv = fp16.convert(src, ctx.staging / name, spec.name, ranges)
+        reasons: dict[str, int] = {}
+        for reason in conv["kept_fp32"].values():
+            kind = fp16.reason_kind(reason)
+            reasons[kind] = reasons.get(kind, 0) + 1
+        new = _prepared(rec, name, conv["files"], "fp16", kept_fp32=len(conv["kept_fp32"]),
+                        kept_fp32_reasons=reasons, fp16_matmul_share=round(fp16.fp16_share(ctx.staging / name), 3),
+                        max_activation=max((v for v in ranges.values() if v != float("inf")), default=0.0))
+        rows = _errors(ctx, rec, new, spec, dims, work.heldout.get(spec.name) if first_bucket else None)
+        work.rows += rows
+        row = rows[-1]
+        ctx.log(f"      {name}: {len(conv['kept_fp32'])} nodes kept fp32, rel L2 {row['rel_l2']:.2e}")
+        if not row["ok"] and rec["graph"] in FP32_FALLBACK_GRAPHS:
+            new = fp32_fallback(rec, ctx.fp32_dir, ctx.staging, row, new["files"])
+            ctx.log(f"      {rec['graph']}: fp16 rel L2 {row['rel_l2']:.2e} > {row['tol_rel_l2']:.0e}: "
+                    f"shipping it fp32 ({new['file']})")
+        ctx.records.append(new)
+
+
+def _int8(ctx, work: _Work) -> None:
+    from . import fp16, quantize_qdq
+
+    for rec in ctx.fp32_records:
+        if not quantize_qdq.wants_int8(rec["graph"]) or rec["graph"].endswith("_controlnet"):
+            continue
+        spec, dims, first_bucket = _spec_dims(ctx, rec)
+        feeds = work.calib.get(spec.name) if first_bucket else None
+        if not feeds:
+            raise UserError(f"no calibration data for {rec['file']}: int8 needs the first resolution bucket")
+        name = prepared_name(rec, "int8")
+        qdq32 = ctx.scratch / name  # Q/DQ with fp32 around it: an intermediate, not shipped
+        q = quantize_qdq.quantize(ctx.fp32_dir / rec["file"], qdq32, feeds)
+        conv = quantize_qdq.to_fp16(qdq32, ctx.staging / name, spec.name, work.ranges.get(rec["file"]))
+        new = _prepared(rec, name, conv["files"], "int8", int8=q, opset=quantize_qdq.QDQ_FP16_OPSET,
+                        kept_fp32=len(conv["kept_fp32"]),
+                        fp16_matmul_share=round(fp16.fp16_share(ctx.staging / name), 3))
+        ctx.records.append(new)
+        rows = _errors(ctx, rec, new, spec, dims, work.heldout.get(spec.name))
+        work.rows += rows
+        ctx.log(f"      {name}: {q['int8_layers']} int8 layers, {q['float_layers']} float, "
+                f"rel L2 {rows[-1]['rel_l2']:.2e}")
+
+
+class _TwoFolders:
+    """A runner over the fp32 graphs (in `fp32_dir`) and the prepared ones (in the staging folder)."""
+
+    def __init__(self, fp32_dir: Path, staging: Path, prepared: set[str]):
+        from ..onnxruntime.runner import OrtRunner
+
+        self.fp32, self.prepared, self.files = OrtRunner(fp32_dir), OrtRunner(staging), prepared
+
+    def run(self, record, feeds):
+        return (self.prepared if record.file in self.files else self.fp32).run(record, feeds)
+
+
+def _end_to_end(ctx, work: _Work) -> None:
+    from ...manifest import graph_record
+    from ...runtime.pipeline import Pipeline
+    from ...verify import end_to_end, gated_rows, pipeline_images
+
+    base = _fp32_manifest(ctx, work)
+    fp32 = [graph_record(r) for r in ctx.fp32_records]
+    prepared = [graph_record(r) for r in ctx.records]
+    runner = _TwoFolders(ctx.fp32_dir, ctx.staging, {r.file for r in prepared})
+    want = pipeline_images(Pipeline(ctx.staging, dataclasses.replace(base, graphs=tuple(fp32)), runner))
+
+    def case(records, precision: Precision, controlnet: bool) -> list[dict]:
+        by_graph = {(r.graph, r.height, r.width): r for r in records}
+        mixed = [by_graph.get((r.graph, r.height, r.width), r) for r in fp32]
+        view = dataclasses.replace(base, graphs=tuple(mixed))
+        rows = end_to_end(want, pipeline_images(Pipeline(ctx.staging, view, runner)), view, precision, controlnet,
+                          AGAINST, on_case=lambda n: ctx.log(f"      end to end {precision} {n}"))
+        graphs = sorted(r.file for r in mixed if r.precision == precision)
+        return [{**r, "graphs": graphs} for r in rows]
+
+    controlnet = ctx.model.controlnet is not None
+    e2e = case([r for r in prepared if r.precision in (Precision.FP16, Precision.FP32)], Precision.FP16, controlnet)
+    if work.int8:  # int8 where there is an int8 graph, fp16 elsewhere: what the int8 engine set runs
+        int8_graphs = {r.graph for r in prepared if r.precision == Precision.INT8}
+        mix = [r for r in prepared if r.precision == Precision.INT8 or
+               (r.precision in (Precision.FP16, Precision.FP32) and r.graph not in int8_graphs)]
+        e2e += case(mix, Precision.INT8, False)
+    graphs = work.fp32_rows + work.rows
+    ctx.parity = Parity(ok=all(r["ok"] for r in gated_rows(graphs) + e2e), graphs=tuple(graphs),
+                        end_to_end=tuple(e2e), measured_with=_versions(ctx),
+                        note="prepared graphs in onnxruntime on the CPU against the fp32 graphs, the fp32 graphs "
+                             "against the PyTorch reference; engines are not measured by the build")
+    _gate_now(ctx, ctx.parity, "precision check failed (build with --trt-fp16-only to ship fp16 graphs only)"
+              if work.int8 else "precision check failed")
+
+
+def _versions(ctx) -> dict:
+    import onnxruntime
+
+    return {"onnxruntime": onnxruntime.__version__,
+            **{k: ctx.versions[k] for k in ("torch", "onnxconverter_common") if k in ctx.versions}}
+
+
+def _check(ctx) -> None:
+    from ...manifest import graph_record
+    from .check import check_file, format_reports
+    from .compile import profiles_for
+
+    profiles = profiles_for(ctx.target, ctx.records)
+    ctx.records = [{**r, "runtime": {**r.get("runtime", {}), "profile": profiles[r["file"]]}} for r in ctx.records]
+    reports = [check_file(ctx.staging / r["file"], ctx.target, graph_record(r)) for r in ctx.records]
+    ctx.log(format_reports(reports, ctx.target))
+    if not all(r.ok for r in reports):
+        raise GateFailed(f"the graphs would not build for {ctx.target.name} (problems listed above); nothing was "
+                         f"installed at {ctx.out}")
+    ctx.build_info["check"] = {"ok": True, "files": {r.file: r.ops for r in reports}}
+
+
+# -- checks before the build, after install, and on re-measuring ----------------------------------------------
+def check_request(backend, ctx) -> None:
+    target = ctx.target
+    if not ctx.request.verify:
+        raise UserError(f"{target.name}: TensorRT bundles are always verified (fp16/int8 graphs ship only with "
+                        "their measured error); use `pixart-export build`")
+    if ctx.options.get("int8") and Precision.INT8 not in target.trt.prepared:
+        raise UserError(f"{target.name} ({target.trt.arch}) has no int8 in this toolchain; build it with "
+                        "--trt-fp16-only")
+    p = target.trt.profile
+    for h, w in ctx.resolutions:
+        if not (p.min_px <= h <= p.max_px and p.min_px <= w <= p.max_px):
+            raise UserError(f"resolution {h}x{w} is outside {target.name}'s profile ({p.min_px}-{p.max_px} px)")
+
+
+def finish(backend, target, folder: Path, manifest: Manifest, log) -> Manifest:
+    """Compile the installed bundle when this host has TensorRT and the target GPU; else say how."""
+    from .compile import compile_bundle, host_can_compile
+
+    ready, why = host_can_compile(target)
+    if not ready:
+        log(f"bundle ready: {folder} (graphs verified on CPU, checked for {target.name}). Engines were NOT built: "
+            f"{why}. On a {target.trt.arch} host with TensorRT, run:\n    {compile_command(folder)}")
+        return manifest
+    log(f"compile engines on this host ({why})")
+    return compile_bundle(folder, target, log=log)
+
+
+def remeasure(backend, folder: Path, manifest: Manifest, model, log) -> Parity:
+    """`pixart-export parity` on a compiled folder (on its GPU host): every engine and the whole pipeline
+    against the reference. A bundle is verified by `build` only (its graphs are for another device)."""
+    from ...runtime.pipeline import Pipeline
+    from ...verify import measure
+
+    if manifest.status != "compiled":
+        raise UserError(f"{folder}: a TensorRT bundle is verified by `build` (its fp16/int8 graphs against the fp32 "
+                        f"ones, on the CPU); compile it on a {manifest.device.arch} host (`{compile_command(folder)}`) "
+                        "to measure its engines")
+    runner = backend.runner(folder, manifest)
+    return measure(model, runner, Pipeline(folder, manifest, runner), manifest, log,
+                   {"tensorrt": backend.installed_version()})
+

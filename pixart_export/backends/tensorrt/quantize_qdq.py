@@ -1,0 +1,180 @@
+"""Explicit int8 for TensorRT: calibrated Q/DQ ONNX graphs of the transformer and the unrolled denoiser.
+
+TensorRT 11 has no implicit int8 calibration; an int8 engine is built from a graph that carries its
+own QuantizeLinear/DequantizeLinear pairs (TensorRT "explicit quantization"). The pairs are placed
+where TensorRT fuses them into int8 kernels: on the *inputs* of the linear layers (MatMul with a
+constant weight, Gemm) and of Conv, and nowhere else; TensorRT propagates and fuses them from there.
+Its constraints (also checked by `check.py`): int8, zero-point 0 (symmetric), scales positive
+constants, weights per output channel (axis 1 of a MatMul's [K, N] weight, axis 0 of a Conv's / a
+transposed Gemm's), activations per tensor; biases stay float (no int32 bias DQ).
+
+Tool: onnxruntime's `quantize_static` with `QuantFormat.QDQ`, `per_channel=True`,
+`ActivationSymmetric`/`WeightSymmetric` and `MatMulConstBOnly` (attention's activation x activation
+matmuls stay in float: their int8 error is large and TensorRT's fused attention runs them in fp16
+anyway). NVIDIA's ModelOpt ONNX PTQ was the first choice, but `nvidia-modelopt[onnx]` installs
+onnxruntime-gpu, cupy and an older onnx over ours (checked with `pip install --dry-run`).
+Calibration: MinMax over the activations of the calibration prompts (`calibration.py`): at this size
+the range of a few prompts is stable and the entropy/percentile calibrators' histograms cost minutes
+more per graph; the measured error is gated by `verify.py` (through `prepare.py`) either way. SmoothQuant is not
+applied: onnxruntime implements it through Intel Neural Compressor, an extra heavy dependency, and
+the measured int8 error passes its gate without it (see the manifest's figures).
+
+The Q/DQ graph is then made fp16 outside the int8 layers (`to_fp16`, opset 19 for fp16 scales), so
+the engine is int8 where quantized and fp16 elsewhere, with the same fp32 exceptions as the fp16 graphs.
+
+Left in float on purpose (`EXCLUDE`): the timestep embedding and adaLN modulation (tiny matmuls whose
+outputs scale every block), the patch embedding and the final projection (first and last layers,
+the usual exclusions of diffusion int8 recipes).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
+#: Node-name patterns that stay float (module docstring); matched on the exporter's scoped names, so
+#: they hold for the one-step transformer and every step of the unrolled denoiser alike.
+EXCLUDE = (r"/adaln_single/", r"/pos_embed/", r"/proj_out/", r"/time_proj/", r"/timestep_embedder/")
+#: The graphs that get an int8 variant: the heavy, repeated DiT compute.
+INT8_GRAPHS = ("transformer", "denoiser_lcm")
+
+
+def wants_int8(graph: str) -> bool:
+    return any(graph == g or graph.startswith(g) for g in INT8_GRAPHS)
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over a list of feeds."""
+
+    def __init__(self, feeds_list: list[dict[str, np.ndarray]], names: list[str]):
+        self._it = iter([{n: f[n] for n in names} for f in feeds_list])
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # pragma: no cover - not used by MinMax
+        pass
+
+
+def excluded_nodes(model, patterns=EXCLUDE) -> list[str]:
+    rx = [re.compile(p) for p in patterns]
+    return [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS and any(r.search(n.name) for r in rx)]
+
+
+def keep_float_for_other_consumers(path: Path) -> int:
+    """Point every consumer that is not a quantized layer back at the float tensor.
+
+    onnxruntime replaces *all* uses of a quantized activation by its DequantizeLinear output; where
+    the tensor also feeds a residual Add (PixArt's cross-attention reads the residual stream without
+    a norm), that quantizes the residual stream itself to per-tensor int8, which measured 0.4 relative
+    error on the one-step transformer. TensorRT wants Q/DQ only in front of the layers it runs in
+    int8; everything else keeps its float input.
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=True)
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    float_of = {}
+    for dq in graph.node:
+        q = producer.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear":
+            float_of[dq.output[0]] = q.input[0]
+    changed = 0
+    for node in graph.node:
+        if node.op_type in QUANTIZED_OPS or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for i, name in enumerate(node.input):
+            if name in float_of:
+                node.input[i] = float_of[name]
+                changed += 1
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    while True:  # drop Q/DQ left without a consumer
+        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    if changed:
+        external = (Path(path).parent / f"{Path(path).name}.data").exists()
+        if external:
+            (Path(path).parent / f"{Path(path).name}.data").unlink()
+        onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
+                        location=f"{Path(path).name}.data" if external else None)
+    return changed
+
+
+#: Opset of the int8 graphs: QuantizeLinear/DequantizeLinear take fp16 scales from opset 19 on, which
+#: lets the layers around the int8 GEMMs be fp16 too (a strongly typed engine runs what the graph says).
+QDQ_FP16_OPSET = 19
+
+
+def to_fp16(qdq_path: Path, dst: Path, graph_name: str, ranges: dict[str, float] | None) -> dict:
+    """The int8 graph with fp16 everywhere else: Q/DQ at opset 19 with fp16 scales, then `fp16.convert`
+    with the same fp32 rules as the fp16 graphs (`ranges` measured on the fp32 graph). Without this, the
+    float parts of an int8 graph would run in fp32 on TensorRT, slower than the fp16 engine."""
+    import onnx
+    from onnx import version_converter
+
+    from . import fp16
+
+    qdq_path, dst = Path(qdq_path), Path(dst)
+    model = onnx.load(str(qdq_path), load_external_data=False)  # weights stay where they are
+    model = version_converter.convert_version(model, QDQ_FP16_OPSET)
+    staged = qdq_path.with_name(f"{qdq_path.stem}.opset{QDQ_FP16_OPSET}.onnx")
+    onnx.save(model, str(staged))  # external-data references are relative, so they still resolve
+    del model
+    try:
+        return fp16.convert(staged, dst, graph_name, ranges)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def quantize(src: Path, dst: Path, feeds_list: list[dict[str, np.ndarray]], exclude=EXCLUDE) -> dict:
+    """Write the calibrated Q/DQ graph of `src` to `dst`; returns a record for the manifest."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from .fp16 import drop_weight_identities, has_external_data
+
+    src, dst = Path(src), Path(dst)
+    model = onnx.load(str(src), load_external_data=True)
+    drop_weight_identities(model)  # an Identity between weight and MatMul would hide the weight from the quantiser
+    names = [i.name for i in model.graph.input]
+    skip = excluded_nodes(model, exclude)
+    # over 2 GB a graph cannot be one protobuf message: hand onnxruntime a file with external data
+    big = has_external_data(src)
+    staged = dst.with_name(f".{dst.stem}.source.onnx")
+    if big:
+        onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{staged.name}.data", size_threshold=1024)
+        model = str(staged)
+    try:
+        quantize_static(
+            model, str(dst), _Reader(feeds_list, names), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True, reduce_range=False,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=skip,
+            use_external_data_format=big, calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True,
+                           "QuantizeBias": False, "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+                           "DedicatedQDQPair": False,
+                           "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS)})
+    finally:
+        staged.unlink(missing_ok=True)
+        (staged.parent / f"{staged.name}.data").unlink(missing_ok=True)
+    del model
+    rewired = keep_float_for_other_consumers(Path(dst))
+    q = onnx.load(str(dst), load_external_data=False)
+    counts = {op: sum(n.op_type == op for n in q.graph.node) for op in ("QuantizeLinear", "DequantizeLinear")}
+    heavy = [n for n in q.graph.node if n.op_type in QUANTIZED_OPS]
+    producers = {o: n for n in q.graph.node for o in n.output}
+    int8 = [n for n in heavy if (p := producers.get(n.input[0])) is not None and p.op_type == "DequantizeLinear"]
+    files = [Path(dst).name] + ([f"{Path(dst).name}.data"] if (Path(dst).parent / f"{Path(dst).name}.data").exists()
+                                else [])
+    return {"calibration": {"method": "MinMax", "samples": len(feeds_list)}, "excluded": skip,
+            "float_inputs_restored": rewired,
+            "qdq_nodes": counts, "int8_layers": len(int8), "float_layers": len(heavy) - len(int8), "files": files}

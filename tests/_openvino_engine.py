@@ -1,0 +1,88 @@
+"""Tiny OpenVINO engines shared by the openvino tests: one fp32 (`ov-cpu`), one int8 (`ov-cpu-int8`, with
+a reduced calibration and a single quantisation candidate so it builds in about a minute; the quality
+gate keeps its 16 prompt/seed pairs). Both convert the fp32 graphs of one ort-cpu export (`onnx_from`)."""
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+
+def quiet(message: str) -> None:
+    pass
+
+
+@functools.lru_cache(maxsize=None)
+def _root() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="pixart-export-ov-tests-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
+@functools.lru_cache(maxsize=None)
+def onnx_folder() -> Path:
+    """One export for both engines: an ort-cpu folder (no optimisation, no parity) they convert."""
+    from pixart_export.build import build_target
+
+    out, _, _ = build_target("ort-cpu", "tiny", out=_root() / "ort-cpu-tiny", options={"optimise": False},
+                             verify=False, log=quiet)
+    return out
+
+
+def build_from_onnx(target: str, out: Path, **kwargs):
+    from pixart_export.build import build_target
+
+    return build_target(target, "tiny", out=out, onnx_from=onnx_folder(), log=quiet, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def ov_engine():
+    out, manifest, reused = build_from_onnx("ov-cpu", _root() / "ov-cpu-tiny")
+    assert not reused
+    return out, manifest
+
+
+def small_int8_options(**gate) -> dict:
+    """Test-size int8 options: the first (default-best) candidate only, 2 prompts each, 1 held out."""
+    from pixart_export.backends.openvino.options import int8_options
+    from pixart_export.backends.openvino.quantize import CANDIDATES
+    from pixart_export.verify import QualityGate
+
+    return int8_options(candidates=CANDIDATES[:1], transformer_prompts=2, denoiser_prompts=2, held_out_prompts=1,
+                        gate=QualityGate(**gate))
+
+
+@functools.lru_cache(maxsize=None)
+def int8_engine():
+    out, manifest, reused = build_from_onnx("ov-cpu-int8", _root() / "ov-cpu-int8-tiny", options=small_int8_options())
+    assert not reused
+    return out, manifest
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_model():
+    from reference.loading import load_model
+
+    return load_model("tiny")
+
+
+@pytest.fixture
+def ov_cpu():
+    return ov_engine()
+
+
+@pytest.fixture
+def ov_int8():
+    return int8_engine()
+
+
+@pytest.fixture
+def model():
+    return tiny_model()

@@ -1,0 +1,245 @@
+"""backends/tensorrt/compile.py without TensorRT: version/arch matching, profiles, cache keys, and the
+whole compile flow against a fake `tensorrt` module (records what the real API would be asked); the
+host checks of a compiled folder (`TensorRT.check_host`)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+from pathlib import Path
+
+import onnx
+import pytest
+from _onnx_graphs import linear_residual
+
+from pixart_export import manifest as M
+from pixart_export.backends.tensorrt import compile as C
+from pixart_export.errors import UserError
+from pixart_export.manifest import BackendInfo, Device, EngineError, Precision, read_manifest, write_manifest
+from pixart_export.targets import TARGETS
+
+T4_GPU = {"name": "Tesla T4", "sm": 75, "driver": "12.4"}
+
+T4 = TARGETS["trt-t4"]
+
+
+@pytest.mark.parametrize("version,allowed,ok", [
+    ("10.4.0.26", ("10.0", "10.4"), True), ("10.5.0", ("10.0", "10.4"), False), ("9.3.0", ("10.0", None), False),
+    ("11.0.1", ("10.0", None), True), ("10.0.1.6", ("10.0", "10.4"), True)])
+def test_version_allowed(version, allowed, ok):
+    assert C.version_allowed(version, allowed) is ok
+
+
+def test_refusals_say_what_to_do():
+    with pytest.raises(UserError, match="Volta"):
+        C.check_tensorrt_version(TARGETS["trt-v100"], "10.7.0")
+    with pytest.raises(UserError, match=r"sm_80.*trt-t4 \(sm_75\)"):
+        C.check_device(TARGETS["trt-t4"], {"name": "A100", "sm": 80})
+    C.check_device(TARGETS["trt-t4"], T4_GPU)
+
+
+def test_cache_key_is_content_hash():
+    a = C.timing_cache_key("aa", "10.4.0", T4_GPU)
+    assert a == C.timing_cache_key("aa", "10.4.0", dict(T4_GPU))
+    assert len({a, C.timing_cache_key("ab", "10.4.0", T4_GPU), C.timing_cache_key("aa", "10.5.0", T4_GPU),
+                C.timing_cache_key("aa", "10.4.0", {**T4_GPU, "sm": 80})}) == 4
+
+
+def test_host_can_compile_without_tensorrt():
+    ok, why = C.host_can_compile(TARGETS["trt-t4"], trt=None, device=None) if C.probe_tensorrt() is None \
+        else (False, "TensorRT is not installed")
+    assert not ok and "not installed" in why
+    fake = types.SimpleNamespace(__version__="10.3.0")
+    assert C.host_can_compile(TARGETS["trt-t4"], fake, {"name": "H100", "sm": 90})[0] is False
+    assert C.host_can_compile(TARGETS["trt-t4"], fake, T4_GPU)[0] is True
+
+
+class FakeTrt:
+    """The calls of the TensorRT Python API that compile_trt makes, recorded."""
+
+    __version__ = "10.3.0"
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            self.level = level
+
+    class NetworkDefinitionCreationFlag:
+        STRONGLY_TYPED = 4
+
+    calls: list = []
+
+    class OnnxParser:
+        num_errors = 0
+
+        def __init__(self, network, logger):
+            pass
+
+        def parse_from_file(self, path):
+            FakeTrt.calls.append(("parse", path))
+            onnx.load(path)  # it must be a real graph
+            return True
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            FakeTrt.calls.append(("network", flags))
+            return object()
+
+        def create_builder_config(self):
+            cfg = types.SimpleNamespace(profiles=[])
+            cfg.add_optimization_profile = cfg.profiles.append
+            cfg.create_timing_cache = lambda data: ("cache", data)
+            cfg.set_timing_cache = lambda cache, ignore: FakeTrt.calls.append(("cache", cache))
+            cfg.get_timing_cache = lambda: types.SimpleNamespace(serialize=lambda: b"timing")
+            return cfg
+
+        def create_optimization_profile(self):
+            shapes = {}
+            prof = types.SimpleNamespace(shapes=shapes)
+            prof.set_shape = lambda name, lo, opt, hi: shapes.__setitem__(name, (lo, opt, hi))
+            FakeTrt.calls.append(("profile", shapes))
+            return prof
+
+        def build_serialized_network(self, network, config):
+            return b"PLAN"
+
+
+def _bundle(tmp_path) -> Path:
+    """A minimal trt-t4 bundle: one fp16 graph (a small real ONNX graph), a tokenizer file, a manifest
+    written by the one writer."""
+    folder = tmp_path / "bundle"
+    (folder / "tokenizer").mkdir(parents=True)
+    (folder / "tokenizer" / "tokenizer.json").write_text("{}")
+    onnx.save(linear_residual(), str(folder / "g.fp16.onnx"))
+    rec = {"file": "g.fp16.onnx", "inputs": [{"name": "x", "dtype": "float32", "shape": ["B", 8, 16]},
+                                             {"name": "t", "dtype": "float32", "shape": ["B", 1, 1]}]}
+    profile = C.profiles_for(TARGETS["trt-t4"], [rec])["g.fp16.onnx"]
+    graph = M.GraphRecord(graph="transformer", file="g.fp16.onnx", files=("g.fp16.onnx",), precision=Precision.FP16,
+                        height=128, width=128,
+                        inputs=tuple(M.TensorRecord(t["name"], t["dtype"], tuple(t["shape"])) for t in rec["inputs"]),
+                        outputs=(M.TensorRecord("y", "float32", ("B", 8, 16)),), runtime={"profile": profile})
+    manifest = M.Manifest(
+        schema_version=M.SCHEMA_VERSION, toolchain={}, target="trt-t4",
+        backend=BackendInfo("tensorrt", None, ("10.0", None)), device=Device(kind="gpu", arch="sm_75", sm=75),
+        model=M.ModelRecord("tiny", None, "tiny", False, "c", "w", "i"), build_key="k", status="bundle", steps=4,
+        lcm=M.LcmRecord("diffusers", 1000, (999,), (0.0,), (1.0,), (0.5,)), resolutions=((128, 128),),
+        latent_channels=4, vae_scale_factor=8, tokenizer=M.TokenizerRecord("tokenizers", "tokenizer", 120, 0, "T5"),
+        graphs=(graph,), default_precision=Precision.FP16, parity=None, files=M.file_table(folder),
+        build={"compile_command": f"pixart-export compile {folder}"})
+    write_manifest(folder, manifest)
+    return folder
+
+
+def test_profiles():
+    rec = {"file": "a.onnx", "inputs": [{"name": "x", "shape": ["B", 4, 16, 16]}, {"name": "s", "shape": [1]}]}
+    assert C.profiles_for(TARGETS["trt-a100"], [rec]) == {"a.onnx": {
+        "x": {"min": [1, 4, 16, 16], "opt": [1, 4, 16, 16], "max": [8, 4, 16, 16]},
+        "s": {"min": [1], "opt": [1], "max": [1]}}}
+
+
+def test_compile_with_fake_tensorrt(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIXART_EXPORT_CACHE", str(tmp_path / "cache"))
+    folder = _bundle(tmp_path)
+    FakeTrt.calls = []
+    manifest = C.compile_bundle(folder, T4, log=lambda m: None, trt=FakeTrt, device=T4_GPU)
+    assert ("network", 1 << 4) in FakeTrt.calls  # strongly typed
+    profile = next(c[1] for c in FakeTrt.calls if c[0] == "profile")
+    assert profile["x"] == ([1, 8, 16], [1, 8, 16], [2, 8, 16])  # T4: batch 1/1/2, rest static
+    assert manifest.status == "compiled" and manifest.backend.version == "10.3.0"
+    assert manifest.backend.requires == ("10.0", None)
+    assert manifest.device == Device(kind="gpu", arch="sm_75", sm=75, name="Tesla T4", driver="12.4")
+    engine = manifest.engines[0]
+    assert (folder / engine.file).read_bytes() == b"PLAN" and "sm75" in engine.file
+    assert engine.runtime["source"] == "g.fp16.onnx" and engine.precision == Precision.FP16
+    assert engine.inputs == manifest.graphs[0].inputs and engine.bytes == 4
+    assert (tmp_path / "cache" / "trt-timing" / f"{engine.runtime['timing_cache']}.cache").read_bytes() == b"timing"
+    assert read_manifest(folder) == manifest  # written by the one writer, read back identical
+    assert manifest.runnable == manifest.engines and manifest.record("transformer", 128, 128) == engine
+    assert "compiled_at" in manifest.build and manifest.build["compile_command"].endswith(str(folder))
+    C.check_bundle_for_compile(folder, T4)  # files table includes the engine
+
+
+def test_compile_only_some_precisions(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIXART_EXPORT_CACHE", str(tmp_path / "cache"))
+    folder = _bundle(tmp_path)
+    assert C.compile_bundle(folder, T4, log=lambda m: None, trt=FakeTrt, device=T4_GPU, only={"int8"}).engines == ()
+    assert len(C.compile_bundle(folder, T4, log=lambda m: None, trt=FakeTrt, device=T4_GPU, only={"fp16"}).engines) == 1
+
+
+def test_compile_refuses_wrong_gpu_and_tampered_bundle(tmp_path):
+    folder = _bundle(tmp_path)
+    with pytest.raises(UserError, match="sm_90"):
+        C.compile_bundle(folder, T4, log=lambda m: None, trt=FakeTrt, device={"name": "H100", "sm": 90})
+    old = type("Old", (FakeTrt,), {"__version__": "9.2.0"})
+    with pytest.raises(UserError, match=">= 10.0"):
+        C.compile_bundle(folder, T4, log=lambda m: None, trt=old, device=T4_GPU)
+    (folder / "g.fp16.onnx").write_bytes(b"changed")
+    with pytest.raises(UserError, match="size|sha256"):
+        C.compile_bundle(folder, T4, log=lambda m: None, trt=FakeTrt, device=T4_GPU)
+    data = json.loads((folder / "manifest.json").read_text())
+    assert data["status"] == "bundle"
+
+
+def test_compile_refuses_other_folders(tmp_path):
+    with pytest.raises(UserError, match="no such folder"):
+        C.compile_bundle(tmp_path / "nope", T4, trt=FakeTrt, device=T4_GPU)
+    folder = _bundle(tmp_path)
+    write_manifest(folder, dataclasses.replace(read_manifest(folder), target="ort-cpu", status="ready",
+                                               backend=BackendInfo("onnxruntime", "1.18.0"),
+                                               device=Device(kind="cpu", arch="any")))
+    with pytest.raises(UserError, match="onnxruntime engine folder, not a TensorRT bundle"):
+        C.compile_bundle(folder, T4, trt=FakeTrt, device=T4_GPU)
+
+
+def _host(monkeypatch, version="10.3.0", device=T4_GPU):
+    from pixart_export.backends.tensorrt import runner
+
+    for module in (C, runner):
+        monkeypatch.setattr(module, "probe_tensorrt", lambda: None if version is None else
+                            types.SimpleNamespace(__version__=version))
+        monkeypatch.setattr(module, "probe_device", lambda: device)
+
+
+def test_check_host(tmp_path, monkeypatch):
+    """What `runtime.load` asks of a TensorRT folder, with the host faked: compiled, same TensorRT
+    version, same GPU architecture, and a GPU device record at all."""
+    from pixart_export.targets import TENSORRT
+
+    monkeypatch.setenv("PIXART_EXPORT_CACHE", str(tmp_path / "cache"))
+    folder = _bundle(tmp_path)
+    bundle = read_manifest(folder)
+    _host(monkeypatch)
+    with pytest.raises(EngineError, match="without engines; run `pixart-export compile"):
+        TENSORRT.check_host(folder, bundle)
+    compiled = C.compile_bundle(folder, T4, log=lambda m: None, trt=FakeTrt, device=T4_GPU)
+    TENSORRT.check_host(folder, compiled)
+    _host(monkeypatch, version="10.4.0")
+    with pytest.raises(EngineError, match="built with TensorRT 10.3.0, this host has 10.4.0"):
+        TENSORRT.check_host(folder, compiled)
+    _host(monkeypatch, version=None)
+    with pytest.raises(EngineError, match=r"tensorrt is not installed: pip install 'pixart-export\[tensorrt-cu12\]'"):
+        TENSORRT.check_host(folder, compiled)
+    _host(monkeypatch, device={"name": "A100", "sm": 80, "driver": "12.4"})
+    with pytest.raises(EngineError, match="engines are for sm_75 .Tesla T4.; this host has A100"):
+        TENSORRT.check_host(folder, compiled)
+    _host(monkeypatch, device=None)
+    with pytest.raises(EngineError, match="engines are for sm_75"):
+        TENSORRT.check_host(folder, compiled)
+    # a folder that claims TensorRT but whose manifest has no GPU description: refused in one line, not
+    # an AttributeError (seen when an ort-cpu manifest was relabelled)
+    relabelled = dataclasses.replace(compiled, device=Device(kind="cpu", arch="any"))
+    with pytest.raises(EngineError, match="does not describe a GPU"):
+        TENSORRT.check_host(folder, relabelled)
+
+
+def test_runtime_load_checks_the_host(tmp_path, monkeypatch):
+    from pixart_export import runtime
+
+    folder = _bundle(tmp_path)
+    _host(monkeypatch)
+    with pytest.raises(EngineError, match="without engines"):
+        runtime.load(folder)
