@@ -12,6 +12,7 @@ PyTorch reference (relative L2, max abs) at batch 1; peak resident memory of the
     nice -n 10 .venv/bin/python benchmarks/export_xl.py --out /tmp/pixart-xl \
         --results benchmarks/results/export_xl.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,16 +60,26 @@ def main(argv: list[str] | None = None) -> int:
     config = DiTConfig(num_layers=args.layers)  # defaults: XL-2 at 512 px
     dit = PixArtDiT(config, text_len=120).eval()
     n_params = sum(p.numel() for p in dit.parameters())
-    print(f"XL DiT: {args.layers} blocks, width {config.inner_dim}, {n_params / 1e6:.0f} M params "
-          f"({n_params * 4 / 2**30:.2f} GiB fp32), built in {time.perf_counter() - started:.0f} s", flush=True)
-    dims = Dims(L=120, C=config.caption_channels, D=config.inner_dim, N=default_num_copies(config.num_layers),
-                h=args.latent, w=args.latent, patch=config.patch_size, steps=4)
+    print(
+        f"XL DiT: {args.layers} blocks, width {config.inner_dim}, {n_params / 1e6:.0f} M params "
+        f"({n_params * 4 / 2**30:.2f} GiB fp32), built in {time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
+    dims = Dims(
+        L=120,
+        C=config.caption_channels,
+        D=config.inner_dim,
+        N=default_num_copies(config.num_layers),
+        h=args.latent,
+        w=args.latent,
+        patch=config.patch_size,
+        steps=4,
+    )
     px = args.latent * 8
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
     rows = []
-    jobs = [(TRANSFORMER, TransformerGraph(dit)),
-            (denoiser_spec(4, False), DenoiserGraph(dit, None, lcm_timesteps(4)))]
+    jobs = [(TRANSFORMER, TransformerGraph(dit)), (denoiser_spec(4, False), DenoiserGraph(dit, None, lcm_timesteps(4)))]
     for spec, module in jobs:
         path = args.out / spec.filename(px, px)
         t0 = time.perf_counter()
@@ -77,9 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         sizes = {f: (args.out / f).stat().st_size for f in files}
         onnx.checker.check_model(str(path))
         row = {"graph": spec.name, "files": sizes, "export_s": seconds, "peak_rss_gib": peak_rss_gib()}
-        print(f"{spec.name}: exported in {seconds:.0f} s, files " +
-              ", ".join(f"{f} {b / 2**30:.3f} GiB" for f, b in sizes.items()) +
-              f", peak RSS {row['peak_rss_gib']:.1f} GiB", flush=True)
+        print(
+            f"{spec.name}: exported in {seconds:.0f} s, files "
+            + ", ".join(f"{f} {b / 2**30:.3f} GiB" for f, b in sizes.items())
+            + f", peak RSS {row['peak_rss_gib']:.1f} GiB",
+            flush=True,
+        )
         if not args.no_parity:
             feeds = fixed_inputs(spec, dims, batch=1, seed=7)
             t0 = time.perf_counter()
@@ -99,9 +113,12 @@ def main(argv: list[str] | None = None) -> int:
             row["max_abs"] = float(np.abs(got - want).max())
             row["ref_max_abs"] = float(np.abs(want).max())
             row["peak_rss_gib"] = peak_rss_gib()
-            print(f"  parity: rel L2 {row['rel_l2']:.2e}, max abs {row['max_abs']:.2e} (|ref| max "
-                  f"{row['ref_max_abs']:.2f}); torch {row['torch_s']:.0f} s, ort load {row['ort_load_s']:.0f} s, "
-                  f"run {row['ort_s']:.0f} s; peak RSS {row['peak_rss_gib']:.1f} GiB", flush=True)
+            print(
+                f"  parity: rel L2 {row['rel_l2']:.2e}, max abs {row['max_abs']:.2e} (|ref| max "
+                f"{row['ref_max_abs']:.2f}); torch {row['torch_s']:.0f} s, ort load {row['ort_load_s']:.0f} s, "
+                f"run {row['ort_s']:.0f} s; peak RSS {row['peak_rss_gib']:.1f} GiB",
+                flush=True,
+            )
         rows.append(row)
         del module
     t_bytes = sum(rows[0]["files"].values())
@@ -120,11 +137,13 @@ def write_report(args, rows, n_params, ratio, total_s) -> None:
     import torch
 
     lines = [
-        "# XL-size export (fp32 ONNX, TorchScript exporter)", "",
+        "# XL-size export (fp32 ONNX, TorchScript exporter)",
+        "",
         f"Measured by `benchmarks/export_xl.py` on {platform.machine()} with {os.cpu_count()} CPU cores (shared), "
         f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; random weights, "
         f"{args.layers} blocks, width 1152, caption_channels 4096, {args.latent}x{args.latent} latents "
-        f"({args.latent * 8} px), {n_params / 1e6:.0f} M parameters. Total wall time {total_s / 60:.1f} min.", "",
+        f"({args.latent * 8} px), {n_params / 1e6:.0f} M parameters. Total wall time {total_s / 60:.1f} min.",
+        "",
         "| graph | export s | .onnx | external data | peak RSS GiB | rel L2 | max abs (max abs ref) | torch s | "
         "ort load s | ort run s |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -137,12 +156,17 @@ def write_report(args, rows, n_params, ratio, total_s) -> None:
             f"{r['peak_rss_gib']:.1f} | {r.get('rel_l2', float('nan')):.2e} | "
             f"{r.get('max_abs', float('nan')):.2e} ({r.get('ref_max_abs', float('nan')):.2f}) | "
             f"{r.get('torch_s', float('nan')):.0f} | {r.get('ort_load_s', float('nan')):.0f} | "
-            f"{r.get('ort_s', float('nan')):.0f} |")
-    lines += ["", f"`denoiser_lcm4` total size / `transformer` total size: **{ratio:.4f}** (weights stored once; "
-              "4 copies would be ~4).", "",
-              "Peak RSS is the whole process's high-water mark up to that row (export + parity run in one process).",
-              "Parity is batch 1 on fixed random inputs, fp32 both sides (tolerance 1e-4 relative L2, see "
-              "`pixart_export/graphs.py`)."]
+            f"{r.get('ort_s', float('nan')):.0f} |"
+        )
+    lines += [
+        "",
+        f"`denoiser_lcm4` total size / `transformer` total size: **{ratio:.4f}** (weights stored once; "
+        "4 copies would be ~4).",
+        "",
+        "Peak RSS is the whole process's high-water mark up to that row (export + parity run in one process).",
+        "Parity is batch 1 on fixed random inputs, fp32 both sides (tolerance 1e-4 relative L2, see "
+        "`pixart_export/graphs.py`).",
+    ]
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text("\n".join(lines) + "\n")
 

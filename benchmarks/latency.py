@@ -21,6 +21,7 @@ built with `pixart-export`'s own `build` into runs/bench-engines/ (reused when u
 caption_channels 4096, 64x64 latents, SD VAE; a 2-layer T5 of width 4096 stands in for T5-XXL, so
 the text-encoder row is not T5-XXL's). Outputs: benchmarks/results/latency_<model>.{md,json,png}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,11 +50,15 @@ STAGES = ["text_encoder", "transformer_step", "step_x4", "denoiser_lcm4", "vae_d
 #: XL on a 2-core machine: what fits one run of about 20 minutes. The step for every backend; end to
 #: end for the diffusers baseline and ov-cpu-int8; the unrolled-vs-step comparison and the other
 #: stages for the OpenVINO engines (`--full` measures everything, about 1 h more).
-XL_PLAN = {"eager-fp32": ["text_encoder", "transformer_step", "vae_decoder"],
-           "diffusers": ["transformer_step", "end_to_end"], "eager-bf16": ["transformer_step"],
-           "ort-cpu": ["transformer_step"], "ov-cpu": ["text_encoder", "transformer_step", "denoiser_lcm4",
-                                                       "vae_decoder"],
-           "ov-cpu@bf16": ["transformer_step"], "ov-cpu-int8": STAGES}
+XL_PLAN = {
+    "eager-fp32": ["text_encoder", "transformer_step", "vae_decoder"],
+    "diffusers": ["transformer_step", "end_to_end"],
+    "eager-bf16": ["transformer_step"],
+    "ort-cpu": ["transformer_step"],
+    "ov-cpu": ["text_encoder", "transformer_step", "denoiser_lcm4", "vae_decoder"],
+    "ov-cpu@bf16": ["transformer_step"],
+    "ov-cpu-int8": STAGES,
+}
 
 
 def log(msg: str) -> None:
@@ -134,8 +139,10 @@ def build_engines(spec: str, name: str, xl: bool, root: Path, rebuild: bool = Fa
                 log(f"== engine {target} for {name}: using {existing.parent} (--rebuild to build it again)")
                 out[target] = existing.parent
                 continue
-            log(f"== engine {target} for {name}: {existing.parent} was built from other weights or by another "
-                "version; rebuilding")
+            log(
+                f"== engine {target} for {name}: {existing.parent} was built from other weights or by another "
+                "version; rebuilding"
+            )
             rebuild_this = True
         else:
             rebuild_this = rebuild
@@ -147,8 +154,9 @@ def build_engines(spec: str, name: str, xl: bool, root: Path, rebuild: bool = Fa
         elif target == "ov-cpu-int8" and xl:
             # XL calibration is planned for 24 GiB and the time of one run: 2 prompts x 4 steps for the
             # one-step graph, 2 prompts for the unrolled one, the candidate measured best on tiny.
-            options = int8_options(candidates=quantize.CANDIDATES[:1], transformer_prompts=2, denoiser_prompts=2,
-                                   held_out_prompts=1)
+            options = int8_options(
+                candidates=quantize.CANDIDATES[:1], transformer_prompts=2, denoiser_prompts=2, held_out_prompts=1
+            )
         started = time.perf_counter()
         try:
             folder, reused = _build_one(target, spec, name, xl, root, out, options, force=rebuild_this)
@@ -165,9 +173,17 @@ def _build_one(target, spec, name, xl, root, out, options, force=False):
 
     # the OpenVINO targets convert the ort-cpu engine's ONNX graphs: one export for the three engines
     onnx_from = None if target == "ort-cpu" else out["ort-cpu"]
-    folder, _, reused = build_target(target, spec, out=root / f"{target}-{name}", steps=4, verify=not xl,
-                                     force=force, log=lambda m: log("   " + m), options=options,
-                                     onnx_from=onnx_from)
+    folder, _, reused = build_target(
+        target,
+        spec,
+        out=root / f"{target}-{name}",
+        steps=4,
+        verify=not xl,
+        force=force,
+        log=lambda m: log("   " + m),
+        options=options,
+        onnx_from=onnx_from,
+    )
     return folder, reused
 
 
@@ -267,9 +283,13 @@ class Diffusers:
     def transformer_step(self):
         t = self.t
         with self.torch.no_grad():
-            out = self.pipe.transformer(t["latents"], encoder_hidden_states=t["prompt_embeds"], timestep=t["timestep"],
-                                        encoder_attention_mask=t["prompt_attention_mask"],
-                                        added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+            out = self.pipe.transformer(
+                t["latents"],
+                encoder_hidden_states=t["prompt_embeds"],
+                timestep=t["timestep"],
+                encoder_attention_mask=t["prompt_attention_mask"],
+                added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+            ).sample
         return out[:, :4].numpy()
 
     def step_x4(self):
@@ -284,9 +304,17 @@ class Diffusers:
 
     def end_to_end(self):
         h, w = self.inp.resolution
-        out = self.pipe(PROMPT, num_inference_steps=4, guidance_scale=0.0, clean_caption=False,
-                        use_resolution_binning=False, height=h, width=w, output_type="np",
-                        generator=self.torch.Generator().manual_seed(SEED))
+        out = self.pipe(
+            PROMPT,
+            num_inference_steps=4,
+            guidance_scale=0.0,
+            clean_caption=False,
+            use_resolution_binning=False,
+            height=h,
+            width=w,
+            output_type="np",
+            generator=self.torch.Generator().manual_seed(SEED),
+        )
         return out.images.transpose(0, 3, 1, 2)
 
 
@@ -320,9 +348,15 @@ class Engine:
 
     def denoiser_lcm4(self):
         s = self.inp.step
-        return self._run("denoiser_lcm4", {"latents": self.inp.noise[0], "step_noise": self.inp.noise[1:],
-                                           "prompt_embeds": s["prompt_embeds"],
-                                           "prompt_attention_mask": s["prompt_attention_mask"]})
+        return self._run(
+            "denoiser_lcm4",
+            {
+                "latents": self.inp.noise[0],
+                "step_noise": self.inp.noise[1:],
+                "prompt_embeds": s["prompt_embeds"],
+                "prompt_attention_mask": s["prompt_attention_mask"],
+            },
+        )
 
     def vae_decoder(self):
         return self._run("vae_decoder", {"denoised": self.inp.noise[0]})
@@ -335,8 +369,12 @@ class Engine:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--xl", action="store_true", help="XL-size random-weight model at 512 px (slow)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed runs per stage (default 10 tiny; XL 2, and 1 for the 4-step rows)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed runs per stage (default 10 tiny; XL 2, and 1 for the 4-step rows)",
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     parser.add_argument("--engines", type=Path, default=ROOT / "runs" / "bench-engines", help="engine folders")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
@@ -382,30 +420,60 @@ def main(argv: list[str] | None = None) -> int:
     eager_stages = [s for s in STAGES if s != "step_x4"]
     backends = [  # eager-fp32 first: every other row's error is measured against its outputs
         ("eager-fp32", "reference eager fp32", lambda: Reference(model, inputs), eager_bytes, eager_stages),
-        ("diffusers", "diffusers eager fp32", lambda: Diffusers(model_dir, inputs), eager_bytes,
-         [s for s in eager_stages if s != "vae_decoder"]),
-        ("eager-bf16", "reference eager bf16 autocast", lambda: Reference(model, inputs, bf16=True), eager_bytes,
-         ["transformer_step", "denoiser_lcm4"]),
+        (
+            "diffusers",
+            "diffusers eager fp32",
+            lambda: Diffusers(model_dir, inputs),
+            eager_bytes,
+            [s for s in eager_stages if s != "vae_decoder"],
+        ),
+        (
+            "eager-bf16",
+            "reference eager bf16 autocast",
+            lambda: Reference(model, inputs, bf16=True),
+            eager_bytes,
+            ["transformer_step", "denoiser_lcm4"],
+        ),
         ("ort-cpu", "ONNX Runtime fp32", lambda: Engine(engines["ort-cpu"], inputs), None, STAGES),
         ("ov-cpu", "OpenVINO fp32 (f32 hint)", lambda: Engine(engines["ov-cpu"], inputs), None, STAGES),
     ]
     if has_bf16(cpu):
-        backends.append(("ov-cpu@bf16", "OpenVINO fp32 IR, bf16 hint (its default here)",
-                         lambda: Engine(engines["ov-cpu"], inputs, precision="bf16"), None,
-                         ["transformer_step", "denoiser_lcm4"]))
-    backends.append(("ov-cpu-int8", "OpenVINO int8 (NNCF)", lambda: Engine(engines["ov-cpu-int8"], inputs), None,
-                     STAGES))
+        backends.append(
+            (
+                "ov-cpu@bf16",
+                "OpenVINO fp32 IR, bf16 hint (its default here)",
+                lambda: Engine(engines["ov-cpu"], inputs, precision="bf16"),
+                None,
+                ["transformer_step", "denoiser_lcm4"],
+            )
+        )
+    backends.append(
+        ("ov-cpu-int8", "OpenVINO int8 (NNCF)", lambda: Engine(engines["ov-cpu-int8"], inputs), None, STAGES)
+    )
 
-    backends = [b for b in backends if b[0] in ("eager-fp32", "diffusers", "eager-bf16")
-                or b[0].split("@")[0] in engines]
+    backends = [
+        b for b in backends if b[0] in ("eager-fp32", "diffusers", "eager-bf16") or b[0].split("@")[0] in engines
+    ]
     if args.xl and not args.full:
         backends = [(k, label, make, size, XL_PLAN[k]) for k, label, make, size, _ in backends]
-    results: dict = {"model": name, "resolution": list(inputs.resolution), "batch": 1, "repeats": repeats,
-                     "warmup": args.warmup, "cpu": cpu, "threads": cores,
-                     "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-                                  "openvino": get_target("ov-cpu").backend.installed_version(),
-                                  "diffusers": __import__("diffusers").__version__},
-                     "prompt": PROMPT, "seed": SEED, "backends": {}}
+    results: dict = {
+        "model": name,
+        "resolution": list(inputs.resolution),
+        "batch": 1,
+        "repeats": repeats,
+        "warmup": args.warmup,
+        "cpu": cpu,
+        "threads": cores,
+        "versions": {
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "openvino": get_target("ov-cpu").backend.installed_version(),
+            "diffusers": __import__("diffusers").__version__,
+        },
+        "prompt": PROMPT,
+        "seed": SEED,
+        "backends": {},
+    }
     log(f"CPU: {cpu['model']}, {cores} logical cores, ISA: {' '.join(cpu['isa'])}")
     reference_out: dict = {}
     for key, label, make, size, stages in backends:
@@ -421,12 +489,20 @@ def main(argv: list[str] | None = None) -> int:
                 if fn is None:
                     continue
                 out = fn()  # also the first warm-up run
-                reps = repeats if not (args.xl and stage in ("end_to_end", "denoiser_lcm4", "step_x4")) else \
-                    max(1, repeats // 2)
+                reps = (
+                    repeats
+                    if not (args.xl and stage in ("end_to_end", "denoiser_lcm4", "step_x4"))
+                    else max(1, repeats // 2)
+                )
                 row["stages"][stage] = timed(fn, max(0, args.warmup - 1), reps)
                 log(f"   {stage:18} median {row['stages'][stage]['median_s']:.4f} s")
-                if out is not None and stage in ("transformer_step", "denoiser_lcm4", "end_to_end", "text_encoder",
-                                                 "vae_decoder"):
+                if out is not None and stage in (
+                    "transformer_step",
+                    "denoiser_lcm4",
+                    "end_to_end",
+                    "text_encoder",
+                    "vae_decoder",
+                ):
                     out = np.asarray(out)
                     if key == "eager-fp32" or (key == "ov-cpu" and stage not in reference_out):
                         # ov-cpu (f32) stands in where eager fp32 did not run this stage: it matches
@@ -436,13 +512,18 @@ def main(argv: list[str] | None = None) -> int:
                     elif stage in reference_out and not (key == "diffusers" and stage == "end_to_end"):
                         # (diffusers draws its own x_T and step noise: its image is another sample, so
                         # a PSNR against ours would measure the noise, not the backend)
-                        row["errors"][stage] = (image_psnr(out, reference_out[stage]) if stage == "end_to_end"
-                                                else rel_l2(out, reference_out[stage]))
-            threads_rows = ("ov-cpu", "ov-cpu-int8") if args.xl and not args.full else \
-                ("eager-fp32", "ort-cpu", "ov-cpu", "ov-cpu-int8")
+                        row["errors"][stage] = (
+                            image_psnr(out, reference_out[stage])
+                            if stage == "end_to_end"
+                            else rel_l2(out, reference_out[stage])
+                        )
+            threads_rows = (
+                ("ov-cpu", "ov-cpu-int8")
+                if args.xl and not args.full
+                else ("eager-fp32", "ort-cpu", "ov-cpu", "ov-cpu-int8")
+            )
             if "transformer_step" in stages and key in threads_rows:
-                one = (Reference(model, inputs) if key == "eager-fp32" else
-                       Engine(engines[key], inputs, threads=1))
+                one = Reference(model, inputs) if key == "eager-fp32" else Engine(engines[key], inputs, threads=1)
                 if key == "eager-fp32":
                     torch.set_num_threads(1)
                 one.transformer_step()
@@ -469,37 +550,52 @@ def write_results(results: dict, out: Path) -> None:
     b = results["backends"]
     base = b["diffusers"]["stages"]
     cpu = results["cpu"]
-    lines = [f"# Latency: {results['model']} ({results['resolution'][0]}x{results['resolution'][1]} px, batch 1)", "",
-             f"CPU: **{cpu['model']}**, {cpu['logical_cores']} logical cores, ISA: {', '.join(cpu['isa'])}; "
-             f"threads: all {results['threads']}. " + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
-             + f". Median (min-max) seconds over {results['repeats']} runs after warm-up (XL: half as many for "
-             "the 4-step rows), one process.", "",
-             "| backend | text encoder | 1 transformer step | 4 steps, step by step | denoiser_lcm4 (unrolled) | "
-             "VAE decoder | end to end | step speed-up vs diffusers | e2e speed-up vs diffusers | step rel. err vs "
-             "eager fp32 | image PSNR vs reference (dB) | peak RSS (GiB) | disk (MiB) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Latency: {results['model']} ({results['resolution'][0]}x{results['resolution'][1]} px, batch 1)",
+        "",
+        f"CPU: **{cpu['model']}**, {cpu['logical_cores']} logical cores, ISA: {', '.join(cpu['isa'])}; "
+        f"threads: all {results['threads']}. "
+        + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
+        + f". Median (min-max) seconds over {results['repeats']} runs after warm-up (XL: half as many for "
+        "the 4-step rows), one process.",
+        "",
+        "| backend | text encoder | 1 transformer step | 4 steps, step by step | denoiser_lcm4 (unrolled) | "
+        "VAE decoder | end to end | step speed-up vs diffusers | e2e speed-up vs diffusers | step rel. err vs "
+        "eager fp32 | image PSNR vs reference (dB) | peak RSS (GiB) | disk (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for key, row in b.items():
         st = row["stages"]
 
         def speed(stage):
-            return (f"{base[stage]['median_s'] / st[stage]['median_s']:.2f}x"
-                    if stage in st and stage in base else "")
+            return f"{base[stage]['median_s'] / st[stage]['median_s']:.2f}x" if stage in st and stage in base else ""
 
         err = row["errors"].get("transformer_step")
         img = row["errors"].get("end_to_end", "")
-        lines.append(f"| {key} | {_fmt(row, 'text_encoder')} | {_fmt(row, 'transformer_step')} | "
-                     f"{_fmt(row, 'step_x4')} | {_fmt(row, 'denoiser_lcm4')} | {_fmt(row, 'vae_decoder')} | "
-                     f"{_fmt(row, 'end_to_end')} | {speed('transformer_step')} | {speed('end_to_end')} | "
-                     f"{'' if err is None else f'{err:.1e}'} | {'identical' if img is None else img} | "
-                     f"{row['peak_rss_gib']} | {row['disk_bytes'] / 2**20:.0f} |")
-    lines += ["", "Threads, one transformer step (median s): " + ", ".join(
-        f"{k} {r['stages']['transformer_step']['median_s']:.3f} all / {r['transformer_step_1_thread']['median_s']:.3f} "
-        f"one" for k, r in b.items() if "transformer_step_1_thread" in r) + ".", "",
+        lines.append(
+            f"| {key} | {_fmt(row, 'text_encoder')} | {_fmt(row, 'transformer_step')} | "
+            f"{_fmt(row, 'step_x4')} | {_fmt(row, 'denoiser_lcm4')} | {_fmt(row, 'vae_decoder')} | "
+            f"{_fmt(row, 'end_to_end')} | {speed('transformer_step')} | {speed('end_to_end')} | "
+            f"{'' if err is None else f'{err:.1e}'} | {'identical' if img is None else img} | "
+            f"{row['peak_rss_gib']} | {row['disk_bytes'] / 2**20:.0f} |"
+        )
+    lines += [
+        "",
+        "Threads, one transformer step (median s): "
+        + ", ".join(
+            f"{k} {r['stages']['transformer_step']['median_s']:.3f} all / "
+            f"{r['transformer_step_1_thread']['median_s']:.3f} one"
+            for k, r in b.items()
+            if "transformer_step_1_thread" in r
+        )
+        + ".",
+        "",
         "Rows: `diffusers` = PixArtAlphaPipeline + LCMScheduler (4 steps, guidance 0), eager fp32; `eager-*` = "
         "our PyTorch reference; the others are engine folders from `pixart-export build` run through "
         "`pixart_export.runtime`. Peak RSS is the whole process while that backend ran (earlier backends' "
         "memory is released first but the interpreter, torch and the reference model stay resident). "
-        "Disk: the model's weight folders for eager rows, the engine folder otherwise."]
+        "Disk: the model's weight folders for eager rows, the engine folder otherwise.",
+    ]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, stem.with_suffix(".png"))
@@ -516,21 +612,28 @@ def plot(results: dict, path: Path) -> None:
     b = results["backends"]
     keys = list(b)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    for ax, stage, title in zip(axes, ("transformer_step", "denoiser_lcm4", "end_to_end"),
-                                ("one transformer step", "denoiser_lcm4 (4 steps)", "end to end")):
+    for ax, stage, title in zip(
+        axes,
+        ("transformer_step", "denoiser_lcm4", "end_to_end"),
+        ("one transformer step", "denoiser_lcm4 (4 steps)", "end to end"),
+    ):
         ks = [k for k in keys if stage in b[k]["stages"]]
         med = [b[k]["stages"][stage]["median_s"] for k in ks]
         lo = [m - b[k]["stages"][stage]["min_s"] for k, m in zip(ks, med)]
         hi = [b[k]["stages"][stage]["max_s"] - m for k, m in zip(ks, med)]
-        ax.barh(ks, med, xerr=[lo, hi], color=["#999" if k.startswith(("diffusers", "eager")) else "#3b7dd8"
-                                               for k in ks])
+        ax.barh(
+            ks, med, xerr=[lo, hi], color=["#999" if k.startswith(("diffusers", "eager")) else "#3b7dd8" for k in ks]
+        )
         ax.invert_yaxis()
         ax.set_xlim(left=0)
         ax.set_title(title)
         ax.set_xlabel("seconds (median, min-max)")
     cpu = results["cpu"]
-    fig.suptitle(f"PixArt-delta {results['model']} {results['resolution'][0]} px, batch 1 - {cpu['model']}, "
-                 f"{cpu['logical_cores']} cores ({', '.join(cpu['isa'])})", fontsize=9)
+    fig.suptitle(
+        f"PixArt-delta {results['model']} {results['resolution'][0]} px, batch 1 - {cpu['model']}, "
+        f"{cpu['logical_cores']} cores ({', '.join(cpu['isa'])})",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

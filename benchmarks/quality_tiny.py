@@ -21,6 +21,7 @@ doubles them).
     .venv/bin/python benchmarks/quality_tiny.py --teacher runs/tiny/teacher/model --student runs/tiny/lcd/model
 Writes benchmarks/results/quality_tiny.{md,json} and quality_tiny_grid.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,12 +53,24 @@ DEMO_PROMPT = "a red circle above a blue square"
 
 def sampler_rows(teacher, student, cfg: float) -> list[dict]:
     """The generated rows: key, name, model, sampler, steps, guidance, NFE per image."""
-    rows = [dict(key="t25", name=f"teacher DDIM 25 (CFG {cfg:g})", model=teacher, sampler="ddim", steps=25,
-                 guidance=cfg, nfe=50),
-            dict(key="t4", name=f"teacher DDIM 4 (CFG {cfg:g})", model=teacher, sampler="ddim", steps=4,
-                 guidance=cfg, nfe=8)]
-    rows += [dict(key=f"s{k}", name=f"student LCM {k}", model=student, sampler="lcm", steps=k, guidance=1.0, nfe=k)
-             for k in (1, 2, 4, 8)]
+    rows = [
+        dict(
+            key="t25",
+            name=f"teacher DDIM 25 (CFG {cfg:g})",
+            model=teacher,
+            sampler="ddim",
+            steps=25,
+            guidance=cfg,
+            nfe=50,
+        ),
+        dict(
+            key="t4", name=f"teacher DDIM 4 (CFG {cfg:g})", model=teacher, sampler="ddim", steps=4, guidance=cfg, nfe=8
+        ),
+    ]
+    rows += [
+        dict(key=f"s{k}", name=f"student LCM {k}", model=student, sampler="lcm", steps=k, guidance=1.0, nfe=k)
+        for k in (1, 2, 4, 8)
+    ]
     return rows
 
 
@@ -68,11 +81,28 @@ def load_on(spec, device: torch.device):
     return model
 
 
-def generate(model, sampler: str, steps: int, guidance: float, prompts: list[str], seeds: list[int],
-             ddim_spacing: str = "trailing") -> torch.Tensor:
+def generate(
+    model,
+    sampler: str,
+    steps: int,
+    guidance: float,
+    prompts: list[str],
+    seeds: list[int],
+    ddim_spacing: str = "trailing",
+) -> torch.Tensor:
     pipe = ReferencePipeline(model)
-    out = [pipe(prompts, steps=steps, seed=s, sampler=sampler, guidance_scale=guidance, output="pt",
-                ddim_spacing=ddim_spacing).cpu() for s in seeds]
+    out = [
+        pipe(
+            prompts,
+            steps=steps,
+            seed=s,
+            sampler=sampler,
+            guidance_scale=guidance,
+            output="pt",
+            ddim_spacing=ddim_spacing,
+        ).cpu()
+        for s in seeds
+    ]
     return torch.cat(out)  # [seeds * len(prompts), 3, H, W], seed-major
 
 
@@ -121,7 +151,7 @@ def grid_image(rows: list[tuple[str, torch.Tensor]], captions: list[str], cell: 
         draw.multiline_text((label_w + j * cell + 2, 1), "\n".join(lines[:3]), fill="black", spacing=1)
     for i, (name, images) in enumerate(rows):
         draw.text((4, head_h + i * cell + cell // 2 - 6), name, fill="black")
-        for j, x in enumerate(images[:len(captions)]):
+        for j, x in enumerate(images[: len(captions)]):
             arr = (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             img.paste(Image.fromarray(arr).resize((cell, cell)), (label_w + j * cell, head_h + i * cell))
     return img
@@ -154,30 +184,46 @@ def fmt(score: dict) -> str:
 
 
 def markdown(name: str, meta: dict, results: list[dict], comparisons: list[dict]) -> str:
-    lines = [f"# Quality of the miniature PixArt-delta ({name})", "",
-             f"{meta['captions']} evaluation captions (12 single shapes, 24 two-shape combinations seen in training, "
-             f"24 held out of training) x {meta['seeds']} seeds ({meta['seed_list']}); scores read by the scene "
-             "classifier (`reference/train/classifier.py`). Adherence: share of images with every attribute of "
-             "the prompt right, mean [95% bootstrap interval over captions, then seeds]. Frechet: distance of "
-             "classifier features to real renders (lower is better). s/image on "
-             f"{meta['device']}.", "",
-             "| sampler | NFE | adherence (all) | single | seen pair | held-out pair | pairs | layout | shape | "
-             "colour | Frechet | s/image |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Quality of the miniature PixArt-delta ({name})",
+        "",
+        f"{meta['captions']} evaluation captions (12 single shapes, 24 two-shape combinations seen in training, "
+        f"24 held out of training) x {meta['seeds']} seeds ({meta['seed_list']}); scores read by the scene "
+        "classifier (`reference/train/classifier.py`). Adherence: share of images with every attribute of "
+        "the prompt right, mean [95% bootstrap interval over captions, then seeds]. Frechet: distance of "
+        "classifier features to real renders (lower is better). s/image on "
+        f"{meta['device']}.",
+        "",
+        "| sampler | NFE | adherence (all) | single | seen pair | held-out pair | pairs | layout | shape | "
+        "colour | Frechet | s/image |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| {r['name']} | {r['nfe']} | {fmt(r['all'])} | {fmt(r['single'])} | {fmt(r['seen pair'])} | "
-                     f"{fmt(r['held-out pair'])} | {fmt(r['pair'])} | {r['layout']:.3f} | {r['shape']:.3f} | "
-                     f"{r['colour']:.3f} | {r['frechet']:.2f} | {r['seconds_per_image']:.4f} |")
+        lines.append(
+            f"| {r['name']} | {r['nfe']} | {fmt(r['all'])} | {fmt(r['single'])} | {fmt(r['seen pair'])} | "
+            f"{fmt(r['held-out pair'])} | {fmt(r['pair'])} | {r['layout']:.3f} | {r['shape']:.3f} | "
+            f"{r['colour']:.3f} | {r['frechet']:.2f} | {r['seconds_per_image']:.4f} |"
+        )
     if comparisons:
-        lines += ["", "Paired differences (same captions and seeds), mean [95% bootstrap interval]:", "",
-                  "| comparison | all | single | seen pair | held-out pair | pairs |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Paired differences (same captions and seeds), mean [95% bootstrap interval]:",
+            "",
+            "| comparison | all | single | seen pair | held-out pair | pairs |",
+            "|---|---|---|---|---|---|",
+        ]
         for c in comparisons:
-            lines.append(f"| {c['name']} | {fmt(c['all'])} | {fmt(c['single'])} | {fmt(c['seen pair'])} | "
-                         f"{fmt(c['held-out pair'])} | {fmt(c['pair'])} |")
-    lines += ["", f"Grid: `{name}_grid.png` (seed {meta['seed_list'].split('..')[0]}; columns: 2 single shapes, 3 seen "
-              "pairs, 3 held-out pairs). Teacher "
-              f"`{meta['teacher']}`, student `{meta['student']}`. Probe: {meta['classifier_steps']} steps on "
-              f"{meta['classifier_images']} renders; run took {meta['total_seconds']:.0f} s."]
+            lines.append(
+                f"| {c['name']} | {fmt(c['all'])} | {fmt(c['single'])} | {fmt(c['seen pair'])} | "
+                f"{fmt(c['held-out pair'])} | {fmt(c['pair'])} |"
+            )
+    lines += [
+        "",
+        f"Grid: `{name}_grid.png` (seed {meta['seed_list'].split('..')[0]}; columns: 2 single shapes, 3 seen "
+        "pairs, 3 held-out pairs). Teacher "
+        f"`{meta['teacher']}`, student `{meta['student']}`. Probe: {meta['classifier_steps']} steps on "
+        f"{meta['classifier_images']} renders; run took {meta['total_seconds']:.0f} s.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -186,19 +232,33 @@ def main(argv=None) -> None:
     parser.add_argument("--teacher", help="teacher model: 'tiny-teacher' or a model folder")
     parser.add_argument("--student", help="LCD student model: 'tiny' or a model folder")
     parser.add_argument("--cfg", type=float, default=5.5, help="teacher CFG scale (default 5.5 = 1 + w)")
-    parser.add_argument("--ddim-spacing", choices=("trailing", "leading"), default="trailing",
-                        help="teacher DDIM timestep spacing (default trailing: starts at t=999)")
+    parser.add_argument(
+        "--ddim-spacing",
+        choices=("trailing", "leading"),
+        default="trailing",
+        help="teacher DDIM timestep spacing (default trailing: starts at t=999)",
+    )
     parser.add_argument("--seeds", type=int, default=16, help="images per caption (default 16)")
     parser.add_argument("--seed-offset", type=int, default=0, help="first noise seed (default 0)")
-    parser.add_argument("--rows", default=",".join(ROW_KEYS),
-                        help=f"comma-separated rows to measure (default all: {','.join(ROW_KEYS)})")
+    parser.add_argument(
+        "--rows",
+        default=",".join(ROW_KEYS),
+        help=f"comma-separated rows to measure (default all: {','.join(ROW_KEYS)})",
+    )
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where the models run (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where the models run (default: cuda if available, else cpu)",
+    )
     parser.add_argument("--classifier-steps", type=int, default=300, help="probe training steps (default 300)")
     parser.add_argument("--classifier-images", type=int, default=3000, help="probe training images (default 3000)")
-    parser.add_argument("--classifier-cache", type=Path, default=None,
-                        help="folder to keep the trained probe in and reuse it from (default: train every run)")
+    parser.add_argument(
+        "--classifier-cache",
+        type=Path,
+        default=None,
+        help="folder to keep the trained probe in and reuse it from (default: train every run)",
+    )
     parser.add_argument("--classifier-only", action="store_true", help="train (and cache) the probe, then stop")
     parser.add_argument("--no-grid", action="store_true", help="no grid image")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
@@ -237,13 +297,30 @@ def main(argv=None) -> None:
         pred = clf.predict(images)
         matrices[key] = correct_matrix(pred, want, len(prompts))
         attrs = probe.adherence(pred, want)
-        results.append({"key": key, "name": name, "nfe": nfe, **scores(matrices[key], groups, args.bootstrap),
-                        "layout": attrs["layout"], "shape": attrs["shape"], "colour": attrs["colour"],
-                        "frechet": probe.frechet_distance(clf.embed(images), ref_feat),
-                        "seconds_per_image": per_image})
+        results.append(
+            {
+                "key": key,
+                "name": name,
+                "nfe": nfe,
+                **scores(matrices[key], groups, args.bootstrap),
+                "layout": attrs["layout"],
+                "shape": attrs["shape"],
+                "colour": attrs["colour"],
+                "frechet": probe.frechet_distance(clf.embed(images), ref_feat),
+                "seconds_per_image": per_image,
+            }
+        )
         rows.append((name, images))
-        print(json.dumps({"name": name, "all": results[-1]["all"]["mean"],
-                          **{g: results[-1][g]["mean"] for g in (*GROUPS, "pair")}}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "name": name,
+                    "all": results[-1]["all"]["mean"],
+                    **{g: results[-1][g]["mean"] for g in (*GROUPS, "pair")},
+                }
+            ),
+            flush=True,
+        )
 
     if "real" in keys or "vae" in keys:
         real = probe.to_tensor(np.stack([data.render_for(lab, 1, i) for i in seeds for _, lab in evals]))
@@ -252,8 +329,12 @@ def main(argv=None) -> None:
         if "vae" in keys:
             with torch.no_grad():
                 vae = load_on(args.student, device).vae
-                recon = torch.cat([vae_io.decode(vae, vae_io.encode(vae, real[i:i + 64].to(device))).cpu()
-                                   for i in range(0, len(real), 64)])
+                recon = torch.cat(
+                    [
+                        vae_io.decode(vae, vae_io.encode(vae, real[i : i + 64].to(device))).cpu()
+                        for i in range(0, len(real), 64)
+                    ]
+                )
             record("vae", "VAE reconstruction", 0, recon, 0.0)
     loaded: dict[str, object] = {}
     for row in generated:
@@ -264,8 +345,9 @@ def main(argv=None) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.time()
-        images = generate(loaded[spec], row["sampler"], row["steps"], row["guidance"], prompts, seeds,
-                          args.ddim_spacing)
+        images = generate(
+            loaded[spec], row["sampler"], row["steps"], row["guidance"], prompts, seeds, args.ddim_spacing
+        )
         record(row["key"], row["name"], row["nfe"], images, (time.time() - t) / len(images))
 
     comparisons = []
@@ -281,14 +363,26 @@ def main(argv=None) -> None:
             comparisons.append({"name": f"{names[a]} minus {names[b]}", "row": a, "baseline": b, **paired})
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    meta = {"teacher": str(args.teacher), "student": str(args.student), "seeds": args.seeds,
-            "seed_list": f"{seeds[0]}..{seeds[-1]}", "cfg": args.cfg, "ddim_spacing": args.ddim_spacing,
-            "captions": len(prompts), "groups": {g: sizes[i] for i, g in enumerate(GROUPS)},
-            "bootstrap": args.bootstrap, "classifier_steps": args.classifier_steps,
-            "classifier_images": args.classifier_images, "classifier_seconds": clf_s,
-            "total_seconds": time.time() - t0, "torch_threads": args.threads, "device": device_name}
-    (args.out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "results": results,
-                                                            "comparisons": comparisons}, indent=2) + "\n")
+    meta = {
+        "teacher": str(args.teacher),
+        "student": str(args.student),
+        "seeds": args.seeds,
+        "seed_list": f"{seeds[0]}..{seeds[-1]}",
+        "cfg": args.cfg,
+        "ddim_spacing": args.ddim_spacing,
+        "captions": len(prompts),
+        "groups": {g: sizes[i] for i, g in enumerate(GROUPS)},
+        "bootstrap": args.bootstrap,
+        "classifier_steps": args.classifier_steps,
+        "classifier_images": args.classifier_images,
+        "classifier_seconds": clf_s,
+        "total_seconds": time.time() - t0,
+        "torch_threads": args.threads,
+        "device": device_name,
+    }
+    (args.out / f"{args.name}.json").write_text(
+        json.dumps({"meta": meta, "results": results, "comparisons": comparisons}, indent=2) + "\n"
+    )
     if not args.no_grid and rows:
         cols = grid_columns(prompts, groups)
         grid = grid_image([(n, x[cols]) for n, x in rows], [prompts[c] for c in cols])

@@ -3,4 +3,5 @@
 Data flows one way: reference -> export -> quantise -> compile -> runtime. Heavy backends (torch,
 onnxruntime, openvino, tensorrt) are imported lazily by the stage that needs them.
 """
+
 __version__ = "0.1.0"

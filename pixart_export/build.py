@@ -9,6 +9,7 @@ The pipeline numbers its stages itself ("[3/7] ...") and knows no backend by nam
 between targets lives in `backends/<name>/`. Folder handling (staging beside the destination, the
 build key, reuse, the atomic install, clean-up of interrupted builds) is `engine_folder.py`'s.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,6 +39,7 @@ from .progress import log as default_log
 from .targets import Target, get_target
 
 Log = Callable[[str], None]
+
 
 @dataclass
 class BuildRequest:
@@ -95,26 +97,49 @@ class BuildContext:
         lcm = next(r["lcm"] for r in self.fp32_records if "lcm" in r)
         req, ident = self.request, self.identity
         return Manifest(
-            schema_version=SCHEMA_VERSION, toolchain=dict(self.versions), target=self.target.name,
+            schema_version=SCHEMA_VERSION,
+            toolchain=dict(self.versions),
+            target=self.target.name,
             backend=self.target.backend.backend_info(self.target, self.versions),
             device=self.target.backend.device(self.target),
-            model=ModelRecord(spec=str(req.model_spec), controlnet_spec=None if req.controlnet_spec is None else
-                              str(req.controlnet_spec), layout=self.model.layout,
-                              controlnet=self.model.controlnet is not None, config_hash=ident["config_hash"],
-                              weights_hash=ident["weights_hash"], identity=ident["identity"], configs=ident["configs"]),
-            build_key=self.key, status=self.status, steps=req.steps,
-            lcm=LcmRecord(spacing=self.model.lcm_spacing, num_train_timesteps=NUM_TRAIN_TIMESTEPS,
-                          timesteps=tuple(lcm["timesteps"]), c_skip=tuple(lcm["c_skip"]), c_out=tuple(lcm["c_out"]),
-                          alphas_cumprod=tuple(lcm["alphas_cumprod"])),
+            model=ModelRecord(
+                spec=str(req.model_spec),
+                controlnet_spec=None if req.controlnet_spec is None else str(req.controlnet_spec),
+                layout=self.model.layout,
+                controlnet=self.model.controlnet is not None,
+                config_hash=ident["config_hash"],
+                weights_hash=ident["weights_hash"],
+                identity=ident["identity"],
+                configs=ident["configs"],
+            ),
+            build_key=self.key,
+            status=self.status,
+            steps=req.steps,
+            lcm=LcmRecord(
+                spacing=self.model.lcm_spacing,
+                num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+                timesteps=tuple(lcm["timesteps"]),
+                c_skip=tuple(lcm["c_skip"]),
+                c_out=tuple(lcm["c_out"]),
+                alphas_cumprod=tuple(lcm["alphas_cumprod"]),
+            ),
             resolutions=tuple(tuple(r) for r in self.resolutions),
-            latent_channels=self.model.dit.config.in_channels, vae_scale_factor=self.model.vae_scale_factor,
-            tokenizer=TokenizerRecord(kind=self.tokenizer["kind"], dir=self.tokenizer["dir"],
-                                      max_length=self.tokenizer["max_length"], pad_id=self.tokenizer["pad_id"],
-                                      tokenizer_class=self.tokenizer["class"]),
+            latent_channels=self.model.dit.config.in_channels,
+            vae_scale_factor=self.model.vae_scale_factor,
+            tokenizer=TokenizerRecord(
+                kind=self.tokenizer["kind"],
+                dir=self.tokenizer["dir"],
+                max_length=self.tokenizer["max_length"],
+                pad_id=self.tokenizer["pad_id"],
+                tokenizer_class=self.tokenizer["class"],
+            ),
             graphs=tuple(graph_record(r) for r in (self.records if records is None else records)),
-            default_precision=self.default_precision, parity=self.parity,
+            default_precision=self.default_precision,
+            parity=self.parity,
             files=file_table(self.staging if folder is None else folder),
-            quantisation=self.quantisation, build=dict(self.build_info))
+            quantisation=self.quantisation,
+            build=dict(self.build_info),
+        )
 
 
 # -- the common stages -------------------------------------------------------------------------------------------
@@ -133,8 +158,14 @@ def _load(ctx: BuildContext) -> None:
     backend.check_request(ctx)
     ctx.identity = model_identity(ctx.model, resolve_controlnet(req.controlnet_spec) if req.controlnet_spec else None)
     ctx.versions = {**toolchain_versions(), **backend.versions()}
-    key_options = {"target": ctx.target.name, "resolutions": [list(r) for r in ctx.resolutions], "steps": req.steps,
-                   "lcm_spacing": ctx.model.lcm_spacing, "verify": req.verify, "backend": ctx.options}
+    key_options = {
+        "target": ctx.target.name,
+        "resolutions": [list(r) for r in ctx.resolutions],
+        "steps": req.steps,
+        "lcm_spacing": ctx.model.lcm_spacing,
+        "verify": req.verify,
+        "backend": ctx.options,
+    }
     if req.onnx_from is not None:
         key_options["onnx_from"] = _onnx_source(ctx).build_key
     ctx.key = engine_folder.build_key(ctx.identity["identity"], key_options, ctx.versions, backend.code)
@@ -148,18 +179,25 @@ def _onnx_source(ctx: BuildContext) -> Manifest:
     manifest = read_manifest(folder)
     check_files(folder, manifest, hashes=True)
     if any(r.precision != Precision.FP32 or not r.file.endswith(".onnx") for r in manifest.graphs):
-        raise UserError(f"{folder}: --onnx-from needs a folder of fp32 ONNX graphs (from `export`); it is a "
-                        f"{manifest.target} folder")
+        raise UserError(
+            f"{folder}: --onnx-from needs a folder of fp32 ONNX graphs (from `export`); it is a "
+            f"{manifest.target} folder"
+        )
     if manifest.model.identity != ctx.identity["identity"]:
-        raise UserError(f"{folder}: built from another model (identity {manifest.model.identity[:12]} != "
-                        f"{ctx.identity['identity'][:12]}); export again without --onnx-from")
+        raise UserError(
+            f"{folder}: built from another model (identity {manifest.model.identity[:12]} != "
+            f"{ctx.identity['identity'][:12]}); export again without --onnx-from"
+        )
     buckets = [list(r) for r in manifest.resolutions]
     if manifest.steps != ctx.request.steps or buckets != [list(r) for r in ctx.resolutions]:
-        raise UserError(f"{folder}: steps {manifest.steps} / resolutions {[list(r) for r in manifest.resolutions]} "
-                        f"differ from this build's {ctx.request.steps} / {[list(r) for r in ctx.resolutions]}")
+        raise UserError(
+            f"{folder}: steps {manifest.steps} / resolutions {[list(r) for r in manifest.resolutions]} "
+            f"differ from this build's {ctx.request.steps} / {[list(r) for r in ctx.resolutions]}"
+        )
     if any(r.details.get("optimisation") for r in manifest.graphs):
-        raise UserError(f"{folder}: its graphs were optimised by onnxruntime; give an `export` folder or a build "
-                        "with --no-optimise")
+        raise UserError(
+            f"{folder}: its graphs were optimised by onnxruntime; give an `export` folder or a build with --no-optimise"
+        )
     return manifest
 
 
@@ -178,11 +216,14 @@ def _export(ctx: BuildContext) -> None:
         ctx.log(f"      fp32 graphs of {ctx.fp32_dir} (exported and hashed by its build)")
     else:
         with step_bar(_graph_count(ctx), "export", "graph") as bar:
+
             def on_graph(name):
                 ctx.log(f"      {name}")
                 bar.update(1)
-            ctx.fp32_records = exporter.export_model(ctx.model, ctx.fp32_dir, ctx.resolutions, ctx.request.steps,
-                                                     on_graph=on_graph)
+
+            ctx.fp32_records = exporter.export_model(
+                ctx.model, ctx.fp32_dir, ctx.resolutions, ctx.request.steps, on_graph=on_graph
+            )
     ctx.tokenizer = export_tokenizer(ctx.model, ctx.staging, MAX_TEXT_LEN)
 
 
@@ -196,8 +237,12 @@ def fp32_dict(rec: GraphRecord, source: Manifest) -> dict:
     d["files"] = list(rec.files)
     if rec.graph.startswith("denoiser_lcm"):
         lcm = source.lcm
-        d["lcm"] = {"timesteps": list(lcm.timesteps), "c_skip": list(lcm.c_skip), "c_out": list(lcm.c_out),
-                    "alphas_cumprod": list(lcm.alphas_cumprod)}
+        d["lcm"] = {
+            "timesteps": list(lcm.timesteps),
+            "c_skip": list(lcm.c_skip),
+            "c_out": list(lcm.c_out),
+            "alphas_cumprod": list(lcm.alphas_cumprod),
+        }
     return d
 
 
@@ -214,8 +259,10 @@ def _verify(ctx: BuildContext) -> None:
     ctx.parity = ctx.target.backend.verify(ctx)
     ctx.log(format_table(ctx.parity))
     if not ctx.parity.ok:
-        raise GateFailed(f"{ctx.target.name}: " + "; ".join(failures(ctx.parity)) + f". Nothing was installed at "
-                         f"{ctx.out}; the figures are in the table above")
+        raise GateFailed(
+            f"{ctx.target.name}: " + "; ".join(failures(ctx.parity)) + f". Nothing was installed at "
+            f"{ctx.out}; the figures are in the table above"
+        )
 
 
 def _install(ctx: BuildContext) -> None:
@@ -238,16 +285,26 @@ def build(request: BuildRequest, log: Log = default_log) -> tuple[Path, Manifest
     loadable, with `parity: null` until `pixart-export parity` measures it.
     """
     target = request.target
-    out = Path(request.out) if request.out is not None else \
-        Path("engines") / engine_folder.engine_name(target.name, request.model_spec, request.controlnet_spec)
+    out = (
+        Path(request.out)
+        if request.out is not None
+        else Path("engines") / engine_folder.engine_name(target.name, request.model_spec, request.controlnet_spec)
+    )
     ctx = BuildContext(request=request, out=out, log=log)
     engine_folder.check_destination(out)
     for path in engine_folder.clean_leftovers(out):
         log(f"removed {path} (left by an interrupted build)")
-    load = Stage(f"load model {request.model_spec}" + (f" + ControlNet {request.controlnet_spec}"
-                                                         if request.controlnet_spec else ""), _load)
-    export = Stage("export fp32 ONNX graphs and tokenizer" if request.onnx_from is None else
-                   f"fp32 ONNX graphs from {request.onnx_from}, tokenizer", _export)
+    load = Stage(
+        f"load model {request.model_spec}"
+        + (f" + ControlNet {request.controlnet_spec}" if request.controlnet_spec else ""),
+        _load,
+    )
+    export = Stage(
+        "export fp32 ONNX graphs and tokenizer"
+        if request.onnx_from is None
+        else f"fp32 ONNX graphs from {request.onnx_from}, tokenizer",
+        _export,
+    )
     verify = [Stage("verify against the reference", _verify)] if request.verify else []
     install = Stage(f"write manifest.json, install {out}", _install)
     # the backend's stages depend on the loaded model, so the total is known after stage 1
@@ -272,5 +329,3 @@ def build_target(target_name: str, model_spec: str, **kwargs) -> tuple[Path, Man
     """`build(BuildRequest(get_target(target_name), model_spec, **kwargs))`, for scripts and tests."""
     log = kwargs.pop("log", default_log)
     return build(BuildRequest(get_target(target_name), model_spec, **kwargs), log=log)
-
-

@@ -15,6 +15,7 @@ Prompt sets (data files, one prompt a line, '#' lines ignored):
 Everything is deterministic: prompts in order, noise from `reference.schedules.draw_noise(seed + i)`
 for batch i.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,11 +35,18 @@ def read_prompts(path: Path) -> list[str]:
 
 def prompt_batches(prompts, batch: int) -> list[list[str]]:
     prompts = list(prompts)
-    return [prompts[i:i + batch] for i in range(0, len(prompts), batch)]
+    return [prompts[i : i + batch] for i in range(0, len(prompts), batch)]
 
 
-def collect(model, prompts, resolution: tuple[int, int] | None = None, steps: int = 4, batch: int = 2,
-            seed: int = 0, graphs: set[str] | None = None) -> dict[str, list[dict[str, np.ndarray]]]:
+def collect(
+    model,
+    prompts,
+    resolution: tuple[int, int] | None = None,
+    steps: int = 4,
+    batch: int = 2,
+    seed: int = 0,
+    graphs: set[str] | None = None,
+) -> dict[str, list[dict[str, np.ndarray]]]:
     """{graph name: [feeds]} as the reference pipeline produces them, for the graphs of ARCHITECTURE.md.
 
     `graphs` limits what is kept (default: text_encoder, transformer, denoiser_lcm{K}, vae_decoder).
@@ -75,17 +83,29 @@ def collect(model, prompts, resolution: tuple[int, int] | None = None, steps: in
             res, ar = size_conditions(height, width, len(chunk))
             size = {"resolution": res.numpy(), "aspect_ratio": ar.numpy()} if multi_aspect else {}
             if denoiser in graphs:
-                out[denoiser].append({"latents": noise[0].numpy(), "step_noise": noise[1:].numpy(),
-                                      "prompt_embeds": embeds.numpy(), "prompt_attention_mask": mask.numpy(),
-                                      **size})
+                out[denoiser].append(
+                    {
+                        "latents": noise[0].numpy(),
+                        "step_noise": noise[1:].numpy(),
+                        "prompt_embeds": embeds.numpy(),
+                        "prompt_attention_mask": mask.numpy(),
+                        **size,
+                    }
+                )
 
             def eps(x, t):
                 ts = torch.full((x.shape[0],), float(t))
                 if "transformer" in graphs:
-                    out["transformer"].append({"latents": x.numpy().copy(), "timestep": ts.numpy(),
-                                               "prompt_embeds": embeds.numpy(),
-                                               "prompt_attention_mask": mask.numpy(),
-                                               "control_residuals": zeros.numpy(), **size})
+                    out["transformer"].append(
+                        {
+                            "latents": x.numpy().copy(),
+                            "timestep": ts.numpy(),
+                            "prompt_embeds": embeds.numpy(),
+                            "prompt_attention_mask": mask.numpy(),
+                            "control_residuals": zeros.numpy(),
+                            **size,
+                        }
+                    )
                 return model.dit.predict_noise(x, ts, embeds, mask, None, res, ar)
 
             denoised = lcm_sample(eps, noise[0], timesteps, list(noise[1:]), pipe.alphas_cumprod)

@@ -8,6 +8,7 @@ usage (one line saying what to do); 3 an internal error (one line; the traceback
 130 interrupted. Progress and logs go to stderr (`-q`: warnings only, `-v`: debug); results and
 `--json` documents go to stdout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pixart-export",
         description="Export PixArt-delta (LCM 4-step DiT + ControlNet-Transformer) to ONNX Runtime, OpenVINO and "
-                    "TensorRT engine folders, with parity reports against the PyTorch reference.",
+        "TensorRT engine folders, with parity reports against the PyTorch reference.",
         epilog="exit codes: 0 ok, 1 a gate failed (figures beyond tolerance), 2 bad input or usage, "
-               "3 internal error (rerun with -v for the traceback)")
+        "3 internal error (rerun with -v for the traceback)",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on errors")
@@ -60,6 +62,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     # pull in torch, which the runtime commands must not need.
     if "reference.errors" in sys.modules:
         from reference.errors import ModelError
+
         errors.append(ModelError)
     return tuple(errors)
 
@@ -90,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         if args.verbose:
             traceback.print_exc()
-        print(f"pixart-export: internal error: {type(exc).__name__}: {exc} (a bug: rerun with -v for the "
-              "traceback and report it)", file=sys.stderr)
+        print(
+            f"pixart-export: internal error: {type(exc).__name__}: {exc} (a bug: rerun with -v for the "
+            "traceback and report it)",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL
 
 

@@ -13,6 +13,7 @@ replaced, and the atomic install. Every backend's build goes through here (`buil
   into place at the end; a failure or Ctrl-C removes it, and leftovers of a killed build (its
   process gone) are removed by the next build of the same folder.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,12 +32,27 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: Code every target's artifacts depend on: the graph contracts, the exporter, the reference the
 #: graphs are traced from, the calibration and verification that decide what ships.
-COMMON_CODE = ("pixart_export/graphs.py", "pixart_export/export", "pixart_export/calibration.py",
-               "pixart_export/verify.py", "pixart_export/metrics.py", "pixart_export/build.py",
-               "pixart_export/engine_folder.py", "pixart_export/manifest.py", "pixart_export/runtime",
-               "reference/config.py", "reference/dit.py", "reference/controlnet.py", "reference/sampling.py",
-               "reference/schedules.py", "reference/text.py", "reference/vae.py", "reference/loading.py",
-               "reference/official.py", "reference/pipeline.py")
+COMMON_CODE = (
+    "pixart_export/graphs.py",
+    "pixart_export/export",
+    "pixart_export/calibration.py",
+    "pixart_export/verify.py",
+    "pixart_export/metrics.py",
+    "pixart_export/build.py",
+    "pixart_export/engine_folder.py",
+    "pixart_export/manifest.py",
+    "pixart_export/runtime",
+    "reference/config.py",
+    "reference/dit.py",
+    "reference/controlnet.py",
+    "reference/sampling.py",
+    "reference/schedules.py",
+    "reference/text.py",
+    "reference/vae.py",
+    "reference/loading.py",
+    "reference/official.py",
+    "reference/pipeline.py",
+)
 
 
 def _sha(data: bytes) -> str:
@@ -53,8 +69,11 @@ def code_files(paths: tuple[str, ...], root: Path = ROOT) -> list[str]:
     for rel in paths:
         path = root / rel
         if path.is_dir():
-            out += [p.relative_to(root).as_posix() for p in sorted(path.rglob("*"))
-                    if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".txt", ".json")]
+            out += [
+                p.relative_to(root).as_posix()
+                for p in sorted(path.rglob("*"))
+                if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".txt", ".json")
+            ]
         elif path.is_file():
             out.append(rel)
         else:
@@ -68,8 +87,11 @@ def code_hash(paths: tuple[str, ...], root: Path = ROOT) -> str:
 
 
 def build_key(identity: str, options: dict, versions: dict, code: tuple[str, ...]) -> str:
-    return _sha(canonical({"model": identity, "options": options, "versions": versions,
-                           "code": code_hash(COMMON_CODE + tuple(code))}))
+    return _sha(
+        canonical(
+            {"model": identity, "options": options, "versions": versions, "code": code_hash(COMMON_CODE + tuple(code))}
+        )
+    )
 
 
 def engine_name(target: str, model_spec: str, controlnet: str | None) -> str:
@@ -111,8 +133,10 @@ def check_destination(out: Path) -> None:
     if not any(out.iterdir()):
         return
     if not _written_by_us(out):
-        raise UserError(f"{out}: holds files this tool did not write (no engine manifest, or files beside the "
-                        "ones it lists); refusing to replace it: choose another --out or move those files away")
+        raise UserError(
+            f"{out}: holds files this tool did not write (no engine manifest, or files beside the "
+            "ones it lists); refusing to replace it: choose another --out or move those files away"
+        )
 
 
 def reusable(out: Path, key: str, need_parity: bool) -> Manifest | None:
@@ -147,7 +171,7 @@ def clean_leftovers(out: Path) -> list[Path]:
     if not parent.is_dir():
         return removed
     for path in parent.glob(f".{Path(out).name}.*"):
-        kind, _, rest = path.name[len(Path(out).name) + 2:].partition("-")
+        kind, _, rest = path.name[len(Path(out).name) + 2 :].partition("-")
         pid = rest.split("-")[0]
         stale = (kind in ("building", "scratch") and pid.isdigit() and not _alive(int(pid))) or kind == "old"
         if stale and path.is_dir():

@@ -4,6 +4,7 @@ Exit codes: 0 ok; 1 a gate failed (parity or quality below tolerance: `GateFaile
 usage (`UserError`: the message says what to do); 3 an internal error (a bug: the traceback is
 shown with `-v`).
 """
+
 from __future__ import annotations
 
 

@@ -12,6 +12,7 @@ S = K-1 step noises. Latent size is *static per resolution bucket*: the sin-cos 
 the token count are baked in at trace time (so every backend, TensorRT included, sees fixed shapes
 and can optimise for them); several buckets are several files, `<graph>_<H>x<W>.onnx`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -89,9 +90,18 @@ class Dims:
     def value(self, sym: str | int) -> int | str:
         if isinstance(sym, int) or sym == BATCH:
             return sym
-        table = {"L": self.L, "C": self.C, "D": self.D, "N": self.N, "h": self.h, "w": self.w,
-                 "H": self.h * self.vae_factor, "W": self.w * self.vae_factor,
-                 "T": (self.h // self.patch) * (self.w // self.patch), "S": self.steps - 1}
+        table = {
+            "L": self.L,
+            "C": self.C,
+            "D": self.D,
+            "N": self.N,
+            "h": self.h,
+            "w": self.w,
+            "H": self.h * self.vae_factor,
+            "W": self.w * self.vae_factor,
+            "T": (self.h // self.patch) * (self.w // self.patch),
+            "S": self.steps - 1,
+        }
         return table[sym]
 
     def shape(self, tensor: TensorSpec, batch: int | None = None) -> list:
@@ -119,12 +129,18 @@ RESIDUALS = _f("control_residuals", "N", "B", "T", "D")
 RESOLUTION = _f("resolution", "B", 2)
 ASPECT_RATIO = _f("aspect_ratio", "B", 1)
 
-TEXT_ENCODER = GraphSpec("text_encoder", (_i("input_ids", "B", "L"), _i("attention_mask", "B", "L")),
-                         (_f("prompt_embeds", "B", "L", "C"),), spatial=False)
-TRANSFORMER = GraphSpec("transformer", (LATENTS, _f("timestep", "B"), EMBEDS, TEXT_MASK, RESIDUALS),
-                        (_f("noise_pred", "B", 4, "h", "w"),))
-CONTROLNET = GraphSpec("controlnet", (LATENTS, _f("timestep", "B"), EMBEDS, TEXT_MASK, CONTROL_LATENTS, SCALE),
-                       (RESIDUALS,), control=True)
+TEXT_ENCODER = GraphSpec(
+    "text_encoder",
+    (_i("input_ids", "B", "L"), _i("attention_mask", "B", "L")),
+    (_f("prompt_embeds", "B", "L", "C"),),
+    spatial=False,
+)
+TRANSFORMER = GraphSpec(
+    "transformer", (LATENTS, _f("timestep", "B"), EMBEDS, TEXT_MASK, RESIDUALS), (_f("noise_pred", "B", 4, "h", "w"),)
+)
+CONTROLNET = GraphSpec(
+    "controlnet", (LATENTS, _f("timestep", "B"), EMBEDS, TEXT_MASK, CONTROL_LATENTS, SCALE), (RESIDUALS,), control=True
+)
 VAE_DECODER = GraphSpec("vae_decoder", (_f("denoised", "B", 4, "h", "w"),), (_f("image", "B", 3, "H", "W"),))
 VAE_ENCODER = GraphSpec("vae_encoder", (_f("image", "B", 3, "H", "W"),), (_f("latents", "B", 4, "h", "w"),))
 
@@ -135,9 +151,14 @@ def denoiser_spec(steps: int, control: bool) -> GraphSpec:
     if control:
         inputs += [CONTROL_LATENTS, SCALE]
     name = f"denoiser_lcm{steps}" + ("_controlnet" if control else "")
-    return GraphSpec(name, tuple(inputs), (_f("denoised", "B", 4, "h", "w"),), control=control,
-                     why="fp32, K transformer calls in sequence: rounding compounds over K steps but "
-                         "stays far below 1e-4 (measured)")
+    return GraphSpec(
+        name,
+        tuple(inputs),
+        (_f("denoised", "B", 4, "h", "w"),),
+        control=control,
+        why="fp32, K transformer calls in sequence: rounding compounds over K steps but "
+        "stays far below 1e-4 (measured)",
+    )
 
 
 def with_size_conditions(spec: GraphSpec) -> GraphSpec:
@@ -189,7 +210,7 @@ def fixed_inputs(spec: GraphSpec, dims: Dims, batch: int = 2, seed: int = 1234) 
         if t.name in ("prompt_attention_mask", "attention_mask"):
             mask = np.ones(shape, np.int64)
             for i in range(batch):
-                mask[i, max(1, shape[1] // 3 + 7 * i):] = 0
+                mask[i, max(1, shape[1] // 3 + 7 * i) :] = 0
             out[t.name] = mask
         elif t.name == "input_ids":
             ids = rng.integers(3, dims.vocab, size=shape, dtype=np.int64)

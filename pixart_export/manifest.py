@@ -16,6 +16,7 @@ runs. It is the security boundary of an engine folder:
 `write_manifest` is the only code that writes `manifest.json`: builds, `compile` and `parity` hand
 it a `Manifest` (use `dataclasses.replace` to change one) and it writes atomically.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,10 +58,12 @@ class Precision(str, enum.Enum):
 #: When a folder has no graph of the asked precision for some graph, the runtime takes the first of
 #: these that it has (an int8 engine set runs fp16 where nothing was quantised, and fp32 where an fp16
 #: graph failed its gate and shipped fp32).
-FALLBACK = {Precision.INT8: (Precision.INT8, Precision.FP16, Precision.FP32),
-            Precision.FP8: (Precision.FP8, Precision.FP16, Precision.FP32),
-            Precision.FP16: (Precision.FP16, Precision.FP32),
-            Precision.BF16: (Precision.BF16, Precision.FP32)}
+FALLBACK = {
+    Precision.INT8: (Precision.INT8, Precision.FP16, Precision.FP32),
+    Precision.FP8: (Precision.FP8, Precision.FP16, Precision.FP32),
+    Precision.FP16: (Precision.FP16, Precision.FP32),
+    Precision.BF16: (Precision.BF16, Precision.FP32),
+}
 
 
 @dataclass(frozen=True)
@@ -205,15 +208,21 @@ class Manifest:
         choices = set().union(*(s for s in seen.values() if len(s) > 1)) if seen else set()
         return tuple(p for p in Precision if p in choices) or (self.default_precision,)
 
-    def record(self, graph: str, height: int | None, width: int | None,
-               precision: Precision | None = None) -> GraphRecord:
+    def record(
+        self, graph: str, height: int | None, width: int | None, precision: Precision | None = None
+    ) -> GraphRecord:
         """The file that runs `graph` for the bucket (`height`, `width`) at `precision` (with its
         fallbacks); EngineError naming the buckets when the folder has none."""
-        matches = [r for r in self.runnable if r.graph == graph and
-                   (r.height is None or (r.height, r.width) == (height, width))]
+        matches = [
+            r
+            for r in self.runnable
+            if r.graph == graph and (r.height is None or (r.height, r.width) == (height, width))
+        ]
         if not matches:
-            raise EngineError(f"engine has no {graph} graph for {height}x{width}; it was built for "
-                              f"{', '.join(f'{h}x{w}' for h, w in self.resolutions)}")
+            raise EngineError(
+                f"engine has no {graph} graph for {height}x{width}; it was built for "
+                f"{', '.join(f'{h}x{w}' for h, w in self.resolutions)}"
+            )
         if len(matches) == 1:
             return matches[0]
         want = Precision(precision or self.default_precision)
@@ -236,11 +245,19 @@ def graph_record(d: dict) -> GraphRecord:
     details = {k: v for k, v in d.items() if k not in _RECORD_FIELDS and k != "details"}
     details.update(d.get("details", {}))
     details.pop("lcm", None)  # the manifest's `lcm` section holds it
-    return GraphRecord(graph=d["graph"], file=d["file"], files=tuple(d.get("files") or (d["file"],)),
-                       precision=Precision(d["precision"]), height=d["height"], width=d["width"],
-                       inputs=tuple(TensorRecord(t["name"], t["dtype"], tuple(t["shape"])) for t in d["inputs"]),
-                       outputs=tuple(TensorRecord(t["name"], t["dtype"], tuple(t["shape"])) for t in d["outputs"]),
-                       bytes=int(d.get("bytes", 0)), runtime=dict(d.get("runtime", {})), details=details)
+    return GraphRecord(
+        graph=d["graph"],
+        file=d["file"],
+        files=tuple(d.get("files") or (d["file"],)),
+        precision=Precision(d["precision"]),
+        height=d["height"],
+        width=d["width"],
+        inputs=tuple(TensorRecord(t["name"], t["dtype"], tuple(t["shape"])) for t in d["inputs"]),
+        outputs=tuple(TensorRecord(t["name"], t["dtype"], tuple(t["shape"])) for t in d["outputs"]),
+        bytes=int(d.get("bytes", 0)),
+        runtime=dict(d.get("runtime", {})),
+        details=details,
+    )
 
 
 # -- JSON <-> dataclasses ----------------------------------------------------------------------------------
@@ -284,8 +301,11 @@ def _load(tp, value, where: str):
                 return _load(option, value, where)
             except _Invalid as exc:
                 errors.append(str(exc))
-        raise _Invalid(errors[0] if len(errors) == 1 else f"{where}: {value!r} is not "
-                       f"{' or '.join(_type_name(o) for o in options)}")
+        raise _Invalid(
+            errors[0]
+            if len(errors) == 1
+            else f"{where}: {value!r} is not {' or '.join(_type_name(o) for o in options)}"
+        )
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, list):
@@ -342,8 +362,10 @@ def manifest_from_json(data, source: str = MANIFEST) -> Manifest:
         raise EngineError(f"{source}: not a JSON object; rebuild the engine")
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise EngineError(f"{source}: schema version {version!r}, this pixart-export reads {SCHEMA_VERSION}; "
-                          "rebuild the engine with this version")
+        raise EngineError(
+            f"{source}: schema version {version!r}, this pixart-export reads {SCHEMA_VERSION}; "
+            "rebuild the engine with this version"
+        )
     try:
         manifest = _load(Manifest, data, "")
     except _Invalid as exc:
@@ -362,14 +384,19 @@ def _check_consistent(m: Manifest, source: str) -> None:
         for i, rec in enumerate(records):
             for rel in (rec.file, *rec.files):
                 if not safe_rel(rel):
-                    raise EngineError(f"{source}: {kind}[{i}] names {rel!r}, which is not a plain relative path "
-                                      "inside the folder")
+                    raise EngineError(
+                        f"{source}: {kind}[{i}] names {rel!r}, which is not a plain relative path inside the folder"
+                    )
                 if rel not in m.files:
-                    raise EngineError(f"{source}: {kind}[{i}] names {rel!r}, which is not listed (with its "
-                                      "sha256) in files; rebuild the engine")
+                    raise EngineError(
+                        f"{source}: {kind}[{i}] names {rel!r}, which is not listed (with its "
+                        "sha256) in files; rebuild the engine"
+                    )
     if not safe_rel(m.tokenizer.dir) or not any(f.startswith(m.tokenizer.dir.rstrip("/") + "/") for f in m.files):
-        raise EngineError(f"{source}: tokenizer folder {m.tokenizer.dir!r} is not inside the folder with its files "
-                          "listed; rebuild the engine")
+        raise EngineError(
+            f"{source}: tokenizer folder {m.tokenizer.dir!r} is not inside the folder with its files "
+            "listed; rebuild the engine"
+        )
 
 
 # -- files ---------------------------------------------------------------------------------------------------
@@ -400,8 +427,11 @@ def file_table_names(folder: Path) -> list[str]:
 def file_table(folder: Path) -> dict[str, FileEntry]:
     """{relative posix path: FileEntry} for every file under `folder` except the manifest."""
     folder = Path(folder)
-    return {rel: FileEntry(sha256_file(folder / rel), (folder / rel).stat().st_size)
-            for rel in sorted(file_table_names(folder)) if rel != MANIFEST}
+    return {
+        rel: FileEntry(sha256_file(folder / rel), (folder / rel).stat().st_size)
+        for rel in sorted(file_table_names(folder))
+        if rel != MANIFEST
+    }
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -456,8 +486,9 @@ def read_manifest(folder: Path) -> Manifest:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise EngineError(f"{path}: missing; this is not an engine folder (build one with `pixart-export build`)") \
-            from None
+        raise EngineError(
+            f"{path}: missing; this is not an engine folder (build one with `pixart-export build`)"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EngineError(f"{path}: not readable JSON ({exc}); rebuild the engine") from None
     return manifest_from_json(data, str(path))
@@ -479,11 +510,15 @@ def check_files(folder: Path, manifest: Manifest, hashes: bool = True) -> None:
         if not path.is_file():
             raise EngineError(f"{path}: missing (listed in the manifest); rebuild the engine or copy it again")
         if path.stat().st_size != entry.bytes:
-            raise EngineError(f"{path}: size {path.stat().st_size} != {entry.bytes} in the manifest (changed "
-                              "or truncated); rebuild the engine or copy it again")
+            raise EngineError(
+                f"{path}: size {path.stat().st_size} != {entry.bytes} in the manifest (changed "
+                "or truncated); rebuild the engine or copy it again"
+            )
         if hashes and sha256_file(path) != entry.sha256:
-            raise EngineError(f"{path}: sha256 differs from the manifest (file changed after the build); "
-                              "rebuild the engine or copy it again")
+            raise EngineError(
+                f"{path}: sha256 differs from the manifest (file changed after the build); "
+                "rebuild the engine or copy it again"
+            )
     extra = sorted(rel for rel in file_table_names(folder) if rel not in manifest.files and rel != MANIFEST)
     if extra:
         raise EngineError(f"{folder}: files not in the manifest: {', '.join(extra[:5])}; remove them or rebuild")
@@ -493,8 +528,10 @@ def check_backend_version(manifest: Manifest, installed: str) -> None:
     """The backend must be at the version the parity was measured with or newer (and within `requires`)."""
     name, built = manifest.backend.name, manifest.backend.version
     if built is not None and version_tuple(installed) < version_tuple(built):
-        raise EngineError(f"engine was built and verified with {name} {built}, this host has {installed}: "
-                          f"upgrade {name} to >= {built} or rebuild the engine on this host")
+        raise EngineError(
+            f"engine was built and verified with {name} {built}, this host has {installed}: "
+            f"upgrade {name} to >= {built} or rebuild the engine on this host"
+        )
     lo, hi = manifest.backend.requires
     have = version_tuple(installed)
     if (lo and have < version_tuple(lo)) or (hi and have[:2] > version_tuple(hi)[:2]):

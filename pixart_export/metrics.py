@@ -3,6 +3,7 @@
 Images are float arrays in [0, 1] ([B,3,H,W] or [3,H,W]) compared after the runtime's own uint8
 rounding (x255, round half to even), because uint8 pixels are what a user gets.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,5 +41,8 @@ def ssim_uint8(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM of two [3,H,W] images after uint8 rounding (scikit-image, 7x7 window, data_range 255)."""
     from skimage.metrics import structural_similarity
 
-    return float(structural_similarity(to_uint8(a).transpose(1, 2, 0), to_uint8(b).transpose(1, 2, 0),
-                                       channel_axis=-1, data_range=255))
+    return float(
+        structural_similarity(
+            to_uint8(a).transpose(1, 2, 0), to_uint8(b).transpose(1, 2, 0), channel_axis=-1, data_range=255
+        )
+    )

@@ -3,6 +3,7 @@
 The CLI sets the level (`-q` warnings only, `-v` debug); library callers get the `logging` defaults
 (nothing printed unless they configure logging) and may pass their own `log` function.
 """
+
 from __future__ import annotations
 
 import contextlib

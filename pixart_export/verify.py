@@ -21,6 +21,7 @@ What is compared
 Rows carry their tolerance and its reason; a row is ok when every figure is within tolerance and
 finite. PSNR is inf when the uint8 images are identical (written as null in JSON).
 """
+
 from __future__ import annotations
 
 import math
@@ -56,24 +57,26 @@ TOLERANCES: dict[tuple[str | None, Precision], Tolerance] = {
     # 1e-4 leaves two orders of magnitude above what is measured (~1e-6) and still catches any real bug
     # (a wrong constant or a dropped residual moves it to >= 1e-3). Images: identical fp32 numbers up
     # to rounding flip at most a few pixels by one level (> 60 dB); 40 dB fails any real error (< 20 dB).
-    (None, Precision.FP32): Tolerance(1e-4, 1e-3, 40.0, "fp32 vs fp32: only kernel choice and summation order "
-                                                        "differ"),
+    (None, Precision.FP32): Tolerance(1e-4, 1e-3, 40.0, "fp32 vs fp32: only kernel choice and summation order differ"),
     # fp16 rounds every stored activation to 11 significant bits (unit roundoff 4.9e-4); errors add up
     # through depth and, in the unrolled denoiser, over K steps. Measured on tiny (held-out prompts):
     # 2.7e-4 (VAE decoder) to 7.5e-3 (transformer). 3e-2 leaves 4x margin and fails a real mistake (a
     # wrongly typed Cast, an overflow: >= 1e-1 or inf/NaN). Images: > 35 dB is "visually identical".
-    (None, Precision.FP16): Tolerance(3e-2, math.inf, 35.0, "fp16 vs fp32 graphs: activations rounded to 11 "
-                                                           "bits, compounding over depth and K steps"),
+    (None, Precision.FP16): Tolerance(
+        3e-2, math.inf, 35.0, "fp16 vs fp32 graphs: activations rounded to 11 bits, compounding over depth and K steps"
+    ),
     # int8 layers (per-channel weights, per-tensor activations: ~1/254 of each range per value). Measured
     # on tiny: Q/DQ 9.0e-3 (transformer), 5.4e-3 (denoiser); NNCF 0.01-0.05 (tiny and XL). 0.1 catches a
     # broken scale, a missing calibration or a quantized residual stream (measured 0.42 before that was
     # fixed), not quantization noise. Images: int8 changes fine detail of a trained model's sample (errors
     # go through K steps and the VAE); > 25 dB keeps composition and colours, broken int8 gives < 15 dB.
-    (None, Precision.INT8): Tolerance(1e-1, math.inf, 25.0, "int8 vs fp32: quantisation error; images gated "
-                                                           "separately"),
+    (None, Precision.INT8): Tolerance(
+        1e-1, math.inf, 25.0, "int8 vs fp32: quantisation error; images gated separately"
+    ),
     # int8 weights, float activations: per-channel weight rounding only, ~1e-2 relative at most.
-    ("text_encoder", Precision.INT8_WEIGHTS): Tolerance(5e-2, math.inf, 25.0, "int8 weights vs fp32: weight "
-                                                                                "rounding only"),
+    ("text_encoder", Precision.INT8_WEIGHTS): Tolerance(
+        5e-2, math.inf, 25.0, "int8 weights vs fp32: weight rounding only"
+    ),
 }
 
 
@@ -86,27 +89,48 @@ def tolerance(graph: str, precision: Precision) -> Tolerance:
 
 
 # -- graphs ------------------------------------------------------------------------------------------------
-def _row(spec_name: str, output: str, file: str, precision: Precision, got_ref: list[tuple[np.ndarray, np.ndarray]],
-         tol: Tolerance, **extra) -> dict:
+def _row(
+    spec_name: str,
+    output: str,
+    file: str,
+    precision: Precision,
+    got_ref: list[tuple[np.ndarray, np.ndarray]],
+    tol: Tolerance,
+    **extra,
+) -> dict:
     """One row over several (got, reference) pairs: rel L2 over all of them together."""
     finite = all(bool(np.all(np.isfinite(g))) for g, _ in got_ref)
     shapes = all(tuple(g.shape) == tuple(w.shape) for g, w in got_ref)
     if finite and shapes:
-        err = math.sqrt(sum(float(np.sum((g.astype(np.float64) - w) ** 2)) for g, w in got_ref) /
-                        max(sum(float(np.sum(w.astype(np.float64) ** 2)) for _, w in got_ref), 1e-30))
+        err = math.sqrt(
+            sum(float(np.sum((g.astype(np.float64) - w) ** 2)) for g, w in got_ref)
+            / max(sum(float(np.sum(w.astype(np.float64) ** 2)) for _, w in got_ref), 1e-30)
+        )
         worst = max(max_abs(g, w) for g, w in got_ref)
     else:
         err = worst = math.inf if shapes else math.nan
     ref_max = max(float(np.abs(w).max()) for _, w in got_ref)
     tol_abs = tol.max_abs_rel * max(1.0, ref_max)
     ok = bool(finite and shapes and err <= tol.rel_l2 and worst <= tol_abs)
-    return {"file": file, "graph": spec_name, "output": output, "precision": str(precision), "rel_l2": err,
-            "max_abs": worst, "ref_max_abs": ref_max, "tol_rel_l2": tol.rel_l2,
-            "tol_max_abs": None if math.isinf(tol_abs) else tol_abs, **extra, "why": tol.why, "ok": ok}
+    return {
+        "file": file,
+        "graph": spec_name,
+        "output": output,
+        "precision": str(precision),
+        "rel_l2": err,
+        "max_abs": worst,
+        "ref_max_abs": ref_max,
+        "tol_rel_l2": tol.rel_l2,
+        "tol_max_abs": None if math.isinf(tol_abs) else tol_abs,
+        **extra,
+        "why": tol.why,
+        "ok": ok,
+    }
 
 
-def graph_parity(model, runner, manifest: Manifest, batch: int = PARITY_BATCH,
-                 on_graph: Log | None = None) -> list[dict]:
+def graph_parity(
+    model, runner, manifest: Manifest, batch: int = PARITY_BATCH, on_graph: Log | None = None
+) -> list[dict]:
     """Each runnable graph file (through `runner`) vs its reference module on fixed inputs."""
     import torch
 
@@ -120,21 +144,41 @@ def graph_parity(model, runner, manifest: Manifest, batch: int = PARITY_BATCH,
         h, w = rec.height or manifest.resolutions[0][0], rec.width or manifest.resolutions[0][1]
         feeds = fixed_inputs(spec, model_dims(model, h, w, manifest.steps), batch, seed=PARITY_SEED)
         with torch.no_grad():
-            want = wrapper_for(spec, model, manifest.steps).eval()(*(torch.from_numpy(feeds[t.name])
-                                                                    for t in spec.inputs))
+            want = wrapper_for(spec, model, manifest.steps).eval()(
+                *(torch.from_numpy(feeds[t.name]) for t in spec.inputs)
+            )
         wants = [want] if isinstance(want, torch.Tensor) else list(want)
         started = time.perf_counter()
         gots = runner.run(rec, {t.name: feeds[t.name] for t in spec.inputs})
         seconds = round(time.perf_counter() - started, 3)
         tol = tolerance(spec.name, rec.precision)
         for out_spec, got, ref in zip(spec.outputs, gots, wants):
-            rows.append(_row(spec.name, out_spec.name, rec.file, rec.precision, [(np.asarray(got), ref.numpy())], tol,
-                             batch=batch, inputs="fixed inputs", seconds=seconds))
+            rows.append(
+                _row(
+                    spec.name,
+                    out_spec.name,
+                    rec.file,
+                    rec.precision,
+                    [(np.asarray(got), ref.numpy())],
+                    tol,
+                    batch=batch,
+                    inputs="fixed inputs",
+                    seconds=seconds,
+                )
+            )
     return rows
 
 
-def prepared_errors(fp32_runner, runner, fp32_record: GraphRecord, record: GraphRecord, spec, dims,
-                    feeds_list: list[dict] | None = None, batch: int = PARITY_BATCH) -> list[dict]:
+def prepared_errors(
+    fp32_runner,
+    runner,
+    fp32_record: GraphRecord,
+    record: GraphRecord,
+    spec,
+    dims,
+    feeds_list: list[dict] | None = None,
+    batch: int = PARITY_BATCH,
+) -> list[dict]:
     """Errors of a prepared graph vs its fp32 source over `feeds_list` (held-out realistic inputs) or,
     for graphs without such data, the parity's fixed inputs; rel L2 over all feeds together."""
     source = "held-out prompts" if feeds_list else "fixed inputs"
@@ -148,8 +192,20 @@ def prepared_errors(fp32_runner, runner, fp32_record: GraphRecord, record: Graph
         for k, (g, w) in enumerate(zip(got, want)):
             pairs[k].append((np.asarray(g), np.asarray(w)))
     tol = tolerance(spec.name, record.precision)
-    return [_row(spec.name, out.name, record.file, record.precision, pairs[k], tol, inputs=source,
-                 samples=len(feeds_list), against="fp32 graph") for k, out in enumerate(spec.outputs)]
+    return [
+        _row(
+            spec.name,
+            out.name,
+            record.file,
+            record.precision,
+            pairs[k],
+            tol,
+            inputs=source,
+            samples=len(feeds_list),
+            against="fp32 graph",
+        )
+        for k, out in enumerate(spec.outputs)
+    ]
 
 
 # -- end to end ------------------------------------------------------------------------------------------------
@@ -171,19 +227,29 @@ def reference_images(model, steps: int) -> Callable:
     reference = ReferencePipeline(model)
 
     def draw(prompts, seed, resolution, control):
-        return reference(prompts, steps=steps, seed=seed, resolution=resolution, sampler="lcm",
-                         control_image=control, output="pt").numpy()
+        return reference(
+            prompts, steps=steps, seed=seed, resolution=resolution, sampler="lcm", control_image=control, output="pt"
+        ).numpy()
+
     return draw
 
 
 def pipeline_images(pipeline) -> Callable:
     def draw(prompts, seed, resolution, control):
         return pipeline(prompts, seed=seed, control_image=control, resolution=resolution, output="np")
+
     return draw
 
 
-def end_to_end(want: Callable, got: Callable, manifest: Manifest, precision: Precision, controlnet: bool,
-               against: str, on_case: Log | None = None) -> list[dict]:
+def end_to_end(
+    want: Callable,
+    got: Callable,
+    manifest: Manifest,
+    precision: Precision,
+    controlnet: bool,
+    against: str,
+    on_case: Log | None = None,
+) -> list[dict]:
     """Images of `got` vs `want` (each (prompts, seed, resolution, control) -> [B,3,H,W]), every bucket."""
     floor = tolerance("end_to_end", precision).min_psnr_db
     rows = []
@@ -195,10 +261,20 @@ def end_to_end(want: Callable, got: Callable, manifest: Manifest, precision: Pre
             ref = want(PROMPTS, PARITY_SEED, (height, width), image)
             out = got(PROMPTS, PARITY_SEED, (height, width), image)
             psnr = psnr_uint8(out, ref)
-            rows.append({"case": case, "precision": str(precision), "resolution": [height, width],
-                         "prompts": len(PROMPTS), "seed": PARITY_SEED, "psnr_db": psnr, "max_abs": max_abs(out, ref),
-                         "min_psnr_db": floor, "against": against,
-                         "ok": bool(np.all(np.isfinite(out))) and psnr >= floor})
+            rows.append(
+                {
+                    "case": case,
+                    "precision": str(precision),
+                    "resolution": [height, width],
+                    "prompts": len(PROMPTS),
+                    "seed": PARITY_SEED,
+                    "psnr_db": psnr,
+                    "max_abs": max_abs(out, ref),
+                    "min_psnr_db": floor,
+                    "against": against,
+                    "ok": bool(np.all(np.isfinite(out))) and psnr >= floor,
+                }
+            )
     return rows
 
 
@@ -206,11 +282,18 @@ def measure(model, runner, pipeline, manifest: Manifest, log: Log, versions: dic
     """The parity of a folder whose graphs run as shipped: every graph and the whole pipeline against
     the reference (ort-cpu, ov-cpu, and the graph part of ov-cpu-int8)."""
     graphs = graph_parity(model, runner, manifest, on_graph=lambda n: log(f"      {n}"))
-    e2e = end_to_end(reference_images(model, manifest.steps), pipeline_images(pipeline), manifest,
-                     manifest.default_precision, manifest.model.controlnet, "PyTorch reference",
-                     on_case=lambda n: log(f"      end to end {n}"))
-    return Parity(ok=all(r["ok"] for r in graphs + e2e), graphs=tuple(graphs), end_to_end=tuple(e2e),
-                  measured_with=versions)
+    e2e = end_to_end(
+        reference_images(model, manifest.steps),
+        pipeline_images(pipeline),
+        manifest,
+        manifest.default_precision,
+        manifest.model.controlnet,
+        "PyTorch reference",
+        on_case=lambda n: log(f"      end to end {n}"),
+    )
+    return Parity(
+        ok=all(r["ok"] for r in graphs + e2e), graphs=tuple(graphs), end_to_end=tuple(e2e), measured_with=versions
+    )
 
 
 # -- int8 image quality --------------------------------------------------------------------------------------
@@ -228,8 +311,9 @@ class QualityGate:
     pairs: int = 16
 
 
-def quality_gate(want: Callable, got: Callable, prompts: list[str], gate: QualityGate, resolution: tuple[int, int],
-                 log: Log) -> dict:
+def quality_gate(
+    want: Callable, got: Callable, prompts: list[str], gate: QualityGate, resolution: tuple[int, int], log: Log
+) -> dict:
     """`got` (an int8 engine) vs `want` (the fp32 reference) over `gate.pairs` prompt/seed pairs."""
     rows = []
     for i in range(gate.pairs):
@@ -237,21 +321,37 @@ def quality_gate(want: Callable, got: Callable, prompts: list[str], gate: Qualit
         ref = want([prompt], seed, resolution, None)
         out = got([prompt], seed, resolution, None)
         psnr = psnr_uint8(out[0], ref[0])
-        rows.append({"prompt": prompt, "seed": seed, "psnr_db": round(psnr, 2) if math.isfinite(psnr) else None,
-                     "ssim": round(ssim_uint8(out[0], ref[0]), 4)})
+        rows.append(
+            {
+                "prompt": prompt,
+                "seed": seed,
+                "psnr_db": round(psnr, 2) if math.isfinite(psnr) else None,
+                "ssim": round(ssim_uint8(out[0], ref[0]), 4),
+            }
+        )
     finite = [r["psnr_db"] for r in rows if r["psnr_db"] is not None]
     # identical images (infinite PSNR) count as 100 dB in the mean, so the mean stays finite for JSON
     mean_psnr = float(np.mean([100.0 if r["psnr_db"] is None else r["psnr_db"] for r in rows]))
     min_psnr = float(min(finite)) if finite else 100.0
     mean_ssim = float(np.mean([r["ssim"] for r in rows]))
     ok = mean_psnr >= gate.min_mean_psnr_db and min_psnr >= gate.min_image_psnr_db and mean_ssim >= gate.min_mean_ssim
-    log(f"      quality over {gate.pairs} prompt/seed pairs: mean PSNR {mean_psnr:.2f} dB (min {min_psnr:.2f}), "
-        f"mean SSIM {mean_ssim:.4f} -> {'PASS' if ok else 'FAIL'}")
-    return {"ok": bool(ok), "pairs": gate.pairs, "against": "fp32 PyTorch reference, same prompt and seed",
-            "resolution": list(resolution), "mean_psnr_db": round(mean_psnr, 2), "min_psnr_db": round(min_psnr, 2),
-            "mean_ssim": round(mean_ssim, 4), "min_ssim": round(float(min(r["ssim"] for r in rows)), 4),
-            "thresholds": asdict(gate), "images": rows,
-            "ssim": "skimage.metrics.structural_similarity, uint8 RGB, 7x7 window, data_range 255"}
+    log(
+        f"      quality over {gate.pairs} prompt/seed pairs: mean PSNR {mean_psnr:.2f} dB (min {min_psnr:.2f}), "
+        f"mean SSIM {mean_ssim:.4f} -> {'PASS' if ok else 'FAIL'}"
+    )
+    return {
+        "ok": bool(ok),
+        "pairs": gate.pairs,
+        "against": "fp32 PyTorch reference, same prompt and seed",
+        "resolution": list(resolution),
+        "mean_psnr_db": round(mean_psnr, 2),
+        "min_psnr_db": round(min_psnr, 2),
+        "mean_ssim": round(mean_ssim, 4),
+        "min_ssim": round(float(min(r["ssim"] for r in rows)), 4),
+        "thresholds": asdict(gate),
+        "images": rows,
+        "ssim": "skimage.metrics.structural_similarity, uint8 RGB, 7x7 window, data_range 255",
+    }
 
 
 # -- reports -----------------------------------------------------------------------------------------------------
@@ -263,16 +363,25 @@ def gated_rows(rows) -> list[dict]:
 
 def failures(parity: Parity) -> list[str]:
     """One phrase per figure beyond its tolerance."""
-    bad = [f"{r['file']} {r['output']} ({r['precision']}) rel L2 {_num(r['rel_l2'])} > {r['tol_rel_l2']:.0e}"
-           for r in gated_rows(parity.graphs) if not r["ok"]]
-    bad += [f"end to end {r['case']} {'x'.join(map(str, r['resolution']))} ({r['precision']}) PSNR "
-            f"{_num(r['psnr_db'], '.1f')} dB < {r['min_psnr_db']:.0f} dB" for r in parity.end_to_end if not r["ok"]]
+    bad = [
+        f"{r['file']} {r['output']} ({r['precision']}) rel L2 {_num(r['rel_l2'])} > {r['tol_rel_l2']:.0e}"
+        for r in gated_rows(parity.graphs)
+        if not r["ok"]
+    ]
+    bad += [
+        f"end to end {r['case']} {'x'.join(map(str, r['resolution']))} ({r['precision']}) PSNR "
+        f"{_num(r['psnr_db'], '.1f')} dB < {r['min_psnr_db']:.0f} dB"
+        for r in parity.end_to_end
+        if not r["ok"]
+    ]
     q = parity.quality
     if q and not q["ok"]:
         g = q["thresholds"]
-        bad.append(f"int8 quality: mean PSNR {q['mean_psnr_db']} dB (min {g['min_mean_psnr_db']}), worst image "
-                   f"{q['min_psnr_db']} dB (min {g['min_image_psnr_db']}), mean SSIM {q['mean_ssim']} (min "
-                   f"{g['min_mean_ssim']}) over {q['pairs']} prompt/seed pairs")
+        bad.append(
+            f"int8 quality: mean PSNR {q['mean_psnr_db']} dB (min {g['min_mean_psnr_db']}), worst image "
+            f"{q['min_psnr_db']} dB (min {g['min_image_psnr_db']}), mean SSIM {q['mean_ssim']} (min "
+            f"{g['min_mean_ssim']}) over {q['pairs']} prompt/seed pairs"
+        )
     return bad
 
 
@@ -285,19 +394,26 @@ def _num(value, fmt: str = ".2e") -> str:
 def format_table(parity: Parity) -> str:
     lines = [f"{'graph file':44} {'output':16} {'precision':12} {'rel L2':>10} {'tol':>8} {'max abs':>10}  ok"]
     for r in parity.graphs:
-        lines.append(f"{r['file']:44} {r['output']:16} {r['precision']:12} {_num(r['rel_l2']):>10} "
-                     f"{r['tol_rel_l2']:8.0e} {_num(r['max_abs']):>10}  {'yes' if r['ok'] else 'NO'}"
-                     + ("  (shipped fp32 instead)" if r.get("replaced_by_fp32") else ""))
+        lines.append(
+            f"{r['file']:44} {r['output']:16} {r['precision']:12} {_num(r['rel_l2']):>10} "
+            f"{r['tol_rel_l2']:8.0e} {_num(r['max_abs']):>10}  {'yes' if r['ok'] else 'NO'}"
+            + ("  (shipped fp32 instead)" if r.get("replaced_by_fp32") else "")
+        )
     if parity.end_to_end:
-        lines.append(f"{'end to end (uint8 images, same seed)':44} {'resolution':16} {'precision':12} "
-                     f"{'PSNR dB':>10} {'min':>8}")
+        lines.append(
+            f"{'end to end (uint8 images, same seed)':44} {'resolution':16} {'precision':12} {'PSNR dB':>10} {'min':>8}"
+        )
         for r in parity.end_to_end:
-            lines.append(f"{r['case']:44} {'x'.join(map(str, r['resolution'])):16} {r['precision']:12} "
-                         f"{_num(r['psnr_db'], '.1f'):>10} {r['min_psnr_db']:8.0f}             "
-                         f"{'yes' if r['ok'] else 'NO'}")
+            lines.append(
+                f"{r['case']:44} {'x'.join(map(str, r['resolution'])):16} {r['precision']:12} "
+                f"{_num(r['psnr_db'], '.1f'):>10} {r['min_psnr_db']:8.0f}             "
+                f"{'yes' if r['ok'] else 'NO'}"
+            )
     if parity.quality:
         q = parity.quality
-        lines.append(f"int8 quality over {q['pairs']} pairs: mean PSNR {q['mean_psnr_db']} dB (worst "
-                     f"{q['min_psnr_db']}), mean SSIM {q['mean_ssim']}: {'PASS' if q['ok'] else 'FAIL'}")
+        lines.append(
+            f"int8 quality over {q['pairs']} pairs: mean PSNR {q['mean_psnr_db']} dB (worst "
+            f"{q['min_psnr_db']}), mean SSIM {q['mean_ssim']}: {'PASS' if q['ok'] else 'FAIL'}"
+        )
     lines.append(f"parity: {'PASS' if parity.ok else 'FAIL'}")
     return "\n".join(lines)

@@ -4,6 +4,7 @@
 the computation), so a diffusers `transformer/config.json` maps onto it one to one and back again.
 One config object flows from the model folder to every exported artifact's manifest.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,17 +15,32 @@ from .errors import ModelError
 #: Keys of a diffusers transformer config that do not change the PixArt computation (deprecated or
 #: fixed for PixArt). They are accepted on load and not carried further.
 _IGNORED_DIFFUSERS_KEYS = {
-    "dropout", "norm_num_groups", "attention_bias", "num_embeds_ada_norm", "upcast_attention",
-    "norm_elementwise_affine", "attention_type", "use_linear_projection", "num_vector_embeds",
-    "only_cross_attention", "double_self_attention", "activation_fn", "norm_type",
+    "dropout",
+    "norm_num_groups",
+    "attention_bias",
+    "num_embeds_ada_norm",
+    "upcast_attention",
+    "norm_elementwise_affine",
+    "attention_type",
+    "use_linear_projection",
+    "num_vector_embeds",
+    "only_cross_attention",
+    "double_self_attention",
+    "activation_fn",
+    "norm_type",
 }
 #: Keys only older (Transformer2DModel-era) PixArt configs carry; never written.
 _LEGACY_KEYS = {"only_cross_attention", "double_self_attention"}
 #: Values that the ignored keys must have for this reference to be exact.
 _REQUIRED_VALUES = {
-    "norm_type": "ada_norm_single", "activation_fn": "gelu-approximate", "attention_bias": True,
-    "norm_elementwise_affine": False, "only_cross_attention": False, "double_self_attention": False,
-    "upcast_attention": False, "num_embeds_ada_norm": 1000,
+    "norm_type": "ada_norm_single",
+    "activation_fn": "gelu-approximate",
+    "attention_bias": True,
+    "norm_elementwise_affine": False,
+    "only_cross_attention": False,
+    "double_self_attention": False,
+    "upcast_attention": False,
+    "num_embeds_ada_norm": 1000,
 }
 
 
@@ -71,16 +87,19 @@ class DiTConfig:
         if self.cross_attention_dim != self.inner_dim:
             raise ConfigError(
                 f"cross_attention_dim ({self.cross_attention_dim}) must equal heads*head_dim "
-                f"({self.inner_dim}): PixArt projects captions to the hidden width")
+                f"({self.inner_dim}): PixArt projects captions to the hidden width"
+            )
         if self.resolved_additional_conditions and self.inner_dim % 3:
-            raise ConfigError(f"hidden width {self.inner_dim} must be divisible by 3 for the "
-                              "resolution/aspect-ratio embedders")
+            raise ConfigError(
+                f"hidden width {self.inner_dim} must be divisible by 3 for the resolution/aspect-ratio embedders"
+            )
 
     @classmethod
     def from_dict(cls, raw: dict) -> "DiTConfig":
         fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in raw if not k.startswith("_") and k not in fields
-                         and k not in _IGNORED_DIFFUSERS_KEYS)
+        unknown = sorted(
+            k for k in raw if not k.startswith("_") and k not in fields and k not in _IGNORED_DIFFUSERS_KEYS
+        )
         if unknown:
             raise ConfigError(f"unknown transformer config keys: {', '.join(unknown)}")
         for key, want in _REQUIRED_VALUES.items():

@@ -14,6 +14,7 @@ Because copy 0 sees only block 0's output, the residuals do not depend on base b
 graph can compute them and the transformer graph consume them (`control_residuals` [N,B,T,D]).
 A freshly initialised ControlNet returns exact zeros, which leave the base output unchanged.
 """
+
 from __future__ import annotations
 
 import copy
@@ -54,13 +55,22 @@ class PixArtControlNet(nn.Module):
             raise ValueError(f"num_copies must be in 1..{base.config.num_layers - 1}, got {config.num_copies}")
         self.config = config
         hidden = base.config.inner_dim
-        self.controlnet = nn.ModuleList([
-            ControlBlock(base.transformer_blocks[j], hidden, first=(j == 0)) for j in range(config.num_copies)])
+        self.controlnet = nn.ModuleList(
+            [ControlBlock(base.transformer_blocks[j], hidden, first=(j == 0)) for j in range(config.num_copies)]
+        )
 
-    def forward(self, base: PixArtDiT, latents: torch.Tensor, timestep: torch.Tensor, prompt_embeds: torch.Tensor,
-                prompt_attention_mask: torch.Tensor, control_latents: torch.Tensor,
-                conditioning_scale: torch.Tensor | float = 1.0, resolution: torch.Tensor | None = None,
-                aspect_ratio: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        base: PixArtDiT,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        prompt_attention_mask: torch.Tensor,
+        control_latents: torch.Tensor,
+        conditioning_scale: torch.Tensor | float = 1.0,
+        resolution: torch.Tensor | None = None,
+        aspect_ratio: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Residuals [N,B,T,D] for `base`, already multiplied by `conditioning_scale`."""
         x, cond = base.embed(latents, timestep, prompt_embeds, prompt_attention_mask, resolution, aspect_ratio)
         x0 = base.run_block(base.transformer_blocks[0], x, cond)
@@ -85,8 +95,17 @@ class ControlledDiT(nn.Module):
         self.base = base
         self.controlnet = controlnet
 
-    def forward(self, latents, timestep, prompt_embeds, prompt_attention_mask, control_latents,
-                conditioning_scale=1.0, resolution=None, aspect_ratio=None) -> torch.Tensor:
+    def forward(
+        self,
+        latents,
+        timestep,
+        prompt_embeds,
+        prompt_attention_mask,
+        control_latents,
+        conditioning_scale=1.0,
+        resolution=None,
+        aspect_ratio=None,
+    ) -> torch.Tensor:
         base, copies = self.base, self.controlnet.controlnet
         x, cond = base.embed(latents, timestep, prompt_embeds, prompt_attention_mask, resolution, aspect_ratio)
         x = base.run_block(base.transformer_blocks[0], x, cond)

@@ -21,6 +21,7 @@ Differences from diffusers' class, all deliberate:
 The text mask is always a dense additive bias (no xformers, no sequence packing), so the forward
 traces to a static graph.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -61,29 +62,52 @@ class PixArtDiT(nn.Module):
         self.config = config
         d = config.inner_dim
         self.pos_embed = PatchEmbed(
-            height=config.sample_size, width=config.sample_size, patch_size=config.patch_size,
-            in_channels=config.in_channels, embed_dim=d,
-            interpolation_scale=config.resolved_interpolation_scale)
-        self.transformer_blocks = nn.ModuleList([
-            BasicTransformerBlock(
-                d, config.num_attention_heads, config.attention_head_dim,
-                cross_attention_dim=config.cross_attention_dim, activation_fn="gelu-approximate",
-                num_embeds_ada_norm=1000, attention_bias=True, norm_type="ada_norm_single",
-                norm_elementwise_affine=False, norm_eps=config.norm_eps)
-            for _ in range(config.num_layers)])
+            height=config.sample_size,
+            width=config.sample_size,
+            patch_size=config.patch_size,
+            in_channels=config.in_channels,
+            embed_dim=d,
+            interpolation_scale=config.resolved_interpolation_scale,
+        )
+        self.transformer_blocks = nn.ModuleList(
+            [
+                BasicTransformerBlock(
+                    d,
+                    config.num_attention_heads,
+                    config.attention_head_dim,
+                    cross_attention_dim=config.cross_attention_dim,
+                    activation_fn="gelu-approximate",
+                    num_embeds_ada_norm=1000,
+                    attention_bias=True,
+                    norm_type="ada_norm_single",
+                    norm_elementwise_affine=False,
+                    norm_eps=config.norm_eps,
+                )
+                for _ in range(config.num_layers)
+            ]
+        )
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.scale_shift_table = nn.Parameter(torch.randn(2, d) / d**0.5)
         self.proj_out = nn.Linear(d, config.patch_size**2 * config.out_channels)
         self.adaln_single = AdaLayerNormSingle(d, use_additional_conditions=config.resolved_additional_conditions)
         self.caption_projection = PixArtAlphaTextProjection(in_features=config.caption_channels, hidden_size=d)
         # Learned null caption in T5 space (upstream: randn / sqrt(C_text)).
-        self.null_caption = (nn.Parameter(torch.randn(text_len, config.caption_channels) / config.caption_channels**0.5)
-                             if text_len else None)
+        self.null_caption = (
+            nn.Parameter(torch.randn(text_len, config.caption_channels) / config.caption_channels**0.5)
+            if text_len
+            else None
+        )
 
     # -- pieces -------------------------------------------------------------------------------
-    def embed(self, latents: torch.Tensor, timestep: torch.Tensor, prompt_embeds: torch.Tensor,
-              prompt_attention_mask: torch.Tensor, resolution: torch.Tensor | None = None,
-              aspect_ratio: torch.Tensor | None = None) -> tuple[torch.Tensor, Conditioning]:
+    def embed(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        prompt_attention_mask: torch.Tensor,
+        resolution: torch.Tensor | None = None,
+        aspect_ratio: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, Conditioning]:
         """Patch-embed the latents and build the shared conditioning. Returns (tokens [B,T,D], cond)."""
         batch = latents.shape[0]
         p = self.config.patch_size
@@ -101,8 +125,9 @@ class PixArtDiT(nn.Module):
 
     def run_block(self, block: nn.Module, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """One PixArt block (works for the base blocks and the ControlNet's copies)."""
-        return block(x, encoder_hidden_states=cond.captions, encoder_attention_mask=cond.caption_bias,
-                     timestep=cond.t_mod)
+        return block(
+            x, encoder_hidden_states=cond.captions, encoder_attention_mask=cond.caption_bias, timestep=cond.t_mod
+        )
 
     def final(self, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """Final adaLN layer and unpatchify: [B,T,D] -> [B,out_channels,h,w]."""
@@ -116,9 +141,16 @@ class PixArtDiT(nn.Module):
         return x.reshape(-1, c, gh * p, gw * p)
 
     # -- whole model --------------------------------------------------------------------------
-    def forward(self, latents: torch.Tensor, timestep: torch.Tensor, prompt_embeds: torch.Tensor,
-                prompt_attention_mask: torch.Tensor, control_residuals: torch.Tensor | None = None,
-                resolution: torch.Tensor | None = None, aspect_ratio: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        prompt_attention_mask: torch.Tensor,
+        control_residuals: torch.Tensor | None = None,
+        resolution: torch.Tensor | None = None,
+        aspect_ratio: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Model output [B,out_channels,h,w]; `control_residuals` [N,B,T,D] or None."""
         x, cond = self.embed(latents, timestep, prompt_embeds, prompt_attention_mask, resolution, aspect_ratio)
         n_res = 0 if control_residuals is None else control_residuals.shape[0]

@@ -14,6 +14,7 @@ Layouts:
 Every weights load is strict: one `WeightsError` names all missing, unexpected and mis-shaped keys.
 Nothing here touches the network (`local_files_only` everywhere).
 """
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,11 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], where: 
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    misshaped = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in sorted(set(own) & set(state))
-                 if state[k].shape != own[k].shape]
+    misshaped = [
+        (k, tuple(state[k].shape), tuple(own[k].shape))
+        for k in sorted(set(own) & set(state))
+        if state[k].shape != own[k].shape
+    ]
     if missing or unexpected or misshaped:
         raise WeightsError.from_mismatch(where, missing, unexpected, misshaped)
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
@@ -217,12 +221,23 @@ def _check_scheduler(folder: Path) -> str:
     if not cfg_path.exists():
         return "diffusers"
     cfg = _read_json(cfg_path)
-    schedule = (cfg.get("beta_schedule", "linear"), cfg.get("beta_start", BETA_START),
-                cfg.get("beta_end", BETA_END), cfg.get("num_train_timesteps", NUM_TRAIN_TIMESTEPS))
-    if schedule[0] != "linear" or abs(schedule[1] - BETA_START) > 1e-9 or abs(schedule[2] - BETA_END) > 1e-9 \
-            or schedule[3] != NUM_TRAIN_TIMESTEPS or cfg.get("prediction_type", "epsilon") != "epsilon":
-        raise ModelError(f"{cfg_path}: schedule {schedule} / prediction {cfg.get('prediction_type')!r} is not "
-                         "PixArt's (linear betas 1e-4..0.02, 1000 steps, epsilon)")
+    schedule = (
+        cfg.get("beta_schedule", "linear"),
+        cfg.get("beta_start", BETA_START),
+        cfg.get("beta_end", BETA_END),
+        cfg.get("num_train_timesteps", NUM_TRAIN_TIMESTEPS),
+    )
+    if (
+        schedule[0] != "linear"
+        or abs(schedule[1] - BETA_START) > 1e-9
+        or abs(schedule[2] - BETA_END) > 1e-9
+        or schedule[3] != NUM_TRAIN_TIMESTEPS
+        or cfg.get("prediction_type", "epsilon") != "epsilon"
+    ):
+        raise ModelError(
+            f"{cfg_path}: schedule {schedule} / prediction {cfg.get('prediction_type')!r} is not "
+            "PixArt's (linear betas 1e-4..0.02, 1000 steps, epsilon)"
+        )
     return "diffusers"
 
 
@@ -273,7 +288,17 @@ def load_model(spec: str | Path, controlnet: str | Path | None = None, lcm_spaci
         spacing = lcm_spacing
     net = load_controlnet(resolve_controlnet(controlnet), dit) if controlnet else None
     if text_encoder.config.d_model != dit.config.caption_channels:
-        raise ModelError(f"text encoder width {text_encoder.config.d_model} != transformer caption_channels "
-                         f"{dit.config.caption_channels}")
-    return PixArtModel(dit=dit, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, source=path,
-                       layout=layout, lcm_spacing=spacing, controlnet=net)
+        raise ModelError(
+            f"text encoder width {text_encoder.config.d_model} != transformer caption_channels "
+            f"{dit.config.caption_channels}"
+        )
+    return PixArtModel(
+        dit=dit,
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        source=path,
+        layout=layout,
+        lcm_spacing=spacing,
+        controlnet=net,
+    )

@@ -25,6 +25,7 @@ ControlNet (`ControlPixArtHalf` state dict): `controlnet.j.copied_block.<block k
 `controlnet.0.before_proj`, `controlnet.j.after_proj`, plus the frozen `base_model.<keys above>`.
 One table drives both directions, so the conversion cannot drift from its inverse.
 """
+
 from __future__ import annotations
 
 import re
@@ -102,8 +103,9 @@ def dit_from_official(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
             out["null_caption"] = value
         elif key == "pos_embed":
             continue  # a fixed sin-cos buffer in the 512 models; we compute it from the shape
-        elif (m := _BLOCK_RE.match(key)) and _block_to_diffusers(m.group(2), value,
-                                                                 f"transformer_blocks.{m.group(1)}.", out):
+        elif (m := _BLOCK_RE.match(key)) and _block_to_diffusers(
+            m.group(2), value, f"transformer_blocks.{m.group(1)}.", out
+        ):
             continue
         else:
             unknown.append(key)
@@ -162,8 +164,9 @@ def controlnet_to_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def infer_dit_config(sd: dict[str, torch.Tensor], attention_head_dim: int = 72,
-                     sample_size: int | None = None) -> DiTConfig:
+def infer_dit_config(
+    sd: dict[str, torch.Tensor], attention_head_dim: int = 72, sample_size: int | None = None
+) -> DiTConfig:
     """A `DiTConfig` from official tensor shapes. Head width is not visible in the shapes: PixArt-XL
     uses 72 (16 heads x 72 = 1152). The 512 models' `pos_embed` buffer gives the sample size; the
     multi-aspect models (csize/ar embedders) are 1024 px, sample size 128."""
@@ -185,7 +188,15 @@ def infer_dit_config(sd: dict[str, torch.Tensor], attention_head_dim: int = 72,
             raise WeightsError("cannot tell the sample size of this checkpoint (no pos_embed); pass it explicitly")
     if hidden % attention_head_dim:
         raise WeightsError(f"hidden width {hidden} is not a multiple of the head width {attention_head_dim}")
-    return DiTConfig(num_attention_heads=hidden // attention_head_dim, attention_head_dim=attention_head_dim,
-                     in_channels=in_channels, out_channels=out_channels, num_layers=depth,
-                     cross_attention_dim=hidden, caption_channels=caption_channels, sample_size=sample_size,
-                     patch_size=patch, use_additional_conditions=multi_aspect)
+    return DiTConfig(
+        num_attention_heads=hidden // attention_head_dim,
+        attention_head_dim=attention_head_dim,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        num_layers=depth,
+        cross_attention_dim=hidden,
+        caption_channels=caption_channels,
+        sample_size=sample_size,
+        patch_size=patch,
+        use_additional_conditions=multi_aspect,
+    )

@@ -3,6 +3,7 @@
 The ground truth every exported backend is compared with. Randomness is one call to
 `schedules.draw_noise(seed, ...)` made up front; the sampler functions draw nothing.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -75,8 +76,16 @@ class ReferencePipeline:
             return null[None].expand(batch, -1, -1), torch.ones(batch, length, dtype=torch.int64, device=null.device)
         return encode_prompts(self.model.tokenizer, self.model.text_encoder, [""] * batch, length)
 
-    def eps_fn(self, embeds, mask, height, width, residuals_fn: Callable | None = None,
-               uncond: tuple[torch.Tensor, torch.Tensor] | None = None, guidance_scale: float = 1.0):
+    def eps_fn(
+        self,
+        embeds,
+        mask,
+        height,
+        width,
+        residuals_fn: Callable | None = None,
+        uncond: tuple[torch.Tensor, torch.Tensor] | None = None,
+        guidance_scale: float = 1.0,
+    ):
         """eps(x, t) for the samplers; with `uncond`, classifier-free guidance over one batched call."""
         dit = self.model.dit
         batch = embeds.shape[0]
@@ -87,18 +96,35 @@ class ReferencePipeline:
             if uncond is None:
                 residuals = residuals_fn(x, ts) if residuals_fn else None
                 return dit.predict_noise(x, ts, embeds, mask, residuals, res, ar)
-            both = dit.predict_noise(torch.cat([x, x]), torch.cat([ts, ts]), torch.cat([uncond[0], embeds]),
-                                     torch.cat([uncond[1], mask]), None, torch.cat([res, res]), torch.cat([ar, ar]))
+            both = dit.predict_noise(
+                torch.cat([x, x]),
+                torch.cat([ts, ts]),
+                torch.cat([uncond[0], embeds]),
+                torch.cat([uncond[1], mask]),
+                None,
+                torch.cat([res, res]),
+                torch.cat([ar, ar]),
+            )
             e_u, e_c = both.chunk(2)
             return guided(e_c, e_u, guidance_scale)
 
         return eps
 
     @torch.no_grad()
-    def __call__(self, prompts: str | list[str], steps: int = 4, seed: int = 0,
-                 resolution: int | Sequence[int] | None = None, sampler: str = "lcm", guidance_scale: float = 4.5,
-                 control_image: Image.Image | None = None, conditioning_scale: float = 1.0,
-                 progress: Callable[[int], None] | None = None, output: str = "pil", ddim_spacing: str = "leading"):
+    def __call__(
+        self,
+        prompts: str | list[str],
+        steps: int = 4,
+        seed: int = 0,
+        resolution: int | Sequence[int] | None = None,
+        sampler: str = "lcm",
+        guidance_scale: float = 4.5,
+        control_image: Image.Image | None = None,
+        conditioning_scale: float = 1.0,
+        progress: Callable[[int], None] | None = None,
+        output: str = "pil",
+        ddim_spacing: str = "leading",
+    ):
         """Images for `prompts`. `sampler`: "lcm" (PixArt-delta, no guidance) or "ddim" (teacher, CFG);
         `ddim_spacing`: "leading" (diffusers' DDIMScheduler default) or "trailing" (starts at t=999,
         the fair choice for few steps)."""
@@ -132,8 +158,7 @@ class ReferencePipeline:
                 raise ModelError("the DDIM teacher sampler runs without ControlNet")
             uncond = self.null_embeds(len(prompts), embeds.shape[1]) if guidance_scale != 1.0 else None
             eps = self.eps_fn(embeds, mask, height, width, None, uncond, guidance_scale)
-            latents = ddim_sample(eps, noise[0], ddim_timesteps(steps, ddim_spacing), self.alphas_cumprod,
-                                  progress)
+            latents = ddim_sample(eps, noise[0], ddim_timesteps(steps, ddim_spacing), self.alphas_cumprod, progress)
         else:
             raise ModelError(f"unknown sampler {sampler!r}; choose 'lcm' or 'ddim'")
         if output == "latent":

@@ -10,6 +10,7 @@
 - `guided`: classifier-free guidance (Ho & Salimans, arXiv 2207.12598) around any eps_fn pair.
 The same `lcm_sample` runs in the reference pipeline and inside the exported unrolled graph.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -37,8 +38,14 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alphas_cum
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
-def lcm_step(eps: torch.Tensor, x: torch.Tensor, t: int, t_prev: int | None, alphas_cumprod: torch.Tensor,
-             noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def lcm_step(
+    eps: torch.Tensor,
+    x: torch.Tensor,
+    t: int,
+    t_prev: int | None,
+    alphas_cumprod: torch.Tensor,
+    noise: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One LCM step: (x for the next step, denoised x0 estimate). Last step: t_prev None, no noise."""
     c_skip, c_out = lcm_scalings(float(t))
     denoised = c_out * predict_x0(eps, x, t, alphas_cumprod) + c_skip * x
@@ -50,8 +57,14 @@ def lcm_step(eps: torch.Tensor, x: torch.Tensor, t: int, t_prev: int | None, alp
     return a_prev.sqrt() * denoised + (1 - a_prev).sqrt() * noise, denoised
 
 
-def lcm_sample(eps_fn: EpsFn, x: torch.Tensor, timesteps: Sequence[int], noises: Sequence[torch.Tensor],
-               alphas_cumprod: torch.Tensor, callback: Callable[[int], None] | None = None) -> torch.Tensor:
+def lcm_sample(
+    eps_fn: EpsFn,
+    x: torch.Tensor,
+    timesteps: Sequence[int],
+    noises: Sequence[torch.Tensor],
+    alphas_cumprod: torch.Tensor,
+    callback: Callable[[int], None] | None = None,
+) -> torch.Tensor:
     """K-step LCM sampling from x_T = `x`; `noises` holds the K-1 fresh noises of steps 2..K."""
     if len(noises) < len(timesteps) - 1:
         raise ValueError(f"{len(timesteps)} LCM steps need {len(timesteps) - 1} step noises, got {len(noises)}")
@@ -59,8 +72,9 @@ def lcm_sample(eps_fn: EpsFn, x: torch.Tensor, timesteps: Sequence[int], noises:
     for i, t in enumerate(timesteps):
         last = i == len(timesteps) - 1
         eps = eps_fn(x, float(t))
-        x, denoised = lcm_step(eps, x, int(t), None if last else int(timesteps[i + 1]), alphas_cumprod,
-                               None if last else noises[i])
+        x, denoised = lcm_step(
+            eps, x, int(t), None if last else int(timesteps[i + 1]), alphas_cumprod, None if last else noises[i]
+        )
         if callback:
             callback(i)
     return denoised
@@ -72,8 +86,13 @@ def ddim_step(eps: torch.Tensor, x: torch.Tensor, t: int, t_prev: int, alphas_cu
     return a_prev.sqrt() * predict_x0(eps, x, t, alphas_cumprod) + (1 - a_prev).sqrt() * eps
 
 
-def ddim_sample(eps_fn: EpsFn, x: torch.Tensor, timesteps: Sequence[int], alphas_cumprod: torch.Tensor,
-                callback: Callable[[int], None] | None = None) -> torch.Tensor:
+def ddim_sample(
+    eps_fn: EpsFn,
+    x: torch.Tensor,
+    timesteps: Sequence[int],
+    alphas_cumprod: torch.Tensor,
+    callback: Callable[[int], None] | None = None,
+) -> torch.Tensor:
     """DDIM, eta 0, from x_T = `x` over descending `timesteps`; the step after the last lands at t = -1."""
     for i, t in enumerate(timesteps):
         t_prev = int(timesteps[i + 1]) if i + 1 < len(timesteps) else -1
@@ -83,8 +102,9 @@ def ddim_sample(eps_fn: EpsFn, x: torch.Tensor, timesteps: Sequence[int], alphas
     return x
 
 
-def ddpm_step(eps: torch.Tensor, x: torch.Tensor, t: int, t_prev: int, alphas_cumprod: torch.Tensor,
-              noise: torch.Tensor | None) -> torch.Tensor:
+def ddpm_step(
+    eps: torch.Tensor, x: torch.Tensor, t: int, t_prev: int, alphas_cumprod: torch.Tensor, noise: torch.Tensor | None
+) -> torch.Tensor:
     """Ancestral step x_t -> x_{t_prev} with the posterior's "small" variance (no noise at the end)."""
     a_t, a_prev = _alpha(alphas_cumprod, t), _alpha(alphas_cumprod, t_prev)
     beta = 1 - a_t / a_prev

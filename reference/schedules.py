@@ -10,6 +10,7 @@ give different timesteps for K = 4, so the choice is a named option:
 - "pixart": the official PixArt-delta `diffusion/lcm_scheduler.py` (every (50 // K)-th grid point
   from the top): 999, 759, 519, 279.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -27,15 +28,20 @@ LcmSpacing = Literal["diffusers", "pixart"]
 LCM_SPACINGS: tuple[str, ...] = ("diffusers", "pixart")
 
 
-def alphas_cumprod(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, beta_start: float = BETA_START,
-                   beta_end: float = BETA_END) -> torch.Tensor:
+def alphas_cumprod(
+    num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, beta_start: float = BETA_START, beta_end: float = BETA_END
+) -> torch.Tensor:
     """alpha-bar_t for t = 0..T-1, float32 computed as diffusers does (linspace, cumprod in float32)."""
     betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-def lcm_timesteps(num_steps: int, spacing: LcmSpacing = "diffusers", original_steps: int = LCM_ORIGINAL_STEPS,
-                  num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> list[int]:
+def lcm_timesteps(
+    num_steps: int,
+    spacing: LcmSpacing = "diffusers",
+    original_steps: int = LCM_ORIGINAL_STEPS,
+    num_train_timesteps: int = NUM_TRAIN_TIMESTEPS,
+) -> list[int]:
     """The K LCM timesteps, descending, on the `original_steps` grid."""
     if not 1 <= num_steps <= original_steps:
         raise ValueError(f"LCM steps must be in 1..{original_steps}, got {num_steps}")
@@ -53,8 +59,9 @@ def lcm_timesteps(num_steps: int, spacing: LcmSpacing = "diffusers", original_st
     return [int(t) for t in steps]
 
 
-def ddim_timesteps(num_steps: int, spacing: Literal["leading", "trailing"] = "leading",
-                   num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> list[int]:
+def ddim_timesteps(
+    num_steps: int, spacing: Literal["leading", "trailing"] = "leading", num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
+) -> list[int]:
     """DDIM timesteps as diffusers' `DDIMScheduler` lays them out (steps_offset 0)."""
     if not 1 <= num_steps <= num_train_timesteps:
         raise ValueError(f"DDIM steps must be in 1..{num_train_timesteps}, got {num_steps}")
@@ -69,8 +76,9 @@ def ddim_timesteps(num_steps: int, spacing: Literal["leading", "trailing"] = "le
     return [int(t) for t in steps]
 
 
-def lcm_scalings(timestep: float, timestep_scaling: float = LCM_TIMESTEP_SCALING,
-                 sigma_data: float = LCM_SIGMA_DATA) -> tuple[float, float]:
+def lcm_scalings(
+    timestep: float, timestep_scaling: float = LCM_TIMESTEP_SCALING, sigma_data: float = LCM_SIGMA_DATA
+) -> tuple[float, float]:
     """Consistency-model boundary scalings (c_skip, c_out) at discrete timestep t (LCM eq. 9)."""
     scaled = timestep * timestep_scaling
     c_skip = sigma_data**2 / (scaled**2 + sigma_data**2)

@@ -4,6 +4,7 @@ Follows diffusers' `PixArtAlphaPipeline.encode_prompt` without caption cleaning 
 packages and changes the text): tokenise with padding to `max_length`, truncation, special tokens,
 run transformers' `T5EncoderModel` with the mask, and return the mask so the DiT can ignore padding.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,14 +14,21 @@ MAX_TEXT_LEN = 120  # PixArt-alpha/delta, arXiv 2310.00426 Sec. 3.1
 
 def tokenize(tokenizer, prompts: list[str], max_length: int = MAX_TEXT_LEN) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids int64 [B,L], attention_mask int64 [B,L])."""
-    enc = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
-                    add_special_tokens=True, return_tensors="pt")
+    enc = tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=max_length,
+        truncation=True,
+        add_special_tokens=True,
+        return_tensors="pt",
+    )
     return enc.input_ids.to(torch.int64), enc.attention_mask.to(torch.int64)
 
 
 @torch.no_grad()
-def encode_prompts(tokenizer, text_encoder, prompts: list[str],
-                   max_length: int = MAX_TEXT_LEN) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(
+    tokenizer, text_encoder, prompts: list[str], max_length: int = MAX_TEXT_LEN
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(prompt_embeds [B,L,C_text] float32, prompt_attention_mask int64 [B,L])."""
     ids, mask = tokenize(tokenizer, prompts, max_length)
     device = next(text_encoder.parameters()).device  # CPU unless the caller moved the model

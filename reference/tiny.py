@@ -10,6 +10,7 @@ reference/assets/tiny, is the trained one that `reference.train.package` writes 
 
     python -m reference.tiny OUT_DIR     # the random, untrained tiny
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,16 +29,48 @@ from .schedules import BETA_END, BETA_START, LCM_ORIGINAL_STEPS, LCM_TIMESTEP_SC
 from .text import MAX_TEXT_LEN
 
 SEED = 20240110
-TINY_DIT = DiTConfig(num_attention_heads=4, attention_head_dim=32, num_layers=6, cross_attention_dim=128,
-                     caption_channels=64, sample_size=16, patch_size=2, in_channels=4, out_channels=8)
+TINY_DIT = DiTConfig(
+    num_attention_heads=4,
+    attention_head_dim=32,
+    num_layers=6,
+    cross_attention_dim=128,
+    caption_channels=64,
+    sample_size=16,
+    patch_size=2,
+    in_channels=4,
+    out_channels=8,
+)
 TINY_CONTROLNET = ControlNetConfig(num_copies=2)
-TINY_T5 = dict(vocab_size=384, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
-               relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.0,
-               feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False,
-               pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, tie_word_embeddings=False)
-TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=16,
-                block_out_channels=[32, 32, 64, 64], down_block_types=["DownEncoderBlock2D"] * 4,
-                up_block_types=["UpDecoderBlock2D"] * 4, sample_size=128, scaling_factor=1.0)
+TINY_T5 = dict(
+    vocab_size=384,
+    d_model=64,
+    d_kv=16,
+    d_ff=128,
+    num_layers=2,
+    num_heads=4,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    dropout_rate=0.0,
+    feed_forward_proj="gated-gelu",
+    is_encoder_decoder=False,
+    use_cache=False,
+    pad_token_id=0,
+    eos_token_id=1,
+    decoder_start_token_id=0,
+    tie_word_embeddings=False,
+)
+TINY_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=1,
+    norm_num_groups=16,
+    block_out_channels=[32, 32, 64, 64],
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    sample_size=128,
+    scaling_factor=1.0,
+)
 
 
 def build_tiny(out: Path, seed: int = SEED) -> Path:
@@ -61,15 +94,31 @@ def build_tiny(out: Path, seed: int = SEED) -> Path:
         text_encoder.save_pretrained(str(tmp / "text_encoder"), safe_serialization=True)
         ByT5Tokenizer(model_max_length=MAX_TEXT_LEN).save_pretrained(str(tmp / "tokenizer"))
         AutoencoderKL(**TINY_VAE).save_pretrained(str(tmp / "vae"), safe_serialization=True)
-        LCMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_start=BETA_START, beta_end=BETA_END,
-                     beta_schedule="linear", original_inference_steps=LCM_ORIGINAL_STEPS,
-                     timestep_scaling=LCM_TIMESTEP_SCALING, prediction_type="epsilon",
-                     clip_sample=False, set_alpha_to_one=True).save_pretrained(str(tmp / "scheduler"))
-        (tmp / "model_index.json").write_text(json.dumps({
-            "_class_name": "PixArtAlphaPipeline",
-            "scheduler": ["diffusers", "LCMScheduler"], "text_encoder": ["transformers", "T5EncoderModel"],
-            "tokenizer": ["transformers", "ByT5Tokenizer"], "transformer": ["diffusers", "PixArtTransformer2DModel"],
-            "vae": ["diffusers", "AutoencoderKL"]}, indent=2) + "\n")
+        LCMScheduler(
+            num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+            beta_start=BETA_START,
+            beta_end=BETA_END,
+            beta_schedule="linear",
+            original_inference_steps=LCM_ORIGINAL_STEPS,
+            timestep_scaling=LCM_TIMESTEP_SCALING,
+            prediction_type="epsilon",
+            clip_sample=False,
+            set_alpha_to_one=True,
+        ).save_pretrained(str(tmp / "scheduler"))
+        (tmp / "model_index.json").write_text(
+            json.dumps(
+                {
+                    "_class_name": "PixArtAlphaPipeline",
+                    "scheduler": ["diffusers", "LCMScheduler"],
+                    "text_encoder": ["transformers", "T5EncoderModel"],
+                    "tokenizer": ["transformers", "ByT5Tokenizer"],
+                    "transformer": ["diffusers", "PixArtTransformer2DModel"],
+                    "vae": ["diffusers", "AutoencoderKL"],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         tmp.chmod(0o755)  # mkdtemp makes it private; the model folder is ordinary data
         if out.exists():
             shutil.rmtree(out)

@@ -4,6 +4,7 @@ diffusers' `AutoencoderKL` works on images in [-1, 1] and unscaled latents; PixA
 Diffusion) multiplies latents by the config's `scaling_factor` so they have roughly unit variance.
 These two functions are the `vae_encoder` / `vae_decoder` graph contracts of ARCHITECTURE.md.
 """
+
 from __future__ import annotations
 
 import torch

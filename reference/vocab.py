@@ -1,6 +1,7 @@
 """Prompt words the built-in `tiny` has never read: it was trained on captions of coloured shapes only
 (`reference.train.data.VOCABULARY`), so an unknown word ("purple", "star") is silently drawn as
 something it knows. Callers warn with `tiny_prompt_warning`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,5 +19,7 @@ def tiny_prompt_warning(spec: str | Path, prompt: str) -> str | None:
     unknown = unknown_words(prompt)
     if not unknown:
         return None
-    return (f"warning: the built-in tiny model never saw {', '.join(repr(w) for w in unknown)} in training; it knows "
-            f"only: {' '.join(sorted(VOCABULARY))}")
+    return (
+        f"warning: the built-in tiny model never saw {', '.join(repr(w) for w in unknown)} in training; it knows "
+        f"only: {' '.join(sorted(VOCABULARY))}"
+    )

@@ -1,4 +1,5 @@
 """Small hand-made ONNX graphs for the precision and check tests (no export needed, milliseconds)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,5 +36,7 @@ def linear_residual(k=16, n=16, seed=0, scale=1.0):
 
 def feeds(batch=2, k=16, seed=1):
     rng = np.random.default_rng(seed)
-    return {"x": rng.standard_normal((batch, 8, k)).astype(np.float32),
-            "t": rng.uniform(0, 999, (batch, 1, 1)).astype(np.float32)}
+    return {
+        "x": rng.standard_normal((batch, 8, k)).astype(np.float32),
+        "t": rng.uniform(0, 999, (batch, 1, 1)).astype(np.float32),
+    }

@@ -1,6 +1,7 @@
 """Tiny OpenVINO engines shared by the openvino tests: one fp32 (`ov-cpu`), one int8 (`ov-cpu-int8`, with
 a reduced calibration and a single quantisation candidate so it builds in about a minute; the quality
 gate keeps its 16 prompt/seed pairs). Both convert the fp32 graphs of one ort-cpu export (`onnx_from`)."""
+
 from __future__ import annotations
 
 import atexit
@@ -31,8 +32,9 @@ def onnx_folder() -> Path:
     """One export for both engines: an ort-cpu folder (no optimisation, no parity) they convert."""
     from pixart_export.build import build_target
 
-    out, _, _ = build_target("ort-cpu", "tiny", out=_root() / "ort-cpu-tiny", options={"optimise": False},
-                             verify=False, log=quiet)
+    out, _, _ = build_target(
+        "ort-cpu", "tiny", out=_root() / "ort-cpu-tiny", options={"optimise": False}, verify=False, log=quiet
+    )
     return out
 
 
@@ -55,8 +57,13 @@ def small_int8_options(**gate) -> dict:
     from pixart_export.backends.openvino.quantize import CANDIDATES
     from pixart_export.verify import QualityGate
 
-    return int8_options(candidates=CANDIDATES[:1], transformer_prompts=2, denoiser_prompts=2, held_out_prompts=1,
-                        gate=QualityGate(**gate))
+    return int8_options(
+        candidates=CANDIDATES[:1],
+        transformer_prompts=2,
+        denoiser_prompts=2,
+        held_out_prompts=1,
+        gate=QualityGate(**gate),
+    )
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,5 +1,6 @@
 """One tiny ort-cpu engine (with the tiny ControlNet) per test session, shared by the export, denoiser,
 runtime, build and parity tests: building it (export + parity) is the expensive part, ~1 min."""
+
 from __future__ import annotations
 
 import functools
@@ -19,8 +20,14 @@ def tiny_engine():
     import atexit
 
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    out, manifest, reused = build_target("ort-cpu", "tiny", out=root / "ort-cpu-tiny", controlnet_spec="tiny",
-                                         options={"optimise": False}, log=lambda m: None)
+    out, manifest, reused = build_target(
+        "ort-cpu",
+        "tiny",
+        out=root / "ort-cpu-tiny",
+        controlnet_spec="tiny",
+        options={"optimise": False},
+        log=lambda m: None,
+    )
     assert not reused
     return out, manifest
 

@@ -1,5 +1,6 @@
 """pixart_export.build and engine_folder: one pipeline of stages, atomic install, reuse by build key,
 replace only what we wrote, measured optimisation."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,9 @@ def test_identical_rebuild_is_reused(engine):  # noqa: F811
     folder, manifest = engine
     before = (folder / "manifest.json").stat().st_mtime_ns
     lines = []
-    out, again, reused = build_target("ort-cpu", "tiny", out=folder, controlnet_spec="tiny",
-                                      options={"optimise": False}, log=lines.append)
+    out, again, reused = build_target(
+        "ort-cpu", "tiny", out=folder, controlnet_spec="tiny", options={"optimise": False}, log=lines.append
+    )
     assert reused and again.build_key == manifest.build_key
     assert (folder / "manifest.json").stat().st_mtime_ns == before
     assert any("up to date" in line for line in lines)
@@ -78,8 +80,9 @@ def test_build_key_covers_every_file_of_the_backend(backend, tmp_path):
     paths = F.COMMON_CODE + tuple(backend.code)
     files = F.code_files(paths)
     folder = f"pixart_export/backends/{type(backend).__module__.split('.')[2]}"
-    on_disk = {p.relative_to(F.ROOT).as_posix() for p in (F.ROOT / folder).rglob("*.py")
-               if "__pycache__" not in p.parts}
+    on_disk = {
+        p.relative_to(F.ROOT).as_posix() for p in (F.ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts
+    }
     assert on_disk <= set(files), on_disk - set(files)
     for rel in files:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -145,16 +148,22 @@ def test_optimisation_is_measured_and_exact(tmp_path, engine):  # noqa: F811
     rec = next(r for r in manifest.graphs if r.graph == "text_encoder")
     shutil.copy(folder / rec.file, tmp_path / rec.file)
     before = ort.InferenceSession(str(folder / rec.file), providers=["CPUExecutionProvider"])
-    as_dict = {"file": rec.file, "files": list(rec.files),
-               "inputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in rec.inputs]}
+    as_dict = {
+        "file": rec.file,
+        "files": list(rec.files),
+        "inputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in rec.inputs],
+    }
     [decision] = optimize.optimise_graphs(tmp_path, [as_dict])
     assert decision["load_and_first_run_s"] > 0 and decision["optimised_load_and_first_run_s"] > 0
-    assert decision["kept"] == (decision["optimised_load_and_first_run_s"]
-                                < (1 - optimize.MIN_GAIN) * decision["load_and_first_run_s"])
+    assert decision["kept"] == (
+        decision["optimised_load_and_first_run_s"] < (1 - optimize.MIN_GAIN) * decision["load_and_first_run_s"]
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == [rec.file]  # candidate removed or moved in place
     after = ort.InferenceSession(str(tmp_path / rec.file), providers=["CPUExecutionProvider"])
-    feeds = {"input_ids": np.arange(240, dtype=np.int64).reshape(2, 120) % 250 + 3,
-             "attention_mask": np.ones((2, 120), np.int64)}
+    feeds = {
+        "input_ids": np.arange(240, dtype=np.int64).reshape(2, 120) % 250 + 3,
+        "attention_mask": np.ones((2, 120), np.int64),
+    }
     assert rel_l2(after.run(None, feeds)[0], before.run(None, feeds)[0]) <= 1e-6
 
 
@@ -162,8 +171,21 @@ def test_build_cli_reports_stages(engine, capsys):  # noqa: F811
     from pixart_export.cli import main
 
     folder, _ = engine
-    code = main(["build", "--target", "ort-cpu", "--model", "tiny", "--controlnet", "tiny", "--no-optimise",
-                 "--out", str(folder), "--json"])
+    code = main(
+        [
+            "build",
+            "--target",
+            "ort-cpu",
+            "--model",
+            "tiny",
+            "--controlnet",
+            "tiny",
+            "--no-optimise",
+            "--out",
+            str(folder),
+            "--json",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0 and json.loads(out)["folder"] == str(folder) and json.loads(out)["reused"] is True
     assert "[1/1] load model tiny" in err and "up to date" in err

@@ -1,5 +1,6 @@
 """pixart_export.cli: --help everywhere, one clear line and an exit code per kind of failure, one option
 syntax, --json. (The README's commands are run by tests/test_readme.py.)"""
+
 from __future__ import annotations
 
 import shutil
@@ -45,8 +46,24 @@ def _one_line_error(capsys, argv, match):
 
 def test_generate_writes_png(tmp_path, capsys):
     out = tmp_path / "img.png"
-    assert main(["generate", "--model", "tiny", "--prompt", "a red circle", "--steps", "4", "--seed", "0",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                "tiny",
+                "--prompt",
+                "a red circle",
+                "--steps",
+                "4",
+                "--seed",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert Image.open(out).size == (128, 128)
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -95,12 +112,15 @@ def test_exit_codes_and_verbosity(monkeypatch, capsys):
     assert "gate failed: figures beyond tolerance" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["generate", "--prompt", "x", "--seed", "-1"], "a seed is an integer from 0"),
-    (["generate", "--prompt", "x", "--conditioning-scale", "nan"], "give a finite number"),
-    (["generate", "--prompt", "x", "--resolution", "12x"], "give PX or HEIGHTxWIDTH"),
-    (["run", "e", "--prompt", "x", "--precision", "fp4"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["generate", "--prompt", "x", "--seed", "-1"], "a seed is an integer from 0"),
+        (["generate", "--prompt", "x", "--conditioning-scale", "nan"], "give a finite number"),
+        (["generate", "--prompt", "x", "--resolution", "12x"], "give PX or HEIGHTxWIDTH"),
+        (["run", "e", "--prompt", "x", "--precision", "fp4"], "invalid choice"),
+    ],
+)
 def test_usage_errors_exit_2(argv, match, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -110,11 +130,15 @@ def test_usage_errors_exit_2(argv, match, capsys):
 def test_one_resolution_syntax_everywhere():
     """`512` and `512x768` in build, export, run and generate alike."""
     parser = __import__("pixart_export.cli", fromlist=["build_parser"]).build_parser()
-    for argv in (["build", "--target", "ort-cpu", "--resolution", "512", "512x768"],
-                 ["export", "--out", "x", "--resolution", "512", "512x768"]):
+    for argv in (
+        ["build", "--target", "ort-cpu", "--resolution", "512", "512x768"],
+        ["export", "--out", "x", "--resolution", "512", "512x768"],
+    ):
         assert parser.parse_args(argv).resolution == [(512, 512), (512, 768)]
-    for argv in (["run", "e", "--prompt", "p", "--resolution", "512x768"],
-                 ["generate", "--prompt", "p", "--resolution", "512x768"]):
+    for argv in (
+        ["run", "e", "--prompt", "p", "--resolution", "512x768"],
+        ["generate", "--prompt", "p", "--resolution", "512x768"],
+    ):
         assert parser.parse_args(argv).resolution == (512, 768)
 
 

@@ -1,4 +1,5 @@
 """reference.controlnet: zero-init gives the base output exactly; split path == fused upstream order."""
+
 from __future__ import annotations
 
 import pytest
@@ -39,8 +40,9 @@ def test_copies_start_as_base_blocks():
     base = PixArtDiT(SMALL_512, text_len=12)
     net = PixArtControlNet(base, ControlNetConfig(num_copies=2))
     for j, block in enumerate(net.controlnet):
-        for (name, a), (_, b) in zip(block.copied_block.state_dict().items(),
-                                     base.transformer_blocks[j].state_dict().items()):
+        for (name, a), (_, b) in zip(
+            block.copied_block.state_dict().items(), base.transformer_blocks[j].state_dict().items()
+        ):
             assert torch.equal(a, b), name
         assert block.copied_block is not base.transformer_blocks[j]  # trainable copy, not shared
     assert net.controlnet[0].before_proj is not None and net.controlnet[1].before_proj is None
@@ -73,8 +75,10 @@ def test_residual_j_enters_block_j_plus_1():
     base = PixArtDiT(SMALL_512, text_len=12).eval()
     latents, t, embeds, mask = random_inputs(SMALL_512)
     seen = {}
-    hooks = [blk.register_forward_pre_hook(lambda m, a, kw, i=i: seen.__setitem__(i, a[0].clone()), with_kwargs=True)
-             for i, blk in enumerate(base.transformer_blocks)]
+    hooks = [
+        blk.register_forward_pre_hook(lambda m, a, kw, i=i: seen.__setitem__(i, a[0].clone()), with_kwargs=True)
+        for i, blk in enumerate(base.transformer_blocks)
+    ]
     with torch.no_grad():
         base(latents, t, embeds, mask)
         clean = dict(seen)

@@ -4,6 +4,7 @@ Tolerance: all graphs are fp32 and compared with fp32 computations on the same i
 differences are onnxruntime's kernel/summation order, measured at ~2e-7 relative L2. We hold
 relative L2 <= 1e-4 (verify.TOLERANCES' fp32 row, reason stated there).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,8 +33,13 @@ def _session(folder, manifest, graph):
 
 def _weight_bytes(path) -> int:
     m = onnx.load(str(path))
-    consts = sum(numpy_helper.to_array(a.t).nbytes for n in m.graph.node if n.op_type == "Constant"
-                 for a in n.attribute if a.type == onnx.AttributeProto.TENSOR)
+    consts = sum(
+        numpy_helper.to_array(a.t).nbytes
+        for n in m.graph.node
+        if n.op_type == "Constant"
+        for a in n.attribute
+        if a.type == onnx.AttributeProto.TENSOR
+    )
     return sum(numpy_helper.to_array(i).nbytes for i in m.graph.initializer) + consts
 
 
@@ -52,12 +58,15 @@ def test_weights_stored_once(engine):  # noqa: F811
     # the exporter also merges initializers of equal value, and the tiny ControlNet's copies still
     # equal base blocks 0-1 -- only its zero projections were randomised when `tiny` was made.)
     tiny = tiny_model()
-    params = sum(p.numel() * 4 for n, p in tiny.dit.named_parameters() if n != "null_caption") + \
-        sum(p.numel() * 4 for p in tiny.controlnet.parameters())
+    params = sum(p.numel() * 4 for n, p in tiny.dit.named_parameters() if n != "null_caption") + sum(
+        p.numel() * 4 for p in tiny.controlnet.parameters()
+    )
     projections = sum(p.numel() * 4 for n, p in tiny.controlnet.named_parameters() if "_proj" in n)
-    controlled = _weight_bytes(folder / next(r["file"] for r in manifest["graphs"]
-                                             if r["graph"] == "denoiser_lcm4_controlnet"))
+    controlled = _weight_bytes(
+        folder / next(r["file"] for r in manifest["graphs"] if r["graph"] == "denoiser_lcm4_controlnet")
+    )
     assert one + projections <= controlled <= 1.05 * params
+
 
 def test_lcm_constants_in_manifest(engine):  # noqa: F811
     _, manifest = engine
@@ -81,13 +90,25 @@ def test_unrolled_equals_single_step_graph_k_times(engine, model):  # noqa: F811
     ts, ac = manifest["lcm"]["timesteps"], alphas_cumprod()
     x = torch.from_numpy(feeds["latents"])
     for i, t in enumerate(ts):
-        eps = one.run(None, {"latents": x.numpy(), "timestep": np.full(2, t, np.float32),
-                             "prompt_embeds": feeds["prompt_embeds"],
-                             "prompt_attention_mask": feeds["prompt_attention_mask"],
-                             "control_residuals": zeros})[0]
+        eps = one.run(
+            None,
+            {
+                "latents": x.numpy(),
+                "timestep": np.full(2, t, np.float32),
+                "prompt_embeds": feeds["prompt_embeds"],
+                "prompt_attention_mask": feeds["prompt_attention_mask"],
+                "control_residuals": zeros,
+            },
+        )[0]
         last = i == len(ts) - 1
-        x, denoised = lcm_step(torch.from_numpy(eps), x, t, None if last else ts[i + 1], ac,
-                               None if last else torch.from_numpy(feeds["step_noise"][i]))
+        x, denoised = lcm_step(
+            torch.from_numpy(eps),
+            x,
+            t,
+            None if last else ts[i + 1],
+            ac,
+            None if last else torch.from_numpy(feeds["step_noise"][i]),
+        )
     err = rel_l2(got, denoised.numpy())
     print(f"unrolled vs 4 x single step: rel L2 {err:.2e}")
     assert err <= FP32.rel_l2
@@ -126,12 +147,17 @@ def test_controlnet_then_transformer_equals_fused(engine, model):  # noqa: F811
     feeds = fixed_inputs(CONTROLNET, model_dims(model, 128, 128), batch=2, seed=8)
     residuals = net.run(None, feeds)[0]
     assert np.abs(residuals).max() > 0  # the tiny ControlNet is non-trivial
-    got = one.run(None, {**{k: feeds[k] for k in ("latents", "timestep", "prompt_embeds", "prompt_attention_mask")},
-                         "control_residuals": residuals})[0]
+    got = one.run(
+        None,
+        {
+            **{k: feeds[k] for k in ("latents", "timestep", "prompt_embeds", "prompt_attention_mask")},
+            "control_residuals": residuals,
+        },
+    )[0]
     with torch.no_grad():
         fused = ControlledDiT(model.dit, model.controlnet)(
-            *(torch.from_numpy(feeds[n]) for n in CONTROLNET.input_names[:5]),
-            float(feeds["conditioning_scale"][0]))[:, :4].numpy()
+            *(torch.from_numpy(feeds[n]) for n in CONTROLNET.input_names[:5]), float(feeds["conditioning_scale"][0])
+        )[:, :4].numpy()
     err = rel_l2(got, fused)
     print(f"split graphs vs fused ControlledDiT: rel L2 {err:.2e}")
     assert err <= FP32.rel_l2

@@ -4,6 +4,7 @@ Tolerance: both run the same fp32 modules; the only differences are the order of
 ops in our split forward (embed/run_block/final) and SDPA kernel choice, so agreement is at fp32
 rounding level. We require max |diff| <= 1e-5 x max(1, max|ref|) and relative L2 <= 1e-6.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -18,8 +19,9 @@ CASES = {"512": (SMALL_512, (8, 8)), "1024-ms": (SMALL_1024_MS, (8, 12))}
 
 def _pair(config):
     ours = PixArtDiT(config, text_len=12).eval()
-    theirs = PixArtTransformer2DModel(**{k: v for k, v in config.to_diffusers_dict().items()
-                                         if not k.startswith("_")}).eval()
+    theirs = PixArtTransformer2DModel(
+        **{k: v for k, v in config.to_diffusers_dict().items() if not k.startswith("_")}
+    ).eval()
     theirs.load_state_dict(ours.diffusers_state_dict(), strict=True)
     return ours, theirs
 
@@ -38,8 +40,9 @@ def test_matches_diffusers(case, padded):
         added = {"resolution": res, "aspect_ratio": ar}
     with torch.no_grad():
         got = ours(latents, t, embeds, mask, resolution=res, aspect_ratio=ar)
-        want = theirs(latents, encoder_hidden_states=embeds, timestep=t, added_cond_kwargs=added,
-                      encoder_attention_mask=mask).sample
+        want = theirs(
+            latents, encoder_hidden_states=embeds, timestep=t, added_cond_kwargs=added, encoder_attention_mask=mask
+        ).sample
     assert got.shape == want.shape == (2, config.out_channels, *hw)
     err = (got - want).abs().max().item()
     print(f"[{case}/{'padded' if padded else 'unpadded'}] max|diff| {err:.3e} rel_l2 {rel_l2(got, want):.3e}")

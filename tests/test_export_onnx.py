@@ -1,4 +1,5 @@
 """pixart_export.export_onnx: every graph exported, checker-clean, with the contract's IO and stable names."""
+
 from __future__ import annotations
 
 import re
@@ -25,8 +26,15 @@ def test_every_graph_exported_and_checked(engine):  # noqa: F811
     manifest = to_json(manifest)  # the schema-2 manifest as JSON data
     names = {r["graph"] for r in manifest["graphs"]}
     assert names == {s.name for s in graph_specs(4, control=True)}
-    assert names >= {"text_encoder", "transformer", "controlnet", "denoiser_lcm4", "denoiser_lcm4_controlnet",
-                     "vae_decoder", "vae_encoder"}
+    assert names >= {
+        "text_encoder",
+        "transformer",
+        "controlnet",
+        "denoiser_lcm4",
+        "denoiser_lcm4_controlnet",
+        "vae_decoder",
+        "vae_encoder",
+    }
     for rec in manifest["graphs"]:
         model_proto = onnx.load(str(folder / rec["file"]))
         onnx.checker.check_model(model_proto, full_check=True)
@@ -69,8 +77,10 @@ def test_node_names_say_where_they_come_from(engine):  # noqa: F811
         assert any(re.match(rf"^/step\.{step}/lcm/Mul", n) for n in names)
     assert not [n for n in names if n.startswith("/") and not n.startswith(("/step.", "/inputs/"))]
     one = next(r for r in manifest["graphs"] if r["graph"] == "transformer")
-    assert any(n.startswith("/transformer/transformer_blocks.0/attn2/") for n in
-               (n.name for n in onnx.load(str(folder / one["file"])).graph.node))
+    assert any(
+        n.startswith("/transformer/transformer_blocks.0/attn2/")
+        for n in (n.name for n in onnx.load(str(folder / one["file"])).graph.node)
+    )
 
 
 def test_batch_is_dynamic(engine, model):  # noqa: F811
@@ -102,8 +112,9 @@ def test_large_graphs_use_external_data(tmp_path, model, monkeypatch):  # noqa: 
 
     monkeypatch.setattr(export_onnx, "EXTERNAL_DATA_THRESHOLD", 1000)
     path = tmp_path / "vae_encoder_128x128.onnx"
-    files = export_onnx.export_graph(VaeEncoderGraph(model.vae), VAE_ENCODER, export_onnx.model_dims(model, 128, 128),
-                                     path)
+    files = export_onnx.export_graph(
+        VaeEncoderGraph(model.vae), VAE_ENCODER, export_onnx.model_dims(model, 128, 128), path
+    )
     assert files == [path.name, path.name + ".data"]
     assert path.stat().st_size < 200_000 < (tmp_path / files[1]).stat().st_size
     onnx.checker.check_model(str(path))
@@ -132,9 +143,14 @@ def test_export_cli_several_buckets(tmp_path, model, capsys):  # noqa: F811
     assert manifest["parity"] is None and manifest["resolutions"] == [[128, 128], [128, 256]]
     assert manifest["steps"] == 2 and manifest["lcm"]["timesteps"] == [999, 499]
     files = sorted(g["file"] for g in manifest["graphs"])
-    assert files == sorted(["text_encoder.onnx"] + [f"{g}_{r}.onnx" for g in
-                            ("transformer", "denoiser_lcm2", "vae_decoder", "vae_encoder")
-                            for r in ("128x128", "128x256")])
+    assert files == sorted(
+        ["text_encoder.onnx"]
+        + [
+            f"{g}_{r}.onnx"
+            for g in ("transformer", "denoiser_lcm2", "vae_decoder", "vae_encoder")
+            for r in ("128x128", "128x256")
+        ]
+    )
     assert "controlnet" not in " ".join(files)
     wide = next(g for g in manifest["graphs"] if g["file"] == "transformer_128x256.onnx")
     assert next(t["shape"] for t in wide["inputs"] if t["name"] == "control_residuals") == [2, "B", 128, 128]

@@ -5,6 +5,7 @@ external data (fp32 XL is ~2.3 GiB, over protobuf's 2 GB), pass onnx.checker, ke
 10% of the transformer's size (weights once) and match the reference at relative L2 <= 1e-4 (fp32).
 Takes tens of minutes and ~10 GiB of memory on a 2-core machine.
 """
+
 from __future__ import annotations
 
 import importlib.util

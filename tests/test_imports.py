@@ -1,6 +1,7 @@
 """The shape of the code, checked: no import cycle in pixart_export, the layers of ARCHITECTURE.md
 (reference stands alone; the runtime loads no export/quantise/compile/verify code, no torch, no
 onnx), and no backend named in an `if` outside its own folder."""
+
 from __future__ import annotations
 
 import ast
@@ -31,7 +32,7 @@ def _resolve(module: str, path: Path, node: ast.ImportFrom | ast.Import) -> list
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     if node.level:
         base = package.split(".")
-        base = base[:len(base) - (node.level - 1)]
+        base = base[: len(base) - (node.level - 1)]
         target = ".".join(base + ([node.module] if node.module else []))
     else:
         target = node.module or ""
@@ -79,8 +80,11 @@ def test_no_import_cycle_in_pixart_export():
 
 def test_reference_imports_nothing_from_pixart_export():
     graph = import_graph(top_level_only=False)
-    bad = {m: sorted(e for e in edges if e.startswith("pixart_export"))
-           for m, edges in graph.items() if m.startswith("reference")}
+    bad = {
+        m: sorted(e for e in edges if e.startswith("pixart_export"))
+        for m, edges in graph.items()
+        if m.startswith("reference")
+    }
     assert not any(bad.values()), bad
 
 
@@ -88,15 +92,28 @@ def test_runtime_layer():
     """What importing the runtime and a backend's runner loads: no stage code (lazy imports aside, which
     tests/test_runtime.py checks by running the runtime where torch is blocked)."""
     graph = import_graph(top_level_only=True)
-    forbidden = ("pixart_export.export", "pixart_export.build", "pixart_export.calibration", "pixart_export.verify",
-                 "pixart_export.engine_folder", "reference")
+    forbidden = (
+        "pixart_export.export",
+        "pixart_export.build",
+        "pixart_export.calibration",
+        "pixart_export.verify",
+        "pixart_export.engine_folder",
+        "reference",
+    )
     starts = [m for m in graph if m.startswith("pixart_export.runtime") or m.endswith(".runner")]
     assert len(starts) >= 6
     for start in starts:
         loaded = _closure(graph, start) | {start}
-        bad = sorted(m for m in loaded if m.startswith(forbidden) or
-                     (m.startswith("pixart_export.backends.") and m.rsplit(".", 1)[-1] not in ("runner", "base")
-                      and m.count(".") > 2))
+        bad = sorted(
+            m
+            for m in loaded
+            if m.startswith(forbidden)
+            or (
+                m.startswith("pixart_export.backends.")
+                and m.rsplit(".", 1)[-1] not in ("runner", "base")
+                and m.count(".") > 2
+            )
+        )
         assert not bad, f"{start} loads {bad}"
 
 
@@ -133,7 +150,10 @@ def test_no_backend_named_in_an_if_outside_its_folder():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.If, ast.IfExp, ast.While)):
                 for sub in ast.walk(node.test):
-                    if isinstance(sub, ast.Constant) and isinstance(sub.value, str) and \
-                            (sub.value in BACKEND_NAMES or sub.value.startswith(("trt-", "ov-", "ort-"))):
+                    if (
+                        isinstance(sub, ast.Constant)
+                        and isinstance(sub.value, str)
+                        and (sub.value in BACKEND_NAMES or sub.value.startswith(("trt-", "ov-", "ort-")))
+                    ):
                         offenders.append(f"{module}:{node.lineno} {sub.value!r}")
     assert not offenders, offenders

@@ -1,4 +1,5 @@
 """reference.loading / reference.official: round trips on small models, and one clear error per bad input."""
+
 from __future__ import annotations
 
 import json
@@ -27,10 +28,23 @@ from reference.loading import (
 from tests.conftest import SMALL_512, random_inputs
 
 # Official checkpoints do not record the head width; PixArt uses 72, so small test models do too.
-OFFICIAL_512 = DiTConfig(num_attention_heads=2, attention_head_dim=72, num_layers=2, cross_attention_dim=144,
-                         caption_channels=24, sample_size=8, use_additional_conditions=False)
-OFFICIAL_MS = DiTConfig(num_attention_heads=2, attention_head_dim=72, num_layers=2, cross_attention_dim=144,
-                        caption_channels=24, sample_size=128)
+OFFICIAL_512 = DiTConfig(
+    num_attention_heads=2,
+    attention_head_dim=72,
+    num_layers=2,
+    cross_attention_dim=144,
+    caption_channels=24,
+    sample_size=8,
+    use_additional_conditions=False,
+)
+OFFICIAL_MS = DiTConfig(
+    num_attention_heads=2,
+    attention_head_dim=72,
+    num_layers=2,
+    cross_attention_dim=144,
+    caption_channels=24,
+    sample_size=128,
+)
 
 
 def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -132,6 +146,7 @@ def test_corrupt_files_are_clear_errors(tmp_path):
 
 def test_pickled_code_is_refused(tmp_path):
     """weights_only=True: a checkpoint that would run code on load is rejected, not executed."""
+
     class Evil:
         def __reduce__(self):
             return (print, ("pwned",))
@@ -147,8 +162,9 @@ def test_unknown_config_and_layout(tmp_path):
     with pytest.raises(ModelError, match="no such file"):
         load_model(tmp_path / "absent")
     (tmp_path / "transformer").mkdir()
-    (tmp_path / "transformer" / "config.json").write_text(json.dumps({**SMALL_512.to_diffusers_dict(),
-                                                                       "norm_type": "ada_norm_zero"}))
+    (tmp_path / "transformer" / "config.json").write_text(
+        json.dumps({**SMALL_512.to_diffusers_dict(), "norm_type": "ada_norm_zero"})
+    )
     with pytest.raises(ModelError, match="norm_type"):
         load_dit(tmp_path / "transformer")
 
@@ -157,8 +173,9 @@ def test_tiny_loads_and_official_layout_folder(tmp_path):
     """An official-layout folder: the .pth with t5_ckpts/t5-v1_1-xxl and sd-vae-ft-ema beside it."""
     tiny = load_model("tiny", controlnet="tiny")
     assert tiny.layout == "diffusers" and tiny.controlnet is not None and tiny.default_resolution == 128
-    cfg = DiTConfig(**{**OFFICIAL_512.to_dict(), "caption_channels": tiny.text_encoder.config.d_model,
-                       "sample_size": 16})
+    cfg = DiTConfig(
+        **{**OFFICIAL_512.to_dict(), "caption_channels": tiny.text_encoder.config.d_model, "sample_size": 16}
+    )
     dit = _official_checkpoint(cfg, tmp_path / "PixArt-XL-2-512x512.pth", with_pos_embed=True, wrap=False)
     shutil.copytree(TINY_DIR / "text_encoder", tmp_path / "t5_ckpts" / "t5-v1_1-xxl")
     for f in (TINY_DIR / "tokenizer").iterdir():

@@ -1,5 +1,6 @@
 """pixart_export.manifest: schema-2 dataclasses validated on read, one writer, atomic writes, file tables,
 version comparison."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,17 @@ def test_version_order():
     assert M.version_tuple("1.20.0+cpu") == (1, 20, 0)
 
 
-@pytest.mark.parametrize("rel,ok", [("a.onnx", True), ("tokenizer/x.json", True), ("../x", False),
-                                    ("/etc/passwd", False), ("a/../../b", False), ("a\\b", False)])
+@pytest.mark.parametrize(
+    "rel,ok",
+    [
+        ("a.onnx", True),
+        ("tokenizer/x.json", True),
+        ("../x", False),
+        ("/etc/passwd", False),
+        ("a/../../b", False),
+        ("a\\b", False),
+    ],
+)
 def test_safe_relative_paths(rel, ok):
     assert M.safe_rel(rel) is ok
 
@@ -63,17 +73,20 @@ def test_round_trip_and_one_writer(engine, tmp_path):  # noqa: F811
     assert "Infinity" not in text and "NaN" not in text
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda m: m["graphs"][0].update(precision="int9"), r"graphs\[0\]\.precision: 'int9' is not one of fp32"),
-    (lambda m: m["graphs"][1].pop("inputs"), r"graphs\[1\]\.inputs: missing"),
-    (lambda m: m.update(steps="4"), r"steps: expected int, got '4'"),
-    (lambda m: m["tokenizer"].update(max_length=None), r"tokenizer\.max_length: expected int, got None"),
-    (lambda m: m.update(surprise=1), r"unknown field\(s\) surprise"),
-    (lambda m: m["graphs"][0].update(file="../outside/vae.onnx"), r"not a plain relative path inside the folder"),
-    (lambda m: m["graphs"][0].update(files=["x.onnx"]), r"names 'x.onnx', which is not listed"),
-    (lambda m: m["tokenizer"].update(dir="../tok"), r"tokenizer folder '../tok' is not inside the folder"),
-    (lambda m: m.update(schema_version=1), r"schema version 1.*rebuild the engine with this version"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda m: m["graphs"][0].update(precision="int9"), r"graphs\[0\]\.precision: 'int9' is not one of fp32"),
+        (lambda m: m["graphs"][1].pop("inputs"), r"graphs\[1\]\.inputs: missing"),
+        (lambda m: m.update(steps="4"), r"steps: expected int, got '4'"),
+        (lambda m: m["tokenizer"].update(max_length=None), r"tokenizer\.max_length: expected int, got None"),
+        (lambda m: m.update(surprise=1), r"unknown field\(s\) surprise"),
+        (lambda m: m["graphs"][0].update(file="../outside/vae.onnx"), r"not a plain relative path inside the folder"),
+        (lambda m: m["graphs"][0].update(files=["x.onnx"]), r"names 'x.onnx', which is not listed"),
+        (lambda m: m["tokenizer"].update(dir="../tok"), r"tokenizer folder '../tok' is not inside the folder"),
+        (lambda m: m.update(schema_version=1), r"schema version 1.*rebuild the engine with this version"),
+    ],
+)
 def test_invalid_manifests_name_the_field(engine, tmp_path, edit, message):  # noqa: F811
     folder = copy_engine(tmp_path / "e")
     data = _manifest_json(folder)
@@ -98,11 +111,14 @@ def test_record_selection_by_precision(engine):  # noqa: F811
         manifest.record("transformer", 64, 64)
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda m: m.update(status="compiled"), r"status 'compiled' is not one of ready for ort-cpu"),
-    (lambda m: m.update(target="tvm-cpu"), r"target 'tvm-cpu' is unknown"),
-    (lambda m: m["backend"].update(name="openvino"), r"target ort-cpu runs on onnxruntime, but the manifest says"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda m: m.update(status="compiled"), r"status 'compiled' is not one of ready for ort-cpu"),
+        (lambda m: m.update(target="tvm-cpu"), r"target 'tvm-cpu' is unknown"),
+        (lambda m: m["backend"].update(name="openvino"), r"target ort-cpu runs on onnxruntime, but the manifest says"),
+    ],
+)
 def test_registry_agreement(engine, tmp_path, edit, message):  # noqa: F811
     from pixart_export.targets import read_engine
 

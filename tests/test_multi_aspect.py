@@ -4,6 +4,7 @@ A small model with the resolution/aspect-ratio embedders (as PixArt-XL-2-1024-MS
 1024-MS have) is built from the tiny T5 and VAE, exported for a square and a non-square bucket, and
 held to the fp32 tolerances of graphs.py (rel L2 <= 1e-4, image PSNR >= 40 dB; reasons there).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -16,8 +17,15 @@ from reference.config import DiTConfig
 from reference.dit import PixArtDiT
 from reference.loading import TINY_DIR, save_dit
 
-MS_CONFIG = DiTConfig(num_attention_heads=4, attention_head_dim=24, num_layers=2, cross_attention_dim=96,
-                      caption_channels=64, sample_size=16, use_additional_conditions=True)
+MS_CONFIG = DiTConfig(
+    num_attention_heads=4,
+    attention_head_dim=24,
+    num_layers=2,
+    cross_attention_dim=96,
+    caption_channels=64,
+    sample_size=16,
+    use_additional_conditions=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +37,14 @@ def ms_engine(tmp_path_factory):
         shutil.copytree(TINY_DIR / part, root / "model" / part)
     torch.manual_seed(0)
     save_dit(PixArtDiT(MS_CONFIG), root / "model" / "transformer")
-    out, manifest, _ = build_target("ort-cpu", str(root / "model"), out=root / "engine",
-                                    resolutions=[(128, 128), (64, 128)], options={"optimise": False},
-                                    log=lambda m: None)
+    out, manifest, _ = build_target(
+        "ort-cpu",
+        str(root / "model"),
+        out=root / "engine",
+        resolutions=[(128, 128), (64, 128)],
+        options={"optimise": False},
+        log=lambda m: None,
+    )
     return out, manifest
 
 

@@ -1,4 +1,5 @@
 """`build --target ov-cpu` on tiny: manifest, parity, runtime API, reuse and refusals, torch-free load."""
+
 from __future__ import annotations
 
 import json
@@ -119,8 +120,9 @@ def test_int8_is_a_parameter_of_the_backend_not_a_target_name():
     fp32, int8 = get_target("ov-cpu").backend, get_target("ov-cpu-int8").backend
     assert isinstance(fp32, OpenVino) and isinstance(int8, OpenVino)
     assert (fp32.int8, int8.int8) == (False, True)
-    assert [s.name.split(":")[0] for s in OpenVino(int8=False).stages(None)] == \
-        [f"convert to OpenVINO IR (fp32 weights), openvino {fp32.installed_version()}"]
+    assert [s.name.split(":")[0] for s in OpenVino(int8=False).stages(None)] == [
+        f"convert to OpenVINO IR (fp32 weights), openvino {fp32.installed_version()}"
+    ]
     assert [s.name.split(":")[0] for s in OpenVino(int8=True).stages(None)][1:] == ["int8"]
     assert fp32.options(None, None) == {} and int8.options(None, None)["gate"]["pairs"] == 16
     assert "nncf" in int8.versions() and "nncf" not in fp32.versions()
@@ -185,11 +187,17 @@ def test_int8_options_refuse_too_few_pairs_or_a_missing_file(tmp_path):
 
 
 def test_cli_build_errors_are_one_line():
-    proc = subprocess.run([sys.executable, "-m", "pixart_export.cli", "build", "--target", "ov-cpu-int8",
-                           "--quality-pairs", "4"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pixart_export.cli", "build", "--target", "ov-cpu-int8", "--quality-pairs", "4"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "pixart-export: error: --quality-pairs 4: the int8 quality gate needs at least 16 pairs"]
+        "pixart-export: error: --quality-pairs 4: the int8 quality gate needs at least 16 pairs"
+    ]
 
 
 def test_remeasure_gives_the_build_figures(ov_cpu, model):  # noqa: F811

@@ -1,4 +1,5 @@
 """`build --target ov-cpu-int8` on tiny: NNCF int8, measured choices and the quality gate in the manifest."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,12 @@ def test_calibration_follows_the_reference_sampler(model):  # noqa: F811
     from pixart_export.backends.openvino.quantize import _calibrate
     from reference.schedules import draw_noise
 
-    options = {"calibration_prompts": ["a cat", "a dog", "a fox", "a hen"], "transformer_prompts": 2,
-               "denoiser_prompts": 1, "held_out_prompts": 1}
+    options = {
+        "calibration_prompts": ["a cat", "a dog", "a fox", "a hen"],
+        "transformer_prompts": 2,
+        "denoiser_prompts": 1,
+        "held_out_prompts": 1,
+    }
     train, held = _calibrate(model, options, (128, 128), 4, log=lambda m: None)
     steps, loops = train["transformer"], train["denoiser_lcm4"]
     assert len(steps) == 8 and len(loops) == 1
@@ -44,8 +49,13 @@ def test_int8_engine(ov_int8, ov_cpu):  # noqa: F811
     q = manifest.quantisation
     assert manifest.default_precision == Precision.INT8
     prec = {r.graph: r.precision for r in manifest.graphs}
-    assert prec == {"text_encoder": Precision.INT8_WEIGHTS, "transformer": Precision.INT8,
-                    "denoiser_lcm4": Precision.INT8, "vae_decoder": Precision.FP32, "vae_encoder": Precision.FP32}
+    assert prec == {
+        "text_encoder": Precision.INT8_WEIGHTS,
+        "transformer": Precision.INT8,
+        "denoiser_lcm4": Precision.INT8,
+        "vae_decoder": Precision.FP32,
+        "vae_encoder": Precision.FP32,
+    }
     for rec in manifest.graphs:
         assert rec.runtime["config"]["INFERENCE_PRECISION_HINT"] in ("f32", "bf16")
         if rec.precision == Precision.INT8:
@@ -64,6 +74,7 @@ def test_int8_engine(ov_int8, ov_cpu):  # noqa: F811
     quality = parity.quality
     assert quality["ok"] and quality["pairs"] >= 16 and len(quality["images"]) == quality["pairs"]
     assert quality["mean_psnr_db"] >= 25 and quality["mean_ssim"] >= 0.8
+
     # int8 weights: the transformer files are about 4x smaller; the unrolled graph stores them once
     # (weights are in the .bin; the unrolled .xml lists K times the nodes, so it is compared apart)
     def weights(folder, rec):
@@ -82,8 +93,14 @@ def test_quality_gate_fails_with_a_clear_message(ov_int8, model):  # noqa: F811
     from pixart_export.verify import QualityGate, failures, pipeline_images, quality_gate, reference_images
 
     folder, _ = ov_int8
-    quality = quality_gate(reference_images(model, 4), pipeline_images(load(folder)), read_prompts(HELD_OUT_PROMPTS),
-                           QualityGate(min_mean_psnr_db=99.0), (128, 128), log=lambda m: None)
+    quality = quality_gate(
+        reference_images(model, 4),
+        pipeline_images(load(folder)),
+        read_prompts(HELD_OUT_PROMPTS),
+        QualityGate(min_mean_psnr_db=99.0),
+        (128, 128),
+        log=lambda m: None,
+    )
     assert not quality["ok"] and quality["pairs"] == 16
     [message] = failures(Parity(ok=False, graphs=(), end_to_end=(), quality=quality))
     assert message.startswith("int8 quality: mean PSNR") and "(min 99.0)" in message

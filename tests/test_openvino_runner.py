@@ -1,5 +1,6 @@
 """backends/openvino: ONNX -> IR keeps fp32 weights, the compile precision is always explicit, and the
 runner applies each graph's recorded configuration without importing the build."""
+
 from __future__ import annotations
 
 import subprocess
@@ -15,11 +16,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _record(config: dict | None) -> GraphRecord:
-    return GraphRecord(graph="vae_decoder", file="vae_decoder_128x128.xml",
-                       files=("vae_decoder_128x128.xml", "vae_decoder_128x128.bin"), precision=Precision.FP32,
-                       height=128, width=128, inputs=(TensorRecord("denoised", "float32", ("B", 4, 16, 16)),),
-                       outputs=(TensorRecord("image", "float32", ("B", 3, 128, 128)),),
-                       runtime={} if config is None else {"config": config})
+    return GraphRecord(
+        graph="vae_decoder",
+        file="vae_decoder_128x128.xml",
+        files=("vae_decoder_128x128.xml", "vae_decoder_128x128.bin"),
+        precision=Precision.FP32,
+        height=128,
+        width=128,
+        inputs=(TensorRecord("denoised", "float32", ("B", 4, 16, 16)),),
+        outputs=(TensorRecord("image", "float32", ("B", 3, 128, 128)),),
+        runtime={} if config is None else {"config": config},
+    )
 
 
 def test_convert_keeps_fp32_and_matches_reference(tmp_path):
@@ -105,11 +112,13 @@ def test_installed_version_or_a_message_naming_the_extra(monkeypatch):
 
 def test_runner_imports_nothing_from_the_build():
     """The runtime half (runner.py) imports neither torch nor the prepare/quantise/export modules."""
-    script = ("import sys\n"
-              "import pixart_export.backends.openvino.runner\n"
-              "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'nncf', 'reference') or m.endswith("
-              "('.prepare', '.quantize', '.options')) or '.export' in m]\n"
-              "print('LOADED', sorted(bad))\n")
+    script = (
+        "import sys\n"
+        "import pixart_export.backends.openvino.runner\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'nncf', 'reference') or m.endswith("
+        "('.prepare', '.quantize', '.options')) or '.export' in m]\n"
+        "print('LOADED', sorted(bad))\n"
+    )
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "LOADED []" in proc.stdout, proc.stdout

@@ -4,6 +4,7 @@ Proved offline from the installed distributions' metadata (Requires-Dist, marker
 extras asked for), walking every requirement transitively: what pip would resolve for `.[ort]`
 (or the base) contains neither torch nor diffusers, transformers, accelerate or onnx. The other half,
 that an engine folder runs where torch cannot be imported, is tests/test_runtime.py's."""
+
 from __future__ import annotations
 
 import importlib.metadata as md

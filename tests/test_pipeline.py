@@ -4,6 +4,7 @@ Same weights (diffusers loads our tiny folder as it is), same x_T and same step 
 torch generator in diffusers' order), 4 LCM steps, no guidance. Both run identical fp32 modules, so
 the images agree to float32 rounding: max |diff| <= 1e-5 on [0, 1] pixels.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,9 +31,18 @@ def test_matches_diffusers_pixart_alpha_pipeline(tiny):
     pipe = PixArtAlphaPipeline.from_pretrained(str(TINY_DIR), local_files_only=True)
     shape = (len(PROMPTS), 4, 16, 16)
     x_t = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    want = pipe(PROMPTS, num_inference_steps=4, guidance_scale=0.0, latents=x_t.clone(),
-                generator=torch.Generator().manual_seed(1), output_type="pt", clean_caption=False,
-                use_resolution_binning=False, height=128, width=128).images
+    want = pipe(
+        PROMPTS,
+        num_inference_steps=4,
+        guidance_scale=0.0,
+        latents=x_t.clone(),
+        generator=torch.Generator().manual_seed(1),
+        output_type="pt",
+        clean_caption=False,
+        use_resolution_binning=False,
+        height=128,
+        width=128,
+    ).images
 
     ref = ReferencePipeline(tiny)
     embeds, mask = ref.encode(PROMPTS)
@@ -67,8 +77,13 @@ def test_noise_contract(tiny):
     noise = torch.from_numpy(draw_noise(5, 2, (4, 16, 16), 4))
     embeds, mask = ref.encode(PROMPTS)
     with torch.no_grad():
-        want = lcm_sample(ref.eps_fn(embeds, mask, 128, 128), noise[0], lcm_timesteps(4, "diffusers"),
-                          list(noise[1:]), alphas_cumprod())
+        want = lcm_sample(
+            ref.eps_fn(embeds, mask, 128, 128),
+            noise[0],
+            lcm_timesteps(4, "diffusers"),
+            list(noise[1:]),
+            alphas_cumprod(),
+        )
     assert torch.equal(got, want)
 
 
@@ -94,11 +109,14 @@ def test_non_square_resolution(tiny):
     assert out.shape == (1, 3, 64, 128)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"resolution": 100}, "unsupported resolution"),
-    ({"prompts": ""}, "empty prompt"),
-    ({"sampler": "euler"}, "unknown sampler"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"resolution": 100}, "unsupported resolution"),
+        ({"prompts": ""}, "empty prompt"),
+        ({"sampler": "euler"}, "unknown sampler"),
+    ],
+)
 def test_bad_input(tiny, kwargs, match):
     kwargs = {"prompts": PROMPTS[0], **kwargs}
     with pytest.raises(ModelError, match=match):

@@ -1,6 +1,7 @@
 """The README's usage commands, read from the README itself and run as a user would (in a scratch
 folder, `.venv/bin/pixart-export` being this interpreter's `pixart_export.cli`). A command that
 fails, or a README edit that breaks one, fails here."""
+
 from __future__ import annotations
 
 import re

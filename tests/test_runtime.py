@@ -1,4 +1,5 @@
 """pixart_export.runtime: torch-free, same noise and tokens as the reference, refuses bad engine folders."""
+
 from __future__ import annotations
 
 import json
@@ -40,9 +41,18 @@ def test_noise_matches_reference():
         assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("text", ["a small red circle above a blue square", "", "x" * 300,
-                                  "ein Haus am See, Öl auf Leinwand ✓ 漢字", "tags</s>in<pad>the<unk>text<extra_id_7>!",
-                                  "<extra_id_124><extra_id_12>", "a <s> b"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a small red circle above a blue square",
+        "",
+        "x" * 300,
+        "ein Haus am See, Öl auf Leinwand ✓ 漢字",
+        "tags</s>in<pad>the<unk>text<extra_id_7>!",
+        "<extra_id_124><extra_id_12>",
+        "a <s> b",
+    ],
+)
 def test_byt5_tokenizer_matches_transformers(text):
     from transformers import AutoTokenizer
 
@@ -81,8 +91,9 @@ def test_runs_without_torch_and_matches_reference(engine, model, tmp_path):  # n
     assert "empty prompt" in proc.stderr
     from reference.pipeline import ReferencePipeline
 
-    want = ReferencePipeline(model)(["a small red circle above a blue square"] * 2, steps=4, seed=3,
-                                    output="pt").numpy()
+    want = ReferencePipeline(model)(
+        ["a small red circle above a blue square"] * 2, steps=4, seed=3, output="pt"
+    ).numpy()
     assert psnr_uint8(np.load(tmp_path / "x.npy"), want) >= 40.0  # the fp32 floor of verify.TOLERANCES
 
 
@@ -175,8 +186,9 @@ def test_tokenizer_json_matches_transformers(tmp_path):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     tok.save(str(tmp_path / "tokenizer.json"))
-    fast = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"), pad_token="<pad>",
-                                   eos_token="</s>", unk_token="<unk>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_file=str(tmp_path / "tokenizer.json"), pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
     prompts = ["a small red circle above a blue square", "unknown words here", " ".join(["red"] * 30)]
     want = fast(prompts, padding="max_length", max_length=12, truncation=True)
     ids, mask = JsonTokenizer(tmp_path / "tokenizer.json", 12)(prompts)

@@ -6,6 +6,7 @@ float32 ulps. Measured here: bit-identical for LCM 1, 2, 4, 8 steps and DDIM 4/2
 and 1.9e-6 for DDPM, on values of magnitude up to ~10. So we allow rtol 2e-6 + atol 1e-6: a few
 float32 ulps (eps 1.2e-7) accumulated over the steps, and nothing a real formula error would give.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,14 @@ def test_alphas_match_diffusers():
 
 @pytest.mark.parametrize("steps", range(1, 9))
 def test_lcm_diffusers_spacing_and_steps(steps):
-    sched = LCMScheduler(**LINEAR, original_inference_steps=50, timestep_scaling=10.0, clip_sample=False,
-                         set_alpha_to_one=True, prediction_type="epsilon")
+    sched = LCMScheduler(
+        **LINEAR,
+        original_inference_steps=50,
+        timestep_scaling=10.0,
+        clip_sample=False,
+        set_alpha_to_one=True,
+        prediction_type="epsilon",
+    )
     sched.set_timesteps(steps)
     assert lcm_timesteps(steps, "diffusers") == sched.timesteps.tolist()
 
@@ -73,8 +80,14 @@ def test_lcm_scalings_match_diffusers():
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
 @pytest.mark.parametrize("steps", [4, 25])
 def test_ddim_matches_diffusers(spacing, steps):
-    sched = DDIMScheduler(**LINEAR, clip_sample=False, set_alpha_to_one=True, steps_offset=0,
-                          timestep_spacing=spacing, prediction_type="epsilon")
+    sched = DDIMScheduler(
+        **LINEAR,
+        clip_sample=False,
+        set_alpha_to_one=True,
+        steps_offset=0,
+        timestep_spacing=spacing,
+        prediction_type="epsilon",
+    )
     sched.set_timesteps(steps)
     assert ddim_timesteps(steps, spacing) == sched.timesteps.tolist()
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
@@ -104,8 +117,9 @@ def test_add_noise_matches_diffusers():
     sched = DDPMScheduler(**LINEAR)
     x0, noise = torch.randn(SHAPE), torch.randn(SHAPE)
     t = torch.tensor([0, 999])
-    torch.testing.assert_close(add_noise(x0, noise, t, alphas_cumprod()), sched.add_noise(x0, noise, t),
-                               rtol=2e-6, atol=1e-6)
+    torch.testing.assert_close(
+        add_noise(x0, noise, t, alphas_cumprod()), sched.add_noise(x0, noise, t), rtol=2e-6, atol=1e-6
+    )
 
 
 def test_noise_contract_is_numpy_pcg64():

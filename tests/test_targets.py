@@ -1,4 +1,5 @@
 """pixart_export.targets: the registry, its backend objects, and the README's targets table."""
+
 from __future__ import annotations
 
 import re
@@ -11,9 +12,25 @@ from pixart_export.targets import TARGETS, backends, get_target
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("__init__.py", "prepare.py", "runner.py", "options.py")
-PROTOCOL = ("name", "extra", "statuses", "code", "installed_version", "versions", "backend_info", "device",
-            "check_request", "add_options", "options", "stages", "verify", "remeasure", "runner", "check_host",
-            "finish")
+PROTOCOL = (
+    "name",
+    "extra",
+    "statuses",
+    "code",
+    "installed_version",
+    "versions",
+    "backend_info",
+    "device",
+    "check_request",
+    "add_options",
+    "options",
+    "stages",
+    "verify",
+    "remeasure",
+    "runner",
+    "check_host",
+    "finish",
+)
 
 
 def test_every_backend_folder_has_the_same_parts():

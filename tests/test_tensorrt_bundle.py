@@ -1,6 +1,7 @@
 """build --target trt-* on CPU: the bundle path end to end on `tiny` (export, fp16, int8 Q/DQ, verify,
 check, bundle), the CLI around it, the gate; and ort-cuda, which ships the same fp16 preparation.
 One bundle per session (~2.5 min on 2 cores)."""
+
 from __future__ import annotations
 
 import argparse
@@ -47,9 +48,15 @@ def test_bundle_contents_and_figures():
     got = {(r.graph, str(r.precision)) for r in manifest.graphs}
     # The trained tiny T5 fails fp16 (weights rounded to fp16 move its large attention logits), so it
     # ships fp32 with the measured reason; every DiT/VAE graph is fp16 (and int8 where the target has it).
-    assert got == {("text_encoder", "fp32"), ("transformer", "fp16"), ("denoiser_lcm4", "fp16"),
-                   ("vae_decoder", "fp16"), ("vae_encoder", "fp16"), ("transformer", "int8"),
-                   ("denoiser_lcm4", "int8")}
+    assert got == {
+        ("text_encoder", "fp32"),
+        ("transformer", "fp16"),
+        ("denoiser_lcm4", "fp16"),
+        ("vae_decoder", "fp16"),
+        ("vae_encoder", "fp16"),
+        ("transformer", "int8"),
+        ("denoiser_lcm4", "int8"),
+    }
     assert not list(folder.glob("*_128x128.onnx")) and not (folder / "text_encoder.onnx").exists()  # no baseline
     parity = manifest.parity
     against = [r.get("against") for r in parity.graphs]
@@ -108,8 +115,16 @@ def test_gate_names_the_failing_figure():
     from pixart_export.backends.tensorrt.prepare import _gate_now
 
     ctx = argparse.Namespace(target=argparse.Namespace(name="trt-t4"), out=Path("x"), log=lambda m: None)
-    row = {"file": "transformer_128x128.int8.onnx", "graph": "transformer", "output": "noise_pred",
-           "precision": "int8", "rel_l2": 0.4, "max_abs": 1.0, "tol_rel_l2": 0.1, "ok": False}
+    row = {
+        "file": "transformer_128x128.int8.onnx",
+        "graph": "transformer",
+        "output": "noise_pred",
+        "precision": "int8",
+        "rel_l2": 0.4,
+        "max_abs": 1.0,
+        "tol_rel_l2": 0.1,
+        "ok": False,
+    }
     with pytest.raises(GateFailed, match=r"transformer_128x128.int8.onnx noise_pred \(int8\) rel L2 4.00e-01 > 1e-01"):
         _gate_now(ctx, Parity(ok=False, graphs=(row,), end_to_end=()), "precision check failed")
     _gate_now(ctx, Parity(ok=True, graphs=({**row, "replaced_by_fp32": True},), end_to_end=()), "unused")
@@ -197,13 +212,18 @@ def test_ort_cuda_ships_the_fp16_preparation(tmp_path):
     it short; the full preparation is the bundle's, tested above."""
     from pixart_export.build import build_target
 
-    out, manifest, _ = build_target("ort-cuda", "tiny", out=tmp_path / "ort-cuda", log=lambda m: None,
-                                    options={"fp16": True, "calib_prompts": 2})
+    out, manifest, _ = build_target(
+        "ort-cuda", "tiny", out=tmp_path / "ort-cuda", log=lambda m: None, options={"fp16": True, "calib_prompts": 2}
+    )
     assert manifest.status == "ready" and manifest.default_precision == Precision.FP16
     assert manifest.backend.name == "onnxruntime" and manifest.device.kind == "gpu"
     assert {(r.graph, str(r.precision)) for r in manifest.graphs} == {
-        ("text_encoder", "fp32"), ("transformer", "fp16"), ("denoiser_lcm4", "fp16"), ("vae_decoder", "fp16"),
-        ("vae_encoder", "fp16")}  # T5 falls back to fp32 as in the bundle
+        ("text_encoder", "fp32"),
+        ("transformer", "fp16"),
+        ("denoiser_lcm4", "fp16"),
+        ("vae_decoder", "fp16"),
+        ("vae_encoder", "fp16"),
+    }  # T5 falls back to fp32 as in the bundle
     assert len(manifest.build["calibration"]["prompts"]) == 2
     assert "check" not in manifest.build and "compile_command" not in manifest.build
     assert all("profile" not in r.runtime for r in manifest.graphs)
@@ -211,6 +231,9 @@ def test_ort_cuda_ships_the_fp16_preparation(tmp_path):
     assert parity.ok and [(r["precision"], r["case"]) for r in parity.end_to_end] == [("fp16", "text2image")]
     assert parity.end_to_end[0]["psnr_db"] > 40  # measured 54 dB: fp16 rounding only
     assert [r["precision"] for r in parity.graphs] == ["fp32"] * 5 + ["fp16"] * 5
-    assert all(r["against"] == "fp32 graph" and r["inputs"] == ("fixed inputs" if r["graph"] == "vae_encoder" else
-                                                               "held-out prompts") for r in parity.graphs[5:])
+    assert all(
+        r["against"] == "fp32 graph"
+        and r["inputs"] == ("fixed inputs" if r["graph"] == "vae_encoder" else "held-out prompts")
+        for r in parity.graphs[5:]
+    )
     check_files(out, read_manifest(out))

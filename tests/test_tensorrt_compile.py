@@ -1,6 +1,7 @@
 """backends/tensorrt/compile.py without TensorRT: version/arch matching, profiles, cache keys, and the
 whole compile flow against a fake `tensorrt` module (records what the real API would be asked); the
 host checks of a compiled folder (`TensorRT.check_host`)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,9 +24,16 @@ T4_GPU = {"name": "Tesla T4", "sm": 75, "driver": "12.4"}
 T4 = TARGETS["trt-t4"]
 
 
-@pytest.mark.parametrize("version,allowed,ok", [
-    ("10.4.0.26", ("10.0", "10.4"), True), ("10.5.0", ("10.0", "10.4"), False), ("9.3.0", ("10.0", None), False),
-    ("11.0.1", ("10.0", None), True), ("10.0.1.6", ("10.0", "10.4"), True)])
+@pytest.mark.parametrize(
+    "version,allowed,ok",
+    [
+        ("10.4.0.26", ("10.0", "10.4"), True),
+        ("10.5.0", ("10.0", "10.4"), False),
+        ("9.3.0", ("10.0", None), False),
+        ("11.0.1", ("10.0", None), True),
+        ("10.0.1.6", ("10.0", "10.4"), True),
+    ],
+)
 def test_version_allowed(version, allowed, ok):
     assert C.version_allowed(version, allowed) is ok
 
@@ -41,13 +49,25 @@ def test_refusals_say_what_to_do():
 def test_cache_key_is_content_hash():
     a = C.timing_cache_key("aa", "10.4.0", T4_GPU)
     assert a == C.timing_cache_key("aa", "10.4.0", dict(T4_GPU))
-    assert len({a, C.timing_cache_key("ab", "10.4.0", T4_GPU), C.timing_cache_key("aa", "10.5.0", T4_GPU),
-                C.timing_cache_key("aa", "10.4.0", {**T4_GPU, "sm": 80})}) == 4
+    assert (
+        len(
+            {
+                a,
+                C.timing_cache_key("ab", "10.4.0", T4_GPU),
+                C.timing_cache_key("aa", "10.5.0", T4_GPU),
+                C.timing_cache_key("aa", "10.4.0", {**T4_GPU, "sm": 80}),
+            }
+        )
+        == 4
+    )
 
 
 def test_host_can_compile_without_tensorrt():
-    ok, why = C.host_can_compile(TARGETS["trt-t4"], trt=None, device=None) if C.probe_tensorrt() is None \
+    ok, why = (
+        C.host_can_compile(TARGETS["trt-t4"], trt=None, device=None)
+        if C.probe_tensorrt() is None
         else (False, "TensorRT is not installed")
+    )
     assert not ok and "not installed" in why
     fake = types.SimpleNamespace(__version__="10.3.0")
     assert C.host_can_compile(TARGETS["trt-t4"], fake, {"name": "H100", "sm": 90})[0] is False
@@ -115,30 +135,58 @@ def _bundle(tmp_path) -> Path:
     (folder / "tokenizer").mkdir(parents=True)
     (folder / "tokenizer" / "tokenizer.json").write_text("{}")
     onnx.save(linear_residual(), str(folder / "g.fp16.onnx"))
-    rec = {"file": "g.fp16.onnx", "inputs": [{"name": "x", "dtype": "float32", "shape": ["B", 8, 16]},
-                                             {"name": "t", "dtype": "float32", "shape": ["B", 1, 1]}]}
+    rec = {
+        "file": "g.fp16.onnx",
+        "inputs": [
+            {"name": "x", "dtype": "float32", "shape": ["B", 8, 16]},
+            {"name": "t", "dtype": "float32", "shape": ["B", 1, 1]},
+        ],
+    }
     profile = C.profiles_for(TARGETS["trt-t4"], [rec])["g.fp16.onnx"]
-    graph = M.GraphRecord(graph="transformer", file="g.fp16.onnx", files=("g.fp16.onnx",), precision=Precision.FP16,
-                        height=128, width=128,
-                        inputs=tuple(M.TensorRecord(t["name"], t["dtype"], tuple(t["shape"])) for t in rec["inputs"]),
-                        outputs=(M.TensorRecord("y", "float32", ("B", 8, 16)),), runtime={"profile": profile})
+    graph = M.GraphRecord(
+        graph="transformer",
+        file="g.fp16.onnx",
+        files=("g.fp16.onnx",),
+        precision=Precision.FP16,
+        height=128,
+        width=128,
+        inputs=tuple(M.TensorRecord(t["name"], t["dtype"], tuple(t["shape"])) for t in rec["inputs"]),
+        outputs=(M.TensorRecord("y", "float32", ("B", 8, 16)),),
+        runtime={"profile": profile},
+    )
     manifest = M.Manifest(
-        schema_version=M.SCHEMA_VERSION, toolchain={}, target="trt-t4",
-        backend=BackendInfo("tensorrt", None, ("10.0", None)), device=Device(kind="gpu", arch="sm_75", sm=75),
-        model=M.ModelRecord("tiny", None, "tiny", False, "c", "w", "i"), build_key="k", status="bundle", steps=4,
-        lcm=M.LcmRecord("diffusers", 1000, (999,), (0.0,), (1.0,), (0.5,)), resolutions=((128, 128),),
-        latent_channels=4, vae_scale_factor=8, tokenizer=M.TokenizerRecord("tokenizers", "tokenizer", 120, 0, "T5"),
-        graphs=(graph,), default_precision=Precision.FP16, parity=None, files=M.file_table(folder),
-        build={"compile_command": f"pixart-export compile {folder}"})
+        schema_version=M.SCHEMA_VERSION,
+        toolchain={},
+        target="trt-t4",
+        backend=BackendInfo("tensorrt", None, ("10.0", None)),
+        device=Device(kind="gpu", arch="sm_75", sm=75),
+        model=M.ModelRecord("tiny", None, "tiny", False, "c", "w", "i"),
+        build_key="k",
+        status="bundle",
+        steps=4,
+        lcm=M.LcmRecord("diffusers", 1000, (999,), (0.0,), (1.0,), (0.5,)),
+        resolutions=((128, 128),),
+        latent_channels=4,
+        vae_scale_factor=8,
+        tokenizer=M.TokenizerRecord("tokenizers", "tokenizer", 120, 0, "T5"),
+        graphs=(graph,),
+        default_precision=Precision.FP16,
+        parity=None,
+        files=M.file_table(folder),
+        build={"compile_command": f"pixart-export compile {folder}"},
+    )
     write_manifest(folder, manifest)
     return folder
 
 
 def test_profiles():
     rec = {"file": "a.onnx", "inputs": [{"name": "x", "shape": ["B", 4, 16, 16]}, {"name": "s", "shape": [1]}]}
-    assert C.profiles_for(TARGETS["trt-a100"], [rec]) == {"a.onnx": {
-        "x": {"min": [1, 4, 16, 16], "opt": [1, 4, 16, 16], "max": [8, 4, 16, 16]},
-        "s": {"min": [1], "opt": [1], "max": [1]}}}
+    assert C.profiles_for(TARGETS["trt-a100"], [rec]) == {
+        "a.onnx": {
+            "x": {"min": [1, 4, 16, 16], "opt": [1, 4, 16, 16], "max": [8, 4, 16, 16]},
+            "s": {"min": [1], "opt": [1], "max": [1]},
+        }
+    }
 
 
 def test_compile_with_fake_tensorrt(tmp_path, monkeypatch):
@@ -188,9 +236,16 @@ def test_compile_refuses_other_folders(tmp_path):
     with pytest.raises(UserError, match="no such folder"):
         C.compile_bundle(tmp_path / "nope", T4, trt=FakeTrt, device=T4_GPU)
     folder = _bundle(tmp_path)
-    write_manifest(folder, dataclasses.replace(read_manifest(folder), target="ort-cpu", status="ready",
-                                               backend=BackendInfo("onnxruntime", "1.18.0"),
-                                               device=Device(kind="cpu", arch="any")))
+    write_manifest(
+        folder,
+        dataclasses.replace(
+            read_manifest(folder),
+            target="ort-cpu",
+            status="ready",
+            backend=BackendInfo("onnxruntime", "1.18.0"),
+            device=Device(kind="cpu", arch="any"),
+        ),
+    )
     with pytest.raises(UserError, match="onnxruntime engine folder, not a TensorRT bundle"):
         C.compile_bundle(folder, T4, trt=FakeTrt, device=T4_GPU)
 
@@ -199,8 +254,9 @@ def _host(monkeypatch, version="10.3.0", device=T4_GPU):
     from pixart_export.backends.tensorrt import runner
 
     for module in (C, runner):
-        monkeypatch.setattr(module, "probe_tensorrt", lambda: None if version is None else
-                            types.SimpleNamespace(__version__=version))
+        monkeypatch.setattr(
+            module, "probe_tensorrt", lambda: None if version is None else types.SimpleNamespace(__version__=version)
+        )
         monkeypatch.setattr(module, "probe_device", lambda: device)
 
 

@@ -1,4 +1,5 @@
 """backends/tensorrt/fp16.py: which nodes stay fp32 and why, the converted graph runs and keeps fp32 I/O."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,10 +18,15 @@ def test_plan_rules_by_structure_and_name():
     assert plan["/time_proj/Sin"].startswith("sensitive op")
     assert plan["/time_proj/Mul"].startswith("phase")  # t * 500 feeds a Sin: fp16 would scramble it
     assert "/block.0/ff/proj/MatMul" not in plan  # the compute goes fp16
-    norm = model([helper.make_node("ReduceMean", ["x"], ["m"], name="/enc/layer_norm/ReduceMean"),
-                  helper.make_node("MatMul", ["x", "x"], ["y"], name="/enc/block.0/layer.1/DenseReluDense/wo/MatMul"),
-                  helper.make_node("Add", ["y", "m"], ["z"], name="/text_encoder/encoder/block.0/layer.1/Add")],
-                 [f32("x", 4, 4)], [f32("z", 4, 4)])
+    norm = model(
+        [
+            helper.make_node("ReduceMean", ["x"], ["m"], name="/enc/layer_norm/ReduceMean"),
+            helper.make_node("MatMul", ["x", "x"], ["y"], name="/enc/block.0/layer.1/DenseReluDense/wo/MatMul"),
+            helper.make_node("Add", ["y", "m"], ["z"], name="/text_encoder/encoder/block.0/layer.1/Add"),
+        ],
+        [f32("x", 4, 4)],
+        [f32("z", 4, 4)],
+    )
     plan = fp16.plan_fp32_nodes(norm, "text_encoder")
     assert plan["/enc/layer_norm/ReduceMean"] == "normalisation"
     assert plan["/enc/block.0/layer.1/DenseReluDense/wo/MatMul"].startswith("known fp16 overflow")
@@ -58,16 +64,25 @@ def test_convert_runs_in_onnxruntime_with_fp32_io(tmp_path):
 
 
 def test_restore_fp32_outputs():
-    m = model([helper.make_node("Cast", ["x"], ["y"], to=onnx.TensorProto.FLOAT16, name="c")],
-              [f32("x", 2)], [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT16, [2])])
+    m = model(
+        [helper.make_node("Cast", ["x"], ["y"], to=onnx.TensorProto.FLOAT16, name="c")],
+        [f32("x", 2)],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT16, [2])],
+    )
     assert fp16.restore_fp32_outputs(m) == 1
     assert m.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     assert sess.run(None, {"x": np.array([1.0, 2.0], np.float32)})[0].dtype == np.float32
 
 
-@pytest.mark.parametrize("reason,kind", [("measured max |activation| 5e+04 > fp16-safe bound 4094", "measured"),
-                                         ("sensitive op Softmax", "sensitive op"), ("normalisation", "normalisation")])
+@pytest.mark.parametrize(
+    "reason,kind",
+    [
+        ("measured max |activation| 5e+04 > fp16-safe bound 4094", "measured"),
+        ("sensitive op Softmax", "sensitive op"),
+        ("normalisation", "normalisation"),
+    ],
+)
 def test_reason_kind(reason, kind):
     assert fp16.reason_kind(reason) == kind
 
@@ -76,8 +91,14 @@ def test_convert_graph_with_external_data(tmp_path):
     """The > 2 GB path (shape inference path to path, weights beside the graph), on a small graph saved
     with external data so it runs in milliseconds."""
     src, dst = tmp_path / "g.onnx", tmp_path / "g.fp16.onnx"
-    onnx.save_model(linear_residual(), str(src), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="g.onnx.data", size_threshold=0)
+    onnx.save_model(
+        linear_residual(),
+        str(src),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="g.onnx.data",
+        size_threshold=0,
+    )
     ranges = fp16.activation_ranges(src, [feeds()])
     fp16.convert(src, dst, "transformer", ranges)
     want = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, feeds(seed=5))[0]

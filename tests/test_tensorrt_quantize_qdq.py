@@ -1,5 +1,6 @@
 """backends/tensorrt/quantize_qdq.py: Q/DQ where TensorRT fuses them, symmetric int8, per-channel weights,
 float kept for non-quantized consumers (the residual stream), small simulated int8 error."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,16 @@ def session(path, precision):
     from pixart_export.backends.onnxruntime.runner import OrtRunner
     from pixart_export.manifest import GraphRecord, Precision, TensorRecord
 
-    record = GraphRecord(graph="transformer", file=path.name, files=(path.name,), precision=Precision(precision),
-                         height=None, width=None, inputs=(), outputs=(TensorRecord("y", "float32", ("B", 8, 16)),))
+    record = GraphRecord(
+        graph="transformer",
+        file=path.name,
+        files=(path.name,),
+        precision=Precision(precision),
+        height=None,
+        width=None,
+        inputs=(),
+        outputs=(TensorRecord("y", "float32", ("B", 8, 16)),),
+    )
     return OrtRunner(path.parent).session(record)
 
 
@@ -93,8 +102,14 @@ def test_quantize_graph_with_external_data(tmp_path):
     """The > 2 GB path on a small graph saved with external data: quantize, restore float consumers,
     make fp16, run."""
     src, dst, half = tmp_path / "g.onnx", tmp_path / "g.int8.onnx", tmp_path / "g.int8.fp16.onnx"
-    onnx.save_model(linear_residual(), str(src), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="g.onnx.data", size_threshold=0)
+    onnx.save_model(
+        linear_residual(),
+        str(src),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="g.onnx.data",
+        size_threshold=0,
+    )
     Q.quantize(src, dst, [feeds(seed=s) for s in range(4)], exclude=())
     Q.to_fp16(dst, half, "transformer", None)
     test = feeds(seed=99)

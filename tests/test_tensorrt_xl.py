@@ -8,6 +8,7 @@ exercises external data through every stage. Needs ~12 GiB and tens of minutes o
 under the shared lock, e.g. `flock /tmp/pixart-heavy.lock nice -n 5 .venv/bin/pytest -m slow
 tests/test_tensorrt_xl.py`.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -17,10 +18,16 @@ def _record(path, precision, dims):
     from pixart_export.graphs import TRANSFORMER
     from pixart_export.manifest import GraphRecord, Precision, TensorRecord
 
-    return GraphRecord(graph="transformer", file=path.name, files=(path.name,), precision=Precision(precision),
-                       height=512, width=512,
-                       inputs=tuple(TensorRecord(t.name, t.dtype, tuple(dims.shape(t))) for t in TRANSFORMER.inputs),
-                       outputs=tuple(TensorRecord(t.name, t.dtype, ("B",)) for t in TRANSFORMER.outputs))
+    return GraphRecord(
+        graph="transformer",
+        file=path.name,
+        files=(path.name,),
+        precision=Precision(precision),
+        height=512,
+        width=512,
+        inputs=tuple(TensorRecord(t.name, t.dtype, tuple(dims.shape(t))) for t in TRANSFORMER.inputs),
+        outputs=tuple(TensorRecord(t.name, t.dtype, ("B",)) for t in TRANSFORMER.outputs),
+    )
 
 
 @pytest.mark.slow
@@ -52,8 +59,15 @@ def test_xl_transformer_fp16_int8_check(tmp_path):
     held = [fixed_inputs(TRANSFORMER, dims, 1, seed=9)]
     rows = []
     for path, precision in ((half, "fp16"), (q, "int8")):
-        rows += prepared_errors(OrtRunner(tmp_path), OrtRunner(tmp_path), _record(src, "fp32", dims),
-                                _record(path, precision, dims), TRANSFORMER, dims, held)
+        rows += prepared_errors(
+            OrtRunner(tmp_path),
+            OrtRunner(tmp_path),
+            _record(src, "fp32", dims),
+            _record(path, precision, dims),
+            TRANSFORMER,
+            dims,
+            held,
+        )
     for r in rows:
         print(f"XL transformer {r['precision']}: rel L2 {r['rel_l2']:.2e}, max abs {r['max_abs']:.2e}")
     assert all(r["ok"] for r in rows), rows

@@ -1,4 +1,5 @@
 """reference.text: 120 tokens, padded to max length, mask kept; same as diffusers' encode_prompt."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """reference.tiny: the built-in model is a diffusers-layout folder of safetensors, built deterministically."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,12 @@ def test_shipped_folder_layout():
 
 def test_build_is_deterministic(tmp_path):
     a, b = build_tiny(tmp_path / "a"), build_tiny(tmp_path / "b")
-    for rel in ("transformer/diffusion_pytorch_model.safetensors", "controlnet/diffusion_pytorch_model.safetensors",
-                "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+    for rel in (
+        "transformer/diffusion_pytorch_model.safetensors",
+        "controlnet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+    ):
         sa, sb = load_file(str(a / rel)), load_file(str(b / rel))
         assert sa.keys() == sb.keys()
         assert all(torch.equal(sa[k], sb[k]) for k in sa), rel

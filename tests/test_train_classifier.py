@@ -1,5 +1,6 @@
 """reference/train/classifier.py: the Frechet distance and adherence scoring are right on known
 cases, and a few probe training steps already read colours back above chance."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """reference/train/data.py: the generated scenes are deterministic, captioned as drawn, and the
 held-out evaluation pairs never reach training."""
+
 from __future__ import annotations
 
 import re
@@ -24,10 +25,13 @@ def _parse(caption: str) -> data.Labels:
     thing = r"a (\w+) (\w+)"
     caption = caption.removesuffix(" on a white background")
     s, c = {n: i for i, n in enumerate(data.SHAPES)}, {n: i for i, n in enumerate(data.COLOUR_NAMES)}
-    for pattern, layout, flip in ((rf"^{thing}$", 0, False), (rf"^{thing} above {thing}$", 1, False),
-                                  (rf"^{thing} below {thing}$", 1, True),
-                                  (rf"^{thing} to the left of {thing}$", 2, False),
-                                  (rf"^{thing} to the right of {thing}$", 2, True)):
+    for pattern, layout, flip in (
+        (rf"^{thing}$", 0, False),
+        (rf"^{thing} above {thing}$", 1, False),
+        (rf"^{thing} below {thing}$", 1, True),
+        (rf"^{thing} to the left of {thing}$", 2, False),
+        (rf"^{thing} to the right of {thing}$", 2, True),
+    ):
         m = re.match(pattern, caption)
         if m:
             g = m.groups()

@@ -1,6 +1,7 @@
 """reference/train (smoke): a training entry point runs data-parallel unchanged, 2 CPU processes (gloo)
 under `torchrun`; the two replicas end with identical weights, and the run follows the same steps as
 one process with the same global batch (same loss, weights equal to float rounding)."""
+
 from __future__ import annotations
 
 import json
@@ -25,12 +26,42 @@ def test_two_process_teacher_replicas_agree_and_match_one_process(tmp_path):
 
     torch.manual_seed(0)
     AutoencoderKL(**TINY_VAE).save_pretrained(str(tmp_path / "vae"), safe_serialization=True)
-    args = ["--vae", str(tmp_path / "vae"), "--steps", "4", "--batch-size", "8", "--num-images", "16",
-            "--lr", "1e-3", "--warmup", "2", "--no-progress"]
+    args = [
+        "--vae",
+        str(tmp_path / "vae"),
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--num-images",
+        "16",
+        "--lr",
+        "1e-3",
+        "--warmup",
+        "2",
+        "--no-progress",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "reference.train.teacher", *args, "--out", str(tmp_path / "ddp")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "reference.train.teacher",
+            *args,
+            "--out",
+            str(tmp_path / "ddp"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     replicas = json.loads((tmp_path / "ddp" / "replicas.json").read_text())
     assert replicas["processes"] == 2
@@ -53,12 +84,44 @@ def test_two_process_lcd_replicas_agree_and_match_one_process(tmp_path):
     from reference.train import lcd
 
     teacher_dir = build_tiny(tmp_path / "teacher")  # random weights: the stage's arithmetic is what is tested
-    args = ["--teacher", str(teacher_dir), "--steps", "3", "--batch-size", "4", "--window", "2", "--chunk", "8",
-            "--refresh", "2", "--lr", "1e-3", "--no-progress"]
+    args = [
+        "--teacher",
+        str(teacher_dir),
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--window",
+        "2",
+        "--chunk",
+        "8",
+        "--refresh",
+        "2",
+        "--lr",
+        "1e-3",
+        "--no-progress",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "reference.train.lcd", *args, "--out", str(tmp_path / "ddp")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "reference.train.lcd",
+            *args,
+            "--out",
+            str(tmp_path / "ddp"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     replicas = json.loads((tmp_path / "ddp" / "replicas.json").read_text())
     assert replicas["processes"] == 2

@@ -2,6 +2,7 @@
 a few LCD steps make the student more self-consistent on a fixed probe batch of the training set than
 the teacher it started from (the logged loss is too noisy over t to compare in 60 steps); the model
 folder written out is the target network and samples with LCM."""
+
 from __future__ import annotations
 
 import copy
@@ -25,7 +26,7 @@ def test_consistency_function_matches_lcm_step_and_is_identity_at_zero():
     eps, x = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
     got = lcd.consistency(eps, x, [999, 259, 0], ac)
     for i, t in enumerate([999, 259]):
-        torch.testing.assert_close(got[i:i + 1], lcm_step(eps[i:i + 1], x[i:i + 1], t, None, ac, None)[0])
+        torch.testing.assert_close(got[i : i + 1], lcm_step(eps[i : i + 1], x[i : i + 1], t, None, ac, None)[0])
     assert lcm_scalings(0.0) == (1.0, 0.0)
     torch.testing.assert_close(got[2], x[2])  # f(x, 0) = x: the boundary condition
 
@@ -44,10 +45,10 @@ def test_guided_solver_step_is_algorithm_1():
     ones = torch.ones(1, 10, dtype=torch.int64)
     for i, (t, tp) in enumerate([(519, 499), (19, -1)]):
         ts = torch.tensor([float(t)])
-        eps_c = dit.predict_noise(x[i:i + 1], ts, embeds[i:i + 1], mask[i:i + 1])
-        eps_u = dit.predict_noise(x[i:i + 1], ts, dit.null_caption[None], ones)
-        want = 5.5 * ddim_step(eps_c, x[i:i + 1], t, tp, ac) - 4.5 * ddim_step(eps_u, x[i:i + 1], t, tp, ac)
-        torch.testing.assert_close(got[i:i + 1], want, rtol=1e-4, atol=1e-4)
+        eps_c = dit.predict_noise(x[i : i + 1], ts, embeds[i : i + 1], mask[i : i + 1])
+        eps_u = dit.predict_noise(x[i : i + 1], ts, dit.null_caption[None], ones)
+        want = 5.5 * ddim_step(eps_c, x[i : i + 1], t, tp, ac) - 4.5 * ddim_step(eps_u, x[i : i + 1], t, tp, ac)
+        torch.testing.assert_close(got[i : i + 1], want, rtol=1e-4, atol=1e-4)
 
 
 def test_pseudo_huber():
@@ -63,8 +64,27 @@ def teacher_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("lcd")
     torch.manual_seed(0)
     AutoencoderKL(**TINY_VAE).save_pretrained(str(root / "vae"), safe_serialization=True)
-    teacher.main(["--vae", str(root / "vae"), "--out", str(root / "teacher"), "--steps", "30", "--batch-size", "8",
-                  "--num-images", "16", "--lr", "1e-3", "--warmup", "5", "--ema-decay", "0", "--no-progress"])
+    teacher.main(
+        [
+            "--vae",
+            str(root / "vae"),
+            "--out",
+            str(root / "teacher"),
+            "--steps",
+            "30",
+            "--batch-size",
+            "8",
+            "--num-images",
+            "16",
+            "--lr",
+            "1e-3",
+            "--warmup",
+            "5",
+            "--ema-decay",
+            "0",
+            "--no-progress",
+        ]
+    )
     return root / "teacher" / "model"
 
 
@@ -76,14 +96,43 @@ def probe_loss(student_dit, target_dit, teacher_dit, train: dict) -> float:
     noise = torch.randn(x0.shape, generator=g)
     t = [19, 139, 259, 379, 499, 619, 799, 999]
     with torch.no_grad():
-        return float(lcd.lcd_loss(student_dit.predict_noise, teacher_dit, target_dit, x0, noise, t, embeds, mask,
-                                  4.5, 20, 0.001, alphas_cumprod()))
+        return float(
+            lcd.lcd_loss(
+                student_dit.predict_noise,
+                teacher_dit,
+                target_dit,
+                x0,
+                noise,
+                t,
+                embeds,
+                mask,
+                4.5,
+                20,
+                0.001,
+                alphas_cumprod(),
+            )
+        )
 
 
 def test_lcd_smoke_student_becomes_self_consistent(teacher_dir, tmp_path):
     out = tmp_path / "lcd"
-    lcd.main(["--teacher", str(teacher_dir), "--out", str(out), "--steps", "60", "--batch-size", "8",
-              "--num-images", "16", "--lr", "1e-3", "--no-progress"])
+    lcd.main(
+        [
+            "--teacher",
+            str(teacher_dir),
+            "--out",
+            str(out),
+            "--steps",
+            "60",
+            "--batch-size",
+            "8",
+            "--num-images",
+            "16",
+            "--lr",
+            "1e-3",
+            "--no-progress",
+        ]
+    )
     loss = LossLog(out, ["loss"], 60, enabled=False).read()["loss"]
     assert len(loss) == 60 and np.isfinite(loss).all()
     tdit = load_model(teacher_dir).dit

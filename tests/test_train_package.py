@@ -1,6 +1,7 @@
 """reference/train/package.py: the model card is written from the run's own records (figures with their
 intervals, the issue's gates stated against them), and packaging replaces the destination with the
 student's model folder, the teacher's DiT and the card; `tiny-teacher` loads that teacher DiT."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,17 @@ def _score(mean: float) -> dict:
 
 def _row(key: str, name: str, nfe: int, single: float, seen: float, held: float) -> dict:
     pair = (seen + held) / 2
-    return {"key": key, "name": name, "nfe": nfe, "all": _score((single + 4 * pair) / 5), "single": _score(single),
-            "seen pair": _score(seen), "held-out pair": _score(held), "pair": _score(pair), "frechet": 3.25}
+    return {
+        "key": key,
+        "name": name,
+        "nfe": nfe,
+        "all": _score((single + 4 * pair) / 5),
+        "single": _score(single),
+        "seen pair": _score(seen),
+        "held-out pair": _score(held),
+        "pair": _score(pair),
+        "frechet": 3.25,
+    }
 
 
 def fake_run(root, with_vae: bool = True):
@@ -33,8 +43,15 @@ def fake_run(root, with_vae: bool = True):
         (d / "loss.csv").write_text(f"step,{cols}\n" + "\n".join(rows) + "\n")
         summary = {"steps": steps, "elapsed_s": 600.0, "args": {"batch_size": "32", "lr": "0.0003", "threads": "1"}}
         if stage == "teacher":
-            summary["args"].update(text_encoder="trained", snr_gamma="5.0", init="pixart", num_images="0",
-                                   window="16", chunk="512", refresh="32")
+            summary["args"].update(
+                text_encoder="trained",
+                snr_gamma="5.0",
+                init="pixart",
+                num_images="0",
+                window="16",
+                chunk="512",
+                refresh="32",
+            )
             summary["scenes_rendered"] = 12288
             (d / "replicas.json").write_text(json.dumps({"processes": 2, "sha256": ["a", "a"]}))
         if stage == "vae":
@@ -44,10 +61,18 @@ def fake_run(root, with_vae: bool = True):
         (root / stage / "model" / "transformer").mkdir(parents=True)
         (root / stage / "model" / "transformer" / "config.json").write_text(json.dumps({"who": stage}))
     results = root / "quality.json"
-    results.write_text(json.dumps({"meta": {"captions": 60, "seeds": 16}, "results": [
-        _row("t25", "teacher DDIM 25 (CFG 5.5)", 50, 1.0, 0.875, 0.5),
-        _row("t4", "teacher DDIM 4 (CFG 5.5)", 8, 0.5, 0.25, 0.125),
-        _row("s4", "student LCM 4", 4, 1.0, 0.75, 0.5)]}))
+    results.write_text(
+        json.dumps(
+            {
+                "meta": {"captions": 60, "seeds": 16},
+                "results": [
+                    _row("t25", "teacher DDIM 25 (CFG 5.5)", 50, 1.0, 0.875, 0.5),
+                    _row("t4", "teacher DDIM 4 (CFG 5.5)", 8, 0.5, 0.25, 0.125),
+                    _row("s4", "student LCM 4", 4, 1.0, 0.75, 0.5),
+                ],
+            }
+        )
+    )
     return results
 
 

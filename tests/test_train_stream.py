@@ -1,6 +1,7 @@
 """reference/train/common.py SceneStream: the on-the-fly scene stream is a function of (seed, step) only:
 a window reached step by step equals one rebuilt at that step (resume), rendering in worker processes
 equals rendering inline, and the window slides by one chunk every `refresh` steps."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,9 +51,31 @@ def test_teacher_on_the_stream_resumes_exactly(tmp_path):
     from reference.train.common import LossLog
 
     def run(out, steps):
-        teacher.main(["--vae", str(TINY_DIR / "vae"), "--base", str(TINY_DIR), "--out", str(out), "--steps",
-                      str(steps), "--batch-size", "4", "--window", "2", "--chunk", "8", "--refresh", "2",
-                      "--warmup", "2", "--ckpt-every", "100", "--no-progress"])
+        teacher.main(
+            [
+                "--vae",
+                str(TINY_DIR / "vae"),
+                "--base",
+                str(TINY_DIR),
+                "--out",
+                str(out),
+                "--steps",
+                str(steps),
+                "--batch-size",
+                "4",
+                "--window",
+                "2",
+                "--chunk",
+                "8",
+                "--refresh",
+                "2",
+                "--warmup",
+                "2",
+                "--ckpt-every",
+                "100",
+                "--no-progress",
+            ]
+        )
 
     run(tmp_path / "straight", 4)
     run(tmp_path / "resumed", 3)

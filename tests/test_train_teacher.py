@@ -2,6 +2,7 @@
 swaps in the learned null caption, a resumed run equals an uninterrupted one, the written model
 folder (with the trained or the frozen T5) runs in the reference pipeline, and the PixArt
 initialisation starts every block as the identity."""
+
 from __future__ import annotations
 
 import pytest
@@ -27,8 +28,26 @@ def vae_dir(tmp_path_factory):
 
 
 def run(vae_dir, out, steps, *extra):
-    teacher.main(["--vae", str(vae_dir), "--out", str(out), "--steps", str(steps), "--batch-size", "8",
-                  "--num-images", "32", "--lr", "1e-3", "--warmup", "5", "--no-progress", *extra])
+    teacher.main(
+        [
+            "--vae",
+            str(vae_dir),
+            "--out",
+            str(out),
+            "--steps",
+            str(steps),
+            "--batch-size",
+            "8",
+            "--num-images",
+            "32",
+            "--lr",
+            "1e-3",
+            "--warmup",
+            "5",
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 def test_teacher_loss_falls_and_model_folder_samples(vae_dir, tmp_path):

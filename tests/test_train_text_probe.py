@@ -1,5 +1,6 @@
 """reference/train/text_probe.py: word spans are the words' byte tokens, and the context-free control
 scores chance (the same word stands for either object)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """reference/train/vae.py (smoke): a few steps of the VAE stage lower the loss, the scaling factor
 makes the latents unit-variance, and the checkpoint holds plain tensors only."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,27 @@ def test_vae_stage_learns_and_sets_scaling_factor(tmp_path):
     from diffusers import AutoencoderKL
 
     out = tmp_path / "vae"
-    vae.main(["--out", str(out), "--steps", "30", "--batch-size", "4", "--num-images", "32", "--crop", "32",
-              "--lr", "1e-3", "--scale-images", "16", "--ckpt-every", "15", "--no-progress"])
+    vae.main(
+        [
+            "--out",
+            str(out),
+            "--steps",
+            "30",
+            "--batch-size",
+            "4",
+            "--num-images",
+            "32",
+            "--crop",
+            "32",
+            "--lr",
+            "1e-3",
+            "--scale-images",
+            "16",
+            "--ckpt-every",
+            "15",
+            "--no-progress",
+        ]
+    )
     loss = LossLog(out, ["loss", "l1", "kl"], resume_step=30, enabled=False).read()["loss"]
     assert len(loss) == 30
     assert loss[-5:].mean() < 0.5 * loss[:5].mean(), loss

@@ -1,4 +1,5 @@
 """reference.vae: the [0,1]-image / scaled-latent boundary around diffusers' AutoencoderKL."""
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """pixart_export.verify and metrics: one parity check for any runner, one tolerance table, the
 `parity` command."""
+
 from __future__ import annotations
 
 import copy
@@ -57,8 +58,9 @@ def test_wrong_weights_fail(engine, model):  # noqa: F811
     other = copy.deepcopy(model)
     with torch.no_grad():
         other.dit.transformer_blocks[2].ff.net[2].weight.mul_(1.01)
-    some = dataclasses.replace(manifest, graphs=tuple(g for g in manifest.graphs
-                                                      if g.graph in ("transformer", "vae_decoder")))
+    some = dataclasses.replace(
+        manifest, graphs=tuple(g for g in manifest.graphs if g.graph in ("transformer", "vae_decoder"))
+    )
     rows = verify.graph_parity(other, OrtRunner(folder), some)
     by_graph = {r["graph"]: r for r in rows}
     assert not by_graph["transformer"]["ok"] and by_graph["transformer"]["rel_l2"] > FP32.rel_l2

@@ -15,6 +15,7 @@ A backend turns the exported fp32 ONNX graphs into what it runs, and runs them:
 Adding a backend = one folder with these parts and one row in `targets.py`. Nothing outside a
 backend folder names a backend in an `if`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,8 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 class GraphRunner(Protocol):
     """Runs one graph file of an engine folder (a session, a compiled model or an engine per file)."""
 
-    def run(self, record: GraphRecord, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        ...
+    def run(self, record: GraphRecord, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
 @dataclass(frozen=True)

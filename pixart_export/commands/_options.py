@@ -2,6 +2,7 @@
 
 One resolution syntax everywhere: `512` (square) or `512x768` (HEIGHTxWIDTH).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,28 +51,46 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="tiny", help="'tiny' (built in), a diffusers folder, or an official .pth")
     g.add_argument("--controlnet", default=None, help="ControlNet folder or official .pth ('tiny' for the built-in)")
-    g.add_argument("--lcm-spacing", choices=["diffusers", "pixart"], default=None,
-                   help="LCM timestep spacing (default: diffusers for diffusers folders, pixart for .pth)")
+    g.add_argument(
+        "--lcm-spacing",
+        choices=["diffusers", "pixart"],
+        default=None,
+        help="LCM timestep spacing (default: diffusers for diffusers folders, pixart for .pth)",
+    )
 
 
 def add_graph_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("graphs")
-    g.add_argument("--resolution", nargs="+", type=resolution, default=None, metavar="PX|HxW",
-                   help="resolution buckets, each PX (square) or HxW, e.g. --resolution 512 512x768; one file "
-                        "per bucket for the spatial graphs (default: the model's native size)")
+    g.add_argument(
+        "--resolution",
+        nargs="+",
+        type=resolution,
+        default=None,
+        metavar="PX|HxW",
+        help="resolution buckets, each PX (square) or HxW, e.g. --resolution 512 512x768; one file "
+        "per bucket for the spatial graphs (default: the model's native size)",
+    )
     g.add_argument("--steps", type=int, default=4, help="LCM steps unrolled in denoiser_lcm<K> (1-8, default 4)")
 
 
 def add_image_options(p: argparse.ArgumentParser, what: str) -> None:
     """The options of commands that draw: prompt, seed, resolution, control image, output."""
     p.add_argument("--prompt", required=True, help="text to draw")
-    p.add_argument("--seed", type=seed, default=0, help="noise seed; the same seed gives the same image on every "
-                                                        "backend (default 0)")
-    p.add_argument("--resolution", type=resolution, default=None, metavar="PX|HxW",
-                   help=f"image size, PX (square) or HxW, e.g. 512 or 512x768 (default: {what})")
+    p.add_argument(
+        "--seed",
+        type=seed,
+        default=0,
+        help="noise seed; the same seed gives the same image on every backend (default 0)",
+    )
+    p.add_argument(
+        "--resolution",
+        type=resolution,
+        default=None,
+        metavar="PX|HxW",
+        help=f"image size, PX (square) or HxW, e.g. 512 or 512x768 (default: {what})",
+    )
     p.add_argument("--control-image", type=Path, default=None, help="condition image (needs a ControlNet)")
-    p.add_argument("--conditioning-scale", type=finite_float, default=1.0,
-                   help="ControlNet residual scale (default 1)")
+    p.add_argument("--conditioning-scale", type=finite_float, default=1.0, help="ControlNet residual scale (default 1)")
     p.add_argument("--out", type=Path, default=Path("image.png"), help="output PNG path (default image.png)")
 
 
@@ -91,8 +110,9 @@ def check_prompt(prompt: str) -> None:
 
 def check_steps(steps: int, sampler: str = "lcm") -> None:
     if steps < 1 or (sampler == "lcm" and steps > 8):
-        raise UserError(f"--steps {steps}: LCM sampling takes 1 to 8 steps" if sampler == "lcm" else
-                        "--steps must be at least 1")
+        raise UserError(
+            f"--steps {steps}: LCM sampling takes 1 to 8 steps" if sampler == "lcm" else "--steps must be at least 1"
+        )
 
 
 def check_png_out(path: Path) -> Path:

@@ -7,6 +7,7 @@ supported ops for the target's TensorRT versions, the dtypes it takes, the Q/DQ 
 int8 needs (zero-point 0, positive scales, per-channel weights on the output-channel axis) and the
 target's optimisation profile. Needs only `onnx`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,9 @@ from . import _options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = _options.subcommand(sub, __doc__, "check",
-                            help="check a TensorRT bundle's graphs statically (no GPU, no TensorRT needed)")
+    p = _options.subcommand(
+        sub, __doc__, "check", help="check a TensorRT bundle's graphs statically (no GPU, no TensorRT needed)"
+    )
     add_check_arguments(p, [name for name, t in TARGETS.items() if t.trt is not None])
     p.set_defaults(func=run)
 
@@ -34,8 +36,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.folder}: no such folder (give a bundle from `pixart-export build --target trt-*`)")
     target = get_target(args.target)
     manifest = read_engine(args.folder)[0] if (args.folder / MANIFEST).exists() else None
-    reports = check_bundle(args.folder, target, manifest,
-                           on_file=lambda n: print(f"checking {n}", file=sys.stderr, flush=True))
+    reports = check_bundle(
+        args.folder, target, manifest, on_file=lambda n: print(f"checking {n}", file=sys.stderr, flush=True)
+    )
     if not reports:
         raise UserError(f"{args.folder}: no graphs found (no manifest.json and no .onnx files)")
     if args.json:

@@ -5,6 +5,7 @@ typed (precision from the graphs), one optimisation profile per engine from the 
 cache keyed by content hash. Refuses a GPU or TensorRT version that does not match the bundle's
 target, and records device, driver and TensorRT version in the manifest.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,9 @@ from . import _options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = _options.subcommand(sub, __doc__, "compile",
-                            help="build TensorRT engines from a bundle (on the target GPU host)")
+    p = _options.subcommand(
+        sub, __doc__, "compile", help="build TensorRT engines from a bundle (on the target GPU host)"
+    )
     add_compile_arguments(p)
     p.set_defaults(func=run)
 
@@ -29,7 +31,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.bundle.is_dir():
         raise UserError(f"{args.bundle}: no such folder (give a bundle from `pixart-export build --target trt-*`)")
     _, target = read_engine(args.bundle)  # the registry row the manifest names, checked against it
-    compile_bundle(args.bundle, target, log=lambda m: print(m, file=sys.stderr, flush=True),
-                   only=set(args.only) if args.only else None)
+    compile_bundle(
+        args.bundle,
+        target,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+        only=set(args.only) if args.only else None,
+    )
     print(args.bundle)
     return 0

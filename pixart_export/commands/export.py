@@ -8,6 +8,7 @@ Export text_encoder, transformer (one step), controlnet, the unrolled denoiser_l
 and vae_encoder to fp32 ONNX (opset 17, TorchScript exporter), with tokenizer files and
 manifest.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,7 @@ from . import _options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = _options.subcommand(sub, __doc__, "export",
-                            help="export every graph to fp32 ONNX (no optimisation, no parity)")
+    p = _options.subcommand(sub, __doc__, "export", help="export every graph to fp32 ONNX (no optimisation, no parity)")
     _options.add_model_options(p)
     _options.add_graph_options(p)
     p.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
@@ -33,15 +33,27 @@ def run(args: argparse.Namespace) -> int:
 
     _options.check_steps(args.steps)
     target = get_target("ort-cpu")
-    request = BuildRequest(target=target, model_spec=args.model, out=_options.check_out(args.out),
-                           controlnet_spec=args.controlnet,
-                           resolutions=list(dict.fromkeys(args.resolution)) if args.resolution else None,
-                           steps=args.steps, lcm_spacing=args.lcm_spacing, verify=False, force=args.force,
-                           options={"optimise": False})
+    request = BuildRequest(
+        target=target,
+        model_spec=args.model,
+        out=_options.check_out(args.out),
+        controlnet_spec=args.controlnet,
+        resolutions=list(dict.fromkeys(args.resolution)) if args.resolution else None,
+        steps=args.steps,
+        lcm_spacing=args.lcm_spacing,
+        verify=False,
+        force=args.force,
+        options={"optimise": False},
+    )
     out, manifest, reused = build(request)
     if args.json:
-        _options.emit_json({"folder": str(out), "reused": reused,
-                            "graphs": [{"file": r.file, "bytes": r.bytes} for r in manifest.graphs]})
+        _options.emit_json(
+            {
+                "folder": str(out),
+                "reused": reused,
+                "graphs": [{"file": r.file, "bytes": r.bytes} for r in manifest.graphs],
+            }
+        )
         return 0
     for rec in manifest.graphs:
         print(f"{rec.file:44} {rec.bytes / 2**20:9.2f} MiB")

@@ -3,6 +3,7 @@
 Run the reference pipeline: prompt -> T5 -> LCM (or the DDIM teacher) -> VAE -> PNG. This is the
 ground truth every exported engine is compared with.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,17 +14,23 @@ from . import _options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = _options.subcommand(sub, __doc__, "generate",
-                            help="draw an image with the PyTorch reference (ground truth, eager fp32)")
+    p = _options.subcommand(
+        sub, __doc__, "generate", help="draw an image with the PyTorch reference (ground truth, eager fp32)"
+    )
     _options.add_model_options(p)
     _options.add_image_options(p, "the model's native size")
     p.add_argument("--steps", type=int, default=4, help="sampler steps (LCM: 1-8, default 4)")
-    p.add_argument("--sampler", choices=["lcm", "ddim"], default="lcm",
-                   help="lcm: the PixArt-delta student's 4-step sampler (default); ddim: DDIM with "
-                        "classifier-free guidance (the teacher's sampler; on `tiny` it runs the teacher's "
-                        "weights where they are shipped, else the student's)")
-    p.add_argument("--guidance-scale", type=_options.finite_float, default=4.5,
-                   help="CFG scale for --sampler ddim (default 4.5)")
+    p.add_argument(
+        "--sampler",
+        choices=["lcm", "ddim"],
+        default="lcm",
+        help="lcm: the PixArt-delta student's 4-step sampler (default); ddim: DDIM with "
+        "classifier-free guidance (the teacher's sampler; on `tiny` it runs the teacher's "
+        "weights where they are shipped, else the student's)",
+    )
+    p.add_argument(
+        "--guidance-scale", type=_options.finite_float, default=4.5, help="CFG scale for --sampler ddim (default 4.5)"
+    )
     p.set_defaults(func=run)
 
 
@@ -41,13 +48,21 @@ def run(args: argparse.Namespace) -> int:
         LOGGER.warning(warning)
     control = _options.read_control_image(args.control_image)
     # `tiny` with ddim: the guided teacher where it is shipped (the student's weights otherwise)
-    model = load_model(model_for_sampler(args.model, args.sampler), controlnet=args.controlnet,
-                       lcm_spacing=args.lcm_spacing)
+    model = load_model(
+        model_for_sampler(args.model, args.sampler), controlnet=args.controlnet, lcm_spacing=args.lcm_spacing
+    )
     with step_bar(args.steps, f"{args.sampler} sampling") as bar:
-        image = ReferencePipeline(model)(args.prompt, steps=args.steps, seed=args.seed, resolution=args.resolution,
-                                         sampler=args.sampler, guidance_scale=args.guidance_scale,
-                                         control_image=control, conditioning_scale=args.conditioning_scale,
-                                         progress=lambda i: bar.update(1))[0]
+        image = ReferencePipeline(model)(
+            args.prompt,
+            steps=args.steps,
+            seed=args.seed,
+            resolution=args.resolution,
+            sampler=args.sampler,
+            guidance_scale=args.guidance_scale,
+            control_image=control,
+            conditioning_scale=args.conditioning_scale,
+            progress=lambda i: bar.update(1),
+        )[0]
     _options.save_png(image, args.out)
     print(f"wrote {args.out} ({image.width}x{image.height})")
     return 0

@@ -5,6 +5,7 @@ Compare every graph of an engine folder with the reference on fixed inputs (rela
 error) and the whole pipeline end to end (image PSNR, same seed; the int8 quality gate for int8
 folders); print a table, record it in manifest.json; exit 1 when a figure is beyond its tolerance.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,7 @@ from . import _options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = _options.subcommand(sub, __doc__, "parity",
-                            help="compare an engine folder with the PyTorch reference")
+    p = _options.subcommand(sub, __doc__, "parity", help="compare an engine folder with the PyTorch reference")
     p.add_argument("engine", type=Path, help="engine folder (from build or export)")
     p.add_argument("--model", default=None, help="the model it was built from (default: as recorded in the manifest)")
     p.add_argument("--controlnet", default=None, help="its ControlNet (default: as recorded)")

@@ -3,6 +3,7 @@
 Validate an engine folder against its manifest and run it: prompt -> PNG. Uses only numpy, the
 engine's backend and a tokenizer (no PyTorch).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,14 +15,17 @@ from . import _options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = _options.subcommand(sub, __doc__, "run",
-                            help="draw an image with an engine folder (torch-free runtime)")
+    p = _options.subcommand(sub, __doc__, "run", help="draw an image with an engine folder (torch-free runtime)")
     p.add_argument("engine", type=Path, help="engine folder (from build)")
     _options.add_image_options(p, "the engine's first bucket")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt (out.png, out_1.png, ...)")
-    p.add_argument("--precision", choices=[x.value for x in Precision], default=None,
-                   help="which of the folder's precisions to run (e.g. fp16 or int8 in a TensorRT bundle; "
-                        "default: the one it was built to run in)")
+    p.add_argument(
+        "--precision",
+        choices=[x.value for x in Precision],
+        default=None,
+        help="which of the folder's precisions to run (e.g. fp16 or int8 in a TensorRT bundle; "
+        "default: the one it was built to run in)",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for CPU backends (default: all)")
     p.set_defaults(func=run)
 
@@ -38,8 +42,14 @@ def run(args: argparse.Namespace) -> int:
     control = _options.read_control_image(args.control_image)
     options = {"threads": args.threads} if args.threads else {}
     pipe = runtime.load(args.engine, precision=args.precision, **options)
-    images = pipe(args.prompt, seed=args.seed, num_images=args.num_images, control_image=control,
-                  conditioning_scale=args.conditioning_scale, resolution=args.resolution)
+    images = pipe(
+        args.prompt,
+        seed=args.seed,
+        num_images=args.num_images,
+        control_image=control,
+        conditioning_scale=args.conditioning_scale,
+        resolution=args.resolution,
+    )
     for i, image in enumerate(images):
         path = args.out if i == 0 else args.out.with_name(f"{args.out.stem}_{i}{args.out.suffix}")
         _options.save_png(image, path)

@@ -17,6 +17,7 @@ After tracing each file is post-processed once:
   (`/step.2/lcm/Mul`, see `_name_lcm_nodes`);
 - `onnx.checker` runs on the file as written (by path, so external data is checked too).
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,18 @@ def model_dims(model, height: int = 0, width: int = 0, steps: int = 4) -> Dims:
     cfg = model.dit.config
     n = model.controlnet.config.num_copies if model.controlnet is not None else default_num_copies(cfg.num_layers)
     f = model.vae_scale_factor
-    return Dims(L=MAX_TEXT_LEN, C=cfg.caption_channels, D=cfg.inner_dim, N=n, h=height // f, w=width // f,
-                patch=cfg.patch_size, steps=steps, vae_factor=f, vocab=int(model.text_encoder.config.vocab_size))
+    return Dims(
+        L=MAX_TEXT_LEN,
+        C=cfg.caption_channels,
+        D=cfg.inner_dim,
+        N=n,
+        h=height // f,
+        w=width // f,
+        patch=cfg.patch_size,
+        steps=steps,
+        vae_factor=f,
+        vocab=int(model.text_encoder.config.vocab_size),
+    )
 
 
 def check_exportable(model, resolutions: list[tuple[int, int]], steps: int) -> None:
@@ -71,8 +82,9 @@ def wrapper_for(spec: GraphSpec, model, steps: int):
     if spec.name == "controlnet":
         return W.ControlNetGraph(model.dit, model.controlnet)
     if spec.name.startswith("denoiser_lcm"):
-        return W.DenoiserGraph(model.dit, model.controlnet if spec.control else None,
-                               lcm_timesteps(steps, model.lcm_spacing))
+        return W.DenoiserGraph(
+            model.dit, model.controlnet if spec.control else None, lcm_timesteps(steps, model.lcm_spacing)
+        )
     if spec.name == "vae_decoder":
         return W.VaeDecoderGraph(model.vae)
     if spec.name == "vae_encoder":
@@ -128,8 +140,9 @@ def _set_shapes(graph, shapes: dict[str, list]) -> None:
                 dim.dim_value = d
 
 
-def finish_onnx(raw_path: Path, path: Path, metadata: dict[str, str],
-                shapes: dict[str, list] | None = None) -> list[str]:
+def finish_onnx(
+    raw_path: Path, path: Path, metadata: dict[str, str], shapes: dict[str, list] | None = None
+) -> list[str]:
     """Post-process a traced file into `path` (+ external data if large); returns the files written."""
     import onnx
 
@@ -145,8 +158,14 @@ def finish_onnx(raw_path: Path, path: Path, metadata: dict[str, str],
     files = [path.name]
     if big:
         data = f"{path.name}.data"
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data, size_threshold=1024)
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data,
+            size_threshold=1024,
+        )
         files.append(data)
     else:
         onnx.save_model(model, str(path))
@@ -155,8 +174,9 @@ def finish_onnx(raw_path: Path, path: Path, metadata: dict[str, str],
     return files
 
 
-def export_graph(module, spec: GraphSpec, dims: Dims, path: Path, metadata: dict[str, str] | None = None,
-                 batch: int = 2) -> list[str]:
+def export_graph(
+    module, spec: GraphSpec, dims: Dims, path: Path, metadata: dict[str, str] | None = None, batch: int = 2
+) -> list[str]:
     """Trace `module` on fixed inputs of batch `batch` and write `path`; returns the file names written."""
     import torch
 
@@ -165,22 +185,37 @@ def export_graph(module, spec: GraphSpec, dims: Dims, path: Path, metadata: dict
     with tempfile.TemporaryDirectory(prefix=".export-", dir=path.parent) as scratch:
         raw = Path(scratch) / path.name
         with torch.no_grad():
-            torch.onnx.export(module.eval(), args, str(raw), input_names=spec.input_names,
-                              output_names=spec.output_names, dynamic_axes=spec.dynamic_axes(),
-                              opset_version=OPSET, do_constant_folding=True, dynamo=False)
+            torch.onnx.export(
+                module.eval(),
+                args,
+                str(raw),
+                input_names=spec.input_names,
+                output_names=spec.output_names,
+                dynamic_axes=spec.dynamic_axes(),
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
         shapes = {t.name: dims.shape(t) for t in spec.inputs + spec.outputs}
         return finish_onnx(raw, path, {"pixart_export.graph": spec.name, **(metadata or {})}, shapes)
 
 
 def io_signature(spec: GraphSpec, dims: Dims) -> dict:
     """Names, dtypes and shapes ("B" for the dynamic batch) as the manifest records them."""
+
     def one(t):
         return {"name": t.name, "dtype": t.dtype, "shape": dims.shape(t)}
+
     return {"inputs": [one(t) for t in spec.inputs], "outputs": [one(t) for t in spec.outputs]}
 
 
-def export_model(model, out_dir: Path, resolutions: list[tuple[int, int]], steps: int = 4,
-                 on_graph: Callable[[str], None] | None = None) -> list[dict]:
+def export_model(
+    model,
+    out_dir: Path,
+    resolutions: list[tuple[int, int]],
+    steps: int = 4,
+    on_graph: Callable[[str], None] | None = None,
+) -> list[dict]:
     """Export every graph for every resolution bucket into `out_dir`; returns one record per file.
 
     `on_graph(label)` is called before each export (progress output).
@@ -188,8 +223,9 @@ def export_model(model, out_dir: Path, resolutions: list[tuple[int, int]], steps
     check_exportable(model, resolutions, steps)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    specs = graph_specs(steps, control=model.controlnet is not None,
-                        multi_aspect=model.dit.config.resolved_additional_conditions)
+    specs = graph_specs(
+        steps, control=model.controlnet is not None, multi_aspect=model.dit.config.resolved_additional_conditions
+    )
     records = []
     for spec in specs:
         buckets = resolutions if spec.spatial else [(None, None)]
@@ -201,10 +237,18 @@ def export_model(model, out_dir: Path, resolutions: list[tuple[int, int]], steps
             started = time.perf_counter()
             module = wrapper_for(spec, model, steps)
             files = export_graph(module, spec, dims, out_dir / name, {"pixart_export.steps": str(steps)})
-            record = {"graph": spec.name, "file": name, "files": files, "height": h, "width": w,
-                      "precision": "fp32", "opset": OPSET, **io_signature(spec, dims),
-                      "bytes": sum(os.path.getsize(out_dir / f) for f in files),
-                      "export_seconds": round(time.perf_counter() - started, 2)}
+            record = {
+                "graph": spec.name,
+                "file": name,
+                "files": files,
+                "height": h,
+                "width": w,
+                "precision": "fp32",
+                "opset": OPSET,
+                **io_signature(spec, dims),
+                "bytes": sum(os.path.getsize(out_dir / f) for f in files),
+                "export_seconds": round(time.perf_counter() - started, 2),
+            }
             if spec.name.startswith("denoiser_lcm"):
                 record["lcm"] = module.constants()
             records.append(record)

@@ -2,6 +2,7 @@
 manifest and part of every build key (`engine_folder.build_key`), and the check that `parity`
 measures an engine against the very model it was built from (`load_recorded_model`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,8 +37,11 @@ def _model_paths(model) -> list[Path]:
     from reference.loading import OFFICIAL_T5_DIRS, OFFICIAL_VAE_DIRS
 
     if model.layout == "diffusers":
-        return [model.source / d for d in ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
-                if (model.source / d).exists()]
+        return [
+            model.source / d
+            for d in ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
+            if (model.source / d).exists()
+        ]
     root = model.source.parent
     extra = [root / d for d in OFFICIAL_T5_DIRS + OFFICIAL_VAE_DIRS if (root / d).is_dir()]
     return [model.source, *extra[:2]]
@@ -45,15 +49,22 @@ def _model_paths(model) -> list[Path]:
 
 def model_identity(model, controlnet_path: Path | None) -> dict:
     """{config_hash, weights_hash, identity} of a loaded model (+ ControlNet), and the configs."""
-    configs = {"transformer": model.dit.config.to_dict(),
-               "controlnet": None if model.controlnet is None else model.controlnet.config.to_dict(),
-               "text_encoder": model.text_encoder.config.to_dict(), "vae": dict(model.vae.config),
-               "lcm_spacing": model.lcm_spacing}
+    configs = {
+        "transformer": model.dit.config.to_dict(),
+        "controlnet": None if model.controlnet is None else model.controlnet.config.to_dict(),
+        "text_encoder": model.text_encoder.config.to_dict(),
+        "vae": dict(model.vae.config),
+        "lcm_spacing": model.lcm_spacing,
+    }
     config_hash = _sha(canonical(configs))
     paths = _model_paths(model) + ([Path(controlnet_path)] if controlnet_path else [])
     weights_hash = hash_paths(paths)
-    return {"config_hash": config_hash, "weights_hash": weights_hash,
-            "identity": _sha(f"{config_hash}:{weights_hash}".encode()), "configs": configs}
+    return {
+        "config_hash": config_hash,
+        "weights_hash": weights_hash,
+        "identity": _sha(f"{config_hash}:{weights_hash}".encode()),
+        "configs": configs,
+    }
 
 
 def toolchain_versions() -> dict:
@@ -63,8 +74,13 @@ def toolchain_versions() -> dict:
 
     from .. import __version__
 
-    return {"pixart_export": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-            "python": platform.python_version(), "platform": sys.platform}
+    return {
+        "pixart_export": __version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "python": platform.python_version(),
+        "platform": sys.platform,
+    }
 
 
 def load_recorded_model(manifest, model_spec: str | None = None, controlnet_spec: str | None = None):
@@ -80,6 +96,8 @@ def load_recorded_model(manifest, model_spec: str | None = None, controlnet_spec
     model = load_model(model_spec, controlnet=controlnet_spec, lcm_spacing=manifest.lcm.spacing)
     identity = model_identity(model, resolve_controlnet(controlnet_spec) if controlnet_spec else None)
     if identity["identity"] != recorded.identity:
-        raise UserError(f"{model_spec}: not the model this engine was built from (identity "
-                        f"{identity['identity'][:12]} != {recorded.identity[:12]}); pass --model/--controlnet")
+        raise UserError(
+            f"{model_spec}: not the model this engine was built from (identity "
+            f"{identity['identity'][:12]} != {recorded.identity[:12]}); pass --model/--controlnet"
+        )
     return model, model_spec

@@ -13,6 +13,7 @@ copy j appears under `/step.i/controlnet/controlnet.j/copied_block/...` (its zer
 `.../controlnet.j/after_proj`); base block 0 as run by the ControlNet is
 `/controlnet/transformer_blocks.0/`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,10 +47,19 @@ class TransformerGraph(nn.Module):
         super().__init__()
         self.transformer = dit
 
-    def forward(self, latents, timestep, prompt_embeds, prompt_attention_mask, control_residuals,
-                resolution=None, aspect_ratio=None):
-        return self.transformer.predict_noise(latents, timestep, prompt_embeds, prompt_attention_mask,
-                                              control_residuals, resolution, aspect_ratio)
+    def forward(
+        self,
+        latents,
+        timestep,
+        prompt_embeds,
+        prompt_attention_mask,
+        control_residuals,
+        resolution=None,
+        aspect_ratio=None,
+    ):
+        return self.transformer.predict_noise(
+            latents, timestep, prompt_embeds, prompt_attention_mask, control_residuals, resolution, aspect_ratio
+        )
 
 
 class ControlNetGraph(nn.Module):
@@ -58,10 +68,28 @@ class ControlNetGraph(nn.Module):
         self.transformer = dit
         self.controlnet = controlnet
 
-    def forward(self, latents, timestep, prompt_embeds, prompt_attention_mask, control_latents,
-                conditioning_scale, resolution=None, aspect_ratio=None):
-        return self.controlnet(self.transformer, latents, timestep, prompt_embeds, prompt_attention_mask,
-                               control_latents, conditioning_scale, resolution, aspect_ratio)
+    def forward(
+        self,
+        latents,
+        timestep,
+        prompt_embeds,
+        prompt_attention_mask,
+        control_latents,
+        conditioning_scale,
+        resolution=None,
+        aspect_ratio=None,
+    ):
+        return self.controlnet(
+            self.transformer,
+            latents,
+            timestep,
+            prompt_embeds,
+            prompt_attention_mask,
+            control_latents,
+            conditioning_scale,
+            resolution,
+            aspect_ratio,
+        )
 
 
 class LcmStep(nn.Module):
@@ -72,15 +100,34 @@ class LcmStep(nn.Module):
         self.transformer = dit
         self.controlnet = controlnet
 
-    def forward(self, x, t: float, prompt_embeds, prompt_attention_mask, control_latents=None,
-                conditioning_scale=None, resolution=None, aspect_ratio=None):
+    def forward(
+        self,
+        x,
+        t: float,
+        prompt_embeds,
+        prompt_attention_mask,
+        control_latents=None,
+        conditioning_scale=None,
+        resolution=None,
+        aspect_ratio=None,
+    ):
         ts = _broadcast_t(x, t)
         residuals = None
         if self.controlnet is not None:
-            residuals = self.controlnet(self.transformer, x, ts, prompt_embeds, prompt_attention_mask,
-                                        control_latents, conditioning_scale, resolution, aspect_ratio)
-        return self.transformer.predict_noise(x, ts, prompt_embeds, prompt_attention_mask, residuals,
-                                              resolution, aspect_ratio)
+            residuals = self.controlnet(
+                self.transformer,
+                x,
+                ts,
+                prompt_embeds,
+                prompt_attention_mask,
+                control_latents,
+                conditioning_scale,
+                resolution,
+                aspect_ratio,
+            )
+        return self.transformer.predict_noise(
+            x, ts, prompt_embeds, prompt_attention_mask, residuals, resolution, aspect_ratio
+        )
 
 
 class DenoiserGraph(nn.Module):
@@ -98,10 +145,12 @@ class DenoiserGraph(nn.Module):
 
     def constants(self) -> dict:
         ac = self.alphas_cumprod
-        return {"timesteps": self.timesteps,
-                "c_skip": [lcm_scalings(float(t))[0] for t in self.timesteps],
-                "c_out": [lcm_scalings(float(t))[1] for t in self.timesteps],
-                "alphas_cumprod": [float(ac[t]) for t in self.timesteps]}
+        return {
+            "timesteps": self.timesteps,
+            "c_skip": [lcm_scalings(float(t))[0] for t in self.timesteps],
+            "c_out": [lcm_scalings(float(t))[1] for t in self.timesteps],
+            "alphas_cumprod": [float(ac[t]) for t in self.timesteps],
+        }
 
     def forward(self, latents, step_noise, prompt_embeds, prompt_attention_mask, *extra):
         """`extra`, in the graph's input order: (control_latents, conditioning_scale) with a ControlNet,
@@ -114,8 +163,16 @@ class DenoiserGraph(nn.Module):
         calls = iter(self.step)
 
         def eps(x, t):
-            return next(calls)(x, t, prompt_embeds, prompt_attention_mask, control_latents, conditioning_scale,
-                               resolution, aspect_ratio)
+            return next(calls)(
+                x,
+                t,
+                prompt_embeds,
+                prompt_attention_mask,
+                control_latents,
+                conditioning_scale,
+                resolution,
+                aspect_ratio,
+            )
 
         noises = [step_noise[i] for i in range(len(self.timesteps) - 1)]
         return lcm_sample(eps, latents, self.timesteps, noises, self.alphas_cumprod)

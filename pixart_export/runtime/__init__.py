@@ -10,6 +10,7 @@ package in a process where importing torch raises).
 folder), lets the folder's backend check this host (its version, the device), checks every file
 against its sha256, and returns `Pipeline(folder, manifest, runner)` with the backend's runner.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,9 @@ from .pipeline import Pipeline
 __all__ = ["load", "Pipeline", "EngineError", "Precision"]
 
 
-def load(engine_dir: str | Path, precision: str | Precision | None = None, verify_hashes: bool = True,
-         **runner_options) -> Pipeline:
+def load(
+    engine_dir: str | Path, precision: str | Precision | None = None, verify_hashes: bool = True, **runner_options
+) -> Pipeline:
     """Validate `engine_dir` and return its pipeline: `pipe(prompt, seed=0, num_images=1, control_image=None)`.
 
     `precision`: one of the folder's `choosable_precisions` (default: the one it was built to run in).

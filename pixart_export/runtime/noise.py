@@ -3,6 +3,7 @@
 Same as `reference.schedules.draw_noise`: numpy PCG64 `default_rng(seed).standard_normal` in float32,
 shape [K, B, C, h, w]; [0] is x_T, [1:] the fresh noise of LCM steps 2..K.
 """
+
 from __future__ import annotations
 
 import numpy as np

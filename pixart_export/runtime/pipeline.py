@@ -10,6 +10,7 @@ an onnxruntime session, an OpenVINO compiled model, a TensorRT engine).
 `precision` picks among the precisions the folder carries (`Manifest.choosable_precisions`, e.g. a
 TensorRT bundle's fp16 and int8 engines); each graph falls back as `manifest.FALLBACK` says.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -53,15 +54,20 @@ class Pipeline:
         try:
             precision = Precision(precision)
         except ValueError:
-            raise UserError(f"precision {precision!r} is unknown; this folder carries "
-                            f"{', '.join(map(str, self.manifest.choosable_precisions))}") from None
+            raise UserError(
+                f"precision {precision!r} is unknown; this folder carries "
+                f"{', '.join(map(str, self.manifest.choosable_precisions))}"
+            ) from None
         if precision not in self.manifest.choosable_precisions:
-            raise UserError(f"this {self.manifest.target} folder carries no {precision} choice; choose one of "
-                            f"{', '.join(map(str, self.manifest.choosable_precisions))}")
+            raise UserError(
+                f"this {self.manifest.target} folder carries no {precision} choice; choose one of "
+                f"{', '.join(map(str, self.manifest.choosable_precisions))}"
+            )
         return precision
 
-    def run(self, graph: str, feeds: dict[str, np.ndarray], height: int | None = None,
-            width: int | None = None) -> list[np.ndarray]:
+    def run(
+        self, graph: str, feeds: dict[str, np.ndarray], height: int | None = None, width: int | None = None
+    ) -> list[np.ndarray]:
         """One graph of the folder on `feeds` (extra feeds are dropped: graphs declare their inputs)."""
         rec = self.manifest.record(graph, height, width, self.precision)
         return self.runner.run(rec, {t.name: feeds[t.name] for t in rec.inputs})
@@ -78,13 +84,22 @@ class Pipeline:
             return self.resolutions[0]
         h, w = (resolution, resolution) if isinstance(resolution, int) else tuple(int(v) for v in resolution)
         if (h, w) not in self.resolutions:
-            raise UserError(f"resolution {h}x{w} is not in this engine (built for "
-                            f"{', '.join(f'{a}x{b}' for a, b in self.resolutions)}); rebuild with --resolution")
+            raise UserError(
+                f"resolution {h}x{w} is not in this engine (built for "
+                f"{', '.join(f'{a}x{b}' for a, b in self.resolutions)}); rebuild with --resolution"
+            )
         return h, w
 
-    def __call__(self, prompt: str | list[str], seed: int = 0, num_images: int = 1,
-                 control_image: Image.Image | None = None, conditioning_scale: float = 1.0,
-                 resolution: int | Sequence[int] | None = None, output: str = "pil"):
+    def __call__(
+        self,
+        prompt: str | list[str],
+        seed: int = 0,
+        num_images: int = 1,
+        control_image: Image.Image | None = None,
+        conditioning_scale: float = 1.0,
+        resolution: int | Sequence[int] | None = None,
+        output: str = "pil",
+    ):
         """Images for `prompt` (a list gives one image each; a string gives `num_images` images)."""
         prompts = [prompt] * num_images if isinstance(prompt, str) else list(prompt)
         if not prompts:
@@ -94,17 +109,20 @@ class Pipeline:
         latent_shape = (self.manifest.latent_channels, height // f, width // f)
         embeds, mask = self.encode(prompts)
         noise = draw_noise(seed, len(prompts), latent_shape, self.steps)
-        feeds = {"latents": noise[0], "step_noise": noise[1:], "prompt_embeds": embeds,
-                 "prompt_attention_mask": mask,
-                 # multi-aspect models' conditions; `run` passes only the inputs a graph declares
-                 "resolution": np.tile(np.array([[height, width]], np.float32), (len(prompts), 1)),
-                 "aspect_ratio": np.full((len(prompts), 1), height / width, np.float32)}
+        feeds = {
+            "latents": noise[0],
+            "step_noise": noise[1:],
+            "prompt_embeds": embeds,
+            "prompt_attention_mask": mask,
+            # multi-aspect models' conditions; `run` passes only the inputs a graph declares
+            "resolution": np.tile(np.array([[height, width]], np.float32), (len(prompts), 1)),
+            "aspect_ratio": np.full((len(prompts), 1), height / width, np.float32),
+        }
         graph = f"denoiser_lcm{self.steps}"
         if control_image is not None:
             if not self.manifest.model.controlnet:
                 raise UserError("this engine has no ControlNet; rebuild with --controlnet to use a control image")
-            control = self.run("vae_encoder", {"image": image_to_array(control_image, height, width)},
-                               height, width)[0]
+            control = self.run("vae_encoder", {"image": image_to_array(control_image, height, width)}, height, width)[0]
             batch_shape = (len(prompts), *control.shape[1:])
             feeds["control_latents"] = np.ascontiguousarray(np.broadcast_to(control, batch_shape))
             feeds["conditioning_scale"] = np.array([conditioning_scale], np.float32)

@@ -12,6 +12,7 @@ and pulls in a large import graph; an edge host should need neither. Two kinds c
   model's fast tokenizer, run by the Rust `tokenizers` package (no torch), with padding and
   truncation to L set from the manifest.
 """
+
 from __future__ import annotations
 
 import json

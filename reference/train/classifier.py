@@ -4,6 +4,7 @@ image, trained on the renderer's images only. It scores generated images against
 uses Inception features; no hub model is needed. Images are classified at half size (64 px for tiny)
 and training adds blur and noise so the probe tolerates the VAE's softness.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,13 @@ from torch.nn import functional as F
 
 from . import data
 
-HEADS = {"layout": len(data.LAYOUTS), "shape_a": len(data.SHAPES), "colour_a": len(data.COLOURS),
-         "shape_b": len(data.SHAPES), "colour_b": len(data.COLOURS)}
+HEADS = {
+    "layout": len(data.LAYOUTS),
+    "shape_a": len(data.SHAPES),
+    "colour_a": len(data.COLOURS),
+    "shape_b": len(data.SHAPES),
+    "colour_b": len(data.COLOURS),
+}
 FEATURES = 64
 
 
@@ -43,7 +49,7 @@ class SceneClassifier(nn.Module):
         """Labels [B,5] (layout, shape_a, colour_a, shape_b, colour_b); b is -1 for a single shape."""
         out = []
         for i in range(0, len(images), chunk):
-            logits = self(images[i:i + chunk])
+            logits = self(images[i : i + chunk])
             pred = torch.stack([logits[k].argmax(1) for k in HEADS], 1)
             pred[pred[:, 0] == 0, 3:] = -1
             out.append(pred)
@@ -51,7 +57,7 @@ class SceneClassifier(nn.Module):
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor, chunk: int = 64) -> np.ndarray:
-        return torch.cat([self.features(images[i:i + chunk]) for i in range(0, len(images), chunk)]).double().numpy()
+        return torch.cat([self.features(images[i : i + chunk]) for i in range(0, len(images), chunk)]).double().numpy()
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -78,8 +84,15 @@ def loss_fn(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tens
     return total
 
 
-def train_classifier(seed: int = 1000, num_images: int = 4000, steps: int = 600, batch_size: int = 64,
-                     lr: float = 2e-3, size: int = 128, log=None) -> SceneClassifier:
+def train_classifier(
+    seed: int = 1000,
+    num_images: int = 4000,
+    steps: int = 600,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    size: int = 128,
+    log=None,
+) -> SceneClassifier:
     """Train on `num_images` renderer images of data set `seed` (not the DiT's seed 0), held-out
     pairs included: the probe must know every combination the evaluation asks for."""
     torch.manual_seed(seed)
@@ -108,10 +121,14 @@ def adherence(pred: np.ndarray, want: np.ndarray) -> dict[str, float]:
     shape_ok = np.concatenate([pred[:, 1] == want[:, 1], pred[pair, 3] == want[pair, 3]])
     colour_ok = np.concatenate([pred[:, 2] == want[:, 2], pred[pair, 4] == want[pair, 4]])
     all_ok = (pred[:, :3] == want[:, :3]).all(1) & np.where(pair, (pred[:, 3:] == want[:, 3:]).all(1), True)
-    return {"all": float(all_ok.mean()), "layout": float((pred[:, 0] == want[:, 0]).mean()),
-            "shape": float(shape_ok.mean()), "colour": float(colour_ok.mean()),
-            "single_all": float(all_ok[~pair].mean()) if (~pair).any() else float("nan"),
-            "pair_all": float(all_ok[pair].mean()) if pair.any() else float("nan")}
+    return {
+        "all": float(all_ok.mean()),
+        "layout": float((pred[:, 0] == want[:, 0]).mean()),
+        "shape": float(shape_ok.mean()),
+        "colour": float(colour_ok.mean()),
+        "single_all": float(all_ok[~pair].mean()) if (~pair).any() else float("nan"),
+        "pair_all": float(all_ok[pair].mean()) if pair.any() else float("nan"),
+    }
 
 
 def _sqrt_psd(m: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ processes, into a sliding window of VAE latents that every step samples its batc
 Checkpoints: `<out>/ckpt/` holds the trained modules as safetensors, the optimizer state through
 `torch.save` (tensors and plain containers only, read back with `weights_only=True`) and `state.json`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -41,8 +42,9 @@ CKPT = "ckpt"
 def add_common_args(parser, steps: int, batch_size: int, lr: float) -> None:
     parser.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs, model)")
     parser.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
-    parser.add_argument("--batch-size", type=int, default=batch_size,
-                        help=f"global batch, split over processes (default {batch_size})")
+    parser.add_argument(
+        "--batch-size", type=int, default=batch_size, help=f"global batch, split over processes (default {batch_size})"
+    )
     parser.add_argument("--lr", type=float, default=lr, help=f"AdamW learning rate (default {lr:g})")
     parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
     parser.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (default 1)")
@@ -61,7 +63,7 @@ def make_accelerator(threads: int):
 
 
 def shard(indices: np.ndarray, accelerator) -> np.ndarray:
-    return indices[accelerator.process_index::accelerator.num_processes]
+    return indices[accelerator.process_index :: accelerator.num_processes]
 
 
 def step_rng(seed: int, step: int, salt: int) -> np.random.Generator:
@@ -92,8 +94,9 @@ def check_replicas(out: Path, module: torch.nn.Module, accelerator) -> list[str]
     mine = torch.tensor(list(h.digest()), dtype=torch.int64, device=accelerator.device)[None]
     digests = [bytes(row.tolist()).hex() for row in accelerator.gather(mine).cpu()]
     if accelerator.is_main_process:
-        (out / "replicas.json").write_text(json.dumps({"processes": accelerator.num_processes,
-                                                       "sha256": digests}, indent=2) + "\n")
+        (out / "replicas.json").write_text(
+            json.dumps({"processes": accelerator.num_processes, "sha256": digests}, indent=2) + "\n"
+        )
     if len(set(digests)) != 1:
         raise RuntimeError(f"data-parallel replicas diverged: {digests}")
     return digests
@@ -195,8 +198,11 @@ class LossLog:
             y = series[c]
             window = min(smooth, len(y))
             ax.plot(series["step"], y, alpha=0.3, lw=0.8)
-            ax.plot(series["step"][window - 1:], np.convolve(y, np.ones(window) / window, "valid"),
-                    label=f"{c} (mean of {window})")
+            ax.plot(
+                series["step"][window - 1 :],
+                np.convolve(y, np.ones(window) / window, "valid"),
+                label=f"{c} (mean of {window})",
+            )
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_title(title)
@@ -236,7 +242,7 @@ def encode_dataset(vae, tokenizer, text_encoder, seed: int, count: int, size: in
     ids = torch.tensor([unique.index(c) for c in captions], dtype=torch.int64)
     embeds, masks = [], []
     for start in range(0, len(unique), chunk):
-        e, m = encode_prompts(tokenizer, text_encoder, unique[start:start + chunk])
+        e, m = encode_prompts(tokenizer, text_encoder, unique[start : start + chunk])
         embeds.append(e)
         masks.append(m)
     return torch.cat(latents), ids, torch.cat(embeds), torch.cat(masks)
@@ -249,8 +255,10 @@ def cached_dataset(out: Path, key: str, accelerator, build) -> dict[str, torch.T
         out.mkdir(parents=True, exist_ok=True)
         latents, ids, embeds, masks = build()
         tmp = path.with_suffix(".tmp")
-        save_file({"latents": latents.contiguous(), "caption_ids": ids, "embeds": embeds.contiguous(),
-                   "masks": masks}, str(tmp))
+        save_file(
+            {"latents": latents.contiguous(), "caption_ids": ids, "embeds": embeds.contiguous(), "masks": masks},
+            str(tmp),
+        )
         os.replace(tmp, path)
     accelerator.wait_for_everyone()
     return load_file(str(path))
@@ -285,8 +293,9 @@ class SceneStream:
     render the chunks ahead of need (0: render in this process when needed). Caption ids index
     `data.training_captions()`."""
 
-    def __init__(self, seed: int, size: int, vae, device, window: int, chunk: int, refresh: int,
-                 workers: int = 0, ahead: int = 4):
+    def __init__(
+        self, seed: int, size: int, vae, device, window: int, chunk: int, refresh: int, workers: int = 0, ahead: int = 4
+    ):
         self.seed, self.size, self.vae, self.device = seed, size, vae, torch.device(device)
         self.window, self.chunk, self.refresh, self.ahead = window, chunk, max(refresh, 1), ahead
         self.pool = None
@@ -307,14 +316,15 @@ class SceneStream:
 
     def _fetch(self, k: int):
         future = self.pending.pop(k, None)
-        return future.result() if future is not None else _render_chunk(self.seed, k * self.chunk, self.chunk,
-                                                                         self.size)
+        return (
+            future.result() if future is not None else _render_chunk(self.seed, k * self.chunk, self.chunk, self.size)
+        )
 
     @torch.no_grad()
     def _encode(self, images: np.ndarray, batch: int = 512) -> torch.Tensor:
         out = []
         for i in range(0, len(images), batch):
-            x = torch.from_numpy(images[i:i + batch]).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+            x = torch.from_numpy(images[i : i + batch]).to(self.device).permute(0, 3, 1, 2).float() / 255.0
             out.append(vae_io.encode(self.vae, x))
         return torch.cat(out)
 
@@ -358,17 +368,33 @@ class SceneStream:
 
 
 def add_stream_args(parser) -> None:
-    parser.add_argument("--num-images", type=int, default=0,
-                        help="a fixed, cached set of this many scenes instead of the stream (default 0: the stream)")
+    parser.add_argument(
+        "--num-images",
+        type=int,
+        default=0,
+        help="a fixed, cached set of this many scenes instead of the stream (default 0: the stream)",
+    )
     parser.add_argument("--window", type=int, default=16, help="stream: chunks held in the window (default 16)")
     parser.add_argument("--chunk", type=int, default=512, help="stream: scenes per chunk (default 512)")
-    parser.add_argument("--refresh", type=int, default=32,
-                        help="stream: steps between replacing the oldest chunk with a new one (default 32)")
-    parser.add_argument("--render-workers", type=int, default=0,
-                        help="stream: worker processes rendering ahead (default 0: render in the training process)")
-    parser.add_argument("--time-limit", type=float, default=0.0,
-                        help="stop at the first step past this many seconds of this run, checkpoint and write the "
-                             "model as usual (default 0: no limit; the step reached is in summary.json)")
+    parser.add_argument(
+        "--refresh",
+        type=int,
+        default=32,
+        help="stream: steps between replacing the oldest chunk with a new one (default 32)",
+    )
+    parser.add_argument(
+        "--render-workers",
+        type=int,
+        default=0,
+        help="stream: worker processes rendering ahead (default 0: render in the training process)",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=0.0,
+        help="stop at the first step past this many seconds of this run, checkpoint and write the "
+        "model as usual (default 0: no limit; the step reached is in summary.json)",
+    )
 
 
 def out_of_time(acc, t0: float, limit: float) -> bool:
@@ -387,8 +413,7 @@ def setup_device() -> None:
 
 
 # -- model folder -------------------------------------------------------------------------------------
-def write_model_folder(out: Path, source: Path, dit: PixArtDiT | None = None, vae=None,
-                       text_encoder=None) -> Path:
+def write_model_folder(out: Path, source: Path, dit: PixArtDiT | None = None, vae=None, text_encoder=None) -> Path:
     """A diffusers-layout model folder: `source`'s tokenizer and scheduler; `dit`, `vae` and
     `text_encoder` when given (else the source's). The ControlNet (when the source has one) is rebuilt
     from the DiT: copies of its first blocks with their zero-initialised projections, untrained, so it

@@ -15,6 +15,7 @@ training and make up, with the single shapes, the fixed evaluation captions (`ev
 `eval_groups` adds a fixed set of two-shape combinations that ARE in training (`SEEN_PAIRS`), so
 binding and generalisation are measured apart.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -24,7 +25,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40), "green": (40, 170, 70), "blue": (40, 80, 225), "yellow": (240, 200, 30)}
+    "red": (220, 40, 40),
+    "green": (40, 170, 70),
+    "blue": (40, 80, 225),
+    "yellow": (240, 200, 30),
+}
 COLOUR_NAMES = tuple(COLOURS)
 SHAPES = ("circle", "square", "triangle")
 LAYOUTS = ("single", "vertical", "horizontal")  # vertical: a above b; horizontal: a left of b
@@ -67,13 +72,15 @@ def caption(labels: Labels, variant: int = 0, background: bool = False) -> str:
 
 def _all_pairs() -> list[Labels]:
     things = list(itertools.product(range(len(SHAPES)), range(len(COLOURS))))
-    return [Labels(layout, sa, ca, sb, cb) for layout in (1, 2)
-            for (sa, ca), (sb, cb) in itertools.product(things, things)]
+    return [
+        Labels(layout, sa, ca, sb, cb) for layout in (1, 2) for (sa, ca), (sb, cb) in itertools.product(things, things)
+    ]
 
 
 #: Two-object scenes kept out of training (a fixed 24 of the 288), for evaluation.
 HELDOUT: frozenset[Labels] = frozenset(
-    _all_pairs()[i] for i in np.random.default_rng(5).choice(len(_all_pairs()), size=24, replace=False))
+    _all_pairs()[i] for i in np.random.default_rng(5).choice(len(_all_pairs()), size=24, replace=False)
+)
 
 
 def sample_labels(rng: np.random.Generator, heldout: bool = False) -> Labels:
@@ -81,8 +88,13 @@ def sample_labels(rng: np.random.Generator, heldout: bool = False) -> Labels:
     if rng.random() < P_SINGLE:
         return Labels(0, int(rng.integers(len(SHAPES))), int(rng.integers(len(COLOURS))))
     while True:
-        labels = Labels(int(rng.integers(1, 3)), int(rng.integers(len(SHAPES))), int(rng.integers(len(COLOURS))),
-                        int(rng.integers(len(SHAPES))), int(rng.integers(len(COLOURS))))
+        labels = Labels(
+            int(rng.integers(1, 3)),
+            int(rng.integers(len(SHAPES))),
+            int(rng.integers(len(COLOURS))),
+            int(rng.integers(len(SHAPES))),
+            int(rng.integers(len(COLOURS))),
+        )
         if heldout or labels not in HELDOUT:
             return labels
 
@@ -160,31 +172,43 @@ def render_for(labels: Labels, seed: int, index: int, size: int = 128) -> np.nda
 
 
 #: Two-object scenes that training does see (a fixed 24 of the 264 not held out), for evaluation.
-SEEN_PAIRS: tuple[Labels, ...] = tuple(sorted(
-    [lab for lab in (_all_pairs()[i] for i in np.random.default_rng(6).permutation(len(_all_pairs())))
-     if lab not in HELDOUT][:24], key=Labels.as_tuple))
+SEEN_PAIRS: tuple[Labels, ...] = tuple(
+    sorted(
+        [
+            lab
+            for lab in (_all_pairs()[i] for i in np.random.default_rng(6).permutation(len(_all_pairs())))
+            if lab not in HELDOUT
+        ][:24],
+        key=Labels.as_tuple,
+    )
+)
 
 
 def eval_groups() -> dict[str, list[tuple[str, Labels]]]:
     """The evaluation captions by group, canonical phrasing: "single" (12), "seen pair" (24 combinations
     in training), "held-out pair" (the 24 of `HELDOUT`)."""
     evals = eval_captions()
-    return {"single": evals[:12], "seen pair": [(caption(lab), lab) for lab in SEEN_PAIRS],
-            "held-out pair": evals[12:]}
+    return {"single": evals[:12], "seen pair": [(caption(lab), lab) for lab in SEEN_PAIRS], "held-out pair": evals[12:]}
 
 
 def training_captions() -> list[str]:
     """Every caption the training stream can produce (sorted): the index space of caption ids."""
     singles = [Labels(0, s, c) for s in range(len(SHAPES)) for c in range(len(COLOURS))]
     out = {caption(lab, variant, bg) for lab in singles for variant in (0,) for bg in (False, True)}
-    out |= {caption(lab, variant, bg) for lab in _all_pairs() if lab not in HELDOUT
-            for variant in (0, 1) for bg in (False, True)}
+    out |= {
+        caption(lab, variant, bg)
+        for lab in _all_pairs()
+        if lab not in HELDOUT
+        for variant in (0, 1)
+        for bg in (False, True)
+    }
     return sorted(out)
 
 
 #: The words of every training caption: anything else in a prompt is unknown to the miniature.
 VOCABULARY: frozenset[str] = frozenset(
-    {"a", "above", "below", "to", "the", "left", "right", "of", "on", "white", "background", *COLOUR_NAMES, *SHAPES})
+    {"a", "above", "below", "to", "the", "left", "right", "of", "on", "white", "background", *COLOUR_NAMES, *SHAPES}
+)
 
 
 def unknown_words(prompt: str) -> list[str]:

@@ -19,6 +19,7 @@ Phases (each with its own deadline, measured from the start of this script):
 Where the budget runs out, later phases are skipped and what exists is packed.
 On a CPU-only machine the same script runs (tests use `--toy`: a few steps at a tiny size).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,12 @@ def gpu_info() -> dict:
     except Exception as exc:  # the record must be written whatever breaks
         info["torch_error"] = repr(exc)
     try:
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        smi = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         info["nvidia_smi"] = smi.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         info["nvidia_smi"] = None
@@ -121,8 +126,12 @@ def main(argv=None) -> None:
     parser.add_argument("--budget", type=float, default=500, help="seconds for the whole script (default 500)")
     parser.add_argument("--teacher-end", type=float, default=235, help="teacher arms stop at this second (235)")
     parser.add_argument("--lcd-seconds", type=float, default=110, help="LCD training loop seconds (default 110)")
-    parser.add_argument("--vae", type=Path, default=ROOT / "reference" / "assets" / "tiny" / "vae",
-                        help="the (frozen) VAE (default: the shipped tiny VAE)")
+    parser.add_argument(
+        "--vae",
+        type=Path,
+        default=ROOT / "reference" / "assets" / "tiny" / "vae",
+        help="the (frozen) VAE (default: the shipped tiny VAE)",
+    )
     parser.add_argument("--arms", default=None, help="comma-separated subset of the arms (default all)")
     parser.add_argument("--workers", type=int, default=0, help="render workers per process (default: by CPU count)")
     parser.add_argument("--toy", action="store_true", help="a few steps at a tiny size (a CPU test of this script)")
@@ -138,8 +147,14 @@ def main(argv=None) -> None:
         arms = {k: v for k, v in arms.items() if k in args.arms.split(",")}
     cpus = os.cpu_count() or 2
     workers = args.workers or max(1, (cpus - len(arms) - 1) // len(arms))
-    record = {"machine": gpu_info(), "arms": arms, "phases": {}, "processes": runner.records, "toy": args.toy,
-              "budget_s": args.budget}
+    record = {
+        "machine": gpu_info(),
+        "arms": arms,
+        "phases": {},
+        "processes": runner.records,
+        "toy": args.toy,
+        "budget_s": args.budget,
+    }
     print(json.dumps(record["machine"]), flush=True)
     if args.toy:
         stream = ["--window", "2", "--chunk", "16", "--refresh", "4", "--render-workers", "1"]
@@ -162,11 +177,30 @@ def main(argv=None) -> None:
     for name, extra in arms.items():
         limit = args.teacher_end - (time.time() - t0) - 40  # ~40 s of start-up and writing out
         limit = max(limit, 5)
-        procs[name] = runner.start(f"teacher {name}", [
-            py, "-m", "reference.train.teacher", "--vae", str(args.vae), "--out", str(run / name), *common_teacher,
-            *stream, *extra, "--time-limit", f"{limit:.0f}", "--no-progress"], run / f"teacher-{name}.log")
-    done = [name for name, proc in procs.items() if runner.wait(proc, t0 + args.teacher_end + 60) == 0
-            and (run / name / "model" / "transformer").is_dir()]
+        procs[name] = runner.start(
+            f"teacher {name}",
+            [
+                py,
+                "-m",
+                "reference.train.teacher",
+                "--vae",
+                str(args.vae),
+                "--out",
+                str(run / name),
+                *common_teacher,
+                *stream,
+                *extra,
+                "--time-limit",
+                f"{limit:.0f}",
+                "--no-progress",
+            ],
+            run / f"teacher-{name}.log",
+        )
+    done = [
+        name
+        for name, proc in procs.items()
+        if runner.wait(proc, t0 + args.teacher_end + 60) == 0 and (run / name / "model" / "transformer").is_dir()
+    ]
     runner.wait(probe, t0 + args.teacher_end + 90)
     record["phases"]["teacher_end_s"] = time.time() - t0
     for name in arms:
@@ -175,10 +209,30 @@ def main(argv=None) -> None:
     # 2. selection
     scores = {}
     if done and time.time() - t0 < args.budget - 150:
-        sel = {name: runner.start(f"select {name}", [
-            py, "benchmarks/quality_tiny.py", "--teacher", str(run / name / "model"), "--rows", "t25",
-            "--seed-offset", "1000", *select, *quality[2:], "--no-grid", "--out", str(run / "select"),
-            "--name", f"select-{name}"], run / f"select-{name}.log") for name in done}
+        sel = {
+            name: runner.start(
+                f"select {name}",
+                [
+                    py,
+                    "benchmarks/quality_tiny.py",
+                    "--teacher",
+                    str(run / name / "model"),
+                    "--rows",
+                    "t25",
+                    "--seed-offset",
+                    "1000",
+                    *select,
+                    *quality[2:],
+                    "--no-grid",
+                    "--out",
+                    str(run / "select"),
+                    "--name",
+                    f"select-{name}",
+                ],
+                run / f"select-{name}.log",
+            )
+            for name in done
+        }
         for name, proc in sel.items():
             if runner.wait(proc, time.time() + 150) == 0:
                 res = read_json(run / "select" / f"select-{name}.json")["results"][0]
@@ -186,8 +240,11 @@ def main(argv=None) -> None:
     if not scores and done:
         scores = {name: (0.0, 0.0) for name in done[:1]}  # no measurement: the first arm that finished
     best = max(scores, key=lambda n: scores[n]) if scores else None
-    record["selection"] = {"criterion": "teacher DDIM 25 (CFG 5.5) adherence on the seen pairs (ties: all "
-                                        "captions), seeds 1000..", "scores": scores, "best": best}
+    record["selection"] = {
+        "criterion": "teacher DDIM 25 (CFG 5.5) adherence on the seen pairs (ties: all captions), seeds 1000..",
+        "scores": scores,
+        "best": best,
+    }
     record["phases"]["selection_end_s"] = time.time() - t0
     print(now(t0), "selection", json.dumps(record["selection"]), flush=True)
 
@@ -199,18 +256,49 @@ def main(argv=None) -> None:
         limit = min(args.lcd_seconds, left - 110)
         lcd_workers = str(max(1, cpus - 2)) if not args.toy else "1"
         stream_lcd = [*stream[:-1], lcd_workers]
-        proc = runner.start("lcd", [py, "-m", "reference.train.lcd", "--teacher", str(teacher_dir), "--out",
-                                    str(run / "lcd"), "--steps", "1000000", "--ckpt-every", "1000000", *stream_lcd,
-                                    *lcd_args, "--time-limit", f"{limit:.0f}", "--no-progress"], run / "lcd.log")
+        proc = runner.start(
+            "lcd",
+            [
+                py,
+                "-m",
+                "reference.train.lcd",
+                "--teacher",
+                str(teacher_dir),
+                "--out",
+                str(run / "lcd"),
+                "--steps",
+                "1000000",
+                "--ckpt-every",
+                "1000000",
+                *stream_lcd,
+                *lcd_args,
+                "--time-limit",
+                f"{limit:.0f}",
+                "--no-progress",
+            ],
+            run / "lcd.log",
+        )
         runner.wait(proc, time.time() + limit + 60)
     record["lcd_summary"] = read_json(run / "lcd" / "summary.json")
     record["phases"]["lcd_end_s"] = time.time() - t0
 
     # 4. quality
     if teacher_dir and student_dir.is_dir() and time.time() - t0 < args.budget - 30:
-        proc = runner.start("quality", [py, "benchmarks/quality_tiny.py", "--teacher", str(teacher_dir),
-                                        "--student", str(student_dir), *quality, "--out", str(run / "quality")],
-                            run / "quality.log")
+        proc = runner.start(
+            "quality",
+            [
+                py,
+                "benchmarks/quality_tiny.py",
+                "--teacher",
+                str(teacher_dir),
+                "--student",
+                str(student_dir),
+                *quality,
+                "--out",
+                str(run / "quality"),
+            ],
+            run / "quality.log",
+        )
         runner.wait(proc, t0 + args.budget - 10)
     record["phases"]["quality_end_s"] = time.time() - t0
 

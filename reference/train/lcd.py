@@ -22,6 +22,7 @@ out are the target network's (the EMA), as LCM releases them.
     torchrun --nproc_per_node 2 -m reference.train.lcd --teacher ... --out ...
 Writes `<out>/model/` (the student as a full model folder), `<out>/loss.csv`, `<out>/loss.png`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,14 +75,16 @@ def huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def guided_solver_step(teacher, x_t: torch.Tensor, t: list[int], t_prev: list[int], embeds, mask, w: float,
-                       ac: torch.Tensor) -> torch.Tensor:
+def guided_solver_step(
+    teacher, x_t: torch.Tensor, t: list[int], t_prev: list[int], embeds, mask, w: float, ac: torch.Tensor
+) -> torch.Tensor:
     """z_hat_{t_n} = (1 + w) DDIM(x_t, eps_c) - w DDIM(x_t, eps_null), per sample t -> t_prev (< 0: clean end)."""
     batch = len(t)
     ts = torch.tensor(t, dtype=torch.float32, device=x_t.device)
     null = teacher.null_caption[None].expand(batch, -1, -1)
-    both = teacher.predict_noise(torch.cat([x_t, x_t]), torch.cat([ts, ts]), torch.cat([null, embeds]),
-                                 torch.cat([torch.ones_like(mask), mask]))
+    both = teacher.predict_noise(
+        torch.cat([x_t, x_t]), torch.cat([ts, ts]), torch.cat([null, embeds]), torch.cat([torch.ones_like(mask), mask])
+    )
     eps_u, eps_c = both.chunk(2)
     eps_w = guided(eps_c, eps_u, 1.0 + w)  # DDIM is linear in eps: CFG at scale 1 + w
     a, a_prev = _alpha_bars(t, ac, x_t), _alpha_bars([max(v, -1) for v in t_prev], ac, x_t)
@@ -89,8 +92,20 @@ def guided_solver_step(teacher, x_t: torch.Tensor, t: list[int], t_prev: list[in
     return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps_w
 
 
-def lcd_loss(student, teacher, target, x0: torch.Tensor, noise: torch.Tensor, t: list[int], embeds, mask,
-             w: float, skip: int, huber_c: float, ac: torch.Tensor) -> torch.Tensor:
+def lcd_loss(
+    student,
+    teacher,
+    target,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    t: list[int],
+    embeds,
+    mask,
+    w: float,
+    skip: int,
+    huber_c: float,
+    ac: torch.Tensor,
+) -> torch.Tensor:
     """The LCD objective of one batch (module docstring); `student(x, t, embeds, mask)` -> eps is the
     network trained, `teacher` and `target` are DiTs (no gradients)."""
     dev = x0.device
@@ -114,10 +129,15 @@ def parse_args(argv=None):
     common.add_stream_args(parser)
     parser.add_argument("--teacher", type=Path, required=True, help="teacher model folder (stage 2's <out>/model)")
     parser.add_argument("--size", type=int, default=128, help="image size in px (default 128)")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="where a fixed --num-images set is cached, keyed by a hash (default: --out)")
-    parser.add_argument("--w", "-w", type=float, default=4.5,
-                        help="fixed guidance w, LCM convention (CFG scale 1 + w; default 4.5)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where a fixed --num-images set is cached, keyed by a hash (default: --out)",
+    )
+    parser.add_argument(
+        "--w", "-w", type=float, default=4.5, help="fixed guidance w, LCM convention (CFG scale 1 + w; default 4.5)"
+    )
     parser.add_argument("--skip", "-k", type=int, default=20, help="skipping interval k in timesteps (default 20)")
     parser.add_argument("--ema-rate", type=float, default=0.95, help="target network EMA rate (default 0.95)")
     parser.add_argument("--huber-c", type=float, default=0.001, help="pseudo-Huber c (default 0.001)")
@@ -159,45 +179,74 @@ def main(argv=None) -> None:
         rng = common.step_rng(args.seed, step, 3)
         idx = rng.integers(0, train.rows, size=args.batch_size)
         t_all = grid[rng.integers(0, len(grid), size=args.batch_size)]
-        noise = torch.from_numpy(rng.standard_normal((args.batch_size, *base_latent_shape(teacher_model)),
-                                                     dtype="float32"))
+        noise = torch.from_numpy(
+            rng.standard_normal((args.batch_size, *base_latent_shape(teacher_model)), dtype="float32")
+        )
         mine = common.shard(np.arange(args.batch_size), acc)
         t = [int(v) for v in t_all[mine]]
         x0, ids = train.batch(step, idx[mine])
-        loss = lcd_loss(model, teacher, target, x0, noise[mine].to(dev), t, embeds[ids], masks[ids],
-                        args.w, args.skip, args.huber_c, ac)
+        loss = lcd_loss(
+            model,
+            teacher,
+            target,
+            x0,
+            noise[mine].to(dev),
+            t,
+            embeds[ids],
+            masks[ids],
+            args.w,
+            args.skip,
+            args.huber_c,
+            ac,
+        )
         optimizer.zero_grad(set_to_none=True)
         acc.backward(loss)
         acc.clip_grad_norm_(params, args.grad_clip)
         optimizer.step()
         common.ema_update(target, student, args.ema_rate)
         step += 1
-        value = log.log_later(step, acc.reduce(loss.detach(), "mean"),
-                              last=step % args.ckpt_every == 0 or step == args.steps)
+        value = log.log_later(
+            step, acc.reduce(loss.detach(), "mean"), last=step % args.ckpt_every == 0 or step == args.steps
+        )
         bar.update(1)
         if value is not None:
             bar.set_postfix(loss=f"{value:.4f}")
         if step % args.ckpt_every == 0 or step == args.steps:
             if acc.is_main_process:
-                common.save_checkpoint(args.out, step, {"student": student, "target": target}, optimizer,
-                                       {"elapsed_s": elapsed0 + time.time() - t0})
+                common.save_checkpoint(
+                    args.out,
+                    step,
+                    {"student": student, "target": target},
+                    optimizer,
+                    {"elapsed_s": elapsed0 + time.time() - t0},
+                )
             acc.wait_for_everyone()
     log.flush()
     bar.close()
     train.close()
     if step % args.ckpt_every and step != args.steps and step > start:  # stopped by --time-limit
         if acc.is_main_process:
-            common.save_checkpoint(args.out, step, {"student": student, "target": target}, optimizer,
-                                   {"elapsed_s": elapsed0 + time.time() - t0})
+            common.save_checkpoint(
+                args.out,
+                step,
+                {"student": student, "target": target},
+                optimizer,
+                {"elapsed_s": elapsed0 + time.time() - t0},
+            )
         acc.wait_for_everyone()
     common.check_replicas(args.out, student, acc)
     if acc.is_main_process:
         common.write_model_folder(args.out / "model", args.teacher, dit=target.eval().cpu())
         log.plot("LCD (pseudo-Huber consistency loss)")
-        summary = {"steps": step, "steps_asked": args.steps, "elapsed_s": elapsed0 + time.time() - t0,
-                   "final_loss_mean_last_100": float(log.read()["loss"][-100:].mean()),
-                   "scenes_rendered": train.stream.rendered if train.stream else args.num_images,
-                   "device": device_name(dev), "args": {k: str(v) for k, v in vars(args).items()}}
+        summary = {
+            "steps": step,
+            "steps_asked": args.steps,
+            "elapsed_s": elapsed0 + time.time() - t0,
+            "final_loss_mean_last_100": float(log.read()["loss"][-100:].mean()),
+            "scenes_rendered": train.stream.rendered if train.stream else args.num_images,
+            "device": device_name(dev),
+            "args": {k: str(v) for k, v in vars(args).items()},
+        }
         (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(json.dumps({k: summary[k] for k in ("steps", "elapsed_s", "final_loss_mean_last_100")}))
     acc.wait_for_everyone()

@@ -10,6 +10,7 @@ and the teacher arms of `reference.train.gpu_run`). The card is written from the
 quality benchmark's JSON (`benchmarks/results/quality_tiny.json`), so its figures are the measured ones,
 with their 95% bootstrap intervals, and it states which of issue #13's gates they meet.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,12 +42,13 @@ def processes(stage_dir: Path) -> int:
 
 
 def text_encoder_line(args: dict, t5: dict | None) -> str:
-    size = (f"{t5['num_layers']} layers, width {t5['d_model']}, feed-forward {t5['d_ff']}" if t5
-            else "width 64")
+    size = f"{t5['num_layers']} layers, width {t5['d_model']}, feed-forward {t5['d_ff']}" if t5 else "width 64"
     if args.get("text_encoder", "frozen") == "trained":
-        return (f"- Text encoder and tokenizer: the tiny T5 ({size}, byte-level ByT5 tokenizer), trained with the "
-                "teacher from random weights (PixArt freezes T5-XXL, which already knows language; a random T5 "
-                "does not, so it learns here), then frozen for LCD.")
+        return (
+            f"- Text encoder and tokenizer: the tiny T5 ({size}, byte-level ByT5 tokenizer), trained with the "
+            "teacher from random weights (PixArt freezes T5-XXL, which already knows language; a random T5 "
+            "does not, so it learns here), then frozen for LCD."
+        )
     return f"- Text encoder and tokenizer: the tiny random T5 ({size}, byte-level ByT5 tokenizer), frozen."
 
 
@@ -54,9 +56,11 @@ def teacher_line(stage: dict) -> str:
     args = stage["args"]
     gamma = float(args.get("snr_gamma", 0))
     weighting = f"min-SNR-{gamma:g} loss weights" if gamma > 0 else "plain MSE"
-    return (f"- Teacher (`teacher/transformer`, `--model tiny-teacher`): epsilon prediction, linear betas 1e-4..0.02 "
-            f"over 1000 steps, {weighting}, {args.get('init', 'diffusers')} initialisation, 10% captions dropped to "
-            f"the learned null caption; {stage['steps']} steps; EMA weights.")
+    return (
+        f"- Teacher (`teacher/transformer`, `--model tiny-teacher`): epsilon prediction, linear betas 1e-4..0.02 "
+        f"over 1000 steps, {weighting}, {args.get('init', 'diffusers')} initialisation, 10% captions dropped to "
+        f"the learned null caption; {stage['steps']} steps; EMA weights."
+    )
 
 
 def data_line(stage: dict) -> str:
@@ -64,9 +68,11 @@ def data_line(stage: dict) -> str:
     if int(args.get("num_images", 0) or 0) > 0:
         return f"Training set: a fixed {args['num_images']} scenes of data set seed {args.get('seed', 0)}."
     window, chunk = int(args.get("window", 0)), int(args.get("chunk", 0))
-    return (f"Training data: the seeded scene stream rendered on the fly, a sliding window of {window} x {chunk} = "
-            f"{window * chunk} scenes, one chunk replaced every {args.get('refresh')} steps; "
-            f"{stage.get('scenes_rendered', '?')} scenes rendered for the teacher.")
+    return (
+        f"Training data: the seeded scene stream rendered on the fly, a sliding window of {window} x {chunk} = "
+        f"{window * chunk} scenes, one chunk replaced every {args.get('refresh')} steps; "
+        f"{stage.get('scenes_rendered', '?')} scenes rendered for the teacher."
+    )
 
 
 def fmt(score: dict) -> str:
@@ -83,12 +89,19 @@ def gates(results: list[dict]) -> list[str]:
     def line(text: str, ok: bool) -> str:
         return f"- {text}: {'met' if ok else 'NOT met'}"
 
-    out = [line(f"teacher DDIM 25 seen pairs >= 0.80 ({fmt(t25['seen pair'])})", t25["seen pair"]["mean"] >= 0.80),
-           line(f"teacher DDIM 25 single shapes >= 0.95 ({fmt(t25['single'])})", t25["single"]["mean"] >= 0.95)]
+    out = [
+        line(f"teacher DDIM 25 seen pairs >= 0.80 ({fmt(t25['seen pair'])})", t25["seen pair"]["mean"] >= 0.80),
+        line(f"teacher DDIM 25 single shapes >= 0.95 ({fmt(t25['single'])})", t25["single"]["mean"] >= 0.95),
+    ]
     for group in ("pair", "all"):
         gap = abs(s4[group]["mean"] - t25[group]["mean"])
-        out.append(line(f"student LCM 4 within 0.05 of teacher DDIM 25 on {group}s ({s4[group]['mean']:.3f} vs "
-                        f"{t25[group]['mean']:.3f})", gap <= 0.05))
+        out.append(
+            line(
+                f"student LCM 4 within 0.05 of teacher DDIM 25 on {group}s ({s4[group]['mean']:.3f} vs "
+                f"{t25[group]['mean']:.3f})",
+                gap <= 0.05,
+            )
+        )
         lift = s4[group]["mean"] - t4[group]["mean"]
         out.append(line(f"student LCM 4 at least 0.30 above teacher DDIM 4 on {group}s ({lift:+.3f})", lift >= 0.30))
     return out
@@ -102,21 +115,27 @@ def model_card(run: Path, results: Path, note: str | None = None) -> str:
     machine = record.get("machine", {})
     where = machine.get("gpu") or "a CPU"
     lines = [
-        "# Model card: the built-in `tiny` (miniature PixArt-delta)", "",
+        "# Model card: the built-in `tiny` (miniature PixArt-delta)",
+        "",
         "A 6-block, width-128 PixArt DiT on 16x16 latents (128 px) trained from scratch by this repository "
         "(`reference/train/`): the PixArt-alpha objective for the teacher, then Latent Consistency Distillation "
         "(PixArt-delta Algorithm 1) for the 4-step student shipped as `tiny`; the teacher ships beside it as "
-        "`tiny-teacher` (`--sampler ddim` on `tiny` uses it). It draws coloured shapes, nothing else.", "",
+        "`tiny-teacher` (`--sampler ddim` on `tiny` uses it). It draws coloured shapes, nothing else.",
+        "",
         "## Data",
         "Generated, no downloads (`reference/train/data.py`): one shape (25%) or two shapes above / beside each other "
-        "on white; 3 shapes x 4 colours; captions such as \"a red circle\" or \"a blue square above a yellow "
-        "triangle on a white background\". 24 of the 288 two-shape combinations never appear in training.",
-        data_line(stages["teacher"]), "",
+        'on white; 3 shapes x 4 colours; captions such as "a red circle" or "a blue square above a yellow '
+        'triangle on a white background". 24 of the 288 two-shape combinations never appear in training.',
+        data_line(stages["teacher"]),
+        "",
         "## Components",
-        text_encoder_line(stages["teacher"]["args"], t5)]
+        text_encoder_line(stages["teacher"]["args"], t5),
+    ]
     if "vae" in stages:
-        lines.append(f"- VAE: the tiny `AutoencoderKL` config trained {stages['vae']['steps']} steps (L1 + KL); "
-                     f"scaling_factor = 1/std of latents = {stages['vae']['scaling_factor']:.4f}.")
+        lines.append(
+            f"- VAE: the tiny `AutoencoderKL` config trained {stages['vae']['steps']} steps (L1 + KL); "
+            f"scaling_factor = 1/std of latents = {stages['vae']['scaling_factor']:.4f}."
+        )
     else:
         lines.append("- VAE: the previously shipped tiny VAE, reused unchanged (frozen).")
     lines += [
@@ -124,21 +143,33 @@ def model_card(run: Path, results: Path, note: str | None = None) -> str:
         f"- Student (these weights): LCD from the teacher, w = 4.5, DDIM solver, k = 20, target EMA 0.95, "
         f"pseudo-Huber c = 0.001; {stages['lcd']['steps']} steps; the target network is shipped.",
         "- ControlNet: copies of the student's first blocks with zero-initialised projections (untrained: it leaves "
-        "every image unchanged).", "",
+        "every image unchanged).",
+        "",
         "## Training record",
         "| stage | steps | batch | lr | loss, first 100 steps | loss, last 100 steps | wall time | processes |",
-        "|---|---|---|---|---|---|---|---|"]
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, s in stages.items():
         args = s["args"]
-        lines.append(f"| {name} | {s['steps']} | {args['batch_size']} | {args['lr']} | {s['loss_first_100']:.4f} | "
-                     f"{s['loss_last_100']:.4f} | {s['elapsed_s'] / 60:.1f} min | {processes(run / name)} |")
+        lines.append(
+            f"| {name} | {s['steps']} | {args['batch_size']} | {args['lr']} | {s['loss_first_100']:.4f} | "
+            f"{s['loss_last_100']:.4f} | {s['elapsed_s'] / 60:.1f} min | {processes(run / name)} |"
+        )
     total_h = sum(s["elapsed_s"] for s in stages.values()) / 3600
-    lines += ["", f"Total {total_h:.2f} h of training loops on {where}, seed 0 everywhere. Stage arguments are in "
-              "each run folder's summary.json."]
+    lines += [
+        "",
+        f"Total {total_h:.2f} h of training loops on {where}, seed 0 everywhere. Stage arguments are in "
+        "each run folder's summary.json.",
+    ]
     if record.get("selection"):
         sel = record["selection"]
-        lines += ["", f"Teacher arms trained side by side; kept: `{sel['best']}` by {sel['criterion']}:", "",
-                  "| arm | arguments | steps | seen-pair adherence | all |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Teacher arms trained side by side; kept: `{sel['best']}` by {sel['criterion']}:",
+            "",
+            "| arm | arguments | steps | seen-pair adherence | all |",
+            "|---|---|---|---|---|",
+        ]
         for arm, extra in record.get("arms", {}).items():
             steps = (record.get("teacher_summaries", {}).get(arm) or {}).get("steps", "?")
             score = sel["scores"].get(arm)
@@ -150,20 +181,27 @@ def model_card(run: Path, results: Path, note: str | None = None) -> str:
     if results.exists():
         bench = json.loads(results.read_text())
         meta = bench["meta"]
-        lines += ["## Quality (`benchmarks/quality_tiny.py`)",
-                  f"{meta['captions']} evaluation captions x {meta['seeds']} seeds, scored by a scene classifier "
-                  "trained on the renderer. Adherence: all attributes of the prompt right; mean [95% bootstrap "
-                  "interval].", "",
-                  "| sampler | NFE | all | single | seen pair | held-out pair | Frechet |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Quality (`benchmarks/quality_tiny.py`)",
+            f"{meta['captions']} evaluation captions x {meta['seeds']} seeds, scored by a scene classifier "
+            "trained on the renderer. Adherence: all attributes of the prompt right; mean [95% bootstrap "
+            "interval].",
+            "",
+            "| sampler | NFE | all | single | seen pair | held-out pair | Frechet |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in bench["results"]:
-            lines.append(f"| {r['name']} | {r['nfe']} | {fmt(r['all'])} | {fmt(r['single'])} | {fmt(r['seen pair'])} | "
-                         f"{fmt(r['held-out pair'])} | {r['frechet']:.2f} |")
+            lines.append(
+                f"| {r['name']} | {r['nfe']} | {fmt(r['all'])} | {fmt(r['single'])} | {fmt(r['seen pair'])} | "
+                f"{fmt(r['held-out pair'])} | {r['frechet']:.2f} |"
+            )
         lines += ["", *gates(bench["results"]), ""]
-    lines += ["## Limits",
-              "Expect blurry shapes, wrong colours or counts on some seeds, and weaker two-shape compositions than "
-              "single shapes (see the seen- and held-out-pair columns). Words outside the training captions are "
-              "unknown (`reference.vocab`). Not a general text-to-image model."]
+    lines += [
+        "## Limits",
+        "Expect blurry shapes, wrong colours or counts on some seeds, and weaker two-shape compositions than "
+        "single shapes (see the seen- and held-out-pair columns). Words outside the training captions are "
+        "unknown (`reference.vocab`). Not a general text-to-image model.",
+    ]
     return "\n".join(lines) + "\n"
 
 

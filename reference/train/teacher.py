@@ -27,6 +27,7 @@ it stands in for that pre-training; `frozen` is PixArt's recipe (embeddings comp
     torchrun --nproc_per_node 2 -m reference.train.teacher --vae ... --out ...
 Writes `<out>/model/` (a full diffusers-layout model folder), `<out>/loss.csv`, `<out>/loss.png`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,8 +81,13 @@ def initialize_like_pixart(dit: PixArtDiT) -> PixArtDiT:
     torch.nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1))
     conv.bias.zero_()
     emb = dit.adaln_single.emb.timestep_embedder
-    for linear in (emb.linear_1, emb.linear_2, dit.adaln_single.linear,
-                   dit.caption_projection.linear_1, dit.caption_projection.linear_2):
+    for linear in (
+        emb.linear_1,
+        emb.linear_2,
+        dit.adaln_single.linear,
+        dit.caption_projection.linear_1,
+        dit.caption_projection.linear_2,
+    ):
         torch.nn.init.normal_(linear.weight, std=0.02)
     for block in dit.transformer_blocks:
         block.attn2.to_out[0].weight.zero_()
@@ -125,28 +131,56 @@ def parse_args(argv=None):
     common.add_common_args(parser, steps=3000, batch_size=32, lr=3e-4)
     common.add_stream_args(parser)
     parser.add_argument("--vae", type=Path, required=True, help="trained VAE folder (stage 1's <out>/vae)")
-    parser.add_argument("--base", type=Path, default=None,
-                        help="model folder giving the DiT config, T5, tokenizer, scheduler (default: the random "
-                             "`reference.tiny` build, written to <out>/base, so a rerun never starts from the "
-                             "shipped, trained tiny)")
+    parser.add_argument(
+        "--base",
+        type=Path,
+        default=None,
+        help="model folder giving the DiT config, T5, tokenizer, scheduler (default: the random "
+        "`reference.tiny` build, written to <out>/base, so a rerun never starts from the "
+        "shipped, trained tiny)",
+    )
     parser.add_argument("--size", type=int, default=128, help="image size in px (default 128)")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="where a fixed --num-images set is cached, keyed by a hash (default: --out)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where a fixed --num-images set is cached, keyed by a hash (default: --out)",
+    )
     parser.add_argument("--cfg-drop", type=float, default=0.1, help="share of captions dropped to null (default 0.1)")
-    parser.add_argument("--ema-decay", type=float, default=0.999,
-                        help="EMA of the weights written out, after its warm-up (default 0.999)")
+    parser.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.999,
+        help="EMA of the weights written out, after its warm-up (default 0.999)",
+    )
     parser.add_argument("--warmup", type=int, default=200, help="linear LR warm-up steps (default 200)")
-    parser.add_argument("--snr-gamma", type=float, default=5.0,
-                        help="min-SNR-gamma loss weighting, 0 for PixArt's plain MSE (default 5)")
-    parser.add_argument("--init", choices=("pixart", "diffusers"), default="pixart",
-                        help="DiT initialisation: upstream PixArt's (default) or diffusers' module defaults")
-    parser.add_argument("--text-encoder", choices=("trained", "frozen"), default="trained",
-                        help="train the miniature's random T5 with the DiT (default) or keep it frozen "
-                             "(PixArt's recipe)")
-    parser.add_argument("--t5-layers", type=int, default=0,
-                        help="a fresh random T5 with this many layers instead of the base's (default 0: the base's)")
-    parser.add_argument("--t5-ff", type=int, default=0,
-                        help="with --t5-layers: its feed-forward width (default: TINY_T5's)")
+    parser.add_argument(
+        "--snr-gamma",
+        type=float,
+        default=5.0,
+        help="min-SNR-gamma loss weighting, 0 for PixArt's plain MSE (default 5)",
+    )
+    parser.add_argument(
+        "--init",
+        choices=("pixart", "diffusers"),
+        default="pixart",
+        help="DiT initialisation: upstream PixArt's (default) or diffusers' module defaults",
+    )
+    parser.add_argument(
+        "--text-encoder",
+        choices=("trained", "frozen"),
+        default="trained",
+        help="train the miniature's random T5 with the DiT (default) or keep it frozen (PixArt's recipe)",
+    )
+    parser.add_argument(
+        "--t5-layers",
+        type=int,
+        default=0,
+        help="a fresh random T5 with this many layers instead of the base's (default 0: the base's)",
+    )
+    parser.add_argument(
+        "--t5-ff", type=int, default=0, help="with --t5-layers: its feed-forward width (default: TINY_T5's)"
+    )
     return parser.parse_args(argv)
 
 
@@ -156,11 +190,20 @@ def load_training_set(args, acc, vae_dir: Path, base):
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(str(vae_dir), local_files_only=True).eval()
-    key = common.content_digest([*sorted(vae_dir.glob("*.safetensors")), vae_dir / "config.json",
-                                 *sorted((base.source / "text_encoder").glob("*.safetensors"))])
+    key = common.content_digest(
+        [
+            *sorted(vae_dir.glob("*.safetensors")),
+            vae_dir / "config.json",
+            *sorted((base.source / "text_encoder").glob("*.safetensors")),
+        ]
+    )
     key = f"{key}-s{args.seed}-n{args.num_images}-px{args.size}"
-    return vae, common.cached_dataset(args.cache_dir or args.out, key, acc, lambda: common.encode_dataset(
-        vae, base.tokenizer, base.text_encoder, args.seed, args.num_images, args.size))
+    return vae, common.cached_dataset(
+        args.cache_dir or args.out,
+        key,
+        acc,
+        lambda: common.encode_dataset(vae, base.tokenizer, base.text_encoder, args.seed, args.num_images, args.size),
+    )
 
 
 class TrainingData:
@@ -179,13 +222,22 @@ class TrainingData:
             self.captions = sorted(set(data.captions(args.seed, args.num_images)))
             self.embeds, self.masks = train["embeds"], train["masks"]
             if len(self.captions) != len(self.embeds):
-                raise SystemExit(f"the cached set has {len(self.embeds)} captions, the data generator "
-                                 f"{len(self.captions)}")
+                raise SystemExit(
+                    f"the cached set has {len(self.embeds)} captions, the data generator {len(self.captions)}"
+                )
             self.rows = len(self.latents)
         else:
             self.vae = AutoencoderKL.from_pretrained(str(vae_dir), local_files_only=True).eval()
-            self.stream = common.SceneStream(args.seed, args.size, self.vae.to(acc.device), acc.device, args.window,
-                                             args.chunk, args.refresh, args.render_workers)
+            self.stream = common.SceneStream(
+                args.seed,
+                args.size,
+                self.vae.to(acc.device),
+                acc.device,
+                args.window,
+                args.chunk,
+                args.refresh,
+                args.render_workers,
+            )
             self.captions = data.training_captions()
             self.embeds = self.masks = None
             self.rows = self.stream.size_rows
@@ -202,7 +254,7 @@ class TrainingData:
             return self.embeds.to(device), self.masks.to(device)
         embeds, masks = [], []
         for i in range(0, len(self.captions), 256):
-            e, m = encode_prompts(base.tokenizer, base.text_encoder, self.captions[i:i + 256])
+            e, m = encode_prompts(base.tokenizer, base.text_encoder, self.captions[i : i + 256])
             embeds.append(e)
             masks.append(m)
         return torch.cat(embeds).to(device), torch.cat(masks).to(device)
@@ -289,8 +341,9 @@ def main(argv=None) -> None:
         if "text_ema" in modules:
             common.ema_update(modules["text_ema"], modules["text_encoder"], rate)
         step += 1
-        value = log.log_later(step, acc.reduce(loss.detach(), "mean"),
-                              last=step % args.ckpt_every == 0 or step == args.steps)
+        value = log.log_later(
+            step, acc.reduce(loss.detach(), "mean"), last=step % args.ckpt_every == 0 or step == args.steps
+        )
         bar.update(1)
         if value is not None:
             bar.set_postfix(loss=f"{value:.4f}")
@@ -308,13 +361,23 @@ def main(argv=None) -> None:
     common.check_replicas(args.out, objective, acc)
     if acc.is_main_process:
         text_ema = modules.get("text_ema")
-        common.write_model_folder(args.out / "model", base.source, dit=modules["ema"].eval().cpu(),
-                                  vae=train.vae.cpu(), text_encoder=None if text_ema is None else text_ema.cpu())
+        common.write_model_folder(
+            args.out / "model",
+            base.source,
+            dit=modules["ema"].eval().cpu(),
+            vae=train.vae.cpu(),
+            text_encoder=None if text_ema is None else text_ema.cpu(),
+        )
         log.plot("teacher (epsilon MSE)")
-        summary = {"steps": step, "steps_asked": args.steps, "elapsed_s": elapsed0 + time.time() - t0,
-                   "final_loss_mean_last_100": float(log.read()["loss"][-100:].mean()),
-                   "scenes_rendered": train.stream.rendered if train.stream else args.num_images,
-                   "device": device_name(dev), "args": {k: str(v) for k, v in vars(args).items()}}
+        summary = {
+            "steps": step,
+            "steps_asked": args.steps,
+            "elapsed_s": elapsed0 + time.time() - t0,
+            "final_loss_mean_last_100": float(log.read()["loss"][-100:].mean()),
+            "scenes_rendered": train.stream.rendered if train.stream else args.num_images,
+            "device": device_name(dev),
+            "args": {k: str(v) for k, v in vars(args).items()},
+        }
         (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(json.dumps({k: summary[k] for k in ("steps", "elapsed_s", "final_loss_mean_last_100")}))
     acc.wait_for_everyone()

@@ -14,6 +14,7 @@ The T5 input embeddings (no context) are the control: they should score chance.
 
     python -m reference.train.text_probe tiny runs/gpu/t5x2-b512/model [--random]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -89,8 +90,10 @@ def measure(tokenizer, text_encoder) -> dict:
             x, roles, orders, kinds, combos = word_features(tokenizer, text_encoder, contextual)
         train = combos == 0
         for label, y in (("object", roles), ("mention order", orders)):
-            out[f"{name}: {label}"] = {kind: probe_accuracy(x[kinds == k], y[kinds == k], train[kinds == k])
-                                       for k, kind in ((0, "colour words"), (1, "shape words"))}
+            out[f"{name}: {label}"] = {
+                kind: probe_accuracy(x[kinds == k], y[kinds == k], train[kinds == k])
+                for k, kind in ((0, "colour words"), (1, "shape words"))
+            }
     return out
 
 
@@ -111,8 +114,9 @@ def main(argv=None) -> None:
         from transformers import T5Config, T5EncoderModel
 
         torch.manual_seed(0)
-        results["random T5 (tiny config)"] = measure(load_model(args.models[0]).tokenizer,
-                                                     T5EncoderModel(T5Config(**TINY_T5)).eval())
+        results["random T5 (tiny config)"] = measure(
+            load_model(args.models[0]).tokenizer, T5EncoderModel(T5Config(**TINY_T5)).eval()
+        )
     print(json.dumps(results, indent=2))
 
 

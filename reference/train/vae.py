@@ -9,6 +9,7 @@ the end, `scaling_factor` = 1 / std of the posterior means over `--scale-images`
     torchrun --nproc_per_node 2 -m reference.train.vae --out runs/vae
 Writes `<out>/vae/` (diffusers folder), `<out>/loss.csv`, `<out>/loss.png` (with matplotlib).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,7 @@ def crops(images: np.ndarray, crop: int, rng: np.random.Generator) -> torch.Tens
     out = []
     for img in images:
         y, x = (int(v) * 8 for v in rng.integers(0, (size - crop) // 8 + 1, size=2))
-        out.append(img[y:y + crop, x:x + crop])
+        out.append(img[y : y + crop, x : x + crop])
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255.0
 
 
@@ -65,7 +66,7 @@ def latent_std(vae, seed: int, count: int, size: int) -> float:
     vae.register_to_config(scaling_factor=1.0)
     images, _, _ = data.dataset(seed, count, size)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-    z = torch.cat([vae_io.encode(vae, x[i:i + 32]) for i in range(0, count, 32)])
+    z = torch.cat([vae_io.encode(vae, x[i : i + 32]) for i in range(0, count, 32)])
     return float(z.std())
 
 
@@ -103,8 +104,9 @@ def main(argv=None) -> None:
         bar.set_postfix(loss=f"{values['loss']:.4f}")
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
             if acc.is_main_process:
-                common.save_checkpoint(args.out, step + 1, {"vae": vae}, optimizer,
-                                       {"elapsed_s": elapsed0 + time.time() - t0})
+                common.save_checkpoint(
+                    args.out, step + 1, {"vae": vae}, optimizer, {"elapsed_s": elapsed0 + time.time() - t0}
+                )
             acc.wait_for_everyone()
     bar.close()
     common.check_replicas(args.out, vae, acc)
@@ -114,8 +116,13 @@ def main(argv=None) -> None:
         vae.register_to_config(scaling_factor=1.0 / std)
         vae.save_pretrained(str(args.out / "vae"), safe_serialization=True)
         log.plot("VAE (L1 + KL)")
-        summary = {"steps": args.steps, "latent_std": std, "scaling_factor": 1.0 / std,
-                   "elapsed_s": elapsed0 + time.time() - t0, "args": {k: str(v) for k, v in vars(args).items()}}
+        summary = {
+            "steps": args.steps,
+            "latent_std": std,
+            "scaling_factor": 1.0 / std,
+            "elapsed_s": elapsed0 + time.time() - t0,
+            "args": {k: str(v) for k, v in vars(args).items()},
+        }
         (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(json.dumps({k: summary[k] for k in ("steps", "latent_std", "scaling_factor", "elapsed_s")}))
     acc.wait_for_everyone()

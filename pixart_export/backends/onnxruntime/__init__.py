@@ -6,6 +6,7 @@ Parts, as every backend has them: `prepare.py` (build stages and verification), 
 runtime's graph runner), `options.py` (its `build` options). Heavy imports happen inside methods,
 so the registry and `--help` work without onnxruntime installed.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -28,8 +29,11 @@ class OnnxRuntime(BackendBase):
         self.device_kind = device
         self.extra = "ort" if device == "cpu" else "ort-gpu"
         # ort-cuda's graphs are the TensorRT fp16 preparation's: that code decides its artifacts too
-        self.code = (_HERE,) if device == "cpu" else (_HERE, "pixart_export/backends/tensorrt/fp16.py",
-                                                      "pixart_export/backends/tensorrt/prepare.py")
+        self.code = (
+            (_HERE,)
+            if device == "cpu"
+            else (_HERE, "pixart_export/backends/tensorrt/fp16.py", "pixart_export/backends/tensorrt/prepare.py")
+        )
 
     def __repr__(self) -> str:
         return f"OnnxRuntime({self.device_kind!r})"
@@ -49,8 +53,9 @@ class OnnxRuntime(BackendBase):
             try:
                 versions["onnxconverter_common"] = importlib.metadata.version("onnxconverter-common")
             except importlib.metadata.PackageNotFoundError:
-                raise EngineError("ort-cuda prepares fp16 graphs with onnxconverter-common: "
-                                  "pip install 'pixart-export[export]'") from None
+                raise EngineError(
+                    "ort-cuda prepares fp16 graphs with onnxconverter-common: pip install 'pixart-export[export]'"
+                ) from None
         return versions
 
     def backend_info(self, target, versions: dict[str, str]) -> BackendInfo:
@@ -67,9 +72,11 @@ class OnnxRuntime(BackendBase):
             import onnxruntime
 
             if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-                raise EngineError(f"{folder}: an ort-cuda engine needs onnxruntime-gpu with a visible NVIDIA GPU "
-                                  "(CUDAExecutionProvider is not available here): pip install "
-                                  "'pixart-export[ort-gpu]', or build --target ort-cpu for this host")
+                raise EngineError(
+                    f"{folder}: an ort-cuda engine needs onnxruntime-gpu with a visible NVIDIA GPU "
+                    "(CUDAExecutionProvider is not available here): pip install "
+                    "'pixart-export[ort-gpu]', or build --target ort-cpu for this host"
+                )
 
     # -- runtime -----------------------------------------------------------------------------------------------
     def runner(self, folder: Path, manifest: Manifest, providers=None, threads: int | None = None):

@@ -11,6 +11,7 @@ the optimised file only if it is at least `MIN_GAIN` faster; the decision and th
 the manifest. Graphs with external data are left as they are (the optimiser would rewrite the data
 layout; not worth it for a load-time gain).
 """
+
 from __future__ import annotations
 
 import os
@@ -75,7 +76,13 @@ def optimise_graphs(folder: Path, records: list[dict], on_graph=None) -> list[di
             rec["optimisation"] = "ort-basic-offline"
         else:
             candidate.unlink(missing_ok=True)
-        decisions.append({"file": rec["file"], "kept": kept, "load_and_first_run_s": round(base, 4),
-                          "optimised_load_and_first_run_s": round(opt, 4),
-                          "reason": f"kept: >= {MIN_GAIN:.0%} faster" if kept else f"not kept: < {MIN_GAIN:.0%} gain"})
+        decisions.append(
+            {
+                "file": rec["file"],
+                "kept": kept,
+                "load_and_first_run_s": round(base, 4),
+                "optimised_load_and_first_run_s": round(opt, 4),
+                "reason": f"kept: >= {MIN_GAIN:.0%} faster" if kept else f"not kept: < {MIN_GAIN:.0%} gain",
+            }
+        )
     return decisions

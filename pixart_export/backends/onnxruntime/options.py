@@ -1,11 +1,15 @@
 """`build` options of the ONNX Runtime targets."""
+
 from __future__ import annotations
 
 
 def add_options(parser) -> None:
     g = parser.add_argument_group("onnxruntime (ort-cpu, ort-cuda)")
-    g.add_argument("--no-optimise", action="store_true",
-                   help="ort-cpu: skip onnxruntime's offline optimisation (kept only where measured faster)")
+    g.add_argument(
+        "--no-optimise",
+        action="store_true",
+        help="ort-cpu: skip onnxruntime's offline optimisation (kept only where measured faster)",
+    )
 
 
 def options_from_args(backend, target, args) -> dict:

@@ -5,6 +5,7 @@ only where that measured faster (`optimize.py`), and verifies every graph and th
 against the PyTorch reference (`verify.measure`). ort-cuda ships the TensorRT preparation's fp16
 graphs and verifies them as TensorRT's are: against the fp32 graphs in ONNX Runtime on the CPU.
 """
+
 from __future__ import annotations
 
 import copy
@@ -61,8 +62,10 @@ def remeasure(backend, folder: Path, manifest: Manifest, model, log) -> Parity:
     if backend.device_kind == "cuda":
         from ...errors import UserError
 
-        raise UserError("ort-cuda folders are verified by `build` (fp16 vs fp32 graphs on the CPU); re-measuring "
-                        "needs the fp32 graphs: build --target ort-cpu and compare with it")
+        raise UserError(
+            "ort-cuda folders are verified by `build` (fp16 vs fp32 graphs on the CPU); re-measuring "
+            "needs the fp32 graphs: build --target ort-cpu and compare with it"
+        )
     return _measure(backend, folder, manifest, model, log)
 
 

@@ -4,6 +4,7 @@ Q/DQ (int8) graphs run with graph optimisations off, so QuantizeLinear/Dequantiz
 written: fake quantization, the numbers an int8 GEMM with int32 accumulation gives up to fp32
 rounding (how the TensorRT preparation verifies its int8 graphs on a CPU).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,8 +32,9 @@ class OrtRunner:
                 options.intra_op_num_threads = int(self.threads)
             if record.precision == Precision.INT8:
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            self._sessions[record.file] = ort.InferenceSession(str(self.folder / record.file), options,
-                                                               providers=self.providers)
+            self._sessions[record.file] = ort.InferenceSession(
+                str(self.folder / record.file), options, providers=self.providers
+            )
         return self._sessions[record.file]
 
     def run(self, record: GraphRecord, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -10,6 +10,7 @@ so the registry and `--help` work without OpenVINO installed.
 One class, two registry objects: `OpenVino(int8=False)` for ov-cpu, `OpenVino(int8=True)` for
 ov-cpu-int8; what differs between the two targets is decided by `int8`, never by the target's name.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -48,8 +49,9 @@ class OpenVino(BackendBase):
             try:
                 versions["nncf"] = importlib.metadata.version("nncf")
             except importlib.metadata.PackageNotFoundError:
-                raise EngineError(f"ov-cpu-int8 quantises with NNCF: pip install 'pixart-export[{self.extra}]'") \
-                    from None
+                raise EngineError(
+                    f"ov-cpu-int8 quantises with NNCF: pip install 'pixart-export[{self.extra}]'"
+                ) from None
         return versions
 
     def backend_info(self, target, versions: dict[str, str]) -> BackendInfo:
@@ -59,8 +61,13 @@ class OpenVino(BackendBase):
         from .runner import cpu_info
 
         cpu = cpu_info()
-        return Device(kind="cpu", arch="x86_64", name=cpu["model"], isa=tuple(cpu["isa"]),
-                      note=f"the CPU the engine was built and measured on ({cpu['logical_cores']} logical cores)")
+        return Device(
+            kind="cpu",
+            arch="x86_64",
+            name=cpu["model"],
+            isa=tuple(cpu["isa"]),
+            note=f"the CPU the engine was built and measured on ({cpu['logical_cores']} logical cores)",
+        )
 
     def check_host(self, folder: Path, manifest: Manifest) -> None:
         import platform
@@ -69,15 +76,22 @@ class OpenVino(BackendBase):
 
         check_backend_version(manifest, self.installed_version())
         if not is_x86():
-            raise EngineError(f"{folder}: engine target {manifest.target!r} is for x86 CPUs; this host is "
-                              f"{platform.machine()}: use the ort-cpu target here")
+            raise EngineError(
+                f"{folder}: engine target {manifest.target!r} is for x86 CPUs; this host is "
+                f"{platform.machine()}: use the ort-cpu target here"
+            )
 
     # -- runtime -----------------------------------------------------------------------------------------------
-    def runner(self, folder: Path, manifest: Manifest, threads: int | None = None,
-               inference_precision: str | None = None, static_shapes: bool = True):
+    def runner(
+        self,
+        folder: Path,
+        manifest: Manifest,
+        threads: int | None = None,
+        inference_precision: str | None = None,
+        static_shapes: bool = True,
+    ):
         """`threads`: INFERENCE_NUM_THREADS; `inference_precision` ("f32" | "bf16"): override every graph's
         recorded inference precision, for measurements; `static_shapes=False`: compile the dynamic IR."""
         from .runner import OvRunner
 
-        return OvRunner(folder, threads=threads, inference_precision=inference_precision,
-                        static_shapes=static_shapes)
+        return OvRunner(folder, threads=threads, inference_precision=inference_precision, static_shapes=static_shapes)

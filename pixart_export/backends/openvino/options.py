@@ -14,6 +14,7 @@ The options are a JSON-able dict (they enter the build key and are what `prepare
 
 `int8_options(**overrides)` makes one from Python (scripts, tests: fewer candidates and samples).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,20 +33,45 @@ def add_options(parser) -> None:
     if "--min-psnr" in parser._option_string_actions:
         return
     gate = QualityGate()
-    g = parser.add_argument_group("openvino (ov-cpu-int8: calibration and quality gate, int8 images vs the fp32 "
-                                  "reference)")
-    g.add_argument("--calibration-prompts", type=Path, default=CALIBRATION_PROMPTS, metavar="FILE",
-                   help="prompts (one a line) the reference pipeline runs to collect calibration activations "
-                        "(default: the shipped pixart_export/data/calibration_prompts.txt)")
-    g.add_argument("--min-psnr", type=float, default=gate.min_mean_psnr_db, metavar="DB",
-                   help=f"fail the build below this mean image PSNR (default {gate.min_mean_psnr_db:g} dB)")
-    g.add_argument("--min-image-psnr", type=float, default=gate.min_image_psnr_db, metavar="DB",
-                   help=f"fail the build if any image is below this PSNR (default {gate.min_image_psnr_db:g} dB)")
-    g.add_argument("--min-ssim", type=float, default=gate.min_mean_ssim, metavar="S",
-                   help=f"fail the build below this mean SSIM (default {gate.min_mean_ssim:g})")
-    g.add_argument("--quality-pairs", type=int, default=gate.pairs, metavar="N",
-                   help=f"held-out prompt/seed pairs the gate compares (default {gate.pairs}, at least "
-                        f"{MIN_QUALITY_PAIRS})")
+    g = parser.add_argument_group(
+        "openvino (ov-cpu-int8: calibration and quality gate, int8 images vs the fp32 reference)"
+    )
+    g.add_argument(
+        "--calibration-prompts",
+        type=Path,
+        default=CALIBRATION_PROMPTS,
+        metavar="FILE",
+        help="prompts (one a line) the reference pipeline runs to collect calibration activations "
+        "(default: the shipped pixart_export/data/calibration_prompts.txt)",
+    )
+    g.add_argument(
+        "--min-psnr",
+        type=float,
+        default=gate.min_mean_psnr_db,
+        metavar="DB",
+        help=f"fail the build below this mean image PSNR (default {gate.min_mean_psnr_db:g} dB)",
+    )
+    g.add_argument(
+        "--min-image-psnr",
+        type=float,
+        default=gate.min_image_psnr_db,
+        metavar="DB",
+        help=f"fail the build if any image is below this PSNR (default {gate.min_image_psnr_db:g} dB)",
+    )
+    g.add_argument(
+        "--min-ssim",
+        type=float,
+        default=gate.min_mean_ssim,
+        metavar="S",
+        help=f"fail the build below this mean SSIM (default {gate.min_mean_ssim:g})",
+    )
+    g.add_argument(
+        "--quality-pairs",
+        type=int,
+        default=gate.pairs,
+        metavar="N",
+        help=f"held-out prompt/seed pairs the gate compares (default {gate.pairs}, at least {MIN_QUALITY_PAIRS})",
+    )
 
 
 def options_from_args(backend, target, args) -> dict:
@@ -54,14 +80,23 @@ def options_from_args(backend, target, args) -> dict:
         return {}
     if args is None:
         return int8_options()
-    gate = QualityGate(min_mean_psnr_db=args.min_psnr, min_image_psnr_db=args.min_image_psnr,
-                       min_mean_ssim=args.min_ssim, pairs=args.quality_pairs)
+    gate = QualityGate(
+        min_mean_psnr_db=args.min_psnr,
+        min_image_psnr_db=args.min_image_psnr,
+        min_mean_ssim=args.min_ssim,
+        pairs=args.quality_pairs,
+    )
     return int8_options(calibration_prompts=Path(args.calibration_prompts), gate=gate)
 
 
-def int8_options(calibration_prompts: Path = CALIBRATION_PROMPTS, transformer_prompts: int = 16,
-                 denoiser_prompts: int = 8, held_out_prompts: int = 2, candidates=None,
-                 gate: QualityGate | None = None) -> dict:
+def int8_options(
+    calibration_prompts: Path = CALIBRATION_PROMPTS,
+    transformer_prompts: int = 16,
+    denoiser_prompts: int = 8,
+    held_out_prompts: int = 2,
+    candidates=None,
+    gate: QualityGate | None = None,
+) -> dict:
     """The ov-cpu-int8 options dict (see the module docstring); UserError for values the build cannot use.
 
     `candidates`: `quantize.QuantSettings` (default `quantize.CANDIDATES`, tried in order, the lowest
@@ -75,11 +110,16 @@ def int8_options(calibration_prompts: Path = CALIBRATION_PROMPTS, transformer_pr
     path = Path(calibration_prompts)
     if not path.is_file():
         raise UserError(f"--calibration-prompts {path}: no such file")
-    options = {"calibration_prompts_file": path.name, "calibration_prompts": read_prompts(path),
-               "transformer_prompts": int(transformer_prompts), "denoiser_prompts": int(denoiser_prompts),
-               "held_out_prompts": int(held_out_prompts),
-               "candidates": [_settings_dict(c) for c in (CANDIDATES if candidates is None else candidates)],
-               "gate": dataclasses.asdict(gate), "cpu": [cpu["model"], cpu["isa"]]}
+    options = {
+        "calibration_prompts_file": path.name,
+        "calibration_prompts": read_prompts(path),
+        "transformer_prompts": int(transformer_prompts),
+        "denoiser_prompts": int(denoiser_prompts),
+        "held_out_prompts": int(held_out_prompts),
+        "candidates": [_settings_dict(c) for c in (CANDIDATES if candidates is None else candidates)],
+        "gate": dataclasses.asdict(gate),
+        "cpu": [cpu["model"], cpu["isa"]],
+    }
     check(options)
     return options
 
@@ -94,16 +134,19 @@ def check(options: dict) -> None:
     """UserError for options an int8 build cannot run with (before anything expensive starts)."""
     gate = options["gate"]
     if gate["pairs"] < MIN_QUALITY_PAIRS:
-        raise UserError(f"--quality-pairs {gate['pairs']}: the int8 quality gate needs at least "
-                        f"{MIN_QUALITY_PAIRS} pairs")
+        raise UserError(
+            f"--quality-pairs {gate['pairs']}: the int8 quality gate needs at least {MIN_QUALITY_PAIRS} pairs"
+        )
     if not options["candidates"]:
         raise UserError("ov-cpu-int8: no quantisation candidates given")
     need = max(options["transformer_prompts"], options["denoiser_prompts"]) + options["held_out_prompts"]
     if min(options["transformer_prompts"], options["denoiser_prompts"], options["held_out_prompts"]) < 1:
         raise UserError("ov-cpu-int8: transformer, denoiser and held-out prompt counts must be at least 1")
     if len(options["calibration_prompts"]) < need:
-        raise UserError(f"{options['calibration_prompts_file']}: {len(options['calibration_prompts'])} calibration "
-                        f"prompts, need at least {need}")
+        raise UserError(
+            f"{options['calibration_prompts_file']}: {len(options['calibration_prompts'])} calibration "
+            f"prompts, need at least {need}"
+        )
 
 
 def gate_from(options: dict) -> QualityGate:

@@ -14,6 +14,7 @@
   graph rows and the image quality gate over held-out prompt/seed pairs (`verify.quality_gate`), no
   end-to-end rows (the gate is the end-to-end check of an int8 engine).
 """
+
 from __future__ import annotations
 
 import copy
@@ -103,8 +104,9 @@ def _versions(backend) -> dict:
 def verify(backend, ctx) -> Parity:
     from .options import gate_from
 
-    return _measure(backend, ctx.staging, ctx.assemble(), ctx.model, ctx.log,
-                    gate_from(ctx.options) if backend.int8 else None)
+    return _measure(
+        backend, ctx.staging, ctx.assemble(), ctx.model, ctx.log, gate_from(ctx.options) if backend.int8 else None
+    )
 
 
 def remeasure(backend, folder: Path, manifest: Manifest, model, log) -> Parity:
@@ -129,12 +131,23 @@ def _measure(backend, folder: Path, manifest: Manifest, model, log, gate) -> Par
     if gate is None:
         return measure(model, runner, pipeline, manifest, log, _versions(backend))
     graphs = graph_parity(model, runner, manifest, on_graph=lambda n: log(f"      {n}"))
-    quality = quality_gate(reference_images(model, manifest.steps), pipeline_images(pipeline),
-                           read_prompts(HELD_OUT_PROMPTS), gate, tuple(manifest.resolutions[0]), log)
-    return Parity(ok=all(r["ok"] for r in graphs) and quality["ok"], graphs=tuple(graphs), end_to_end=(),
-                  quality=quality, measured_with=_versions(backend),
-                  note="int8: images are gated by the quality figures (held-out prompt/seed pairs against the "
-                       "fp32 reference), not by end-to-end PSNR against it")
+    quality = quality_gate(
+        reference_images(model, manifest.steps),
+        pipeline_images(pipeline),
+        read_prompts(HELD_OUT_PROMPTS),
+        gate,
+        tuple(manifest.resolutions[0]),
+        log,
+    )
+    return Parity(
+        ok=all(r["ok"] for r in graphs) and quality["ok"],
+        graphs=tuple(graphs),
+        end_to_end=(),
+        quality=quality,
+        measured_with=_versions(backend),
+        note="int8: images are gated by the quality figures (held-out prompt/seed pairs against the "
+        "fp32 reference), not by end-to-end PSNR against it",
+    )
 
 
 def check_request(backend, ctx) -> None:
@@ -145,12 +158,15 @@ def check_request(backend, ctx) -> None:
     from .runner import is_x86
 
     if not is_x86():
-        raise UserError(f"{ctx.target.name} is built and measured on the x86 CPU it is for; this host is "
-                        f"{platform.machine()}")
+        raise UserError(
+            f"{ctx.target.name} is built and measured on the x86 CPU it is for; this host is {platform.machine()}"
+        )
     if backend.int8:
         from .options import check
 
         if ctx.model.controlnet is not None:
-            raise UserError(f"{ctx.target.name} quantises the text-to-image graphs only; build the ControlNet "
-                            "engine with --target ov-cpu")
+            raise UserError(
+                f"{ctx.target.name} quantises the text-to-image graphs only; build the ControlNet "
+                "engine with --target ov-cpu"
+            )
         check(ctx.options)

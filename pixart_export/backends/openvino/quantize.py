@@ -18,6 +18,7 @@
 
 The image quality gate over held-out prompt/seed pairs is `verify.quality_gate` (see `prepare.verify`).
 """
+
 from __future__ import annotations
 
 import time
@@ -77,11 +78,21 @@ def quantize_ir(xml_in: Path, xml_out: Path, samples: list[dict], settings: Quan
     _quiet_nncf()
     model = ov.Core().read_model(str(xml_in))
     params = nncf.AdvancedQuantizationParameters(
-        smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=settings.smooth_quant_alpha))
-    ignored = (nncf.IgnoredScope(patterns=list(settings.ignored_patterns), validate=False)
-               if settings.ignored_patterns else None)
-    quantized = nncf.quantize(model, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,
-                              subset_size=len(samples), ignored_scope=ignored, advanced_parameters=params)
+        smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=settings.smooth_quant_alpha)
+    )
+    ignored = (
+        nncf.IgnoredScope(patterns=list(settings.ignored_patterns), validate=False)
+        if settings.ignored_patterns
+        else None
+    )
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset(samples),
+        model_type=nncf.ModelType.TRANSFORMER,
+        subset_size=len(samples),
+        ignored_scope=ignored,
+        advanced_parameters=params,
+    )
     ov.save_model(quantized, str(xml_out), compress_to_fp16=False)
     del quantized, model
     return [xml_out.name, xml_out.with_suffix(".bin").name]
@@ -118,8 +129,11 @@ def score(xml: Path, reference_xml: Path, samples: list[dict], precision: str = 
             run_compiled(got, feeds)
             times.append(time.perf_counter() - t0)
         errs.append(rel_l2(out, want))
-    return {"rel_l2_mean": float(np.mean(errs)), "rel_l2_max": float(np.max(errs)),
-            "seconds_median": float(np.median(times)) if times else None}
+    return {
+        "rel_l2_mean": float(np.mean(errs)),
+        "rel_l2_max": float(np.max(errs)),
+        "seconds_median": float(np.median(times)) if times else None,
+    }
 
 
 def _calibrate(model, options: dict, resolution: tuple[int, int], steps: int, log) -> tuple[dict, dict]:
@@ -129,20 +143,32 @@ def _calibrate(model, options: dict, resolution: tuple[int, int], steps: int, lo
     calib, held = options["calibration_prompts"], options["held_out_prompts"]
     need = max(options["transformer_prompts"], options["denoiser_prompts"])
     denoiser = f"denoiser_lcm{steps}"
-    log(f"      calibration: reference pipeline on {need} + {held} held-out prompts "
-        f"({resolution[0]}x{resolution[1]}, {steps} steps)")
+    log(
+        f"      calibration: reference pipeline on {need} + {held} held-out prompts "
+        f"({resolution[0]}x{resolution[1]}, {steps} steps)"
+    )
     # batch 1, seed 0 + prompt index; the held-out prompts are the file's last ones
-    data = collect(model, calib[:need] + calib[len(calib) - held:], resolution=resolution, steps=steps, batch=1,
-                   seed=0, graphs={"transformer", denoiser})
+    data = collect(
+        model,
+        calib[:need] + calib[len(calib) - held :],
+        resolution=resolution,
+        steps=steps,
+        batch=1,
+        seed=0,
+        graphs={"transformer", denoiser},
+    )
     step_samples, loop_samples = data["transformer"], data[denoiser]
-    train = {"transformer": step_samples[:options["transformer_prompts"] * steps],
-             denoiser: loop_samples[:options["denoiser_prompts"]]}
-    held_out = {"transformer": step_samples[need * steps:], denoiser: loop_samples[need:]}
+    train = {
+        "transformer": step_samples[: options["transformer_prompts"] * steps],
+        denoiser: loop_samples[: options["denoiser_prompts"]],
+    }
+    held_out = {"transformer": step_samples[need * steps :], denoiser: loop_samples[need:]}
     return train, held_out
 
 
-def choose_and_quantize(folder: Path, fp32_dir: Path, records: list[dict], model, options: dict,
-                        log: Callable[[str], None]) -> dict:
+def choose_and_quantize(
+    folder: Path, fp32_dir: Path, records: list[dict], model, options: dict, log: Callable[[str], None]
+) -> dict:
     """Quantise the transformer graphs and compress the text encoder into `folder`; `records` updated.
 
     `fp32_dir` holds the fp32 IR of every graph (the scoring reference). Returns the manifest's
@@ -156,13 +182,18 @@ def choose_and_quantize(folder: Path, fp32_dir: Path, records: list[dict], model
     t0 = time.perf_counter()
     samples = {bucket: _calibrate(model, options, bucket, steps, log) for bucket in buckets}
     first_train, first_held = samples[buckets[0]]
-    section: dict = {"calibration": {"prompts_file": options["calibration_prompts_file"],
-                                     "resolutions": [list(b) for b in buckets],
-                                     "transformer_samples": len(first_train["transformer"]),
-                                     "denoiser_samples": len(first_train[denoiser["graph"]]),
-                                     "held_out_samples": len(first_held["transformer"]),
-                                     "seconds": round(time.perf_counter() - t0, 1)},
-                     "candidates": [], "graphs": {}}
+    section: dict = {
+        "calibration": {
+            "prompts_file": options["calibration_prompts_file"],
+            "resolutions": [list(b) for b in buckets],
+            "transformer_samples": len(first_train["transformer"]),
+            "denoiser_samples": len(first_train[denoiser["graph"]]),
+            "held_out_samples": len(first_held["transformer"]),
+            "seconds": round(time.perf_counter() - t0, 1),
+        },
+        "candidates": [],
+        "graphs": {},
+    }
 
     # 1. settings, chosen on the (first bucket's) one-step graph by error against fp32
     candidates = [QuantSettings.from_dict(c) for c in options["candidates"]]
@@ -195,8 +226,12 @@ def choose_and_quantize(folder: Path, fp32_dir: Path, records: list[dict], model
             rec["files"] = quantize_ir(fp32_dir / rec["file"], Path(folder) / rec["file"], train[kind], settings)
             seconds = round(time.perf_counter() - t0, 1)
             f32 = score(Path(folder) / rec["file"], fp32_dir / rec["file"], held_out[kind], "f32", repeats=2)
-            entry = {"method": "nncf.quantize int8 (ModelType.TRANSFORMER)", "settings": settings.name,
-                     "quantize_seconds": seconds, "f32_rest": f32}
+            entry = {
+                "method": "nncf.quantize int8 (ModelType.TRANSFORMER)",
+                "settings": settings.name,
+                "quantize_seconds": seconds,
+                "f32_rest": f32,
+            }
             precision = "f32"
             if bf16_ok:
                 bf16 = score(Path(folder) / rec["file"], fp32_dir / rec["file"], held_out[kind], "bf16", repeats=2)
@@ -205,22 +240,25 @@ def choose_and_quantize(folder: Path, fp32_dir: Path, records: list[dict], model
                 if bf16["rel_l2_mean"] <= 1.10 * f32["rel_l2_mean"] and bf16["seconds_median"] < f32["seconds_median"]:
                     precision = "bf16"
             entry["inference_precision"] = precision
-            entry["why"] = ("bf16 for the non-int8 ops: adds <= 10% to the int8 error and is faster (measured)"
-                            if precision == "bf16" else
-                            "f32 for the non-int8 ops: bf16 " + ("added > 10% error or was not faster (measured)"
-                                                                   if bf16_ok else "is not native on this CPU"))
+            entry["why"] = (
+                "bf16 for the non-int8 ops: adds <= 10% to the int8 error and is faster (measured)"
+                if precision == "bf16"
+                else "f32 for the non-int8 ops: bf16 "
+                + ("added > 10% error or was not faster (measured)" if bf16_ok else "is not native on this CPU")
+            )
             rec["precision"] = Precision.INT8.value
             rec["quantised"] = f"NNCF PTQ int8 ({settings.name}), {precision} for the other ops"
             rec["runtime"] = {"config": compile_config(precision)}
             section["graphs"][rec["file"]] = entry
-            log(f"      {rec['file']}: rel L2 vs fp32 {f32['rel_l2_mean']:.4f} (f32 rest)"
+            log(
+                f"      {rec['file']}: rel L2 vs fp32 {f32['rel_l2_mean']:.4f} (f32 rest)"
                 + (f", {entry['bf16_rest']['rel_l2_mean']:.4f} (bf16 rest)" if bf16_ok else "")
-                + f"; runs {precision} rest")
+                + f"; runs {precision} rest"
+            )
         elif rec["graph"] == "text_encoder":
             log(f"      nncf.compress_weights {rec['file']} (int8 weights)")
             rec["files"] = compress_weights_int8(fp32_dir / rec["file"], Path(folder) / rec["file"])
             rec["precision"] = Precision.INT8_WEIGHTS.value
             rec["quantised"] = "NNCF INT8_ASYM weight compression, f32 activations"
-            section["graphs"][rec["file"]] = {"method": "nncf.compress_weights INT8_ASYM",
-                                              "inference_precision": "f32"}
+            section["graphs"][rec["file"]] = {"method": "nncf.compress_weights INT8_ASYM", "inference_precision": "f32"}
     return section

@@ -15,6 +15,7 @@ the same (12.4 s). A small gain, kept. `static_shapes=False` compiles the dynami
 
 Torch-free, and nothing from the build (prepare, quantise, export): the runtime imports this.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,12 @@ def cpu_info() -> dict:
                 flags = set(value.split())
     except OSError:
         pass
-    return {"model": model, "machine": platform.machine(), "logical_cores": os.cpu_count(),
-            "isa": [f for f in ISA_FLAGS if f in flags]}
+    return {
+        "model": model,
+        "machine": platform.machine(),
+        "logical_cores": os.cpu_count(),
+        "isa": [f for f in ISA_FLAGS if f in flags],
+    }
 
 
 def is_x86(machine: str | None = None) -> bool:
@@ -93,8 +98,13 @@ class OvRunner:
     `static_shapes=False`: compile the dynamic-batch IR once per file instead of once per shape set.
     """
 
-    def __init__(self, folder: Path, threads: int | None = None, inference_precision: str | None = None,
-                 static_shapes: bool = True):
+    def __init__(
+        self,
+        folder: Path,
+        threads: int | None = None,
+        inference_precision: str | None = None,
+        static_shapes: bool = True,
+    ):
         if inference_precision not in (None, "f32", "bf16"):
             raise ValueError(f"inference_precision {inference_precision!r}: 'f32' or 'bf16'")
         self.folder = Path(folder)

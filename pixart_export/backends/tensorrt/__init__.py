@@ -9,6 +9,7 @@ graph runner over the engines), `options.py` (its `build` options and the `check
 arguments). Heavy imports happen inside methods, so the registry and `--help` work without onnx,
 onnxruntime or TensorRT installed.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -37,8 +38,9 @@ class TensorRT(BackendBase):
 
         trt = probe_tensorrt()
         if trt is None:
-            raise EngineError(f"tensorrt is not installed: pip install 'pixart-export[{self.extra}]' (or "
-                              "tensorrt-cu13 for CUDA 13)")
+            raise EngineError(
+                f"tensorrt is not installed: pip install 'pixart-export[{self.extra}]' (or tensorrt-cu13 for CUDA 13)"
+            )
         return trt.__version__
 
     def versions(self) -> dict[str, str]:
@@ -49,8 +51,9 @@ class TensorRT(BackendBase):
             try:
                 versions[key] = importlib.metadata.version(dist)
             except importlib.metadata.PackageNotFoundError:
-                raise EngineError(f"a TensorRT bundle is prepared with {dist}: pip install "
-                                  "'pixart-export[export]'") from None
+                raise EngineError(
+                    f"a TensorRT bundle is prepared with {dist}: pip install 'pixart-export[export]'"
+                ) from None
         return versions
 
     def backend_info(self, target, versions: dict[str, str]) -> BackendInfo:
@@ -63,21 +66,29 @@ class TensorRT(BackendBase):
         """A compiled folder, engines built with this TensorRT version, for this GPU's architecture."""
         folder = Path(folder)
         if manifest.device.kind != "gpu" or manifest.device.sm is None:
-            raise EngineError(f"{folder}: manifest 'device' does not describe a GPU (arch, sm): not a TensorRT "
-                              "bundle made by `pixart-export build --target trt-*`; rebuild it")
+            raise EngineError(
+                f"{folder}: manifest 'device' does not describe a GPU (arch, sm): not a TensorRT "
+                "bundle made by `pixart-export build --target trt-*`; rebuild it"
+            )
         if manifest.status != "compiled" or not manifest.engines:
-            raise EngineError(f"{folder}: a TensorRT bundle without engines; run `pixart-export compile {folder}` "
-                              f"on a {manifest.device.arch} host first")
+            raise EngineError(
+                f"{folder}: a TensorRT bundle without engines; run `pixart-export compile {folder}` "
+                f"on a {manifest.device.arch} host first"
+            )
         installed = self.installed_version()
         if installed != manifest.backend.version:
-            raise EngineError(f"engines were built with TensorRT {manifest.backend.version}, this host has "
-                              f"{installed}: engines are version-specific; run `pixart-export compile {folder}`")
+            raise EngineError(
+                f"engines were built with TensorRT {manifest.backend.version}, this host has "
+                f"{installed}: engines are version-specific; run `pixart-export compile {folder}`"
+            )
         from .runner import probe_device
 
         device = probe_device()
         if device is None or device["sm"] != manifest.device.sm:
-            raise EngineError(f"engines are for sm_{manifest.device.sm} ({manifest.device.name}); this host has "
-                              f"{device and device['name']}: compile the bundle on this host")
+            raise EngineError(
+                f"engines are for sm_{manifest.device.sm} ({manifest.device.name}); this host has "
+                f"{device and device['name']}: compile the bundle on this host"
+            )
 
     # -- runtime -----------------------------------------------------------------------------------------------
     def runner(self, folder: Path, manifest: Manifest, cuda_graph: bool = False, threads: int | None = None):

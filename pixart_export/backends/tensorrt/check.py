@@ -17,6 +17,7 @@ bundle. They need only `onnx` (no TensorRT, no GPU, no torch).
 4. shapes: only the batch axis is dynamic; latent sizes and image sizes lie within the target's
    optimisation profile (`targets.TrtProfile`), and the graph's declared inputs match the manifest.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,22 +31,35 @@ FP8_MIN_SM = 89
 #: op -> TensorRT version that first parses it ("8.5" = in the 8.5 table of operators.md). Ops of
 #: the table marked N (not supported) are absent. Only what a diffusion graph may contain matters,
 #: but the list is the parser's, not ours, so a future exporter change is caught rather than assumed.
-TRT_OPS: dict[str, str] = {op: "8.5" for op in (
-    "Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil "
-    "Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace "
-    "DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather "
-    "GatherElements GatherND Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool Greater GreaterOrEqual "
-    "GridSample GRU HardSigmoid HardSwish Identity If ImageScaler InstanceNormalization IsNaN LeakyRelu "
-    "Less LessOrEqual Log LogSoftmax Loop LRN LSTM LpNormalization LpPool MatMul Max MaxPool Mean "
-    "MeanVarianceNormalization Min Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or Pad "
-    "ParametricSoftplus Pow PRelu QuantizeLinear RandomNormal RandomNormalLike RandomUniform "
-    "RandomUniformLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean "
-    "ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize ReverseSequence RNN RoiAlign Round "
-    "ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice "
-    "Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK "
-    "Transpose Trilu Unsqueeze Upsample Where Xor").split()}
-TRT_OPS.update({"LayerNormalization": "8.6", "GroupNormalization": "10.0", "BitwiseAnd": "10.0",
-                "BitwiseOr": "10.0", "BitwiseNot": "10.0", "BitwiseXor": "10.0", "Gelu": "10.0"})
+TRT_OPS: dict[str, str] = {
+    op: "8.5"
+    for op in (
+        "Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil "
+        "Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace "
+        "DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather "
+        "GatherElements GatherND Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool Greater GreaterOrEqual "
+        "GridSample GRU HardSigmoid HardSwish Identity If ImageScaler InstanceNormalization IsNaN LeakyRelu "
+        "Less LessOrEqual Log LogSoftmax Loop LRN LSTM LpNormalization LpPool MatMul Max MaxPool Mean "
+        "MeanVarianceNormalization Min Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or Pad "
+        "ParametricSoftplus Pow PRelu QuantizeLinear RandomNormal RandomNormalLike RandomUniform "
+        "RandomUniformLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean "
+        "ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize ReverseSequence RNN RoiAlign Round "
+        "ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice "
+        "Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK "
+        "Transpose Trilu Unsqueeze Upsample Where Xor"
+    ).split()
+}
+TRT_OPS.update(
+    {
+        "LayerNormalization": "8.6",
+        "GroupNormalization": "10.0",
+        "BitwiseAnd": "10.0",
+        "BitwiseOr": "10.0",
+        "BitwiseNot": "10.0",
+        "BitwiseXor": "10.0",
+        "Gelu": "10.0",
+    }
+)
 #: Highest ONNX opset each TensorRT major parses (8.5: 17; 10.x: 20). We export 17.
 MAX_OPSET = {"8": 17, "10": 20, "11": 20}
 RESIZE_MODES = {"nearest", "linear"}
@@ -85,8 +99,10 @@ def check_ops(model, report: CheckReport, target) -> None:
         if imp.domain in ("", "ai.onnx") and imp.version > MAX_OPSET.get(major, 17):
             report.problems.append(f"opset {imp.version} > {MAX_OPSET.get(major, 17)} that TensorRT {lo} parses")
         elif imp.domain not in ("", "ai.onnx"):
-            report.problems.append(f"opset domain {imp.domain!r}: TensorRT parses the default ONNX domain only "
-                                   "(was the graph optimised by onnxruntime? TensorRT graphs must not be)")
+            report.problems.append(
+                f"opset domain {imp.domain!r}: TensorRT parses the default ONNX domain only "
+                "(was the graph optimised by onnxruntime? TensorRT graphs must not be)"
+            )
     inits = {t.name for t in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
     for node in model.graph.node:
@@ -108,11 +124,16 @@ def check_ops(model, report: CheckReport, target) -> None:
         if node.op_type == "Conv":
             w = node.input[1]
             p = producers.get(w)
-            const = w in inits or (p is not None and p.op_type == "DequantizeLinear" and p.input[0] in inits) or \
-                (p is not None and p.op_type == "Constant")
+            const = (
+                w in inits
+                or (p is not None and p.op_type == "DequantizeLinear" and p.input[0] in inits)
+                or (p is not None and p.op_type == "Constant")
+            )
             if not const:
-                report.problems.append(f"{node.name}: Conv weight {w} is not a constant (TensorRT needs an "
-                                       "initializer, or a dequantized one)")
+                report.problems.append(
+                    f"{node.name}: Conv weight {w} is not a constant (TensorRT needs an "
+                    "initializer, or a dequantized one)"
+                )
 
 
 def _tensor_types(model):
@@ -156,15 +177,21 @@ def check_types(model, report: CheckReport, target) -> None:
         if t == 3:  # int8: only the quantized side of Q/DQ
             p = producers.get(name)
             uses = consumers.get(name, [])
-            ok = (p is not None and p.op_type == "QuantizeLinear") or \
-                (uses and all(u.op_type == "DequantizeLinear" and u.input[0] == name for u in uses)) or \
-                (uses and all(u.op_type in ("QuantizeLinear", "DequantizeLinear") and name in u.input[2:]
-                              for u in uses))
+            ok = (
+                (p is not None and p.op_type == "QuantizeLinear")
+                or (uses and all(u.op_type == "DequantizeLinear" and u.input[0] == name for u in uses))
+                or (
+                    uses
+                    and all(u.op_type in ("QuantizeLinear", "DequantizeLinear") and name in u.input[2:] for u in uses)
+                )
+            )
             if not ok:
                 report.problems.append(f"{name}: int8 tensor outside a Q/DQ pair")
             continue
-        report.problems.append(f"{name}: dtype {NAMES.get(t, t)} is not supported by TensorRT"
-                               + (" (fp64: export in fp32)" if t == 11 else ""))
+        report.problems.append(
+            f"{name}: dtype {NAMES.get(t, t)} is not supported by TensorRT"
+            + (" (fp64: export in fp32)" if t == 11 else "")
+        )
 
 
 def check_qdq(model, report: CheckReport) -> None:
@@ -199,14 +226,16 @@ def check_qdq(model, report: CheckReport) -> None:
             if zp is None or np.any(zp != 0):
                 report.problems.append(f"{node.name}: zero-point must be a constant 0 (symmetric int8)")
             elif zp.dtype not in (np.int8,) and not str(zp.dtype).startswith("float8"):
-                report.problems.append(f"{node.name}: zero-point type {zp.dtype}: TensorRT quantizes to int8 "
-                                       "(or fp8), not uint8")
+                report.problems.append(
+                    f"{node.name}: zero-point type {zp.dtype}: TensorRT quantizes to int8 (or fp8), not uint8"
+                )
         if scale.size > 1:  # per-channel
             axis = int(_attr(node, "axis", 1))
             weight = node.input[0] if node.op_type == "DequantizeLinear" else None
             if weight is None or weight not in inits:
-                report.problems.append(f"{node.name}: per-channel scales on an activation (TensorRT quantizes "
-                                       "activations per tensor)")
+                report.problems.append(
+                    f"{node.name}: per-channel scales on an activation (TensorRT quantizes activations per tensor)"
+                )
                 continue
             w = inits[weight]
             for use in consumers.get(node.output[0], []):
@@ -218,8 +247,10 @@ def check_qdq(model, report: CheckReport) -> None:
                 elif use.op_type == "Gemm":
                     want = 0 if _attr(use, "transB", 0) else 1
                 if want is not None and axis % len(w.dims) != want:
-                    report.problems.append(f"{node.name}: per-channel axis {axis} is not the output-channel axis "
-                                           f"{want} of {use.op_type} {use.name}")
+                    report.problems.append(
+                        f"{node.name}: per-channel axis {axis} is not the output-channel axis "
+                        f"{want} of {use.op_type} {use.name}"
+                    )
             if scale.size != w.dims[axis % len(w.dims)]:
                 report.problems.append(f"{node.name}: {scale.size} scales for {w.dims[axis % len(w.dims)]} channels")
 
@@ -230,14 +261,17 @@ def check_shapes(model, report: CheckReport, target, record: GraphRecord | None)
         dims = value.type.tensor_type.shape.dim
         dynamic = [d.dim_param for d in dims if d.dim_param or not d.HasField("dim_value")]
         if any(p != "B" for p in dynamic):
-            report.problems.append(f"input {value.name}: dynamic axes {dynamic}; only the batch axis 'B' may be "
-                                   "dynamic (the profile fixes everything else)")
+            report.problems.append(
+                f"input {value.name}: dynamic axes {dynamic}; only the batch axis 'B' may be "
+                "dynamic (the profile fixes everything else)"
+            )
     if record is None:
         return
     for key, px in (("height", record.height), ("width", record.width)):
         if px is not None and not profile.min_px <= px <= profile.max_px:
-            report.problems.append(f"{key} {px} px is outside {target.name}'s profile "
-                                   f"({profile.min_px}-{profile.max_px} px)")
+            report.problems.append(
+                f"{key} {px} px is outside {target.name}'s profile ({profile.min_px}-{profile.max_px} px)"
+            )
     declared = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.input}
     for inp in record.inputs:
         got = declared.get(inp.name)
@@ -273,8 +307,10 @@ def check_bundle(folder: Path, target, manifest: Manifest | None = None, on_file
         items = [(folder / r.file, r) for r in manifest.graphs]
         if manifest.target != target.name:
             mismatch = CheckReport(MANIFEST)
-            mismatch.problems.append(f"bundle was built for {manifest.target!r}, not {target.name!r}: "
-                                     f"build a bundle with --target {target.name}")
+            mismatch.problems.append(
+                f"bundle was built for {manifest.target!r}, not {target.name!r}: "
+                f"build a bundle with --target {target.name}"
+            )
             reports.append(mismatch)
     else:
         items = [(p, None) for p in sorted(folder.glob("*.onnx"))]
@@ -288,18 +324,25 @@ def check_bundle(folder: Path, target, manifest: Manifest | None = None, on_file
 def reports_json(reports: list[CheckReport], target) -> dict:
     """The `check --json` document."""
     lo, hi = target.trt.tensorrt
-    return {"target": target.name, "arch": target.trt.arch, "tensorrt": [lo, hi],
-            "ok": all(r.ok for r in reports),
-            "files": [{"file": r.file, "ok": r.ok, "problems": r.problems, "ops": r.ops, "q_nodes": r.qdq_pairs}
-                      for r in reports]}
+    return {
+        "target": target.name,
+        "arch": target.trt.arch,
+        "tensorrt": [lo, hi],
+        "ok": all(r.ok for r in reports),
+        "files": [
+            {"file": r.file, "ok": r.ok, "problems": r.problems, "ops": r.ops, "q_nodes": r.qdq_pairs} for r in reports
+        ],
+    }
 
 
 def format_reports(reports: list[CheckReport], target) -> str:
     lo, hi = target.trt.tensorrt
     lines = [f"check for {target.name} ({target.trt.arch}, TensorRT {lo}{' to ' + hi if hi else '+'}):"]
     for r in reports:
-        lines.append(f"  {r.file:44} {len(r.ops):3d} op types, {sum(r.ops.values()):6d} nodes, "
-                     f"{r.qdq_pairs:4d} Q nodes  {'ok' if r.ok else 'FAIL'}")
+        lines.append(
+            f"  {r.file:44} {len(r.ops):3d} op types, {sum(r.ops.values()):6d} nodes, "
+            f"{r.qdq_pairs:4d} Q nodes  {'ok' if r.ok else 'FAIL'}"
+        )
         lines += [f"      - {p}" for p in r.problems[:20]]
         if len(r.problems) > 20:
             lines.append(f"      ... and {len(r.problems) - 20} more")

@@ -17,6 +17,7 @@ The manifest is changed only through `manifest.write_manifest` with `dataclasses
 "compiled", `engines` = one `GraphRecord` per plan (`runtime`: its source graph and timing-cache key),
 the TensorRT version in `backend.version`, the GPU's name and driver in `device`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,9 +44,9 @@ def version_allowed(version: str, allowed: tuple[str, str | None]) -> bool:
     (max "10.4" admits 10.4.0.26 but not 10.5)."""
     lo, hi = allowed
     v = version_tuple(version)
-    if v[:len(version_tuple(lo))] < version_tuple(lo):
+    if v[: len(version_tuple(lo))] < version_tuple(lo):
         return False
-    return hi is None or v[:len(version_tuple(hi))] <= version_tuple(hi)
+    return hi is None or v[: len(version_tuple(hi))] <= version_tuple(hi)
 
 
 def check_tensorrt_version(target, version: str) -> None:
@@ -53,17 +54,21 @@ def check_tensorrt_version(target, version: str) -> None:
     if not version_allowed(version, (lo, hi)):
         span = f">= {lo}" + (f" and <= {hi}" if hi else "")
         extra = " (TensorRT 10.5 dropped Volta)" if target.trt.sm == 70 else ""
-        raise UserError(f"TensorRT {version} cannot build {target.name}: it needs TensorRT {span}{extra}; "
-                        f"install a matching version (pip install 'tensorrt{'<=' + hi + '.99' if hi else '>=' + lo}')")
+        raise UserError(
+            f"TensorRT {version} cannot build {target.name}: it needs TensorRT {span}{extra}; "
+            f"install a matching version (pip install 'tensorrt{'<=' + hi + '.99' if hi else '>=' + lo}')"
+        )
 
 
 def check_device(target, device: dict) -> None:
     """`device`: {"name", "sm" (e.g. 75), "driver"}; the GPU must be the target's architecture."""
     if device.get("sm") != target.trt.sm:
         got = device.get("sm")
-        raise UserError(f"this GPU is {device.get('name', '?')} (sm_{got}), the bundle is for {target.name} "
-                        f"({target.trt.arch}): an engine runs only on the architecture it was built on. Compile "
-                        f"on a {target.trt.arch} host, or build a bundle for this GPU's target")
+        raise UserError(
+            f"this GPU is {device.get('name', '?')} (sm_{got}), the bundle is for {target.name} "
+            f"({target.trt.arch}): an engine runs only on the architecture it was built on. Compile "
+            f"on a {target.trt.arch} host, or build a bundle for this GPU's target"
+        )
 
 
 def profiles_for(target, records: list[dict]) -> dict[str, dict[str, dict[str, list[int]]]]:
@@ -74,8 +79,9 @@ def profiles_for(target, records: list[dict]) -> dict[str, dict[str, dict[str, l
         shapes = {}
         for inp in rec["inputs"]:
             dims = inp["shape"]
-            shapes[inp["name"]] = {k: [b if d == "B" else d for d in dims] for k, b in
-                                   (("min", lo), ("opt", opt), ("max", hi))}
+            shapes[inp["name"]] = {
+                k: [b if d == "B" else d for d in dims] for k, b in (("min", lo), ("opt", opt), ("max", hi))
+            }
         out[rec["file"]] = shapes
     return out
 
@@ -89,8 +95,10 @@ def profile_shapes(record: GraphRecord) -> dict[str, dict[str, list[int]]]:
 
 
 def timing_cache_key(graph_sha256: str, trt_version: str, device: dict) -> str:
-    blob = json.dumps({"graph": graph_sha256, "tensorrt": trt_version, "gpu": device.get("name"),
-                       "sm": device.get("sm")}, sort_keys=True).encode()
+    blob = json.dumps(
+        {"graph": graph_sha256, "tensorrt": trt_version, "gpu": device.get("name"), "sm": device.get("sm")},
+        sort_keys=True,
+    ).encode()
     return hashlib.sha256(blob).hexdigest()
 
 
@@ -99,7 +107,7 @@ def cache_dir() -> Path:
 
 
 def engine_file(record: GraphRecord, device: dict, trt_version: str) -> str:
-    stem = record.file[:-len(".onnx")] if record.file.endswith(".onnx") else record.file
+    stem = record.file[: -len(".onnx")] if record.file.endswith(".onnx") else record.file
     return f"{ENGINE_DIR}/{stem}.sm{device['sm']}.trt{trt_version}.plan"
 
 
@@ -113,8 +121,9 @@ def check_bundle_for_compile(folder: Path, target) -> Manifest:
         raise UserError(f"{folder}: no such folder (give a bundle from `pixart-export build --target trt-*`)")
     manifest = read_manifest(folder)
     if target.trt is None or manifest.backend.name != "tensorrt":
-        raise UserError(f"{folder}: a {manifest.backend.name} engine folder, not a TensorRT bundle "
-                        "(build one with --target trt-*)")
+        raise UserError(
+            f"{folder}: a {manifest.backend.name} engine folder, not a TensorRT bundle (build one with --target trt-*)"
+        )
     if manifest.target != target.name:
         raise UserError(f"{folder}: a bundle for {manifest.target}, not {target.name}")
     if manifest.status not in ("bundle", "compiled"):
@@ -167,8 +176,9 @@ def build_engine(trt, onnx_path: Path, shapes: dict, cache_path: Path, log: Log)
     return bytes(plan)
 
 
-def compile_bundle(folder: Path, target, log: Log = print, trt=None, device: dict | None = None,
-                   only: set[str] | None = None) -> Manifest:
+def compile_bundle(
+    folder: Path, target, log: Log = print, trt=None, device: dict | None = None, only: set[str] | None = None
+) -> Manifest:
     """Build every graph's engine into `folder/engines/` and mark the manifest compiled; returns it.
 
     `trt`/`device` default to the host's; tests pass fakes. `only` limits to some precisions.
@@ -177,8 +187,10 @@ def compile_bundle(folder: Path, target, log: Log = print, trt=None, device: dic
     manifest = check_bundle_for_compile(folder, target)
     trt = trt if trt is not None else probe_tensorrt()
     if trt is None:
-        raise UserError("TensorRT is not installed on this host: pip install 'pixart-export[tensorrt-cu12]' on the "
-                        f"{target.trt.arch} host, then rerun this command")
+        raise UserError(
+            "TensorRT is not installed on this host: pip install 'pixart-export[tensorrt-cu12]' on the "
+            f"{target.trt.arch} host, then rerun this command"
+        )
     check_tensorrt_version(target, trt.__version__)
     device = device if device is not None else probe_device()
     if device is None:
@@ -195,21 +207,35 @@ def compile_bundle(folder: Path, target, log: Log = print, trt=None, device: dic
             started = time.perf_counter()
             plan = build_engine(trt, folder / rec.file, profile_shapes(rec), cache_dir() / f"{key}.cache", log)
             (work / Path(name).name).write_bytes(plan)
-            engines.append(GraphRecord(graph=rec.graph, file=name, files=(name,), precision=rec.precision,
-                                       height=rec.height, width=rec.width, inputs=rec.inputs, outputs=rec.outputs,
-                                       bytes=len(plan), runtime={"source": rec.file, "timing_cache": key},
-                                       details={"build_seconds": round(time.perf_counter() - started, 1)}))
+            engines.append(
+                GraphRecord(
+                    graph=rec.graph,
+                    file=name,
+                    files=(name,),
+                    precision=rec.precision,
+                    height=rec.height,
+                    width=rec.width,
+                    inputs=rec.inputs,
+                    outputs=rec.outputs,
+                    bytes=len(plan),
+                    runtime={"source": rec.file, "timing_cache": key},
+                    details={"build_seconds": round(time.perf_counter() - started, 1)},
+                )
+            )
         (folder / ENGINE_DIR).mkdir(exist_ok=True)
         for e in engines:
             os.replace(work / Path(e.file).name, folder / e.file)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     compiled = dataclasses.replace(
-        manifest, engines=tuple(engines), status="compiled",
+        manifest,
+        engines=tuple(engines),
+        status="compiled",
         backend=dataclasses.replace(manifest.backend, version=trt.__version__),
         device=dataclasses.replace(manifest.device, name=device["name"], sm=device["sm"], driver=device.get("driver")),
         build={**manifest.build, "compiled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-        files=file_table(folder))
+        files=file_table(folder),
+    )
     write_manifest(folder, compiled)
     log(f"compiled {len(engines)} engines for {target.name} on {device['name']} with TensorRT {trt.__version__}")
     return compiled

@@ -26,6 +26,7 @@ Which nodes stay fp32 (`plan_fp32_nodes`), each with its reason recorded in the 
 Graph inputs and outputs keep their fp32 types (`keep_io_types`), so the contract of ARCHITECTURE.md
 and the runtime's buffers do not change; TensorRT places the casts at the edges.
 """
+
 from __future__ import annotations
 
 import re
@@ -40,19 +41,59 @@ FP16_MAX = 65504.0
 #: activation would have to grow 16-fold over the largest one measured to overflow.
 FP16_SAFE_MAX = FP16_MAX / 16
 
-SENSITIVE_OPS = frozenset({"LayerNormalization", "InstanceNormalization", "GroupNormalization",
-                           "BatchNormalization", "Softmax", "LogSoftmax", "Exp", "Log", "Pow", "Sqrt",
-                           "Reciprocal", "Sin", "Cos", "Erf", "Range"})
+SENSITIVE_OPS = frozenset(
+    {
+        "LayerNormalization",
+        "InstanceNormalization",
+        "GroupNormalization",
+        "BatchNormalization",
+        "Softmax",
+        "LogSoftmax",
+        "Exp",
+        "Log",
+        "Pow",
+        "Sqrt",
+        "Reciprocal",
+        "Sin",
+        "Cos",
+        "Erf",
+        "Range",
+    }
+)
 NORM_SCOPE = re.compile(r"/[^/]*norm[^/]*/", re.IGNORECASE)
 #: {graph name: node-name patterns}: overflow known from the real model (see the module docstring).
 KNOWN_OVERFLOW = {
-    "text_encoder": (re.compile(r"/DenseReluDense/wo/"),
-                     re.compile(r"/encoder/block\.\d+/layer\.\d+/Add(_\d+)?$")),
+    "text_encoder": (re.compile(r"/DenseReluDense/wo/"), re.compile(r"/encoder/block\.\d+/layer\.\d+/Add(_\d+)?$")),
 }
 #: Ops through which phase/index arithmetic is followed back from a Sin/Cos or integer Cast.
-_ARITH = frozenset({"Mul", "Add", "Sub", "Div", "Neg", "Abs", "Min", "Max", "Where", "Floor", "Ceil", "Log",
-                    "Unsqueeze", "Squeeze", "Reshape", "Expand", "Concat", "Slice", "Gather", "Cast",
-                    "Identity", "Tile", "Clip", "Round"})
+_ARITH = frozenset(
+    {
+        "Mul",
+        "Add",
+        "Sub",
+        "Div",
+        "Neg",
+        "Abs",
+        "Min",
+        "Max",
+        "Where",
+        "Floor",
+        "Ceil",
+        "Log",
+        "Unsqueeze",
+        "Squeeze",
+        "Reshape",
+        "Expand",
+        "Concat",
+        "Slice",
+        "Gather",
+        "Cast",
+        "Identity",
+        "Tile",
+        "Clip",
+        "Round",
+    }
+)
 _INT_TYPES = {2, 3, 4, 5, 6, 7, 9, 12, 13}  # onnx uint8 int8 uint16 int16 int32 int64 bool uint32 uint64
 
 
@@ -78,7 +119,7 @@ def activation_ranges(path: Path, feeds_list: list[dict[str, np.ndarray]], chunk
     ranges: dict[str, float] = {}
     outputs = [o.name for o in model.graph.output]
     for start in range(0, max(len(names), 1), chunk):
-        part = names[start:start + chunk]
+        part = names[start : start + chunk]
         probe = onnx.load(str(path), load_external_data=False)
         del probe.graph.output[:]
         for n in part:
@@ -135,8 +176,11 @@ def drop_weight_identities(model) -> int:
     graph = model.graph
     inits = {t.name for t in graph.initializer}
     outputs = {o.name for o in graph.output}
-    alias = {n.output[0]: n.input[0] for n in graph.node
-             if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs}
+    alias = {
+        n.output[0]: n.input[0]
+        for n in graph.node
+        if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs
+    }
     if not alias:
         return 0
     keep = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
@@ -150,8 +194,9 @@ def drop_weight_identities(model) -> int:
     return len(alias)
 
 
-def plan_fp32_nodes(model, graph_name: str, ranges: dict[str, float] | None = None,
-                    bound: float = FP16_SAFE_MAX) -> dict[str, str]:
+def plan_fp32_nodes(
+    model, graph_name: str, ranges: dict[str, float] | None = None, bound: float = FP16_SAFE_MAX
+) -> dict[str, str]:
     """{node name: reason} for the nodes that stay fp32 (rules 1-4 of the module docstring)."""
     graph = model.graph
     producer = {out: node for node in graph.node for out in node.output}
@@ -209,8 +254,11 @@ def restore_fp32_outputs(model) -> int:
         for node in graph.node:
             node.output[:] = [inner if o == out.name else o for o in node.output]
             node.input[:] = [inner if i == out.name else i for i in node.input]
-        graph.node.append(onnx.helper.make_node("Cast", [inner], [out.name], name=f"{out.name}/Cast_to_fp32",
-                                                to=onnx.TensorProto.FLOAT))
+        graph.node.append(
+            onnx.helper.make_node(
+                "Cast", [inner], [out.name], name=f"{out.name}/Cast_to_fp32", to=onnx.TensorProto.FLOAT
+            )
+        )
         t.elem_type = onnx.TensorProto.FLOAT
         fixed += 1
     return fixed
@@ -218,15 +266,23 @@ def restore_fp32_outputs(model) -> int:
 
 def reason_kind(reason: str) -> str:
     """The rule behind a reason string, for counting (the measured value is dropped)."""
-    for kind in ("measured", "known fp16 overflow", "sensitive op", "normalisation", "Cast to fp32", "phase",
-                 "float arithmetic"):
+    for kind in (
+        "measured",
+        "known fp16 overflow",
+        "sensitive op",
+        "normalisation",
+        "Cast to fp32",
+        "phase",
+        "float arithmetic",
+    ):
         if reason.startswith(kind):
             return kind
     return reason
 
 
-def convert(src: Path, dst: Path, graph_name: str, ranges: dict[str, float] | None = None,
-            bound: float = FP16_SAFE_MAX) -> dict:
+def convert(
+    src: Path, dst: Path, graph_name: str, ranges: dict[str, float] | None = None, bound: float = FP16_SAFE_MAX
+) -> dict:
     """Write the fp16 graph of `src` to `dst`; returns {"kept_fp32": {node: reason}, "files": [...]}."""
     import onnx
     from onnxconverter_common import float16
@@ -251,16 +307,18 @@ def convert(src: Path, dst: Path, graph_name: str, ranges: dict[str, float] | No
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # it warns for every constant it clamps to +-1e4 (masks)
-        half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block_ops,
-                                                node_block_list=sorted(plan), disable_shape_infer=big)
+        half = float16.convert_float_to_float16(
+            model, keep_io_types=True, op_block_list=block_ops, node_block_list=sorted(plan), disable_shape_infer=big
+        )
     del model
     restore_fp32_outputs(half)
     files = [Path(dst).name]
     big = sum(t.ByteSize() for t in half.graph.initializer) > EXTERNAL_DATA_THRESHOLD
     if big:
         data = f"{Path(dst).name}.data"
-        onnx.save_model(half, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location=data,
-                        size_threshold=1024)
+        onnx.save_model(
+            half, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location=data, size_threshold=1024
+        )
         files.append(data)
     else:
         onnx.save_model(half, str(dst))
@@ -273,8 +331,10 @@ def fp16_share(path: Path) -> float:
     import onnx
 
     model = _infer(onnx.load(str(path), load_external_data=False))
-    types = {v.name: v.type.tensor_type.elem_type for v in
-             list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
+    }
     types.update({t.name: t.data_type for t in model.graph.initializer})
     heavy = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
     half = [n for n in heavy if types.get(n.input[0]) == onnx.TensorProto.FLOAT16]

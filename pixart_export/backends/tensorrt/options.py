@@ -1,5 +1,6 @@
 """Command-line options of the TensorRT targets: the `build` group, and the arguments of `check` and
 `compile` (the two TensorRT-only commands)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,11 @@ from .prepare import CALIBRATION_COUNT
 
 def add_options(parser) -> None:
     g = parser.add_argument_group("tensorrt (trt-*)")
-    g.add_argument("--trt-fp16-only", action="store_true",
-                   help="ship fp16 graphs only, no int8 Q/DQ graphs (the targets with int8 ship both by default)")
+    g.add_argument(
+        "--trt-fp16-only",
+        action="store_true",
+        help="ship fp16 graphs only, no int8 Q/DQ graphs (the targets with int8 ship both by default)",
+    )
 
 
 def options_from_args(backend, target, args) -> dict:
@@ -22,14 +26,21 @@ def options_from_args(backend, target, args) -> dict:
 
 
 def add_check_arguments(parser, targets: list[str]) -> None:
-    parser.add_argument("--target", required=True, choices=targets, metavar="TARGET",
-                        help=f"one of: {', '.join(targets)}")
-    parser.add_argument("folder", type=Path, metavar="DIR",
-                        help="a bundle from `build --target trt-*`, or a folder of .onnx files")
+    parser.add_argument(
+        "--target", required=True, choices=targets, metavar="TARGET", help=f"one of: {', '.join(targets)}"
+    )
+    parser.add_argument(
+        "folder", type=Path, metavar="DIR", help="a bundle from `build --target trt-*`, or a folder of .onnx files"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
 def add_compile_arguments(parser) -> None:
     parser.add_argument("bundle", type=Path, metavar="BUNDLE", help="the bundle folder")
-    parser.add_argument("--only", choices=[str(Precision.FP16), str(Precision.INT8)], action="append", default=None,
-                        help="build only these precisions (repeatable; default all in the bundle)")
+    parser.add_argument(
+        "--only",
+        choices=[str(Precision.FP16), str(Precision.INT8)],
+        action="append",
+        default=None,
+        help="build only these precisions (repeatable; default all in the bundle)",
+    )

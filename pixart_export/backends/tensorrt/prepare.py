@@ -29,6 +29,7 @@ reference, then prepared vs fp32; end_to_end: prepared vs fp32 pipelines).
 `ort-cuda` (the onnxruntime backend on the CUDA provider) ships this preparation's fp16 graphs:
 `fp16_only_stages` (1, 2, 3 and 5 without int8) and `precision_verify`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -88,12 +89,16 @@ def stages(backend, ctx) -> list[Stage]:
     ctx.build_info["compile_command"] = compile_command(ctx.out)
     out = _common_stages(ctx, work)
     if work.int8:
-        out.append(Stage("int8 Q/DQ graphs (symmetric, per-channel weights, calibrated MinMax)",
-                         lambda c: _int8(c, work)))
-    out.append(Stage("end to end on CPU (onnxruntime): prepared graphs vs fp32 graphs, uint8 PSNR; precision "
-                     "gate", lambda c: _end_to_end(c, work)))
-    out.append(Stage(f"check: TensorRT parser ops, dtypes, Q/DQ patterns, profile shapes ({ctx.target.name})",
-                     _check))
+        out.append(
+            Stage("int8 Q/DQ graphs (symmetric, per-channel weights, calibrated MinMax)", lambda c: _int8(c, work))
+        )
+    out.append(
+        Stage(
+            "end to end on CPU (onnxruntime): prepared graphs vs fp32 graphs, uint8 PSNR; precision gate",
+            lambda c: _end_to_end(c, work),
+        )
+    )
+    out.append(Stage(f"check: TensorRT parser ops, dtypes, Q/DQ patterns, profile shapes ({ctx.target.name})", _check))
     return out
 
 
@@ -104,17 +109,24 @@ def fp16_only_stages(ctx) -> list[Stage]:
     ctx.default_precision = Precision.FP16
     out = _common_stages(ctx, work)
     if ctx.request.verify:
-        out.append(Stage("end to end on CPU (onnxruntime): fp16 graphs vs fp32 graphs, uint8 PSNR; precision gate",
-                         lambda c: _end_to_end(c, work)))
+        out.append(
+            Stage(
+                "end to end on CPU (onnxruntime): fp16 graphs vs fp32 graphs, uint8 PSNR; precision gate",
+                lambda c: _end_to_end(c, work),
+            )
+        )
     return out
 
 
 def _common_stages(ctx, work: _Work) -> list[Stage]:
-    return [Stage("fp32 graphs vs the PyTorch reference (onnxruntime)", lambda c: _fp32_parity(c, work)),
-            Stage("calibration data: reference LCM trajectories of the calibration and held-out prompts",
-                  lambda c: _calibrate(c, work)),
-            Stage("fp16 graphs (sensitive nodes kept fp32 by rule and by measured range)",
-                  lambda c: _fp16(c, work))]
+    return [
+        Stage("fp32 graphs vs the PyTorch reference (onnxruntime)", lambda c: _fp32_parity(c, work)),
+        Stage(
+            "calibration data: reference LCM trajectories of the calibration and held-out prompts",
+            lambda c: _calibrate(c, work),
+        ),
+        Stage("fp16 graphs (sensitive nodes kept fp32 by rule and by measured range)", lambda c: _fp16(c, work)),
+    ]
 
 
 def verify(backend, ctx) -> Parity:
@@ -152,8 +164,15 @@ def _errors(ctx, fp32_rec: dict, rec: dict, spec, dims, feeds_list) -> list[dict
     from ...verify import prepared_errors
     from ..onnxruntime.runner import OrtRunner
 
-    return prepared_errors(OrtRunner(ctx.fp32_dir), OrtRunner(ctx.staging), graph_record(fp32_rec), graph_record(rec),
-                           spec, dims, feeds_list)
+    return prepared_errors(
+        OrtRunner(ctx.fp32_dir),
+        OrtRunner(ctx.staging),
+        graph_record(fp32_rec),
+        graph_record(rec),
+        spec,
+        dims,
+        feeds_list,
+    )
 
 
 def _prepared(rec: dict, name: str, files: list[str], precision: str, **details) -> dict:
@@ -173,8 +192,13 @@ def fp32_fallback(rec: dict, src_dir: Path, dst_dir: Path, row: dict, fp16_files
     for f in fp16_files:
         (Path(dst_dir) / f).unlink(missing_ok=True)
     row["replaced_by_fp32"] = True
-    return _prepared(rec, name, [name, *rec.get("files", [])[1:]], "fp32",
-                     fp32_fallback=f"fp16 measured rel L2 {row['rel_l2']:.2e} > tolerance {row['tol_rel_l2']:.0e}")
+    return _prepared(
+        rec,
+        name,
+        [name, *rec.get("files", [])[1:]],
+        "fp32",
+        fp32_fallback=f"fp16 measured rel L2 {row['rel_l2']:.2e} > tolerance {row['tol_rel_l2']:.0e}",
+    )
 
 
 def _range_feeds(spec, dims, calib: dict | None) -> list[dict]:
@@ -189,8 +213,11 @@ def _gate_now(ctx, parity: Parity, what: str) -> None:
 
     if not parity.ok:
         ctx.log(format_table(parity))
-        raise GateFailed(f"{ctx.target.name}: {what}: " + "; ".join(failures(parity)) +
-                         f". Nothing was installed at {ctx.out}; the figures are in the table above")
+        raise GateFailed(
+            f"{ctx.target.name}: {what}: "
+            + "; ".join(failures(parity))
+            + f". Nothing was installed at {ctx.out}; the figures are in the table above"
+        )
 
 
 # -- stages ------------------------------------------------------------------------------------------------------
@@ -198,27 +225,36 @@ def _fp32_parity(ctx, work: _Work) -> None:
     from ...verify import graph_parity
     from ..onnxruntime.runner import OrtRunner
 
-    work.fp32_rows = graph_parity(ctx.model, OrtRunner(ctx.fp32_dir), _fp32_manifest(ctx, work),
-                                  on_graph=lambda n: ctx.log(f"      {n}"))
+    work.fp32_rows = graph_parity(
+        ctx.model, OrtRunner(ctx.fp32_dir), _fp32_manifest(ctx, work), on_graph=lambda n: ctx.log(f"      {n}")
+    )
     for r in work.fp32_rows:
         r["against"] = "PyTorch reference"
-    _gate_now(ctx, Parity(ok=all(r["ok"] for r in work.fp32_rows), graphs=tuple(work.fp32_rows), end_to_end=()),
-              "the fp32 export does not match the reference")
+    _gate_now(
+        ctx,
+        Parity(ok=all(r["ok"] for r in work.fp32_rows), graphs=tuple(work.fp32_rows), end_to_end=()),
+        "the fp32 export does not match the reference",
+    )
 
 
 def _calibrate(ctx, work: _Work) -> None:
     from ...calibration import CALIBRATION_PROMPTS, HELD_OUT_PROMPTS, collect, read_prompts
 
-    prompts = read_prompts(CALIBRATION_PROMPTS)[:int(ctx.options.get("calib_prompts", CALIBRATION_COUNT))]
+    prompts = read_prompts(CALIBRATION_PROMPTS)[: int(ctx.options.get("calib_prompts", CALIBRATION_COUNT))]
     held = read_prompts(HELD_OUT_PROMPTS)[:HELD_OUT_COUNT]
     ctx.log(f"      {len(prompts)} calibration prompts, {len(held)} held-out prompts")
     work.calib = collect(ctx.model, prompts, ctx.resolutions[0], ctx.request.steps, seed=CALIBRATION_SEED)
     work.heldout = collect(ctx.model, held, ctx.resolutions[0], ctx.request.steps, seed=HELD_OUT_SEED)
     ctx.build_info["calibration"] = {
-        "prompts": prompts, "seed": CALIBRATION_SEED, "file": CALIBRATION_PROMPTS.name,
-        "held_out": held, "held_out_seed": HELD_OUT_SEED, "held_out_file": HELD_OUT_PROMPTS.name,
+        "prompts": prompts,
+        "seed": CALIBRATION_SEED,
+        "file": CALIBRATION_PROMPTS.name,
+        "held_out": held,
+        "held_out_seed": HELD_OUT_SEED,
+        "held_out_file": HELD_OUT_PROMPTS.name,
         "resolution": list(ctx.resolutions[0]),
-        "used_for": "fp16 activation ranges and int8 scales (calibration); precision checks (held out)"}
+        "used_for": "fp16 activation ranges and int8 scales (calibration); precision checks (held out)",
+    }
 
 
 def _fp16(ctx, work: _Work) -> None:
@@ -236,17 +272,26 @@ def _fp16(ctx, work: _Work) -> None:
         for reason in conv["kept_fp32"].values():
             kind = fp16.reason_kind(reason)
             reasons[kind] = reasons.get(kind, 0) + 1
-        new = _prepared(rec, name, conv["files"], "fp16", kept_fp32=len(conv["kept_fp32"]),
-                        kept_fp32_reasons=reasons, fp16_matmul_share=round(fp16.fp16_share(ctx.staging / name), 3),
-                        max_activation=max((v for v in ranges.values() if v != float("inf")), default=0.0))
+        new = _prepared(
+            rec,
+            name,
+            conv["files"],
+            "fp16",
+            kept_fp32=len(conv["kept_fp32"]),
+            kept_fp32_reasons=reasons,
+            fp16_matmul_share=round(fp16.fp16_share(ctx.staging / name), 3),
+            max_activation=max((v for v in ranges.values() if v != float("inf")), default=0.0),
+        )
         rows = _errors(ctx, rec, new, spec, dims, work.heldout.get(spec.name) if first_bucket else None)
         work.rows += rows
         row = rows[-1]
         ctx.log(f"      {name}: {len(conv['kept_fp32'])} nodes kept fp32, rel L2 {row['rel_l2']:.2e}")
         if not row["ok"] and rec["graph"] in FP32_FALLBACK_GRAPHS:
             new = fp32_fallback(rec, ctx.fp32_dir, ctx.staging, row, new["files"])
-            ctx.log(f"      {rec['graph']}: fp16 rel L2 {row['rel_l2']:.2e} > {row['tol_rel_l2']:.0e}: "
-                    f"shipping it fp32 ({new['file']})")
+            ctx.log(
+                f"      {rec['graph']}: fp16 rel L2 {row['rel_l2']:.2e} > {row['tol_rel_l2']:.0e}: "
+                f"shipping it fp32 ({new['file']})"
+            )
         ctx.records.append(new)
 
 
@@ -264,14 +309,22 @@ def _int8(ctx, work: _Work) -> None:
         qdq32 = ctx.scratch / name  # Q/DQ with fp32 around it: an intermediate, not shipped
         q = quantize_qdq.quantize(ctx.fp32_dir / rec["file"], qdq32, feeds)
         conv = quantize_qdq.to_fp16(qdq32, ctx.staging / name, spec.name, work.ranges.get(rec["file"]))
-        new = _prepared(rec, name, conv["files"], "int8", int8=q, opset=quantize_qdq.QDQ_FP16_OPSET,
-                        kept_fp32=len(conv["kept_fp32"]),
-                        fp16_matmul_share=round(fp16.fp16_share(ctx.staging / name), 3))
+        new = _prepared(
+            rec,
+            name,
+            conv["files"],
+            "int8",
+            int8=q,
+            opset=quantize_qdq.QDQ_FP16_OPSET,
+            kept_fp32=len(conv["kept_fp32"]),
+            fp16_matmul_share=round(fp16.fp16_share(ctx.staging / name), 3),
+        )
         ctx.records.append(new)
         rows = _errors(ctx, rec, new, spec, dims, work.heldout.get(spec.name))
         work.rows += rows
-        ctx.log(f"      {name}: {q['int8_layers']} int8 layers, {q['float_layers']} float, "
-                f"rel L2 {rows[-1]['rel_l2']:.2e}")
+        ctx.log(
+            f"      {name}: {q['int8_layers']} int8 layers, {q['float_layers']} float, rel L2 {rows[-1]['rel_l2']:.2e}"
+        )
 
 
 class _TwoFolders:
@@ -301,8 +354,15 @@ def _end_to_end(ctx, work: _Work) -> None:
         by_graph = {(r.graph, r.height, r.width): r for r in records}
         mixed = [by_graph.get((r.graph, r.height, r.width), r) for r in fp32]
         view = dataclasses.replace(base, graphs=tuple(mixed))
-        rows = end_to_end(want, pipeline_images(Pipeline(ctx.staging, view, runner)), view, precision, controlnet,
-                          AGAINST, on_case=lambda n: ctx.log(f"      end to end {precision} {n}"))
+        rows = end_to_end(
+            want,
+            pipeline_images(Pipeline(ctx.staging, view, runner)),
+            view,
+            precision,
+            controlnet,
+            AGAINST,
+            on_case=lambda n: ctx.log(f"      end to end {precision} {n}"),
+        )
         graphs = sorted(r.file for r in mixed if r.precision == precision)
         return [{**r, "graphs": graphs} for r in rows]
 
@@ -310,23 +370,38 @@ def _end_to_end(ctx, work: _Work) -> None:
     e2e = case([r for r in prepared if r.precision in (Precision.FP16, Precision.FP32)], Precision.FP16, controlnet)
     if work.int8:  # int8 where there is an int8 graph, fp16 elsewhere: what the int8 engine set runs
         int8_graphs = {r.graph for r in prepared if r.precision == Precision.INT8}
-        mix = [r for r in prepared if r.precision == Precision.INT8 or
-               (r.precision in (Precision.FP16, Precision.FP32) and r.graph not in int8_graphs)]
+        mix = [
+            r
+            for r in prepared
+            if r.precision == Precision.INT8
+            or (r.precision in (Precision.FP16, Precision.FP32) and r.graph not in int8_graphs)
+        ]
         e2e += case(mix, Precision.INT8, False)
     graphs = work.fp32_rows + work.rows
-    ctx.parity = Parity(ok=all(r["ok"] for r in gated_rows(graphs) + e2e), graphs=tuple(graphs),
-                        end_to_end=tuple(e2e), measured_with=_versions(ctx),
-                        note="prepared graphs in onnxruntime on the CPU against the fp32 graphs, the fp32 graphs "
-                             "against the PyTorch reference; engines are not measured by the build")
-    _gate_now(ctx, ctx.parity, "precision check failed (build with --trt-fp16-only to ship fp16 graphs only)"
-              if work.int8 else "precision check failed")
+    ctx.parity = Parity(
+        ok=all(r["ok"] for r in gated_rows(graphs) + e2e),
+        graphs=tuple(graphs),
+        end_to_end=tuple(e2e),
+        measured_with=_versions(ctx),
+        note="prepared graphs in onnxruntime on the CPU against the fp32 graphs, the fp32 graphs "
+        "against the PyTorch reference; engines are not measured by the build",
+    )
+    _gate_now(
+        ctx,
+        ctx.parity,
+        "precision check failed (build with --trt-fp16-only to ship fp16 graphs only)"
+        if work.int8
+        else "precision check failed",
+    )
 
 
 def _versions(ctx) -> dict:
     import onnxruntime
 
-    return {"onnxruntime": onnxruntime.__version__,
-            **{k: ctx.versions[k] for k in ("torch", "onnxconverter_common") if k in ctx.versions}}
+    return {
+        "onnxruntime": onnxruntime.__version__,
+        **{k: ctx.versions[k] for k in ("torch", "onnxconverter_common") if k in ctx.versions},
+    }
 
 
 def _check(ctx) -> None:
@@ -339,8 +414,10 @@ def _check(ctx) -> None:
     reports = [check_file(ctx.staging / r["file"], ctx.target, graph_record(r)) for r in ctx.records]
     ctx.log(format_reports(reports, ctx.target))
     if not all(r.ok for r in reports):
-        raise GateFailed(f"the graphs would not build for {ctx.target.name} (problems listed above); nothing was "
-                         f"installed at {ctx.out}")
+        raise GateFailed(
+            f"the graphs would not build for {ctx.target.name} (problems listed above); nothing was "
+            f"installed at {ctx.out}"
+        )
     ctx.build_info["check"] = {"ok": True, "files": {r.file: r.ops for r in reports}}
 
 
@@ -348,11 +425,14 @@ def _check(ctx) -> None:
 def check_request(backend, ctx) -> None:
     target = ctx.target
     if not ctx.request.verify:
-        raise UserError(f"{target.name}: TensorRT bundles are always verified (fp16/int8 graphs ship only with "
-                        "their measured error); use `pixart-export build`")
+        raise UserError(
+            f"{target.name}: TensorRT bundles are always verified (fp16/int8 graphs ship only with "
+            "their measured error); use `pixart-export build`"
+        )
     if ctx.options.get("int8") and Precision.INT8 not in target.trt.prepared:
-        raise UserError(f"{target.name} ({target.trt.arch}) has no int8 in this toolchain; build it with "
-                        "--trt-fp16-only")
+        raise UserError(
+            f"{target.name} ({target.trt.arch}) has no int8 in this toolchain; build it with --trt-fp16-only"
+        )
     p = target.trt.profile
     for h, w in ctx.resolutions:
         if not (p.min_px <= h <= p.max_px and p.min_px <= w <= p.max_px):
@@ -365,8 +445,10 @@ def finish(backend, target, folder: Path, manifest: Manifest, log) -> Manifest:
 
     ready, why = host_can_compile(target)
     if not ready:
-        log(f"bundle ready: {folder} (graphs verified on CPU, checked for {target.name}). Engines were NOT built: "
-            f"{why}. On a {target.trt.arch} host with TensorRT, run:\n    {compile_command(folder)}")
+        log(
+            f"bundle ready: {folder} (graphs verified on CPU, checked for {target.name}). Engines were NOT built: "
+            f"{why}. On a {target.trt.arch} host with TensorRT, run:\n    {compile_command(folder)}"
+        )
         return manifest
     log(f"compile engines on this host ({why})")
     return compile_bundle(folder, target, log=log)
@@ -379,10 +461,12 @@ def remeasure(backend, folder: Path, manifest: Manifest, model, log) -> Parity:
     from ...verify import measure
 
     if manifest.status != "compiled":
-        raise UserError(f"{folder}: a TensorRT bundle is verified by `build` (its fp16/int8 graphs against the fp32 "
-                        f"ones, on the CPU); compile it on a {manifest.device.arch} host (`{compile_command(folder)}`) "
-                        "to measure its engines")
+        raise UserError(
+            f"{folder}: a TensorRT bundle is verified by `build` (its fp16/int8 graphs against the fp32 "
+            f"ones, on the CPU); compile it on a {manifest.device.arch} host (`{compile_command(folder)}`) "
+            "to measure its engines"
+        )
     runner = backend.runner(folder, manifest)
-    return measure(model, runner, Pipeline(folder, manifest, runner), manifest, log,
-                   {"tensorrt": backend.installed_version()})
-
+    return measure(
+        model, runner, Pipeline(folder, manifest, runner), manifest, log, {"tensorrt": backend.installed_version()}
+    )

@@ -26,6 +26,7 @@ Left in float on purpose (`EXCLUDE`): the timestep embedding and adaLN modulatio
 outputs scale every block), the patch embedding and the final projection (first and last layers,
 the usual exclusions of diffusion int8 recipes).
 """
+
 from __future__ import annotations
 
 import re
@@ -92,8 +93,11 @@ def keep_float_for_other_consumers(path: Path) -> int:
                 changed += 1
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
     while True:  # drop Q/DQ left without a consumer
-        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                and not any(o in used for o in n.output)]
+        dead = [
+            n
+            for n in graph.node
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not any(o in used for o in n.output)
+        ]
         if not dead:
             break
         for n in dead:
@@ -103,8 +107,13 @@ def keep_float_for_other_consumers(path: Path) -> int:
         external = (Path(path).parent / f"{Path(path).name}.data").exists()
         if external:
             (Path(path).parent / f"{Path(path).name}.data").unlink()
-        onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
-                        location=f"{Path(path).name}.data" if external else None)
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=external,
+            all_tensors_to_one_file=True,
+            location=f"{Path(path).name}.data" if external else None,
+        )
     return changed
 
 
@@ -150,19 +159,39 @@ def quantize(src: Path, dst: Path, feeds_list: list[dict[str, np.ndarray]], excl
     big = has_external_data(src)
     staged = dst.with_name(f".{dst.stem}.source.onnx")
     if big:
-        onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=f"{staged.name}.data", size_threshold=1024)
+        onnx.save_model(
+            model,
+            str(staged),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=f"{staged.name}.data",
+            size_threshold=1024,
+        )
         model = str(staged)
     try:
         quantize_static(
-            model, str(dst), _Reader(feeds_list, names), quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True, reduce_range=False,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=skip,
-            use_external_data_format=big, calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True,
-                           "QuantizeBias": False, "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
-                           "DedicatedQDQPair": False,
-                           "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS)})
+            model,
+            str(dst),
+            _Reader(feeds_list, names),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(QUANTIZED_OPS),
+            per_channel=True,
+            reduce_range=False,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=skip,
+            use_external_data_format=big,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+                "MatMulConstBOnly": True,
+                "QuantizeBias": False,
+                "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+                "DedicatedQDQPair": False,
+                "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS),
+            },
+        )
     finally:
         staged.unlink(missing_ok=True)
         (staged.parent / f"{staged.name}.data").unlink(missing_ok=True)
@@ -173,8 +202,15 @@ def quantize(src: Path, dst: Path, feeds_list: list[dict[str, np.ndarray]], excl
     heavy = [n for n in q.graph.node if n.op_type in QUANTIZED_OPS]
     producers = {o: n for n in q.graph.node for o in n.output}
     int8 = [n for n in heavy if (p := producers.get(n.input[0])) is not None and p.op_type == "DequantizeLinear"]
-    files = [Path(dst).name] + ([f"{Path(dst).name}.data"] if (Path(dst).parent / f"{Path(dst).name}.data").exists()
-                                else [])
-    return {"calibration": {"method": "MinMax", "samples": len(feeds_list)}, "excluded": skip,
-            "float_inputs_restored": rewired,
-            "qdq_nodes": counts, "int8_layers": len(int8), "float_layers": len(heavy) - len(int8), "files": files}
+    files = [Path(dst).name] + (
+        [f"{Path(dst).name}.data"] if (Path(dst).parent / f"{Path(dst).name}.data").exists() else []
+    )
+    return {
+        "calibration": {"method": "MinMax", "samples": len(feeds_list)},
+        "excluded": skip,
+        "float_inputs_restored": rewired,
+        "qdq_nodes": counts,
+        "int8_layers": len(int8),
+        "float_layers": len(heavy) - len(int8),
+        "files": files,
+    }

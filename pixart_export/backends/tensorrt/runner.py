@@ -15,6 +15,7 @@ use per batch and replays it (the denoiser is one engine call, so the saving is 
 its few thousand kernels).
 Verified only on a GPU host (tests marked `gpu`); nothing here has run in CI.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -78,8 +79,10 @@ class _Engine:
     def __init__(self, runtime, path: Path, record: GraphRecord, stream, cuda_graph: bool):
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
-            raise EngineError(f"{path}: TensorRT could not deserialize it (another TensorRT version or GPU?); "
-                              "recompile the bundle on this host")
+            raise EngineError(
+                f"{path}: TensorRT could not deserialize it (another TensorRT version or GPU?); "
+                "recompile the bundle on this host"
+            )
         self.context = self.engine.create_execution_context()
         self.record, self.stream, self.cuda_graph = record, stream, cuda_graph
         self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
@@ -116,8 +119,9 @@ class _Engine:
             if self.batch not in self.graphs:
                 if not self.context.execute_async_v3(self.stream):  # warm-up: TensorRT's lazy set-up
                     raise RuntimeError(f"TensorRT failed to run {self.record.file}")  # must not be captured
-                _ok(cudart.cudaStreamBeginCapture(self.stream,
-                                                  cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
+                _ok(
+                    cudart.cudaStreamBeginCapture(self.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal)
+                )
                 self.context.execute_async_v3(self.stream)
                 graph = _ok(cudart.cudaStreamEndCapture(self.stream))
                 self.graphs[self.batch] = _ok(cudart.cudaGraphInstantiate(graph, 0))
@@ -150,8 +154,13 @@ class TrtRunner:
 
     def engine(self, record: GraphRecord) -> _Engine:
         if record.file not in self._engines:
-            self._engines[record.file] = _Engine(self._runtime, self.folder / record.file, record, self._stream,
-                                                 self.cuda_graph and record.graph.startswith("denoiser"))
+            self._engines[record.file] = _Engine(
+                self._runtime,
+                self.folder / record.file,
+                record,
+                self._stream,
+                self.cuda_graph and record.graph.startswith("denoiser"),
+            )
         return self._engines[record.file]
 
     def run(self, record: GraphRecord, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
