@@ -11,6 +11,7 @@ that define it change: the install is keyed by a hash of pyproject.toml and this
 our machines) *before* the project is installed, so the project's `torch>=2.4` range is already
 satisfied and pip never pulls the multi-GB CUDA build.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -68,8 +69,20 @@ def main(argv: list[str]) -> int:
     engine = ROOT / "engines" / "ort-cpu-tiny"
     steps = [
         # the PyTorch reference (ground truth) ...
-        cli + ["generate", "--model", "tiny", "--prompt", prompt, "--steps", "4", "--seed", "0",
-               "--out", str(out / "tiny_reference.png")],
+        cli
+        + [
+            "generate",
+            "--model",
+            "tiny",
+            "--prompt",
+            prompt,
+            "--steps",
+            "4",
+            "--seed",
+            "0",
+            "--out",
+            str(out / "tiny_reference.png"),
+        ],
         # ... the ort-cpu engine: export, verify against the reference, manifest (reused when unchanged) ...
         cli + ["build", "--target", "ort-cpu", "--model", "tiny", "--controlnet", "tiny", "--out", str(engine)],
         # ... and the same image from the engine through the torch-free runtime.
