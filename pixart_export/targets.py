@@ -63,73 +63,66 @@ OPENVINO = OpenVino(int8=False)
 OPENVINO_INT8 = OpenVino(int8=True)
 TENSORRT = TensorRT()
 
-TARGETS: dict[str, Target] = {
-    t.name: t
-    for t in [
-        Target("ort-cpu", ORT_CPU, "any CPU", ("fp32",), "the parity baseline: the exported graphs as they are"),
-        Target(
-            "ort-cuda",
-            ORT_CUDA,
-            "NVIDIA GPU",
-            ("fp16",),
-            "onnxruntime-gpu's CUDA execution provider on fp16 graphs (the TensorRT fp16 preparation)",
-            verified="GPU only",
-        ),
-        Target(
-            "ov-cpu",
-            OPENVINO,
-            "x86 CPU",
-            ("fp32",),
-            "inference precision set explicitly: OpenVINO picks bf16 by itself where the CPU has it",
-        ),
-        Target(
-            "ov-cpu-int8",
-            OPENVINO_INT8,
-            "x86 CPU",
-            ("int8 transformer (NNCF)", "int8-weight T5", "fp32 VAE"),
-            "gains need VNNI/AMX; AVX2-only CPUs gain mostly size",
-        ),
-        # TensorRT: precision lives in the graphs (fp16 types, Q/DQ) because TensorRT 11 builds strongly
-        # typed networks only; the bundle carries `prepared` precisions, the rest are what the GPU supports.
-        # Batch limits by memory: a T4 has 16 GB, a V100 16/32 GB, A100/H100 40-80 GB.
-        Target(
-            "trt-t4",
-            TENSORRT,
-            "sm_75",
-            ("fp16", "int8"),
-            "T4 (Turing); int8 as explicit Q/DQ",
-            verified="CPU (graphs); engines on GPU only",
-            trt=TrtSpec(75, ("10.0", None), (Precision.FP16, Precision.INT8), TrtProfile((1, 1, 2))),
-        ),
-        Target(
-            "trt-v100",
-            TENSORRT,
-            "sm_70",
-            ("fp16",),
-            "TensorRT <= 10.4 (Volta dropped in 10.5); no int8 tensor cores",
-            verified="CPU (graphs); engines on GPU only",
-            trt=TrtSpec(70, ("10.0", "10.4"), (Precision.FP16,), TrtProfile((1, 1, 4))),
-        ),
-        Target(
-            "trt-a100",
-            TENSORRT,
-            "sm_80",
-            ("fp16", "bf16", "int8"),
-            "A100 (Ampere)",
-            verified="CPU (graphs); engines on GPU only",
-            trt=TrtSpec(80, ("10.0", None), (Precision.FP16, Precision.INT8), TrtProfile((1, 1, 8))),
-        ),
-        Target(
-            "trt-h100",
-            TENSORRT,
-            "sm_90",
-            ("fp16", "int8", "fp8"),
-            "fp8 needs sm >= 8.9 (not prepared yet)",
-            verified="CPU (graphs); engines on GPU only",
-            trt=TrtSpec(90, ("10.0", None), (Precision.FP16, Precision.INT8), TrtProfile((1, 1, 8))),
-        ),
-    ]
-}
+#: Where the TensorRT rows' figures are measured: graphs on the CPU (CI), engines on a GPU host only.
+TRT_VERIFIED = "CPU (graphs); engines on GPU only"
+FP16_INT8 = (Precision.FP16, Precision.INT8)
+
+
+def _trt(name: str, sm: int, tensorrt: tuple, prepared: tuple, batch: tuple, precisions: tuple, notes: str):
+    """A TensorRT row: device sm_<sm>, the TensorRT range that still builds for it, what a bundle carries."""
+    spec = TrtSpec(sm, tensorrt, prepared, TrtProfile(batch))
+    return Target(name, TENSORRT, spec.arch, precisions, notes, verified=TRT_VERIFIED, trt=spec)
+
+
+_ROWS = [
+    Target("ort-cpu", ORT_CPU, "any CPU", ("fp32",), "the parity baseline: the exported graphs as they are"),
+    Target(
+        "ort-cuda",
+        ORT_CUDA,
+        "NVIDIA GPU",
+        ("fp16",),
+        "onnxruntime-gpu's CUDA execution provider on fp16 graphs (the TensorRT fp16 preparation)",
+        verified="GPU only",
+    ),
+    Target(
+        "ov-cpu",
+        OPENVINO,
+        "x86 CPU",
+        ("fp32",),
+        "inference precision set explicitly: OpenVINO picks bf16 by itself where the CPU has it",
+    ),
+    Target(
+        "ov-cpu-int8",
+        OPENVINO_INT8,
+        "x86 CPU",
+        ("int8 transformer (NNCF)", "int8-weight T5", "fp32 VAE"),
+        "gains need VNNI/AMX; AVX2-only CPUs gain mostly size",
+    ),
+    # TensorRT: precision lives in the graphs (fp16 types, Q/DQ) because TensorRT 11 builds strongly
+    # typed networks only; the bundle carries `prepared` precisions, the rest are what the GPU supports.
+    # Batch limits by memory: a T4 has 16 GB, a V100 16/32 GB, A100/H100 40-80 GB.
+    _trt("trt-t4", 75, ("10.0", None), FP16_INT8, (1, 1, 2), ("fp16", "int8"), "T4 (Turing); int8 as explicit Q/DQ"),
+    _trt(
+        "trt-v100",
+        70,
+        ("10.0", "10.4"),
+        (Precision.FP16,),
+        (1, 1, 4),
+        ("fp16",),
+        "TensorRT <= 10.4 (Volta dropped in 10.5); no int8 tensor cores",
+    ),
+    _trt("trt-a100", 80, ("10.0", None), FP16_INT8, (1, 1, 8), ("fp16", "bf16", "int8"), "A100 (Ampere)"),
+    _trt(
+        "trt-h100",
+        90,
+        ("10.0", None),
+        FP16_INT8,
+        (1, 1, 8),
+        ("fp16", "int8", "fp8"),
+        "fp8 needs sm >= 8.9 (not prepared yet)",
+    ),
+]
+TARGETS: dict[str, Target] = {t.name: t for t in _ROWS}
 
 
 def get_target(name: str) -> Target:

@@ -124,3 +124,20 @@ class BackendBase:
     def finish(self, target, folder: Path, manifest: Manifest, log) -> Manifest:
         finish = getattr(self._module("prepare"), "finish", None)
         return manifest if finish is None else finish(self, target, folder, manifest, log)
+
+
+def dist_version(dist: str, install_hint: str) -> str:
+    """The installed version of the distribution `dist`; EngineError with `install_hint` when missing."""
+    import importlib.metadata
+
+    from ..manifest import EngineError
+
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        raise EngineError(install_hint) from None
+
+
+def flag(parser, group: str, name: str, help: str) -> None:
+    """A backend's `build` option group holding one on/off flag."""
+    parser.add_argument_group(group).add_argument(name, action="store_true", help=help)

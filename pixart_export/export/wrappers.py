@@ -41,93 +41,49 @@ class TextEncoderGraph(nn.Module):
 
 
 class TransformerGraph(nn.Module):
-    """One step: the epsilon prediction (first 4 channels; the learned sigma is unused by LCM)."""
+    """One step: the epsilon prediction (first 4 channels; the learned sigma is unused by LCM). Inputs in
+    the order of `graphs.TRANSFORMER`: latents, timestep, prompt_embeds, prompt_attention_mask,
+    control_residuals (then resolution, aspect_ratio for a multi-aspect model)."""
 
     def __init__(self, dit: PixArtDiT):
         super().__init__()
         self.transformer = dit
 
-    def forward(
-        self,
-        latents,
-        timestep,
-        prompt_embeds,
-        prompt_attention_mask,
-        control_residuals,
-        resolution=None,
-        aspect_ratio=None,
-    ):
-        return self.transformer.predict_noise(
-            latents, timestep, prompt_embeds, prompt_attention_mask, control_residuals, resolution, aspect_ratio
-        )
+    def forward(self, *inputs):
+        return self.transformer.predict_noise(*inputs)
 
 
 class ControlNetGraph(nn.Module):
+    """The control residuals of one step. Inputs in the order of `graphs.CONTROLNET`: latents, timestep,
+    prompt_embeds, prompt_attention_mask, control_latents, conditioning_scale (then the size conditions)."""
+
     def __init__(self, dit: PixArtDiT, controlnet: PixArtControlNet):
         super().__init__()
         self.transformer = dit
         self.controlnet = controlnet
 
-    def forward(
-        self,
-        latents,
-        timestep,
-        prompt_embeds,
-        prompt_attention_mask,
-        control_latents,
-        conditioning_scale,
-        resolution=None,
-        aspect_ratio=None,
-    ):
-        return self.controlnet(
-            self.transformer,
-            latents,
-            timestep,
-            prompt_embeds,
-            prompt_attention_mask,
-            control_latents,
-            conditioning_scale,
-            resolution,
-            aspect_ratio,
-        )
+    def forward(self, *inputs):
+        return self.controlnet(self.transformer, *inputs)
 
 
 class LcmStep(nn.Module):
-    """eps(x, t) of one unrolled step; `transformer`/`controlnet` are shared with every other step."""
+    """eps(x, t) of one unrolled step; `transformer`/`controlnet` are shared with every other step.
+
+    `text` = (prompt_embeds, prompt_attention_mask); `control` = (control_latents, conditioning_scale),
+    used when there is a ControlNet; `size` = (resolution, aspect_ratio), None for single-aspect models.
+    """
 
     def __init__(self, dit: PixArtDiT, controlnet: PixArtControlNet | None):
         super().__init__()
         self.transformer = dit
         self.controlnet = controlnet
 
-    def forward(
-        self,
-        x,
-        t: float,
-        prompt_embeds,
-        prompt_attention_mask,
-        control_latents=None,
-        conditioning_scale=None,
-        resolution=None,
-        aspect_ratio=None,
-    ):
+    def forward(self, x, t: float, text: tuple, control: tuple, size: tuple):
         ts = _broadcast_t(x, t)
         residuals = None
         if self.controlnet is not None:
-            residuals = self.controlnet(
-                self.transformer,
-                x,
-                ts,
-                prompt_embeds,
-                prompt_attention_mask,
-                control_latents,
-                conditioning_scale,
-                resolution,
-                aspect_ratio,
-            )
-        return self.transformer.predict_noise(
-            x, ts, prompt_embeds, prompt_attention_mask, residuals, resolution, aspect_ratio
-        )
+            residuals = self.controlnet(self.transformer, x, ts, *text, *control, *size)
+        return self.transformer.predict_noise(x, ts, *text, residuals, *size)
 
 
 class DenoiserGraph(nn.Module):
@@ -163,16 +119,8 @@ class DenoiserGraph(nn.Module):
         calls = iter(self.step)
 
         def eps(x, t):
-            return next(calls)(
-                x,
-                t,
-                prompt_embeds,
-                prompt_attention_mask,
-                control_latents,
-                conditioning_scale,
-                resolution,
-                aspect_ratio,
-            )
+            text = (prompt_embeds, prompt_attention_mask)
+            return next(calls)(x, t, text, (control_latents, conditioning_scale), (resolution, aspect_ratio))
 
         noises = [step_noise[i] for i in range(len(self.timesteps) - 1)]
         return lcm_sample(eps, latents, self.timesteps, noises, self.alphas_cumprod)

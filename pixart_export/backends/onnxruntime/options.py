@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+from ..base import flag
+
 
 def add_options(parser) -> None:
-    g = parser.add_argument_group("onnxruntime (ort-cpu, ort-cuda)")
-    g.add_argument(
-        "--no-optimise",
-        action="store_true",
-        help="ort-cpu: skip onnxruntime's offline optimisation (kept only where measured faster)",
-    )
+    hint = "ort-cpu: skip onnxruntime's offline optimisation (kept only where measured faster)"
+    flag(parser, "onnxruntime (ort-cpu, ort-cuda)", "--no-optimise", hint)
 
 
 def options_from_args(backend, target, args) -> dict:

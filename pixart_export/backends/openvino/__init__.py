@@ -17,7 +17,7 @@ import importlib.metadata
 from pathlib import Path
 
 from ...manifest import BackendInfo, Device, EngineError, Manifest, check_backend_version
-from ..base import BackendBase
+from ..base import BackendBase, dist_version
 
 _HERE = "pixart_export/backends/openvino"
 
@@ -46,12 +46,8 @@ class OpenVino(BackendBase):
     def versions(self) -> dict[str, str]:
         versions = {"openvino": self.installed_version()}
         if self.int8:
-            try:
-                versions["nncf"] = importlib.metadata.version("nncf")
-            except importlib.metadata.PackageNotFoundError:
-                raise EngineError(
-                    f"ov-cpu-int8 quantises with NNCF: pip install 'pixart-export[{self.extra}]'"
-                ) from None
+            hint = f"ov-cpu-int8 quantises with NNCF: pip install 'pixart-export[{self.extra}]'"
+            versions["nncf"] = dist_version("nncf", hint)
         return versions
 
     def backend_info(self, target, versions: dict[str, str]) -> BackendInfo:

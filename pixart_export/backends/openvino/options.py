@@ -26,6 +26,31 @@ from ...verify import QualityGate
 
 #: The quality gate needs at least this many held-out prompt/seed pairs.
 MIN_QUALITY_PAIRS = 16
+#: The quality gate's flags: (flag, `verify.QualityGate` field, type, metavar, help).
+GATE_FLAGS = (
+    (
+        "--min-psnr",
+        "min_mean_psnr_db",
+        float,
+        "DB",
+        "fail the build below this mean image PSNR (default {default:g} dB)",
+    ),
+    (
+        "--min-image-psnr",
+        "min_image_psnr_db",
+        float,
+        "DB",
+        "fail the build if any image is below this PSNR (default {default:g} dB)",
+    ),
+    ("--min-ssim", "min_mean_ssim", float, "S", "fail the build below this mean SSIM (default {default:g})"),
+    (
+        "--quality-pairs",
+        "pairs",
+        int,
+        "N",
+        f"held-out prompt/seed pairs the gate compares (default {{default}}, at least {MIN_QUALITY_PAIRS})",
+    ),
+)
 
 
 def add_options(parser) -> None:
@@ -44,34 +69,9 @@ def add_options(parser) -> None:
         help="prompts (one a line) the reference pipeline runs to collect calibration activations "
         "(default: the shipped pixart_export/data/calibration_prompts.txt)",
     )
-    g.add_argument(
-        "--min-psnr",
-        type=float,
-        default=gate.min_mean_psnr_db,
-        metavar="DB",
-        help=f"fail the build below this mean image PSNR (default {gate.min_mean_psnr_db:g} dB)",
-    )
-    g.add_argument(
-        "--min-image-psnr",
-        type=float,
-        default=gate.min_image_psnr_db,
-        metavar="DB",
-        help=f"fail the build if any image is below this PSNR (default {gate.min_image_psnr_db:g} dB)",
-    )
-    g.add_argument(
-        "--min-ssim",
-        type=float,
-        default=gate.min_mean_ssim,
-        metavar="S",
-        help=f"fail the build below this mean SSIM (default {gate.min_mean_ssim:g})",
-    )
-    g.add_argument(
-        "--quality-pairs",
-        type=int,
-        default=gate.pairs,
-        metavar="N",
-        help=f"held-out prompt/seed pairs the gate compares (default {gate.pairs}, at least {MIN_QUALITY_PAIRS})",
-    )
+    for name, field, kind, metavar, text in GATE_FLAGS:
+        default = getattr(gate, field)
+        g.add_argument(name, type=kind, default=default, metavar=metavar, help=text.format(default=default))
 
 
 def options_from_args(backend, target, args) -> dict:

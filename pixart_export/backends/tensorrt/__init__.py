@@ -12,11 +12,10 @@ onnxruntime or TensorRT installed.
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 
 from ...manifest import BackendInfo, Device, EngineError, Manifest
-from ..base import BackendBase
+from ..base import BackendBase, dist_version
 
 _HERE = "pixart_export/backends/tensorrt"
 
@@ -48,12 +47,8 @@ class TensorRT(BackendBase):
         graphs. TensorRT itself enters the manifest when `compile` runs."""
         versions = {}
         for dist, key in (("onnxruntime", "onnxruntime"), ("onnxconverter-common", "onnxconverter_common")):
-            try:
-                versions[key] = importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
-                raise EngineError(
-                    f"a TensorRT bundle is prepared with {dist}: pip install 'pixart-export[export]'"
-                ) from None
+            hint = f"a TensorRT bundle is prepared with {dist}: pip install 'pixart-export[export]'"
+            versions[key] = dist_version(dist, hint)
         return versions
 
     def backend_info(self, target, versions: dict[str, str]) -> BackendInfo:

@@ -6,16 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...manifest import Precision
+from ..base import flag
 from .prepare import CALIBRATION_COUNT
 
 
 def add_options(parser) -> None:
-    g = parser.add_argument_group("tensorrt (trt-*)")
-    g.add_argument(
-        "--trt-fp16-only",
-        action="store_true",
-        help="ship fp16 graphs only, no int8 Q/DQ graphs (the targets with int8 ship both by default)",
-    )
+    hint = "ship fp16 graphs only, no int8 Q/DQ graphs (the targets with int8 ship both by default)"
+    flag(parser, "tensorrt (trt-*)", "--trt-fp16-only", hint)
 
 
 def options_from_args(backend, target, args) -> dict:
