@@ -35,6 +35,7 @@ from .errors import UserError
 from .graphs import fixed_inputs, spec_for_record
 from .manifest import GraphRecord, Manifest, Parity, Precision
 from .metrics import max_abs, psnr_uint8, ssim_uint8
+from .progress import each
 
 PARITY_BATCH = 3
 PARITY_SEED = 7
@@ -137,7 +138,7 @@ def graph_parity(
     from .export.exporter import model_dims, wrapper_for
 
     rows = []
-    for rec in manifest.runnable:
+    for rec in each(manifest.runnable, "parity", "graph"):  # a bar on a terminal
         if on_graph:
             on_graph(rec.file)
         spec = spec_for_record(rec, manifest.steps, manifest.model.controlnet)
