@@ -194,3 +194,15 @@ def test_tokenizer_json_matches_transformers(tmp_path):
     ids, mask = JsonTokenizer(tmp_path / "tokenizer.json", 12)(prompts)
     assert ids.tolist() == want.input_ids and mask.tolist() == want.attention_mask
     assert ids[2, -1] == 1  # truncated rows still end with </s>
+
+
+def test_precision_choice(engine):  # noqa: F811
+    """`run --precision` chooses among what the folder carries: an ort-cpu folder carries fp32 only."""
+    from pixart_export.errors import UserError
+
+    folder, _ = engine
+    assert runtime.load(folder, precision="fp32").precision == "fp32"
+    with pytest.raises(UserError, match="carries no int8 choice; choose one of fp32"):
+        runtime.load(folder, precision="int8")
+    with pytest.raises(UserError, match="precision 'int4' is unknown"):
+        runtime.load(folder, precision="int4")
