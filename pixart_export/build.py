@@ -154,7 +154,6 @@ def _load(ctx: BuildContext) -> None:
     ctx.resolutions = req.resolutions or [(ctx.model.default_resolution, ctx.model.default_resolution)]
     exporter.check_exportable(ctx.model, ctx.resolutions, req.steps)
     backend = ctx.target.backend
-    ctx.options = backend.options(ctx.target, None) if req.options is None else dict(req.options)
     backend.check_request(ctx)
     ctx.identity = model_identity(ctx.model, resolve_controlnet(req.controlnet_spec) if req.controlnet_spec else None)
     ctx.versions = {**toolchain_versions(), **backend.versions()}
@@ -307,19 +306,19 @@ def build(request: BuildRequest, log: Log = default_log) -> tuple[Path, Manifest
     )
     verify = [Stage("verify against the reference", _verify)] if request.verify else []
     install = Stage(f"write manifest.json, install {out}", _install)
-    # the backend's stages depend on the loaded model, so the total is known after stage 1
-    run_stages([load], ctx, 1, 1)
+    # the backend names its stages from the request alone (they run later), so the pipeline can number
+    # every stage from the first
+    ctx.options = target.backend.options(target, None) if request.options is None else dict(request.options)
+    stages = [load, export, *target.backend.stages(ctx), *verify, install]
+    run_stages(stages[:1], ctx, 1, len(stages))
     if not request.force and (manifest := engine_folder.reusable(out, ctx.key, request.verify)) is not None:
         log(f"up to date: {out} (build key {ctx.key[:12]}, every file matches its sha256); reusing it")
         return out, manifest, True
     with engine_folder.staging(out) as staging, engine_folder.staging(out, "scratch") as scratch:
         ctx.staging, ctx.scratch = staging, scratch
-        backend_stages = target.backend.stages(ctx)
-        stages = [export, *backend_stages, *verify, install]
-        total = 1 + len(stages)
         if not request.verify:
             log("      (verification skipped: run `pixart-export parity` on the folder)")
-        run_stages(stages, ctx, 2, total)
+        run_stages(stages[1:], ctx, 2, len(stages))
     manifest = target.backend.finish(target, out, read_manifest(out), log)
     log(f"built {out} in {time.perf_counter() - ctx.started:.0f} s")
     return out, manifest, False

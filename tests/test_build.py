@@ -48,7 +48,7 @@ def test_identical_rebuild_is_reused(engine):  # noqa: F811
     assert reused and again.build_key == manifest.build_key
     assert (folder / "manifest.json").stat().st_mtime_ns == before
     assert any("up to date" in line for line in lines)
-    assert lines[0].startswith("[1/1] load model tiny")
+    assert lines[0].startswith("[1/5] load model tiny")
 
 
 def test_changed_file_is_not_reused(tmp_path):
@@ -188,7 +188,7 @@ def test_build_cli_reports_stages(engine, capsys):  # noqa: F811
     )
     out, err = capsys.readouterr()
     assert code == 0 and json.loads(out)["folder"] == str(folder) and json.loads(out)["reused"] is True
-    assert "[1/1] load model tiny" in err and "up to date" in err
+    assert "[1/5] load model tiny" in err and "up to date" in err
     with pytest.raises(SystemExit) as exc:
         main(["build", "--target", "ort-cpu", "--resolution", "12x", "--out", str(folder)])
     assert exc.value.code == 2
