@@ -20,50 +20,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-XL_T5_STANDIN = dict(
-    vocab_size=384,
-    d_model=4096,
-    d_kv=64,
-    d_ff=1024,
-    num_layers=2,
-    num_heads=8,
-    relative_attention_num_buckets=32,
-    relative_attention_max_distance=128,
-    dropout_rate=0.0,
-    feed_forward_proj="gated-gelu",
-    is_encoder_decoder=False,
-    use_cache=False,
-    pad_token_id=0,
-    eos_token_id=1,
-    decoder_start_token_id=0,
-    tie_word_embeddings=False,
-)
-SD_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    latent_channels=4,
-    layers_per_block=2,
-    norm_num_groups=32,
-    block_out_channels=[128, 256, 512, 512],
-    down_block_types=["DownEncoderBlock2D"] * 4,
-    up_block_types=["UpDecoderBlock2D"] * 4,
-    sample_size=512,
-    scaling_factor=0.18215,
-)
+from reference.tiny import TINY_T5, TINY_VAE, write_pipeline_files  # noqa: E402
+
+#: The tiny T5's configuration at T5-XXL's width (d_model 4096); only the widths change.
+XL_T5_STANDIN = {**TINY_T5, "d_model": 4096, "d_kv": 64, "d_ff": 1024, "num_heads": 8}
+#: The tiny VAE's configuration at Stable Diffusion's size (the real decoder cost).
+SD_VAE = {
+    **TINY_VAE,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "block_out_channels": [128, 256, 512, 512],
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+}
 
 
 def make_xl(out: Path, seed: int = 0) -> Path:
-    import json
     import shutil
 
     import torch
-    from diffusers import AutoencoderKL, LCMScheduler
+    from diffusers import AutoencoderKL
     from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 
     from reference.config import DiTConfig
     from reference.dit import PixArtDiT
     from reference.loading import save_dit
-    from reference.schedules import BETA_END, BETA_START, LCM_ORIGINAL_STEPS, LCM_TIMESTEP_SCALING, NUM_TRAIN_TIMESTEPS
     from reference.text import MAX_TEXT_LEN
 
     out = Path(out)
@@ -82,30 +63,7 @@ def make_xl(out: Path, seed: int = 0) -> Path:
     T5EncoderModel(T5Config(**XL_T5_STANDIN)).eval().save_pretrained(str(tmp / "text_encoder"), safe_serialization=True)
     ByT5Tokenizer(model_max_length=MAX_TEXT_LEN).save_pretrained(str(tmp / "tokenizer"))
     AutoencoderKL(**SD_VAE).save_pretrained(str(tmp / "vae"), safe_serialization=True)
-    LCMScheduler(
-        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
-        beta_start=BETA_START,
-        beta_end=BETA_END,
-        beta_schedule="linear",
-        original_inference_steps=LCM_ORIGINAL_STEPS,
-        timestep_scaling=LCM_TIMESTEP_SCALING,
-        prediction_type="epsilon",
-        clip_sample=False,
-        set_alpha_to_one=True,
-    ).save_pretrained(str(tmp / "scheduler"))
-    (tmp / "model_index.json").write_text(
-        json.dumps(
-            {
-                "_class_name": "PixArtAlphaPipeline",
-                "scheduler": ["diffusers", "LCMScheduler"],
-                "text_encoder": ["transformers", "T5EncoderModel"],
-                "tokenizer": ["transformers", "ByT5Tokenizer"],
-                "transformer": ["diffusers", "PixArtTransformer2DModel"],
-                "vae": ["diffusers", "AutoencoderKL"],
-            },
-            indent=2,
-        )
-    )
+    write_pipeline_files(tmp)
     tmp.rename(out)
     return out
 

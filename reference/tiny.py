@@ -73,9 +73,41 @@ TINY_VAE = dict(
 )
 
 
+def write_pipeline_files(folder: Path) -> None:
+    """The LCM scheduler config and `model_index.json` of a diffusers-layout PixArt folder (the tiny
+    model's and the XL-size benchmark model's alike)."""
+    from diffusers import LCMScheduler
+
+    LCMScheduler(
+        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+        beta_start=BETA_START,
+        beta_end=BETA_END,
+        beta_schedule="linear",
+        original_inference_steps=LCM_ORIGINAL_STEPS,
+        timestep_scaling=LCM_TIMESTEP_SCALING,
+        prediction_type="epsilon",
+        clip_sample=False,
+        set_alpha_to_one=True,
+    ).save_pretrained(str(folder / "scheduler"))
+    (folder / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "PixArtAlphaPipeline",
+                "scheduler": ["diffusers", "LCMScheduler"],
+                "text_encoder": ["transformers", "T5EncoderModel"],
+                "tokenizer": ["transformers", "ByT5Tokenizer"],
+                "transformer": ["diffusers", "PixArtTransformer2DModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
 def build_tiny(out: Path, seed: int = SEED) -> Path:
     """Write the tiny model folder to `out` (replaced atomically)."""
-    from diffusers import AutoencoderKL, LCMScheduler
+    from diffusers import AutoencoderKL
     from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 
     out = Path(out)
@@ -94,31 +126,7 @@ def build_tiny(out: Path, seed: int = SEED) -> Path:
         text_encoder.save_pretrained(str(tmp / "text_encoder"), safe_serialization=True)
         ByT5Tokenizer(model_max_length=MAX_TEXT_LEN).save_pretrained(str(tmp / "tokenizer"))
         AutoencoderKL(**TINY_VAE).save_pretrained(str(tmp / "vae"), safe_serialization=True)
-        LCMScheduler(
-            num_train_timesteps=NUM_TRAIN_TIMESTEPS,
-            beta_start=BETA_START,
-            beta_end=BETA_END,
-            beta_schedule="linear",
-            original_inference_steps=LCM_ORIGINAL_STEPS,
-            timestep_scaling=LCM_TIMESTEP_SCALING,
-            prediction_type="epsilon",
-            clip_sample=False,
-            set_alpha_to_one=True,
-        ).save_pretrained(str(tmp / "scheduler"))
-        (tmp / "model_index.json").write_text(
-            json.dumps(
-                {
-                    "_class_name": "PixArtAlphaPipeline",
-                    "scheduler": ["diffusers", "LCMScheduler"],
-                    "text_encoder": ["transformers", "T5EncoderModel"],
-                    "tokenizer": ["transformers", "ByT5Tokenizer"],
-                    "transformer": ["diffusers", "PixArtTransformer2DModel"],
-                    "vae": ["diffusers", "AutoencoderKL"],
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        write_pipeline_files(tmp)
         tmp.chmod(0o755)  # mkdtemp makes it private; the model folder is ordinary data
         if out.exists():
             shutil.rmtree(out)

@@ -21,6 +21,38 @@ from reference.train.common import LossLog
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def data_parallel_matches_one_process(
+    tmp_path, stage, args: list[str], steps: int, weights: list[str], timeout: int
+) -> None:
+    """Run `reference.train.<stage>` under torchrun (2 gloo processes) and in this process with the same
+    arguments; assert the replicas agree and the losses and `weights` checkpoints match one process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
+    run = subprocess.run(
+        [*launch, stage.__name__, *args, "--out", str(tmp_path / "ddp")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    replicas = json.loads((tmp_path / "ddp" / "replicas.json").read_text())
+    assert replicas["processes"] == 2
+    assert len(set(replicas["sha256"])) == 1
+
+    stage.main([*args, "--out", str(tmp_path / "single")])
+    ddp_loss = LossLog(tmp_path / "ddp", ["loss"], steps, enabled=False).read()["loss"]
+    one_loss = LossLog(tmp_path / "single", ["loss"], steps, enabled=False).read()["loss"]
+    assert len(one_loss) == steps
+    np.testing.assert_allclose(ddp_loss, one_loss, rtol=1e-4)
+    for name in weights:
+        a = load_file(str(tmp_path / "ddp" / "ckpt" / f"{name}.safetensors"))
+        b = load_file(str(tmp_path / "single" / "ckpt" / f"{name}.safetensors"))
+        worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+        assert worst < 1e-4, (name, worst)
+
+
 def test_two_process_teacher_replicas_agree_and_match_one_process(tmp_path):
     from diffusers import AutoencoderKL
 
@@ -41,40 +73,7 @@ def test_two_process_teacher_replicas_agree_and_match_one_process(tmp_path):
         "2",
         "--no-progress",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "reference.train.teacher",
-            *args,
-            "--out",
-            str(tmp_path / "ddp"),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    replicas = json.loads((tmp_path / "ddp" / "replicas.json").read_text())
-    assert replicas["processes"] == 2
-    assert len(set(replicas["sha256"])) == 1
-
-    teacher.main([*args, "--out", str(tmp_path / "single")])
-    ddp_loss = LossLog(tmp_path / "ddp", ["loss"], 4, enabled=False).read()["loss"]
-    one_loss = LossLog(tmp_path / "single", ["loss"], 4, enabled=False).read()["loss"]
-    np.testing.assert_allclose(ddp_loss, one_loss, rtol=1e-4)
-    a = load_file(str(tmp_path / "ddp" / "ckpt" / "dit.safetensors"))
-    b = load_file(str(tmp_path / "single" / "ckpt" / "dit.safetensors"))
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert worst < 1e-4, worst
+    data_parallel_matches_one_process(tmp_path, teacher, args, steps=4, weights=["dit"], timeout=120)
 
 
 def test_two_process_lcd_replicas_agree_and_match_one_process(tmp_path):
@@ -101,39 +100,4 @@ def test_two_process_lcd_replicas_agree_and_match_one_process(tmp_path):
         "1e-3",
         "--no-progress",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "reference.train.lcd",
-            *args,
-            "--out",
-            str(tmp_path / "ddp"),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    replicas = json.loads((tmp_path / "ddp" / "replicas.json").read_text())
-    assert replicas["processes"] == 2
-    assert len(set(replicas["sha256"])) == 1
-
-    lcd.main([*args, "--out", str(tmp_path / "single")])
-    ddp_loss = LossLog(tmp_path / "ddp", ["loss"], 3, enabled=False).read()["loss"]
-    one_loss = LossLog(tmp_path / "single", ["loss"], 3, enabled=False).read()["loss"]
-    assert len(one_loss) == 3
-    np.testing.assert_allclose(ddp_loss, one_loss, rtol=1e-4)
-    for name in ("student", "target"):
-        a = load_file(str(tmp_path / "ddp" / "ckpt" / f"{name}.safetensors"))
-        b = load_file(str(tmp_path / "single" / "ckpt" / f"{name}.safetensors"))
-        worst = max(float((a[k] - b[k]).abs().max()) for k in a)
-        assert worst < 1e-4, (name, worst)
+    data_parallel_matches_one_process(tmp_path, lcd, args, steps=3, weights=["student", "target"], timeout=180)
