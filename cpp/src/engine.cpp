@@ -1,0 +1,217 @@
+// Engine: pixart_export/runtime (load + Pipeline) in C++. open() validates as runtime.load does
+// (manifest and registry, the backend's host check, every file's size and sha256); generate() is
+// Pipeline.__call__: tokenizer -> text_encoder -> denoiser_lcm{K} (or its _controlnet form, after
+// vae_encoder on the control image) -> vae_decoder -> x255, round half to even, uint8.
+#include <algorithm>
+#include <cmath>
+
+#include "backend.hpp"
+#include "noise.hpp"
+#include "tokenizer.hpp"
+
+namespace pixart {
+
+const std::vector<Backend>& backends() {
+    static const std::vector<Backend> all = [] {
+        std::vector<Backend> v;
+#ifdef PIXART_WITH_OPENVINO
+        v.push_back(openvino_backend());
+#endif
+#ifdef PIXART_WITH_TENSORRT
+        v.push_back(tensorrt_backend());
+#endif
+        return v;
+    }();
+    return all;
+}
+
+std::vector<std::string> compiled_backends() {
+    std::vector<std::string> names;
+    for (const auto& b : backends()) names.push_back(b.name);
+    return names;
+}
+
+struct Engine::Impl {
+    std::string folder;
+    Manifest manifest;
+    std::unique_ptr<GraphRunner> runner;
+    std::unique_ptr<ByT5Tokenizer> tokenizer;
+
+    std::vector<Tensor> run(const std::string& graph, const std::vector<std::pair<std::string, const Tensor*>>& feeds,
+                            int height, int width) {
+        const GraphRecord& rec = manifest.record(graph, height, width);
+        Feeds picked;
+        for (const auto& input : rec.inputs) {
+            const Tensor* t = nullptr;
+            for (const auto& [name, value] : feeds)
+                if (name == input.name) t = value;
+            if (!t)
+                throw Error(Error::kUser, rec.file + " needs input '" + input.name +
+                                              "', which this runtime does not make; rebuild the engine with this version");
+            picked.emplace_back(input.name, t);
+        }
+        return runner->run(rec, picked);
+    }
+};
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Engine::~Engine() = default;
+
+std::unique_ptr<Engine> Engine::open(const std::string& folder, const LoadOptions& options) {
+    auto impl = std::make_unique<Impl>();
+    impl->folder = folder;
+    impl->manifest = read_manifest(folder);
+    const Manifest& m = impl->manifest;
+    check_registry(m, folder);
+    const Backend* backend = nullptr;
+    for (const auto& b : backends())
+        if (b.name == m.backend_name) backend = &b;
+    if (!backend) {
+        std::string have;
+        for (const auto& b : backends()) have += (have.empty() ? "" : ", ") + b.name;
+        throw Error(Error::kUser, folder + ": a " + m.target + " engine runs on " + m.backend_name +
+                                      ", which this C++ runtime was built without (it has: " +
+                                      (have.empty() ? std::string("none") : have) +
+                                      "); run it with the Python runtime (`pixart-export run`) or rebuild cpp/ with that backend");
+    }
+    backend->check_host(folder, m);
+    check_files(folder, m, options.verify_hashes);
+    if (m.tokenizer_kind != "byt5")
+        throw Error(Error::kUser, folder + ": tokenizer kind '" + m.tokenizer_kind +
+                                      "' is not supported by the C++ runtime (it reads byt5); use the Python runtime");
+    impl->tokenizer = std::make_unique<ByT5Tokenizer>(ByT5Tokenizer::from_folder(folder + "/" + m.tokenizer_dir, m.max_length));
+    impl->runner = backend->runner(folder, m, options);
+    return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+}
+
+const std::string& Engine::target() const { return impl_->manifest.target; }
+const std::string& Engine::backend() const { return impl_->manifest.backend_name; }
+std::vector<std::pair<int, int>> Engine::resolutions() const { return impl_->manifest.resolutions; }
+bool Engine::has_controlnet() const { return impl_->manifest.controlnet; }
+
+std::pair<std::vector<std::int64_t>, std::vector<std::int64_t>> Engine::tokenize(const std::string& prompt) const {
+    return (*impl_->tokenizer)({prompt});
+}
+
+namespace {
+
+bool blank(const std::string& s) {  // Python's `not p.strip()` for UTF-8 text
+    std::size_t i = 0;
+    while (i < s.size()) {
+        const unsigned char c = static_cast<unsigned char>(s[i]);
+        if (c == ' ' || (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x1f)) {
+            ++i;
+            continue;
+        }
+        static const char* const spaces[] = {"\xc2\x85", "\xc2\xa0", "\xe1\x9a\x80", "\xe2\x80\xa8", "\xe2\x80\xa9",
+                                             "\xe2\x80\xaf", "\xe2\x81\x9f", "\xe3\x80\x80"};
+        bool found = false;
+        for (const char* sp : spaces)
+            if (s.compare(i, std::char_traits<char>::length(sp), sp) == 0) {
+                i += std::char_traits<char>::length(sp);
+                found = true;
+                break;
+            }
+        // U+2000..U+200A
+        if (!found && i + 2 < s.size() && c == 0xe2 && static_cast<unsigned char>(s[i + 1]) == 0x80 &&
+            static_cast<unsigned char>(s[i + 2]) >= 0x80 && static_cast<unsigned char>(s[i + 2]) <= 0x8a) {
+            i += 3;
+            found = true;
+        }
+        if (!found) return false;
+    }
+    return true;
+}
+
+}  // namespace
+
+std::vector<Image> Engine::generate(const std::string& prompt, std::uint64_t seed, const GenerateOptions& options) {
+    const Manifest& m = impl_->manifest;
+    if (options.num_images < 1) throw Error(Error::kUser, "no prompt given (num_images < 1)");
+    if (blank(prompt)) throw Error(Error::kUser, "empty prompt: give the text to draw");
+    int height = options.height, width = options.width;
+    if (height == 0 && width == 0) {
+        height = m.resolutions.at(0).first;
+        width = m.resolutions.at(0).second;
+    } else if (std::find(m.resolutions.begin(), m.resolutions.end(), std::make_pair(height, width)) == m.resolutions.end()) {
+        std::string buckets;
+        for (const auto& [h, w] : m.resolutions) buckets += (buckets.empty() ? "" : ", ") + std::to_string(h) + "x" + std::to_string(w);
+        throw Error(Error::kUser, "resolution " + std::to_string(height) + "x" + std::to_string(width) +
+                                      " is not in this engine (built for " + buckets + "); rebuild with --resolution");
+    }
+    const std::int64_t B = options.num_images, C = m.latent_channels, f = m.vae_scale_factor;
+    const std::int64_t h = height / f, w = width / f, L = m.max_length;
+    const std::int64_t per = B * C * h * w;
+
+    std::vector<std::string> prompts(static_cast<std::size_t>(B), prompt);
+    auto [ids, mask] = (*impl_->tokenizer)(prompts);
+    const Tensor input_ids = Tensor::i64({B, L}, std::move(ids));
+    const Tensor attention_mask = Tensor::i64({B, L}, std::move(mask));
+    const Tensor embeds = std::move(
+        impl_->run("text_encoder", {{"input_ids", &input_ids}, {"attention_mask", &attention_mask}}, height, width).at(0));
+
+    const std::int64_t K = std::max(m.steps, 1);
+    std::vector<float> noise = standard_normal(seed, static_cast<std::size_t>(K * per));
+    const Tensor latents = Tensor::f32({B, C, h, w}, std::vector<float>(noise.begin(), noise.begin() + per));
+    const Tensor step_noise = Tensor::f32({K - 1, B, C, h, w}, std::vector<float>(noise.begin() + per, noise.end()));
+    std::vector<float> res, aspect;
+    for (std::int64_t b = 0; b < B; ++b) {
+        res.push_back(static_cast<float>(height));
+        res.push_back(static_cast<float>(width));
+        aspect.push_back(static_cast<float>(static_cast<double>(height) / width));
+    }
+    const Tensor resolution = Tensor::f32({B, 2}, res), aspect_ratio = Tensor::f32({B, 1}, aspect);
+    std::vector<std::pair<std::string, const Tensor*>> feeds{
+        {"latents", &latents},           {"step_noise", &step_noise},     {"prompt_embeds", &embeds},
+        {"prompt_attention_mask", &attention_mask}, {"resolution", &resolution}, {"aspect_ratio", &aspect_ratio}};
+
+    std::string graph = "denoiser_lcm" + std::to_string(m.steps);
+    Tensor control_latents, scale;
+    if (options.control_image) {
+        const Image& img = *options.control_image;
+        if (!m.controlnet) throw Error(Error::kUser, "this engine has no ControlNet; rebuild with --controlnet to use a control image");
+        if (img.width != width || img.height != height || img.rgb.size() != static_cast<std::size_t>(width) * height * 3)
+            throw Error(Error::kUser, "control image is " + std::to_string(img.width) + "x" + std::to_string(img.height) +
+                                          "; the C++ runtime takes it at the output size " + std::to_string(width) + "x" +
+                                          std::to_string(height) + " (resize it first)");
+        std::vector<float> chw(static_cast<std::size_t>(3) * height * width);
+        for (int c = 0; c < 3; ++c)
+            for (int y = 0; y < height; ++y)
+                for (int x = 0; x < width; ++x)
+                    chw[(static_cast<std::size_t>(c) * height + y) * width + x] =
+                        static_cast<float>(img.rgb[(static_cast<std::size_t>(y) * width + x) * 3 + c]) / 255.0f;
+        const Tensor image = Tensor::f32({1, 3, height, width}, std::move(chw));
+        const Tensor control = std::move(impl_->run("vae_encoder", {{"image", &image}}, height, width).at(0));
+        std::vector<float> tiled;
+        for (std::int64_t b = 0; b < B; ++b) tiled.insert(tiled.end(), control.f.begin(), control.f.end());
+        std::vector<std::int64_t> shape = control.shape;
+        shape[0] = B;
+        control_latents = Tensor::f32(shape, std::move(tiled));
+        scale = Tensor::f32({1}, {options.conditioning_scale});
+        feeds.emplace_back("control_latents", &control_latents);
+        feeds.emplace_back("conditioning_scale", &scale);
+        graph += "_controlnet";
+    }
+    const Tensor denoised = std::move(impl_->run(graph, feeds, height, width).at(0));
+    const Tensor images = std::move(impl_->run("vae_decoder", {{"denoised", &denoised}}, height, width).at(0));
+
+    // [B,3,H,W] in [0,1] -> HWC uint8: x * 255 in float32, round half to even, clip (runtime.pipeline.to_pil)
+    const std::int64_t H = images.shape.at(2), W = images.shape.at(3);
+    std::vector<Image> out;
+    for (std::int64_t b = 0; b < B; ++b) {
+        Image img;
+        img.width = static_cast<int>(W);
+        img.height = static_cast<int>(H);
+        img.rgb.resize(static_cast<std::size_t>(H * W * 3));
+        for (std::int64_t c = 0; c < 3; ++c)
+            for (std::int64_t p = 0; p < H * W; ++p) {
+                float v = std::nearbyint(images.f[static_cast<std::size_t>(((b * 3 + c) * H * W) + p)] * 255.0f);
+                v = v < 0.0f ? 0.0f : v > 255.0f ? 255.0f : v;
+                img.rgb[static_cast<std::size_t>(p * 3 + c)] = static_cast<std::uint8_t>(v);
+            }
+        out.push_back(std::move(img));
+    }
+    return out;
+}
+
+}  // namespace pixart

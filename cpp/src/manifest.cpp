@@ -1,0 +1,562 @@
+#include "manifest.hpp"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "sha256.hpp"
+
+namespace fs = std::filesystem;
+
+namespace pixart {
+namespace {
+
+using json::Value;
+
+// -- the schema: pixart_export/manifest.py's dataclasses, one line per field -------------------------------
+// type grammar: str | int | float | bool | dict | none | Precision | <Class> | list[T] | tuple[T,U] |
+// map[T] (an object of T) | T|U (tried in order, as typing.Union)
+struct Field {
+    const char* cls;
+    const char* name;
+    const char* type;
+    bool required;
+};
+
+const Field kSchema[] = {
+    {"TensorRecord", "name", "str", true},
+    {"TensorRecord", "dtype", "str", true},
+    {"TensorRecord", "shape", "list[int|str]", true},
+    {"GraphRecord", "graph", "str", true},
+    {"GraphRecord", "file", "str", true},
+    {"GraphRecord", "files", "list[str]", true},
+    {"GraphRecord", "precision", "Precision", true},
+    {"GraphRecord", "height", "int|none", true},
+    {"GraphRecord", "width", "int|none", true},
+    {"GraphRecord", "inputs", "list[TensorRecord]", true},
+    {"GraphRecord", "outputs", "list[TensorRecord]", true},
+    {"GraphRecord", "bytes", "int", false},
+    {"GraphRecord", "runtime", "dict", false},
+    {"GraphRecord", "details", "dict", false},
+    {"BackendInfo", "name", "str", true},
+    {"BackendInfo", "version", "str|none", true},
+    {"BackendInfo", "requires", "tuple[str|none,str|none]", false},
+    {"Device", "kind", "str", true},
+    {"Device", "arch", "str", true},
+    {"Device", "sm", "int|none", false},
+    {"Device", "name", "str|none", false},
+    {"Device", "driver", "str|none", false},
+    {"Device", "isa", "list[str]", false},
+    {"Device", "note", "str", false},
+    {"ModelRecord", "spec", "str", true},
+    {"ModelRecord", "controlnet_spec", "str|none", true},
+    {"ModelRecord", "layout", "str", true},
+    {"ModelRecord", "controlnet", "bool", true},
+    {"ModelRecord", "config_hash", "str", true},
+    {"ModelRecord", "weights_hash", "str", true},
+    {"ModelRecord", "identity", "str", true},
+    {"ModelRecord", "configs", "dict", false},
+    {"LcmRecord", "spacing", "str", true},
+    {"LcmRecord", "num_train_timesteps", "int", true},
+    {"LcmRecord", "timesteps", "list[int]", true},
+    {"LcmRecord", "c_skip", "list[float]", true},
+    {"LcmRecord", "c_out", "list[float]", true},
+    {"LcmRecord", "alphas_cumprod", "list[float]", true},
+    {"TokenizerRecord", "kind", "str", true},
+    {"TokenizerRecord", "dir", "str", true},
+    {"TokenizerRecord", "max_length", "int", true},
+    {"TokenizerRecord", "pad_id", "int", true},
+    {"TokenizerRecord", "tokenizer_class", "str", true},
+    {"Parity", "ok", "bool", true},
+    {"Parity", "graphs", "list[dict]", true},
+    {"Parity", "end_to_end", "list[dict]", true},
+    {"Parity", "quality", "dict|none", false},
+    {"Parity", "measured_with", "dict", false},
+    {"Parity", "note", "str", false},
+    {"FileEntry", "sha256", "str", true},
+    {"FileEntry", "bytes", "int", true},
+    {"Manifest", "schema_version", "int", true},
+    {"Manifest", "toolchain", "dict", true},
+    {"Manifest", "target", "str", true},
+    {"Manifest", "backend", "BackendInfo", true},
+    {"Manifest", "device", "Device", true},
+    {"Manifest", "model", "ModelRecord", true},
+    {"Manifest", "build_key", "str", true},
+    {"Manifest", "status", "str", true},
+    {"Manifest", "steps", "int", true},
+    {"Manifest", "lcm", "LcmRecord", true},
+    {"Manifest", "resolutions", "list[tuple[int,int]]", true},
+    {"Manifest", "latent_channels", "int", true},
+    {"Manifest", "vae_scale_factor", "int", true},
+    {"Manifest", "tokenizer", "TokenizerRecord", true},
+    {"Manifest", "graphs", "list[GraphRecord]", true},
+    {"Manifest", "default_precision", "Precision", true},
+    {"Manifest", "parity", "Parity|none", true},
+    {"Manifest", "files", "map[FileEntry]", true},
+    {"Manifest", "engines", "list[GraphRecord]", false},
+    {"Manifest", "quantisation", "dict|none", false},
+    {"Manifest", "build", "dict", false},
+};
+
+const char* const kPrecisions[] = {"fp32", "fp16", "bf16", "int8", "int8-weights", "fp8"};
+
+// targets.py's registry: target -> backend, statuses that backend writes (tests hold it equal)
+struct TargetRow {
+    const char* target;
+    const char* backend;
+    const char* statuses;
+};
+const TargetRow kTargets[] = {
+    {"ort-cpu", "onnxruntime", "ready"},     {"ort-cuda", "onnxruntime", "ready"},
+    {"ov-cpu", "openvino", "ready"},         {"ov-cpu-int8", "openvino", "ready"},
+    {"trt-t4", "tensorrt", "bundle,compiled"}, {"trt-v100", "tensorrt", "bundle,compiled"},
+    {"trt-a100", "tensorrt", "bundle,compiled"}, {"trt-h100", "tensorrt", "bundle,compiled"},
+};
+
+struct Invalid {
+    std::string message;
+};
+
+std::string kind_name(const Value& v) {
+    switch (v.kind) {
+        case Value::Kind::Null: return "NoneType";
+        case Value::Kind::Bool: return "bool";
+        case Value::Kind::Int: return "int";
+        case Value::Kind::Float: return "float";
+        case Value::Kind::String: return "str";
+        case Value::Kind::Array: return "list";
+        case Value::Kind::Object: return "dict";
+    }
+    return "?";
+}
+
+// split "a|b" / "a,b" at top level (outside brackets)
+std::vector<std::string> split_top(const std::string& s, char sep) {
+    std::vector<std::string> out;
+    int depth = 0;
+    std::string cur;
+    for (char c : s) {
+        if (c == '[') ++depth;
+        if (c == ']') --depth;
+        if (c == sep && depth == 0) {
+            out.push_back(cur);
+            cur.clear();
+        } else {
+            cur += c;
+        }
+    }
+    out.push_back(cur);
+    return out;
+}
+
+bool starts(const std::string& s, const char* p) { return s.rfind(p, 0) == 0; }
+std::string inner(const std::string& s, std::size_t prefix) { return s.substr(prefix, s.size() - prefix - 1); }
+
+std::string sub_where(const std::string& where, const std::string& name) {
+    return where.empty() ? name : where + "." + name;
+}
+
+void check(const std::string& type, const Value& v, const std::string& where);
+
+void check_class(const std::string& cls, const Value& v, const std::string& where) {
+    if (!v.is_object()) throw Invalid{where + ": expected an object, got " + kind_name(v)};
+    std::set<std::string> names;
+    for (const Field& f : kSchema)
+        if (cls == f.cls) names.insert(f.name);
+    std::vector<std::string> unknown;
+    for (const auto& m : v.members)
+        if (!names.count(m.first)) unknown.push_back(m.first);
+    if (!unknown.empty()) {
+        std::sort(unknown.begin(), unknown.end());
+        std::string list;
+        for (const auto& u : unknown) list += (list.empty() ? "" : ", ") + u;
+        throw Invalid{where + ": unknown field(s) " + list};
+    }
+    for (const Field& f : kSchema) {
+        if (cls != f.cls) continue;
+        const std::string sub = sub_where(where, f.name);
+        if (const Value* item = v.find(f.name)) {
+            check(f.type, *item, sub);
+        } else if (f.required) {
+            throw Invalid{sub + ": missing"};
+        }
+    }
+}
+
+void check(const std::string& type, const Value& v, const std::string& where) {
+    const auto options = split_top(type, '|');
+    if (options.size() > 1) {
+        bool has_none = std::find(options.begin(), options.end(), "none") != options.end();
+        if (v.is_null() && has_none) return;
+        std::vector<std::string> errors;
+        std::string names;
+        for (const auto& o : options) {
+            names += (names.empty() ? "" : " or ") + (o == "none" ? std::string("NoneType") : o);
+            if (o == "none") continue;
+            try {
+                check(o, v, where);
+                return;
+            } catch (const Invalid& e) {
+                errors.push_back(e.message);
+            }
+        }
+        if (errors.size() == 1) throw Invalid{errors[0]};
+        throw Invalid{where + ": " + json::repr(v) + " is not " + names};
+    }
+    if (starts(type, "list[")) {
+        if (!v.is_array()) throw Invalid{where + ": expected a list, got " + kind_name(v)};
+        const std::string t = inner(type, 5);
+        for (std::size_t i = 0; i < v.items.size(); ++i) check(t, v.items[i], where + "[" + std::to_string(i) + "]");
+        return;
+    }
+    if (starts(type, "tuple[")) {
+        if (!v.is_array()) throw Invalid{where + ": expected a list, got " + kind_name(v)};
+        const auto parts = split_top(inner(type, 6), ',');
+        if (v.items.size() != parts.size())
+            throw Invalid{where + ": expected " + std::to_string(parts.size()) + " items, got " +
+                          std::to_string(v.items.size())};
+        for (std::size_t i = 0; i < parts.size(); ++i) check(parts[i], v.items[i], where + "[" + std::to_string(i) + "]");
+        return;
+    }
+    if (starts(type, "map[")) {
+        if (!v.is_object()) throw Invalid{where + ": expected an object, got " + kind_name(v)};
+        const std::string t = inner(type, 4);
+        for (const auto& m : v.members) check(t, m.second, where + "." + m.first);
+        return;
+    }
+    if (type == "Precision") {
+        if (v.is_string())
+            for (const char* p : kPrecisions)
+                if (v.s == p) return;
+        std::string all;
+        for (const char* p : kPrecisions) all += (all.empty() ? "" : ", ") + std::string(p);
+        throw Invalid{where + ": " + json::repr(v) + " is not one of " + all};
+    }
+    if (type == "dict") {
+        if (!v.is_object()) throw Invalid{where + ": expected an object, got " + kind_name(v)};
+        return;
+    }
+    if (type == "float") {
+        if (!v.is_number()) throw Invalid{where + ": expected a number, got " + json::repr(v)};
+        return;
+    }
+    if (type == "int" || type == "str" || type == "bool") {
+        const bool ok = (type == "int" && v.kind == Value::Kind::Int) || (type == "str" && v.is_string()) ||
+                        (type == "bool" && v.kind == Value::Kind::Bool);
+        if (!ok) throw Invalid{where + ": expected " + type + ", got " + json::repr(v)};
+        return;
+    }
+    check_class(type, v, where);
+}
+
+[[noreturn]] void engine_error(const std::string& message) { throw Error(Error::kUser, message); }
+
+std::optional<int> opt_int(const Value* v) {
+    if (!v || v->is_null()) return std::nullopt;
+    return static_cast<int>(v->i);
+}
+
+std::optional<std::string> opt_str(const Value* v) {
+    if (!v || v->is_null()) return std::nullopt;
+    return v->s;
+}
+
+TensorRecord tensor_from(const Value& v) {
+    TensorRecord t{v.at("name").s, v.at("dtype").s, {}};
+    for (const auto& d : v.at("shape").items) t.shape.push_back(d.is_int() ? d.i : -1);
+    return t;
+}
+
+GraphRecord graph_from(const Value& v) {
+    GraphRecord g;
+    g.graph = v.at("graph").s;
+    g.file = v.at("file").s;
+    for (const auto& f : v.at("files").items) g.files.push_back(f.s);
+    g.precision = v.at("precision").s;
+    g.height = opt_int(v.find("height"));
+    g.width = opt_int(v.find("width"));
+    for (const auto& t : v.at("inputs").items) g.inputs.push_back(tensor_from(t));
+    for (const auto& t : v.at("outputs").items) g.outputs.push_back(tensor_from(t));
+    if (const Value* rt = v.find("runtime"))
+        if (const Value* config = rt->find("config"); config && config->is_object())
+            for (const auto& m : config->members) {
+                const Value& x = m.second;
+                std::string s = x.is_string() ? x.s : x.is_int() ? std::to_string(x.i) : json::repr(x);
+                g.config.emplace_back(m.first, s);
+            }
+    return g;
+}
+
+}  // namespace
+
+std::string schema_table() {
+    std::string out;
+    for (const Field& f : kSchema)
+        out += std::string(f.cls) + " " + f.name + " " + f.type + " " + (f.required ? "required" : "optional") + "\n";
+    return out;
+}
+
+bool safe_rel(const std::string& rel) {
+    // PurePosixPath semantics: not empty, not absolute, no "..", no backslash, already normal
+    // (no "//", no "./" parts, no trailing "/"): rel == PurePosixPath(rel).as_posix()
+    if (rel.empty() || rel[0] == '/' || rel.find('\\') != std::string::npos) return false;
+    std::stringstream ss(rel);
+    std::string part;
+    std::vector<std::string> parts;
+    while (std::getline(ss, part, '/')) parts.push_back(part);
+    if (rel.back() == '/') return false;
+    for (const auto& p : parts) {
+        if (p.empty() || p == "..") return false;
+        if (p == "." && rel != ".") return false;
+    }
+    return rel != ".";  // "." is not a file path (Python: as_posix() == "." but no file is named so)
+}
+
+Manifest manifest_from_json(const Value& data, const std::string& source) {
+    if (!data.is_object()) engine_error(source + ": not a JSON object; rebuild the engine");
+    const Value* version = data.find("schema_version");
+    if (!version || !version->is_int() || version->i != 2)
+        engine_error(source + ": schema version " + (version ? json::repr(*version) : std::string("None")) +
+                     ", this pixart-export reads 2; rebuild the engine with this version");
+    try {
+        check_class("Manifest", data, "");
+    } catch (const Invalid& e) {
+        engine_error(source + ": " + e.message + "; rebuild the engine");
+    }
+    Manifest m;
+    m.target = data.at("target").s;
+    m.status = data.at("status").s;
+    m.default_precision = data.at("default_precision").s;
+    const Value& backend = data.at("backend");
+    m.backend_name = backend.at("name").s;
+    m.backend_version = opt_str(backend.find("version"));
+    if (const Value* req = backend.find("requires")) {
+        m.requires_lo = opt_str(&req->items[0]);
+        m.requires_hi = opt_str(&req->items[1]);
+    }
+    const Value& device = data.at("device");
+    m.device_kind = device.at("kind").s;
+    m.device_arch = device.at("arch").s;
+    m.device_sm = opt_int(device.find("sm"));
+    m.controlnet = data.at("model").at("controlnet").b;
+    m.steps = static_cast<int>(data.at("steps").i);
+    m.latent_channels = static_cast<int>(data.at("latent_channels").i);
+    m.vae_scale_factor = static_cast<int>(data.at("vae_scale_factor").i);
+    for (const auto& r : data.at("resolutions").items)
+        m.resolutions.emplace_back(static_cast<int>(r.items[0].i), static_cast<int>(r.items[1].i));
+    const Value& tok = data.at("tokenizer");
+    m.tokenizer_kind = tok.at("kind").s;
+    m.tokenizer_dir = tok.at("dir").s;
+    m.max_length = static_cast<int>(tok.at("max_length").i);
+    m.pad_id = static_cast<int>(tok.at("pad_id").i);
+    for (const auto& g : data.at("graphs").items) m.graphs.push_back(graph_from(g));
+    if (const Value* e = data.find("engines"))
+        for (const auto& g : e->items) m.engines.push_back(graph_from(g));
+    for (const auto& f : data.at("files").members)
+        m.files[f.first] = FileEntry{f.second.at("sha256").s, f.second.at("bytes").i};
+    const Value& parity = data.at("parity");
+    if (!parity.is_null()) {
+        m.has_parity = true;
+        if (const Value* measured = parity.find("measured_with")) {
+            const Value* t = measured->find("target");
+            const Value* b = measured->find("backend");
+            if (t && t->is_string()) m.verified_target = t->s;
+            if (b && b->is_string()) m.verified_backend = b->s;
+        }
+    }
+
+    // _check_consistent: every path inside the folder and listed
+    for (const auto& f : data.at("files").members)
+        if (!safe_rel(f.first))
+            engine_error(source + ": file '" + f.first + "' is not a plain relative path inside the folder");
+    for (const auto* kind : {"graphs", "engines"}) {
+        const auto& records = std::string(kind) == "graphs" ? m.graphs : m.engines;
+        for (std::size_t i = 0; i < records.size(); ++i) {
+            std::vector<std::string> paths{records[i].file};
+            paths.insert(paths.end(), records[i].files.begin(), records[i].files.end());
+            for (const auto& rel : paths) {
+                const std::string at = source + ": " + kind + "[" + std::to_string(i) + "] names '" + rel + "', which ";
+                if (!safe_rel(rel)) engine_error(at + "is not a plain relative path inside the folder");
+                if (!m.files.count(rel)) engine_error(at + "is not listed (with its sha256) in files; rebuild the engine");
+            }
+        }
+    }
+    if (m.steps < 1 || m.steps > 8)
+        engine_error(source + ": steps " + std::to_string(m.steps) + " is not 1 to 8; rebuild the engine");
+    for (const auto& [h, w] : m.resolutions)
+        if (h <= 0 || w <= 0 || m.vae_scale_factor <= 0 || h % m.vae_scale_factor || w % m.vae_scale_factor)
+            engine_error(source + ": resolutions holds " + std::to_string(h) + "x" + std::to_string(w) +
+                         ", not a bucket of this model; rebuild the engine");
+    if (m.latent_channels <= 0 || m.max_length < 2)
+        engine_error(source + ": latent_channels / tokenizer.max_length out of range; rebuild the engine");
+    if (m.tokenizer_kind != "byt5" && m.tokenizer_kind != "tokenizers")
+        engine_error(source + ": unknown tokenizer kind '" + m.tokenizer_kind +
+                     "' (this version reads byt5, tokenizers); rebuild the engine with this version");
+    std::string dir = m.tokenizer_dir;
+    while (!dir.empty() && dir.back() == '/') dir.pop_back();
+    bool listed = false;
+    for (const auto& f : m.files)
+        if (f.first.rfind(dir + "/", 0) == 0) listed = true;
+    if (!safe_rel(m.tokenizer_dir) || !listed)
+        engine_error(source + ": tokenizer folder '" + m.tokenizer_dir +
+                     "' is not inside the folder with its files listed; rebuild the engine");
+    return m;
+}
+
+Manifest read_manifest(const std::string& folder) {
+    const std::string path = (fs::path(folder) / "manifest.json").string();
+    if (!fs::is_directory(folder))
+        engine_error(folder + ": no such engine folder (build one with `pixart-export build`)");
+    std::ifstream in(path, std::ios::binary);
+    if (!in)
+        engine_error(path + ": missing; this is not an engine folder (build one with `pixart-export build`)");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    json::Value data;
+    try {
+        data = json::parse(ss.str());
+    } catch (const json::ParseError& e) {
+        engine_error(path + ": not readable JSON (" + e.what() + "); rebuild the engine");
+    }
+    return manifest_from_json(data, path);
+}
+
+void check_registry(const Manifest& m, const std::string& folder) {
+    const std::string source = folder + "/manifest.json";
+    const TargetRow* row = nullptr;
+    std::string known;
+    for (const auto& t : kTargets) {
+        known += (known.empty() ? "" : ", ") + std::string(t.target);
+        if (m.target == t.target) row = &t;
+    }
+    if (!row)
+        engine_error(source + ": target '" + m.target + "' is unknown to this pixart-export (known: " + known +
+                     "); rebuild the engine");
+    if (m.backend_name != row->backend)
+        engine_error(source + ": target " + m.target + " runs on " + row->backend + ", but the manifest says backend '" +
+                     m.backend_name + "'; the folder was edited or is corrupt: rebuild it");
+    if (m.has_parity && (m.verified_target.value_or("None") != m.target || m.verified_backend.value_or("None") != m.backend_name))
+        engine_error(source + ": says target " + m.target + " on " + m.backend_name + ", but its parity was verified for " +
+                     m.verified_target.value_or("None") + " on " + m.verified_backend.value_or("None") +
+                     "; the folder was edited: rebuild it");
+    const auto statuses = split_top(row->statuses, ',');
+    if (std::find(statuses.begin(), statuses.end(), m.status) == statuses.end()) {
+        std::string list;
+        for (const auto& s : statuses) list += (list.empty() ? "" : ", ") + s;
+        engine_error(source + ": status '" + m.status + "' is not one of " + list + " for " + m.target +
+                     "; rebuild the engine");
+    }
+}
+
+namespace {
+
+bool hidden(const fs::path& rel) {
+    for (const auto& part : rel)
+        if (!part.empty() && part.string()[0] == '.') return true;
+    return false;
+}
+
+bool inside(const fs::path& root, const fs::path& p) {
+    auto r = root.begin();
+    auto q = p.begin();
+    for (; r != root.end(); ++r, ++q)
+        if (q == p.end() || *q != *r) return false;
+    return true;
+}
+
+}  // namespace
+
+void check_files(const std::string& folder, const Manifest& m, bool hashes) {
+    const fs::path root = fs::weakly_canonical(fs::absolute(folder));
+    for (const auto& [rel, entry] : m.files) {
+        const fs::path path = fs::path(folder) / rel;
+        const std::string shown = path.string();
+        std::error_code ec;
+        if (!fs::is_regular_file(path, ec))
+            engine_error(shown + ": missing (listed in the manifest); rebuild the engine or copy it again");
+        if (!inside(root, fs::weakly_canonical(fs::absolute(path))))
+            engine_error(shown + ": a link that leads outside the engine folder; engine files must lie inside it: "
+                                 "copy the file in or rebuild the engine");
+        const auto size = static_cast<std::int64_t>(fs::file_size(path));
+        if (size != entry.bytes)
+            engine_error(shown + ": size " + std::to_string(size) + " != " + std::to_string(entry.bytes) +
+                         " in the manifest (changed or truncated); rebuild the engine or copy it again");
+        if (hashes && sha256_file(shown) != entry.sha256)
+            engine_error(shown + ": sha256 differs from the manifest (file changed after the build); rebuild the "
+                                 "engine or copy it again");
+    }
+    std::vector<std::string> extra;
+    for (auto it = fs::recursive_directory_iterator(folder); it != fs::recursive_directory_iterator(); ++it) {
+        const fs::path rel = fs::relative(it->path(), folder);
+        std::error_code ec;
+        if (!fs::is_regular_file(it->path(), ec) || hidden(rel)) continue;
+        const std::string r = rel.generic_string();
+        if (r != "manifest.json" && !m.files.count(r)) extra.push_back(r);
+    }
+    if (!extra.empty()) {
+        std::sort(extra.begin(), extra.end());
+        std::string list;
+        for (std::size_t i = 0; i < extra.size() && i < 5; ++i) list += (i ? ", " : "") + extra[i];
+        engine_error(folder + ": files not in the manifest: " + list + "; remove them or rebuild");
+    }
+}
+
+std::vector<int> version_tuple(const std::string& v) {
+    std::vector<int> out;
+    const std::string head = v.substr(0, v.find('+'));
+    std::stringstream ss(head);
+    std::string part;
+    while (std::getline(ss, part, '.')) {
+        std::string digits;
+        for (char c : part)
+            if (c >= '0' && c <= '9') digits += c;
+        out.push_back(digits.empty() ? 0 : std::stoi(digits.substr(0, 9)));
+    }
+    if (head.empty() || head.back() == '.') out.push_back(0);
+    return out;
+}
+
+void check_backend_version(const Manifest& m, const std::string& installed) {
+    const auto have = version_tuple(installed);
+    if (m.backend_version && have < version_tuple(*m.backend_version))
+        engine_error("engine was built and verified with " + m.backend_name + " " + *m.backend_version +
+                     ", this host has " + installed + ": upgrade " + m.backend_name + " to >= " + *m.backend_version +
+                     " or rebuild the engine on this host");
+    bool bad = m.requires_lo && have < version_tuple(*m.requires_lo);
+    if (m.requires_hi) {
+        auto hi = version_tuple(*m.requires_hi);
+        std::vector<int> have2(have.begin(), have.begin() + std::min<std::size_t>(2, have.size()));
+        hi.resize(std::min<std::size_t>(2, hi.size()));
+        bad = bad || have2 > hi;
+    }
+    if (bad)
+        engine_error(m.target + " needs " + m.backend_name + " " + m.requires_lo.value_or("") + ".." +
+                     m.requires_hi.value_or("") + "; this host has " + installed);
+}
+
+const GraphRecord& Manifest::record(const std::string& graph, int height, int width) const {
+    std::vector<const GraphRecord*> matches;
+    for (const auto& r : runnable())
+        if (r.graph == graph && (!r.height || (*r.height == height && r.width && *r.width == width)))
+            matches.push_back(&r);
+    if (matches.empty()) {
+        std::string buckets;
+        for (const auto& [h, w] : resolutions) buckets += (buckets.empty() ? "" : ", ") + std::to_string(h) + "x" + std::to_string(w);
+        throw Error(Error::kUser, "engine has no " + graph + " graph for " + std::to_string(height) + "x" +
+                                      std::to_string(width) + "; it was built for " + buckets);
+    }
+    if (matches.size() == 1) return *matches[0];
+    // manifest.FALLBACK
+    std::vector<std::string> order{default_precision};
+    if (default_precision == "int8" || default_precision == "fp8") order = {default_precision, "fp16", "fp32"};
+    if (default_precision == "fp16") order = {"fp16", "fp32"};
+    if (default_precision == "bf16") order = {"bf16", "fp32"};
+    for (const auto& p : order)
+        for (const auto* r : matches)
+            if (r->precision == p) return *r;
+    return *matches[0];
+}
+
+}  // namespace pixart

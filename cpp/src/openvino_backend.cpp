@@ -1,0 +1,126 @@
+// OpenVINO on the CPU (targets ov-cpu, ov-cpu-int8), as pixart_export/backends/openvino/runner.py runs
+// them: each graph compiled on "CPU" with the properties its record carries (runtime.config; bf16 falls
+// back to f32 on CPUs without native bf16), plus the thread count; compiled for the concrete input
+// shapes of the call (Model::reshape, then compile; one compiled model per (file, shapes), kept).
+#include <openvino/openvino.hpp>
+
+#include <algorithm>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "backend.hpp"
+
+namespace pixart {
+namespace {
+
+std::set<std::string> cpu_flags() {
+    std::ifstream in("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(in, line))
+        if (line.rfind("flags", 0) == 0) {
+            std::set<std::string> flags;
+            std::stringstream ss(line.substr(line.find(':') + 1));
+            std::string f;
+            while (ss >> f) flags.insert(f);
+            return flags;
+        }
+    return {};
+}
+
+std::string installed_version() {
+    const std::string build = ov::get_openvino_version().buildNumber;  // "2026.4.1-22982-..."
+    return build.substr(0, build.find('-'));
+}
+
+class OvRunner : public GraphRunner {
+  public:
+    OvRunner(std::string folder, int threads) : folder_(std::move(folder)), threads_(threads) {
+        const auto flags = cpu_flags();
+        bf16_ = flags.count("avx512_bf16") || flags.count("amx_bf16");
+    }
+
+    std::vector<Tensor> run(const GraphRecord& record, const Feeds& feeds) override {
+        ov::CompiledModel& model = compiled(record, feeds);
+        ov::InferRequest request = model.create_infer_request();
+        for (const auto& [name, t] : feeds) {
+            const ov::Shape shape(t->shape.begin(), t->shape.end());
+            ov::Tensor in = t->type == Tensor::Type::F32
+                                ? ov::Tensor(ov::element::f32, shape, const_cast<float*>(t->f.data()))
+                                : ov::Tensor(ov::element::i64, shape, const_cast<std::int64_t*>(t->i.data()));
+            request.set_tensor(name, in);
+        }
+        request.infer();
+        std::vector<Tensor> out;
+        for (std::size_t k = 0; k < model.outputs().size(); ++k) {
+            const ov::Tensor o = request.get_output_tensor(k);
+            if (o.get_element_type() != ov::element::f32)
+                throw Error(Error::kInternal, record.file + ": output " + std::to_string(k) + " is " +
+                                                  o.get_element_type().get_type_name() + ", expected f32");
+            const ov::Shape s = o.get_shape();
+            const float* p = o.data<const float>();
+            out.push_back(Tensor::f32(std::vector<std::int64_t>(s.begin(), s.end()), std::vector<float>(p, p + o.get_size())));
+        }
+        return out;
+    }
+
+  private:
+    ov::AnyMap config(const GraphRecord& record) const {
+        ov::AnyMap config;
+        std::string precision = "f32";
+        if (record.config.empty()) config["PERFORMANCE_HINT"] = std::string("LATENCY");
+        for (const auto& [k, v] : record.config) {
+            if (k == "INFERENCE_PRECISION_HINT") precision = v;
+            else config[k] = v;
+        }
+        config["INFERENCE_PRECISION_HINT"] = (precision == "bf16" && !bf16_) ? std::string("f32") : precision;
+        if (threads_ > 0) config["INFERENCE_NUM_THREADS"] = threads_;
+        return config;
+    }
+
+    ov::CompiledModel& compiled(const GraphRecord& record, const Feeds& feeds) {
+        std::vector<std::pair<std::string, const Tensor*>> sorted(feeds.begin(), feeds.end());
+        std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+        std::string key = record.file;
+        for (const auto& [name, t] : sorted) {
+            key += "|" + name;
+            for (auto d : t->shape) key += "," + std::to_string(d);
+        }
+        auto it = compiled_.find(key);
+        if (it != compiled_.end()) return it->second;
+        std::shared_ptr<ov::Model> model = core_.read_model(folder_ + "/" + record.file);
+        std::map<std::string, ov::PartialShape> shapes;
+        for (const auto& [name, t] : sorted) shapes[name] = ov::PartialShape(std::vector<ov::Dimension>(t->shape.begin(), t->shape.end()));
+        model->reshape(shapes);
+        return compiled_.emplace(key, core_.compile_model(model, "CPU", config(record))).first->second;
+    }
+
+    ov::Core core_;
+    std::string folder_;
+    int threads_;
+    bool bf16_ = false;
+    std::map<std::string, ov::CompiledModel> compiled_;
+};
+
+}  // namespace
+
+Backend openvino_backend() {
+    Backend b;
+    b.name = "openvino";
+    b.check_host = [](const std::string& folder, const Manifest& m) {
+        check_backend_version(m, installed_version());
+#if !(defined(__x86_64__) || defined(_M_X64) || defined(__i386__))
+        throw Error(Error::kUser, folder + ": engine target '" + m.target +
+                                      "' is for x86 CPUs; this host is not: use the ort-cpu target here");
+#else
+        (void)folder;
+#endif
+    };
+    b.runner = [](const std::string& folder, const Manifest&, const LoadOptions& options) -> std::unique_ptr<GraphRunner> {
+        return std::make_unique<OvRunner>(folder, options.threads);
+    };
+    return b;
+}
+
+}  // namespace pixart

@@ -1,0 +1,62 @@
+// Test helper (not installed): the library's parts one at a time, for tests/test_cpp.py.
+//   pixart_tool noise SEED COUNT OUT.f32         numpy default_rng(SEED).standard_normal(COUNT, float32)
+//   pixart_tool tokenize ENGINE_DIR PROMPTS.json  one JSON line of input_ids per prompt (a JSON list of str)
+//   pixart_tool validate ENGINE_DIR [--no-hashes] open the folder as Engine::open does; prints the target
+//   pixart_tool schema | backends                 the manifest field table; the compiled backends
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "json.hpp"
+#include "manifest.hpp"
+#include "pixart/runtime.hpp"
+#include "tokenizer.hpp"
+
+int main(int argc, char** argv) {
+    const std::string cmd = argc > 1 ? argv[1] : "";
+    try {
+        if (cmd == "noise" && argc == 5) {
+            const auto v = pixart::standard_normal(std::strtoull(argv[2], nullptr, 10), std::strtoull(argv[3], nullptr, 10));
+            std::ofstream(argv[4], std::ios::binary).write(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+            return 0;
+        }
+        if (cmd == "tokenize" && argc == 4) {
+            const auto m = pixart::read_manifest(argv[2]);
+            const auto tok = pixart::ByT5Tokenizer::from_folder(std::string(argv[2]) + "/" + m.tokenizer_dir, m.max_length);
+            std::ifstream in(argv[3], std::ios::binary);
+            std::stringstream ss;
+            ss << in.rdbuf();
+            for (const auto& p : pixart::json::parse(ss.str()).items) {
+                const auto ids = tok({p.s}).first;
+                std::string line = "[";
+                for (std::size_t k = 0; k < ids.size(); ++k) line += (k ? "," : "") + std::to_string(ids[k]);
+                std::printf("%s]\n", line.c_str());
+            }
+            return 0;
+        }
+        if (cmd == "validate" && (argc == 3 || argc == 4)) {
+            pixart::LoadOptions options;
+            options.verify_hashes = !(argc == 4 && std::string(argv[3]) == "--no-hashes");
+            auto engine = pixart::Engine::open(argv[2], options);
+            std::printf("ok %s %s\n", engine->target().c_str(), engine->backend().c_str());
+            return 0;
+        }
+        if (cmd == "schema") {
+            std::printf("%s", pixart::schema_table().c_str());
+            return 0;
+        }
+        if (cmd == "backends") {
+            for (const auto& b : pixart::compiled_backends()) std::printf("%s\n", b.c_str());
+            return 0;
+        }
+    } catch (const pixart::Error& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return e.code();
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "internal error: %s\n", e.what());
+        return 3;
+    }
+    std::fprintf(stderr, "usage: pixart_tool noise|tokenize|validate|schema|backends ...\n");
+    return 2;
+}
