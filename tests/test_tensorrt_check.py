@@ -98,6 +98,28 @@ def test_per_channel_axis_must_be_output_channels(tmp_path):
     assert any("output-channel axis 1" in p for p in report.problems), report.problems
 
 
+def test_qdq_only_on_layers_with_a_constant_weight(tmp_path):
+    """A Q/DQ pair into an activation x activation MatMul (attention) is refused; into a weight MatMul it is not."""
+    s = numpy_helper.from_array(np.float32(0.1), "s")
+    z = numpy_helper.from_array(np.int8(0), "z")
+    w = numpy_helper.from_array(np.ones((4, 4), np.int8), "w")
+
+    def qdq(src, name):
+        return [
+            helper.make_node("QuantizeLinear", [src, "s", "z"], [f"{name}_q"], name=f"{name}/q"),
+            helper.make_node("DequantizeLinear", [f"{name}_q", "s", "z"], [f"{name}_dq"], name=f"{name}/dq"),
+        ]
+
+    weight = [helper.make_node("DequantizeLinear", ["w", "s", "z"], ["wf"], name="w/dq")]
+    nodes = qdq("x", "a") + weight + [helper.make_node("MatMul", ["a_dq", "wf"], ["h"], name="/proj/MatMul")]
+    nodes += qdq("h", "b") + [helper.make_node("MatMul", ["a_dq", "b_dq"], ["y"], name="/attn1/MatMul")]
+    report = _check(model(nodes, [f32("x", "B", 4, 4)], [f32("y", "B", 4, 4)], [s, z, w]), tmp_path=tmp_path)
+    assert [p for p in report.problems if "constant weight" in p] == [
+        "/attn1/MatMul: Q/DQ on a MatMul without a constant weight (activation x activation, e.g. attention): "
+        "int8 is for weight layers only; keep it float"
+    ], report.problems
+
+
 def test_int8_graph_refused_for_v100_and_profile_limits(tmp_path):
     report = _check(_qdq(), V100, tmp_path=tmp_path)
     assert any("has no int8" in p for p in report.problems)

@@ -14,6 +14,9 @@ bundle. They need only `onnx` (no TensorRT, no GPU, no torch).
 3. Q/DQ: what TensorRT's explicit quantization accepts: int8 zero-points equal to 0, scales positive,
    finite constants, per-tensor scales on activations, per-channel scales only on constant weights
    along the output-channel axis of their consumer (MatMul [K, N]: axis 1; Conv/Gemm(transB): axis 0);
+   and what this toolchain allows: Q/DQ only in front of a MatMul/Gemm/Conv with a constant weight,
+   never on an activation x activation matmul (attention: an int8 softmax output zeroes most attention
+   probabilities at thousands of tokens, see `quantize_qdq`);
 4. shapes: only the batch axis is dynamic; latent sizes and image sizes lie within the target's
    optimisation profile (`targets.TrtProfile`), and the graph's declared inputs match the manifest.
 """
@@ -92,6 +95,16 @@ def _attr(node, name, default=None):
     return default
 
 
+def is_constant(name: str, inits, producers) -> bool:
+    """`name` is an initializer, a Constant's output, or the dequantized form of either: a weight."""
+    p = producers.get(name)
+    if name in inits or (p is not None and p.op_type == "Constant"):
+        return True
+    if p is not None and p.op_type == "DequantizeLinear":
+        return is_constant(p.input[0], inits, producers)
+    return False
+
+
 def check_ops(model, report: CheckReport, target) -> None:
     lo = target.trt.tensorrt[0]
     major = lo.split(".")[0]
@@ -123,13 +136,7 @@ def check_ops(model, report: CheckReport, target) -> None:
                 report.problems.append(f"{node.name}: Resize mode {mode}/{coord} is not supported by TensorRT")
         if node.op_type == "Conv":
             w = node.input[1]
-            p = producers.get(w)
-            const = (
-                w in inits
-                or (p is not None and p.op_type == "DequantizeLinear" and p.input[0] in inits)
-                or (p is not None and p.op_type == "Constant")
-            )
-            if not const:
+            if not is_constant(w, inits, producers):
                 report.problems.append(
                     f"{node.name}: Conv weight {w} is not a constant (TensorRT needs an "
                     "initializer, or a dequantized one)"
@@ -255,6 +262,21 @@ def check_qdq(model, report: CheckReport) -> None:
                 report.problems.append(f"{node.name}: {scale.size} scales for {w.dims[axis % len(w.dims)]} channels")
 
 
+def check_qdq_placement(model, report: CheckReport) -> None:
+    """A Q/DQ pair may feed a MatMul/Gemm/Conv only when that layer's weight (input 1) is a constant."""
+    inits = {t.name for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm", "Conv") or len(node.input) < 2:
+            continue
+        fed = [i for i in node.input[:2] if (p := producers.get(i)) is not None and p.op_type == "DequantizeLinear"]
+        if fed and not is_constant(node.input[1], inits, producers):
+            report.problems.append(
+                f"{node.name}: Q/DQ on a {node.op_type} without a constant weight (activation x activation, "
+                "e.g. attention): int8 is for weight layers only; keep it float"
+            )
+
+
 def check_shapes(model, report: CheckReport, target, record: GraphRecord | None) -> None:
     profile = target.trt.profile
     for value in model.graph.input:
@@ -290,6 +312,7 @@ def check_file(path: Path, target, record: GraphRecord | None = None) -> CheckRe
     check_ops(model, report, target)
     check_types(model, report, target)
     check_qdq(model, report)
+    check_qdq_placement(model, report)
     if report.qdq_pairs and "int8" not in target.precisions:
         report.problems.append(f"int8 Q/DQ graph, but {target.name} ({target.trt.arch}) has no int8 in this toolchain")
     check_shapes(model, report, target, record)
