@@ -34,12 +34,15 @@ class TrtSpec:
 
     `sm`: compute capability x10 (75 = sm_75). `tensorrt`: the TensorRT versions (inclusive range, None =
     open) that still build for this architecture. `prepared`: the precisions a bundle carries as graphs.
+    `cuda`: the CUDA majors with a TensorRT in that range (the `tensorrt-cu<N>` wheels; tensorrt-cu13
+    starts at 10.13, so a range ending at 10.4 is CUDA 12 only); `compile` refuses other stacks.
     """
 
     sm: int
     tensorrt: tuple[str, str | None]
     prepared: tuple[Precision, ...]
     profile: TrtProfile = TrtProfile()
+    cuda: tuple[int, ...] = (12, 13)
 
     @property
     def arch(self) -> str:
@@ -68,9 +71,19 @@ TRT_VERIFIED = "CPU (graphs); engines on GPU only"
 FP16_INT8 = (Precision.FP16, Precision.INT8)
 
 
-def _trt(name: str, sm: int, tensorrt: tuple, prepared: tuple, batch: tuple, precisions: tuple, notes: str):
-    """A TensorRT row: device sm_<sm>, the TensorRT range that still builds for it, what a bundle carries."""
-    spec = TrtSpec(sm, tensorrt, prepared, TrtProfile(batch))
+def _trt(
+    name: str,
+    sm: int,
+    tensorrt: tuple,
+    prepared: tuple,
+    batch: tuple,
+    precisions: tuple,
+    notes: str,
+    cuda: tuple = (12, 13),
+):
+    """A TensorRT row: device sm_<sm>, the TensorRT range (and CUDA majors) that still build for it, what a
+    bundle carries."""
+    spec = TrtSpec(sm, tensorrt, prepared, TrtProfile(batch), cuda)
     return Target(name, TENSORRT, spec.arch, precisions, notes, verified=TRT_VERIFIED, trt=spec)
 
 
@@ -109,17 +122,18 @@ _ROWS = [
         (Precision.FP16,),
         (1, 1, 4),
         ("fp16",),
-        "TensorRT <= 10.4 (Volta dropped in 10.5); no int8 tensor cores",
+        "TensorRT <= 10.4 on CUDA 12 (Volta dropped in 10.5); no int8 tensor cores",
+        cuda=(12,),
     ),
     _trt("trt-a100", 80, ("10.0", None), FP16_INT8, (1, 1, 8), ("fp16", "bf16", "int8"), "A100 (Ampere)"),
     _trt(
         "trt-h100",
         90,
         ("10.0", None),
-        FP16_INT8,
+        (*FP16_INT8, Precision.FP8),
         (1, 1, 8),
         ("fp16", "int8", "fp8"),
-        "fp8 needs sm >= 8.9 (not prepared yet)",
+        "fp8 needs sm >= 8.9: E4M3 Q/DQ graphs prepared beside int8",
     ),
 ]
 TARGETS: dict[str, Target] = {t.name: t for t in _ROWS}

@@ -15,6 +15,7 @@ from _onnx_graphs import linear_residual
 
 from pixart_export import manifest as M
 from pixart_export.backends.tensorrt import compile as C
+from pixart_export.backends.tensorrt import runner
 from pixart_export.errors import UserError
 from pixart_export.manifest import BackendInfo, Device, EngineError, Precision, read_manifest, write_manifest
 from pixart_export.targets import TARGETS
@@ -88,6 +89,9 @@ class FakeTrt:
     class NetworkDefinitionCreationFlag:
         STRONGLY_TYPED = 4
 
+    class BuilderFlag:
+        TF32 = 6
+
     calls: list = []
 
     class OnnxParser:
@@ -110,8 +114,13 @@ class FakeTrt:
             return object()
 
         def create_builder_config(self):
-            cfg = types.SimpleNamespace(profiles=[])
-            cfg.add_optimization_profile = cfg.profiles.append
+            cfg = types.SimpleNamespace(profiles=[], flags={FakeTrt.BuilderFlag.TF32})  # TF32 is on by default
+            cfg.clear_flag = cfg.flags.discard
+            cfg.get_flag = lambda flag: flag in cfg.flags
+            cfg.add_optimization_profile = lambda p: (
+                cfg.profiles.append(p),
+                FakeTrt.calls.append(("flags", cfg.flags)),
+            )
             cfg.create_timing_cache = lambda data: ("cache", data)
             cfg.set_timing_cache = lambda cache, ignore: FakeTrt.calls.append(("cache", cache))
             cfg.get_timing_cache = lambda: types.SimpleNamespace(serialize=lambda: b"timing")
@@ -195,6 +204,7 @@ def test_compile_with_fake_tensorrt(tmp_path, monkeypatch):
     FakeTrt.calls = []
     manifest = C.compile_bundle(folder, T4, log=lambda m: None, trt=FakeTrt, device=T4_GPU)
     assert ("network", 1 << 4) in FakeTrt.calls  # strongly typed
+    assert ("flags", set()) in FakeTrt.calls  # TF32 cleared before the build
     profile = next(c[1] for c in FakeTrt.calls if c[0] == "profile")
     assert profile["x"] == ([1, 8, 16], [1, 8, 16], [2, 8, 16])  # T4: batch 1/1/2, rest static
     assert manifest.status == "compiled" and manifest.backend.version == "10.3.0"
@@ -204,6 +214,8 @@ def test_compile_with_fake_tensorrt(tmp_path, monkeypatch):
     assert (folder / engine.file).read_bytes() == b"PLAN" and "sm75" in engine.file
     assert engine.runtime["source"] == "g.fp16.onnx" and engine.precision == Precision.FP16
     assert engine.inputs == manifest.graphs[0].inputs and engine.bytes == 4
+    assert engine.details["tf32"] is False and engine.details["strongly_typed"] is True
+    assert manifest.build["compiled_with"]["builder"] == {"strongly_typed": True, "tf32": False}
     assert (tmp_path / "cache" / "trt-timing" / f"{engine.runtime['timing_cache']}.cache").read_bytes() == b"timing"
     assert read_manifest(folder) == manifest  # written by the one writer, read back identical
     assert manifest.runnable == manifest.engines and manifest.record("transformer", 128, 128) == engine
@@ -251,8 +263,6 @@ def test_compile_refuses_other_folders(tmp_path):
 
 
 def _host(monkeypatch, version="10.3.0", device=T4_GPU):
-    from pixart_export.backends.tensorrt import runner
-
     for module in (C, runner):
         monkeypatch.setattr(
             module, "probe_tensorrt", lambda: None if version is None else types.SimpleNamespace(__version__=version)
@@ -299,3 +309,55 @@ def test_runtime_load_checks_the_host(tmp_path, monkeypatch):
     _host(monkeypatch)
     with pytest.raises(EngineError, match="without engines"):
         runtime.load(folder)
+
+
+def test_tensorrt_and_cuda_python_of_one_cuda_major():
+    """trt-v100: TensorRT <= 10.4 exists for CUDA 12 only; every target: TensorRT and cuda-python of one
+    major; the refusals name what to install."""
+    v100 = TARGETS["trt-v100"]
+    assert v100.trt.cuda == (12,) and T4.trt.cuda == (12, 13)
+    for t in TARGETS.values():
+        if t.trt is not None:  # the registry's CUDA majors follow from its TensorRT range
+            assert t.trt.cuda == runner.cuda_majors(t.trt.tensorrt), t.name
+    C.check_tensorrt_version(v100, "10.4.0.26", {"tensorrt_cuda": 12, "cuda_python": "12.9.0"})
+    with pytest.raises(UserError, match=r"pip install 'tensorrt-cu12>=10.0,<10.5' 'cuda-python>=12,<13'"):
+        C.check_tensorrt_version(v100, "10.13.3.9", {"tensorrt_cuda": 13, "cuda_python": "13.0.0"})
+    with pytest.raises(UserError, match=r"CUDA 13 is installed; this needs CUDA \(12,\)"):
+        C.check_tensorrt_version(v100, "10.4.0", {"tensorrt_cuda": 13, "cuda_python": "13.0.0"})
+    with pytest.raises(UserError, match=r"CUDA 12 with cuda-python 13.0.1 .*pixart-export\[tensorrt-cu12\]"):
+        C.check_tensorrt_version(T4, "10.8.0", {"tensorrt_cuda": 12, "cuda_python": "13.0.1"})
+    C.check_tensorrt_version(T4, "10.13.3.9", {"tensorrt_cuda": 13, "cuda_python": "13.0.1"})
+    C.check_tensorrt_version(T4, "10.8.0", {})  # nothing known about the wheels: the version decides
+    assert C.install_hint(T4) == (
+        "pip install 'pixart-export[tensorrt-cu12]' (R525+ driver) or 'pixart-export[tensorrt-cu13]' (R580+ driver)"
+    )
+
+
+def test_compile_refuses_mixed_cuda_stack(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIXART_EXPORT_CACHE", str(tmp_path / "cache"))
+    folder = _bundle(tmp_path)
+    mixed = {"tensorrt_cuda": 12, "cuda_python": "13.0.0"}
+    with pytest.raises(UserError, match="one CUDA major"):
+        C.compile_bundle(folder, T4, log=lambda m: None, trt=FakeTrt, device=T4_GPU, stack=mixed)
+    stack = {"tensorrt_cuda": 12, "cuda_python": "12.9.0"}
+    manifest = C.compile_bundle(folder, T4, log=lambda m: None, trt=FakeTrt, device=T4_GPU, stack=stack)
+    assert manifest.build["compiled_with"]["tensorrt_cuda"] == 12
+    assert manifest.build["compiled_with"]["cuda_python"] == "12.9.0"
+
+
+def test_check_host_refuses_tensorrt_outside_the_range(tmp_path, monkeypatch):
+    """A trt-v100 folder on a host whose TensorRT is 10.5+: the range and what to install, before the
+    exact-version rule."""
+    folder = _bundle(tmp_path)
+    manifest = dataclasses.replace(
+        read_manifest(folder),
+        target="trt-v100",
+        status="compiled",
+        backend=BackendInfo("tensorrt", "10.4.0", ("10.0", "10.4")),
+        engines=read_manifest(folder).graphs,
+    )
+    _host(monkeypatch, version="10.7.0")
+    from pixart_export.targets import TENSORRT
+
+    with pytest.raises(EngineError, match=r"TensorRT 10.7.0 cannot run trt-v100 .*<= 10.4; pip install 'tensorrt-cu12"):
+        TENSORRT.check_host(folder, manifest)

@@ -58,7 +58,8 @@ class TensorRT(BackendBase):
         return Device(kind="gpu", arch=target.trt.arch, sm=target.trt.sm)
 
     def check_host(self, folder: Path, manifest: Manifest) -> None:
-        """A compiled folder, engines built with this TensorRT version, for this GPU's architecture."""
+        """A compiled folder, engines built with this TensorRT version (inside the target's range), TensorRT
+        and cuda-python of one CUDA major, and this GPU's architecture."""
         folder = Path(folder)
         if manifest.device.kind != "gpu" or manifest.device.sm is None:
             raise EngineError(
@@ -70,19 +71,36 @@ class TensorRT(BackendBase):
                 f"{folder}: a TensorRT bundle without engines; run `pixart-export compile {folder}` "
                 f"on a {manifest.device.arch} host first"
             )
+        from .runner import cuda_majors, cuda_stack, cuda_stack_problem, pip_tensorrt, version_allowed
+
         installed = self.installed_version()
+        allowed = (manifest.backend.requires[0] or "0", manifest.backend.requires[1])
+        if not version_allowed(installed, allowed):
+            raise EngineError(
+                f"TensorRT {installed} cannot run {manifest.target} engines: it needs TensorRT >= {allowed[0]}"
+                + (f" and <= {allowed[1]}" if allowed[1] else "")
+                + f"; {pip_tensorrt(allowed, max(cuda_majors(allowed)))}"
+            )
+        problem = cuda_stack_problem(cuda_stack())
+        if problem:
+            raise EngineError(problem)
         if installed != manifest.backend.version:
             raise EngineError(
                 f"engines were built with TensorRT {manifest.backend.version}, this host has "
                 f"{installed}: engines are version-specific; run `pixart-export compile {folder}`"
             )
-        from .runner import probe_device
+        from .runner import no_device_reason, probe_device
 
         device = probe_device()
-        if device is None or device["sm"] != manifest.device.sm:
+        if device is None:
+            raise EngineError(
+                f"engines are for sm_{manifest.device.sm} ({manifest.device.name}); this host has no usable GPU: "
+                f"{no_device_reason()}"
+            )
+        if device["sm"] != manifest.device.sm:
             raise EngineError(
                 f"engines are for sm_{manifest.device.sm} ({manifest.device.name}); this host has "
-                f"{device and device['name']}: compile the bundle on this host"
+                f"{device['name']}: compile the bundle on this host"
             )
 
     # -- runtime -----------------------------------------------------------------------------------------------

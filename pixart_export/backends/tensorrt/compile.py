@@ -7,11 +7,17 @@ test can hand it fakes too. TensorRT is imported only here and in `runner.py`, a
 
 Engines are built *strongly typed* (`NetworkDefinitionCreationFlag.STRONGLY_TYPED`): each layer runs in
 the type its tensors have in the graph (fp16 graphs, Q/DQ int8), as TensorRT 11 requires and TensorRT
-10 allows; no FP16/INT8 builder flags, no implicit calibration. One optimisation profile per engine:
-the batch range of the target, every other axis static (each graph record's `runtime["profile"]`). A
-timing cache per graph is kept under `$PIXART_EXPORT_CACHE` (default ~/.cache/pixart-export) and keyed
-by the sha256 of what determines it: the graph file, the TensorRT version and the GPU (name and compute
-capability).
+10 allows; no FP16/INT8 builder flags, no implicit calibration. TF32 is cleared
+(`BuilderFlag.TF32`, on by default, also for strongly typed networks): the layers a graph keeps fp32
+are kept so for a measured reason (T5's feed-forward output, norms, softmax) and must compute in fp32,
+not with 10-bit mantissa inputs on A100/H100. Each engine record says so in its `details`
+(`strongly_typed`, `tf32`). TensorRT and cuda-python must be of one CUDA major, and that major one the
+target has a TensorRT for (`TrtSpec.cuda`: trt-v100's TensorRT <= 10.4 exists for CUDA 12 only).
+
+One optimisation profile per engine: the batch range of the target, every other axis static (each graph
+record's `runtime["profile"]`). A timing cache per graph is kept under `$PIXART_EXPORT_CACHE` (default
+~/.cache/pixart-export) and keyed by the sha256 of what determines it: the graph file, the TensorRT
+version and the GPU (name and compute capability).
 
 The manifest is changed only through `manifest.write_manifest` with `dataclasses.replace`: status
 "compiled", `engines` = one `GraphRecord` per plan (`runtime`: its source graph and timing-cache key),
@@ -31,33 +37,46 @@ from pathlib import Path
 from typing import Callable
 
 from ...errors import UserError
-from ...manifest import EngineError, GraphRecord, Manifest, check_files, file_table, version_tuple, write_manifest
-from .runner import probe_device, probe_tensorrt
+from ...manifest import EngineError, GraphRecord, Manifest, check_files, file_table, write_manifest
+from .runner import (
+    EXTRAS,
+    MIN_DRIVER,
+    cuda_stack,
+    cuda_stack_problem,
+    no_device_reason,
+    pip_tensorrt,
+    probe_device,
+    probe_tensorrt,
+    version_allowed,
+)
 
 Log = Callable[[str], None]
 ENGINE_DIR = "engines"
 
 
 # -- decisions, testable without TensorRT ----------------------------------------------------------
-def version_allowed(version: str, allowed: tuple[str, str | None]) -> bool:
-    """`allowed` = (min, max or None), inclusive, compared on the leading components given
-    (max "10.4" admits 10.4.0.26 but not 10.5)."""
-    lo, hi = allowed
-    v = version_tuple(version)
-    if v[: len(version_tuple(lo))] < version_tuple(lo):
-        return False
-    return hi is None or v[: len(version_tuple(hi))] <= version_tuple(hi)
+def install_hint(target) -> str:
+    """The pip command that installs a TensorRT `target` can use (with the cuda-python of its CUDA major)."""
+    if target.trt.tensorrt[1] is None:
+        options = [f"'pixart-export[{EXTRAS[m]}]' ({MIN_DRIVER[m]}+ driver)" for m in target.trt.cuda if m in EXTRAS]
+        return "pip install " + " or ".join(options)
+    return pip_tensorrt(target.trt.tensorrt, max(target.trt.cuda))
 
 
-def check_tensorrt_version(target, version: str) -> None:
+def check_tensorrt_version(target, version: str, stack: dict | None = None) -> None:
+    """`version` in the target's TensorRT range, and (`stack`: `runner.cuda_stack()`) TensorRT wheels of a
+    CUDA major the target has, with a cuda-python of the same major."""
     lo, hi = target.trt.tensorrt
     if not version_allowed(version, (lo, hi)):
         span = f">= {lo}" + (f" and <= {hi}" if hi else "")
         extra = " (TensorRT 10.5 dropped Volta)" if target.trt.sm == 70 else ""
         raise UserError(
             f"TensorRT {version} cannot build {target.name}: it needs TensorRT {span}{extra}; "
-            f"install a matching version (pip install 'tensorrt{'<=' + hi + '.99' if hi else '>=' + lo}')"
+            f"install a matching version: {install_hint(target)}"
         )
+    problem = cuda_stack_problem(stack or {}, target.trt.cuda)
+    if problem:
+        raise UserError(f"{target.name}: {problem}" + (f" ({install_hint(target)})" if target.trt.tensorrt[1] else ""))
 
 
 def check_device(target, device: dict) -> None:
@@ -140,7 +159,7 @@ def host_can_compile(target, trt=None, device=None) -> tuple[bool, str]:
         return False, "TensorRT is not installed on this host"
     device = device if device is not None else probe_device()
     if device is None:
-        return False, "no NVIDIA GPU is visible on this host"
+        return False, no_device_reason()
     if device["sm"] != target.trt.sm:
         return False, f"this host's GPU is {device['name']} (sm_{device['sm']}), not {target.trt.arch}"
     if not version_allowed(trt.__version__, target.trt.tensorrt):
@@ -160,6 +179,9 @@ def build_engine(trt, onnx_path: Path, shapes: dict, cache_path: Path, log: Log)
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise UserError(f"TensorRT could not parse {onnx_path.name}: {errors}")
     config = builder.create_builder_config()
+    config.clear_flag(trt.BuilderFlag.TF32)  # fp32 layers compute in fp32 (module docstring)
+    if config.get_flag(trt.BuilderFlag.TF32):
+        raise UserError("TensorRT kept TF32 on after clear_flag; refusing to build with 10-bit fp32 inputs")
     profile = builder.create_optimization_profile()
     for name, s in shapes.items():
         profile.set_shape(name, s["min"], s["opt"], s["max"])
@@ -177,24 +199,32 @@ def build_engine(trt, onnx_path: Path, shapes: dict, cache_path: Path, log: Log)
 
 
 def compile_bundle(
-    folder: Path, target, log: Log = print, trt=None, device: dict | None = None, only: set[str] | None = None
+    folder: Path,
+    target,
+    log: Log = print,
+    trt=None,
+    device: dict | None = None,
+    only: set[str] | None = None,
+    stack: dict | None = None,
 ) -> Manifest:
     """Build every graph's engine into `folder/engines/` and mark the manifest compiled; returns it.
 
-    `trt`/`device` default to the host's; tests pass fakes. `only` limits to some precisions.
+    `trt`/`device`/`stack` (`runner.cuda_stack()`) default to the host's; tests pass fakes. `only`
+    limits to some precisions.
     """
     folder = Path(folder)
     manifest = check_bundle_for_compile(folder, target)
     trt = trt if trt is not None else probe_tensorrt()
     if trt is None:
         raise UserError(
-            "TensorRT is not installed on this host: pip install 'pixart-export[tensorrt-cu12]' on the "
-            f"{target.trt.arch} host, then rerun this command"
+            f"TensorRT is not installed on this host: {install_hint(target)} on the {target.trt.arch} host, "
+            "then rerun this command"
         )
-    check_tensorrt_version(target, trt.__version__)
+    stack = stack if stack is not None else cuda_stack()
+    check_tensorrt_version(target, trt.__version__, stack)
     device = device if device is not None else probe_device()
     if device is None:
-        raise UserError("no NVIDIA GPU is visible (CUDA driver and cuda-python needed); compile on the target host")
+        raise UserError(f"no usable NVIDIA GPU: {no_device_reason()}; compile on the target host")
     check_device(target, device)
     records = [r for r in manifest.graphs if only is None or str(r.precision) in only]
     work = Path(tempfile.mkdtemp(prefix=".compile-", dir=folder))
@@ -219,7 +249,11 @@ def compile_bundle(
                     outputs=rec.outputs,
                     bytes=len(plan),
                     runtime={"source": rec.file, "timing_cache": key},
-                    details={"build_seconds": round(time.perf_counter() - started, 1)},
+                    details={
+                        "build_seconds": round(time.perf_counter() - started, 1),
+                        "strongly_typed": True,
+                        "tf32": False,
+                    },
                 )
             )
         (folder / ENGINE_DIR).mkdir(exist_ok=True)
@@ -233,7 +267,16 @@ def compile_bundle(
         status="compiled",
         backend=dataclasses.replace(manifest.backend, version=trt.__version__),
         device=dataclasses.replace(manifest.device, name=device["name"], sm=device["sm"], driver=device.get("driver")),
-        build={**manifest.build, "compiled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        build={
+            **manifest.build,
+            "compiled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "compiled_with": {
+                "tensorrt": trt.__version__,
+                "tensorrt_cuda": stack.get("tensorrt_cuda"),
+                "cuda_python": stack.get("cuda_python"),
+                "builder": {"strongly_typed": True, "tf32": False},
+            },
+        },
         files=file_table(folder),
     )
     write_manifest(folder, compiled)
