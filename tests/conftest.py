@@ -1,4 +1,5 @@
-"""Shared fixtures: small configs and seeded inputs. Tests never touch the network."""
+"""Shared fixtures: small configs and seeded inputs. Tests never touch the network, except
+test_tensorrt_api.py: it downloads TensorRT binding wheels from PyPI once into a cache, and skips offline."""
 
 from __future__ import annotations
 
