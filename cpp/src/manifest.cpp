@@ -298,6 +298,12 @@ std::string schema_table() {
     return out;
 }
 
+std::string target_table() {
+    std::string out;
+    for (const auto& t : kTargets) out += std::string(t.target) + " " + t.backend + " " + t.statuses + "\n";
+    return out;
+}
+
 bool safe_rel(const std::string& rel) {
     // PurePosixPath semantics: not empty, not absolute, no "..", no backslash, already normal
     // (no "//", no "./" parts, no trailing "/"): rel == PurePosixPath(rel).as_posix()

@@ -62,6 +62,8 @@ struct Manifest {
 
 // the schema as "Class field type required|optional" lines, in the Python dataclasses' order
 std::string schema_table();
+// the target registry as "target backend status[,status]" lines (targets.py's TARGETS)
+std::string target_table();
 
 // validated manifest (schema, paths, registry); Error(kEngine) naming the field and the fix
 Manifest read_manifest(const std::string& folder);

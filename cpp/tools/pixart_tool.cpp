@@ -2,7 +2,9 @@
 //   pixart_tool noise SEED COUNT OUT.f32         numpy default_rng(SEED).standard_normal(COUNT, float32)
 //   pixart_tool tokenize ENGINE_DIR PROMPTS.json  one JSON line of input_ids per prompt (a JSON list of str)
 //   pixart_tool validate ENGINE_DIR [--no-hashes] open the folder as Engine::open does; prints the target
-//   pixart_tool schema | backends                 the manifest field table; the compiled backends
+//   pixart_tool schema | targets | backends       the manifest field table, target registry, compiled backends
+//   pixart_tool bench ENGINE_DIR PROMPT REPEATS   one JSON line: open_s, first_s (compiles), warm_s (each run)
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -42,8 +44,30 @@ int main(int argc, char** argv) {
             std::printf("ok %s %s\n", engine->target().c_str(), engine->backend().c_str());
             return 0;
         }
+        if (cmd == "bench" && argc == 5) {
+            using clock = std::chrono::steady_clock;
+            auto seconds = [](clock::time_point a) { return std::chrono::duration<double>(clock::now() - a).count(); };
+            auto t = clock::now();
+            auto engine = pixart::Engine::open(argv[2]);
+            const double open_s = seconds(t);
+            t = clock::now();
+            engine->generate(argv[3], 0);
+            const double first_s = seconds(t);
+            std::string warm;
+            for (int k = 0, n = std::atoi(argv[4]); k < n; ++k) {
+                t = clock::now();
+                engine->generate(argv[3], static_cast<std::uint64_t>(k + 1));
+                warm += (k ? "," : "") + std::to_string(seconds(t));
+            }
+            std::printf("{\"open_s\": %f, \"first_s\": %f, \"warm_s\": [%s]}\n", open_s, first_s, warm.c_str());
+            return 0;
+        }
         if (cmd == "schema") {
             std::printf("%s", pixart::schema_table().c_str());
+            return 0;
+        }
+        if (cmd == "targets") {
+            std::printf("%s", pixart::target_table().c_str());
             return 0;
         }
         if (cmd == "backends") {
@@ -57,6 +81,6 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "internal error: %s\n", e.what());
         return 3;
     }
-    std::fprintf(stderr, "usage: pixart_tool noise|tokenize|validate|schema|backends ...\n");
+    std::fprintf(stderr, "usage: pixart_tool noise|tokenize|validate|schema|targets|backends|bench ...\n");
     return 2;
 }

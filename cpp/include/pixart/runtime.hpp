@@ -42,6 +42,7 @@ struct Image {
 struct LoadOptions {
     bool verify_hashes = true;  // sha256 of every listed file (sizes are always checked)
     int threads = 0;            // backend threads (OpenVINO INFERENCE_NUM_THREADS); 0: the backend's choice
+    bool cuda_graph = false;    // TensorRT: capture the denoiser's enqueue in a CUDA graph per batch
 };
 
 struct GenerateOptions {
