@@ -90,3 +90,26 @@ def test_eval_groups_separate_seen_from_heldout_pairs():
 def test_unknown_words():
     assert data.unknown_words("a red circle above a blue square") == []
     assert data.unknown_words("A purple star, above a Red circle.") == ["purple", "star"]
+
+
+def test_word_roles_mark_each_objects_words_whatever_the_phrasing():
+    captions = [
+        "a red circle above a blue square",
+        "a blue square below a red circle on a white background",
+        "a green triangle on a white background",
+        "a yellow circle to the right of a red square",
+    ]
+    roles = data.word_roles(captions, 64)
+    assert roles.shape == (4, 64) and roles.dtype == np.int64
+
+    def role_of(i, word):
+        start = captions[i].index(word)
+        span = roles[i, start : start + len(word)]
+        assert (span == span[0]).all()
+        return int(span[0])
+
+    assert (role_of(0, "red"), role_of(0, "circle"), role_of(0, "blue"), role_of(0, "square")) == (1, 1, 2, 2)
+    assert (role_of(1, "red"), role_of(1, "circle"), role_of(1, "blue"), role_of(1, "square")) == (1, 1, 2, 2)
+    assert (role_of(2, "green"), role_of(2, "triangle"), role_of(2, "white")) == (1, 1, 0)  # background: no role
+    assert (role_of(3, "red"), role_of(3, "yellow")) == (1, 2)  # "B to the right of A": A is the left object
+    assert roles[0, captions[0].index("above")] == 0 and roles[0, len(captions[0]) :].sum() == 0

@@ -5,6 +5,8 @@ initialisation starts every block as the identity."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -129,3 +131,16 @@ def test_caption_dropout_uses_the_null_caption():
     torch.testing.assert_close(got[:1], null)
     torch.testing.assert_close(got[1:], cond)
     assert not torch.allclose(null, dit.predict_noise(x[:1], t[:1], embeds[:1], mask[:1]))
+
+
+def test_aux_role_loss_trains_a_head_beside_the_t5(vae_dir, tmp_path):
+    out = tmp_path / "aux"
+    run(vae_dir, out, 6, "--aux-role", "1")
+    head = load_file(str(out / "ckpt" / "role_head.safetensors"))
+    assert head["weight"].shape == (3, 64)
+    summary = json.loads((out / "summary.json").read_text())
+    first, last = summary["aux_role_loss_first_last_100"]
+    assert 0 < last and first < 2.0  # cross-entropy over 3 classes, logged
+    assert not (out / "model" / "role_head").exists()  # training-only: the model folder is unchanged in layout
+    with pytest.raises(SystemExit):
+        run(vae_dir, tmp_path / "frozen-aux", 1, "--text-encoder", "frozen", "--aux-role", "1")

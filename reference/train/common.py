@@ -395,13 +395,22 @@ def add_stream_args(parser) -> None:
         help="stop at the first step past this many seconds of this run, checkpoint and write the "
         "model as usual (default 0: no limit; the step reached is in summary.json)",
     )
+    parser.add_argument(
+        "--stop-at",
+        type=float,
+        default=0.0,
+        help="like --time-limit, at this wall-clock time (Unix seconds), whatever the start-up took (default 0: none)",
+    )
 
 
-def out_of_time(acc, t0: float, limit: float) -> bool:
-    """True on every process once the main process's clock has passed `limit` s since `t0` (0: never)."""
-    if limit <= 0:
+def out_of_time(acc, t0: float, limit: float, stop_at: float = 0.0) -> bool:
+    """True on every process once the main process's clock has passed `limit` s since `t0`, or the
+    wall-clock time `stop_at` (Unix seconds); 0 turns either off."""
+    if limit <= 0 and stop_at <= 0:
         return False
-    flag = torch.tensor([float(time.time() - t0 > limit)], device=acc.device)
+    now = time.time()
+    late = (limit > 0 and now - t0 > limit) or (stop_at > 0 and now > stop_at)
+    flag = torch.tensor([float(late)], device=acc.device)
     return bool(acc.reduce(flag, "max").item() > 0)
 
 

@@ -19,6 +19,7 @@ binding and generalisation are measured apart.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,7 @@ BACKGROUND = (255, 255, 255)
 P_SINGLE = 0.25  # share of one-shape scenes
 P_BACKGROUND_PHRASE = 0.5  # share of captions ending "on a white background"
 SUPERSAMPLE = 4  # drawn at 4x and downsampled: anti-aliased edges
+_THING = re.compile(r"a (\w+) (\w+)")  # "a <colour> <shape>" in a caption
 
 
 @dataclass(frozen=True)
@@ -215,3 +217,19 @@ def unknown_words(prompt: str) -> list[str]:
     """The words of `prompt` (lower-cased, punctuation stripped) that no training caption uses, in order."""
     words = [w.strip(".,;:!?\"'()").lower() for w in prompt.split()]
     return [w for w in dict.fromkeys(words) if w and w not in VOCABULARY]
+
+
+def word_roles(captions: list[str], length: int) -> np.ndarray:
+    """Per byte token of each caption (the tiny model's ByT5: character i is token i): 1 if it is in a
+    colour or shape word of object a (top / left), 2 of object b (bottom / right), 0 otherwise; int64
+    [len(captions), length]. A single shape's words are object a's."""
+    out = np.zeros((len(captions), length), dtype=np.int64)
+    for i, text in enumerate(captions):
+        first_is_a = " below " not in text and " to the right of " not in text
+        things = [m for m in _THING.finditer(text) if m.group(1) in COLOURS]
+        for order, m in enumerate(things[:2]):
+            role = order if first_is_a else 1 - order
+            for group in (1, 2):
+                start, end = m.span(group)
+                out[i, start : min(end, length)] = 1 + role
+    return out

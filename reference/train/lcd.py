@@ -174,7 +174,7 @@ def main(argv=None) -> None:
     bar = common.progress(args.steps, start, "lcd", acc.is_main_process and not args.no_progress)
     step = start
     while step < args.steps:
-        if step > start and (step - start) % 25 == 0 and common.out_of_time(acc, t0, args.time_limit):
+        if step > start and (step - start) % 25 == 0 and common.out_of_time(acc, t0, args.time_limit, args.stop_at):
             break
         rng = common.step_rng(args.seed, step, 3)
         idx = rng.integers(0, train.rows, size=args.batch_size)

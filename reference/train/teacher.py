@@ -53,17 +53,28 @@ class EpsObjective(torch.nn.Module):
     (so DDP sees every parameter used). With a `text_encoder`, `text` is token ids and the T5 runs
     (and trains) here; without, `text` is the cached T5 embeddings."""
 
-    def __init__(self, dit: PixArtDiT, text_encoder: torch.nn.Module | None = None):
+    def __init__(
+        self, dit: PixArtDiT, text_encoder: torch.nn.Module | None = None, role_head: torch.nn.Module | None = None
+    ):
         super().__init__()
         self.dit = dit
         self.text_encoder = text_encoder
+        self.role_head = role_head
 
-    def forward(self, latents, timestep, text, mask, drop: torch.Tensor) -> torch.Tensor:
+    def forward(self, latents, timestep, text, mask, drop: torch.Tensor, roles: torch.Tensor | None = None):
+        """The epsilon prediction; with a `role_head` and `roles` (int64 [B,L], `data.word_roles`), the pair
+        (prediction, the role head's cross-entropy over the caption's tokens)."""
         embeds = text if self.text_encoder is None else self.text_encoder(input_ids=text, attention_mask=mask)[0]
+        aux = None
+        if self.role_head is not None and roles is not None:
+            logits = self.role_head(embeds)
+            ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), roles.flatten(), reduction="none")
+            aux = (ce * mask.flatten()).sum() / mask.sum()
         null = self.dit.null_caption[None].to(embeds.dtype)
         embeds = torch.where(drop[:, None, None], null, embeds)
         mask = torch.where(drop[:, None], torch.ones_like(mask), mask)
-        return self.dit.predict_noise(latents, timestep, embeds, mask)
+        pred = self.dit.predict_noise(latents, timestep, embeds, mask)
+        return pred if aux is None else (pred, aux)
 
 
 @torch.no_grad()
@@ -181,6 +192,14 @@ def parse_args(argv=None):
     parser.add_argument(
         "--t5-ff", type=int, default=0, help="with --t5-layers: its feed-forward width (default: TINY_T5's)"
     )
+    parser.add_argument(
+        "--aux-role",
+        type=float,
+        default=0.0,
+        help="weight of an auxiliary loss on the trained T5's output: a linear head tells, per caption byte, "
+        "whether it is in a colour/shape word of the top/left object, of the bottom/right one, or neither "
+        "(the caption parsing a pre-trained language model brings; default 0: none)",
+    )
     return parser.parse_args(argv)
 
 
@@ -295,11 +314,17 @@ def main(argv=None) -> None:
         text, masks = text.to(dev), masks.to(dev)
         modules["text_encoder"] = base.text_encoder.train().requires_grad_(True)
         modules["text_ema"] = copy.deepcopy(base.text_encoder).requires_grad_(False)
+        if args.aux_role > 0:
+            torch.manual_seed(args.seed + 1)
+            modules["role_head"] = torch.nn.Linear(base.text_encoder.config.d_model, 3)
+            roles = torch.from_numpy(data.word_roles(train.captions, text.shape[1])).to(dev)
     else:
         text, masks = train.frozen_text(base, dev)
     if text.shape[1] != MAX_TEXT_LEN:
         raise SystemExit(f"caption embeddings have {text.shape[1]} tokens, the DiT's null caption {MAX_TEXT_LEN}")
-    objective = EpsObjective(dit, modules.get("text_encoder"))
+    if args.aux_role > 0 and "role_head" not in modules:
+        raise SystemExit("--aux-role needs --text-encoder trained")
+    objective = EpsObjective(dit, modules.get("text_encoder"), modules.get("role_head"))
     fused = {"fused": True} if dev.type == "cuda" else {}
     optimizer = torch.optim.AdamW(objective.parameters(), lr=args.lr, weight_decay=args.weight_decay, **fused)
     state = common.load_checkpoint(args.out, modules, optimizer)
@@ -314,8 +339,9 @@ def main(argv=None) -> None:
     bar = common.progress(args.steps, start, "teacher", acc.is_main_process and not args.no_progress)
     model.train()
     step = start
+    aux_log: list[torch.Tensor] = []  # the role loss per step (on the device; read at the end)
     while step < args.steps:
-        if step > start and (step - start) % 25 == 0 and common.out_of_time(acc, t0, args.time_limit):
+        if step > start and (step - start) % 25 == 0 and common.out_of_time(acc, t0, args.time_limit, args.stop_at):
             break
         rng = common.step_rng(args.seed, step, 2)
         idx = rng.integers(0, train.rows, size=args.batch_size)
@@ -327,13 +353,22 @@ def main(argv=None) -> None:
         noise = noise[mine].to(dev)
         ts = torch.from_numpy(t[mine]).to(dev)
         xt = add_noise(x0, noise, ts, ac)
-        pred = model(xt, ts.float(), text[ids], masks[ids], torch.from_numpy(drop[mine]).to(dev))
+        drop_t = torch.from_numpy(drop[mine]).to(dev)
+        if args.aux_role > 0:
+            pred, aux = model(xt, ts.float(), text[ids], masks[ids], drop_t, roles[ids])
+        else:
+            pred, aux = model(xt, ts.float(), text[ids], masks[ids], drop_t), None
         weight = snr_weight(ac.to(dev)[ts], args.snr_gamma)
         loss = (weight * (pred - noise).square().mean(dim=(1, 2, 3))).mean()
+        if aux is not None:
+            aux_log.append(aux.detach())
+            total = loss + args.aux_role * aux
+        else:
+            total = loss
         for group in optimizer.param_groups:
             group["lr"] = args.lr * min(1.0, (step + 1) / max(args.warmup, 1))
         optimizer.zero_grad(set_to_none=True)
-        acc.backward(loss)
+        acc.backward(total)
         acc.clip_grad_norm_(model.parameters(), args.grad_clip)
         optimizer.step()
         rate = ema_decay(args.ema_decay, step - args.warmup)
@@ -374,6 +409,11 @@ def main(argv=None) -> None:
             "steps_asked": args.steps,
             "elapsed_s": elapsed0 + time.time() - t0,
             "final_loss_mean_last_100": float(log.read()["loss"][-100:].mean()),
+            "aux_role_loss_first_last_100": (
+                [float(torch.stack(aux_log[:100]).mean()), float(torch.stack(aux_log[-100:]).mean())]
+                if aux_log
+                else None
+            ),
             "scenes_rendered": train.stream.rendered if train.stream else args.num_images,
             "device": device_name(dev),
             "args": {k: str(v) for k, v in vars(args).items()},
