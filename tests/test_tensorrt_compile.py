@@ -361,3 +361,17 @@ def test_check_host_refuses_tensorrt_outside_the_range(tmp_path, monkeypatch):
 
     with pytest.raises(EngineError, match=r"TensorRT 10.7.0 cannot run trt-v100 .*<= 10.4; pip install 'tensorrt-cu12"):
         TENSORRT.check_host(folder, manifest)
+
+
+def test_extras_pin_one_cuda_major():
+    """pyproject's `tensorrt-cu<N>` extras: TensorRT of that CUDA major from its first release, with the
+    cuda-python of the same major (cuda-python 13 on an older driver fails every call with error 35)."""
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    for major, extra in runner.EXTRAS.items():
+        pins = {p.split(">")[0].split("=")[0].split("<")[0]: p for p in extras[extra]}
+        assert set(pins) == {f"tensorrt-cu{major}", "cuda-python"}, pins
+        assert pins["cuda-python"] == f"cuda-python>={major}.0,<{major + 1}", pins
+        assert pins[f"tensorrt-cu{major}"].startswith(f"tensorrt-cu{major}>={runner.FIRST_TENSORRT[major]}"), pins
