@@ -74,9 +74,10 @@ def check_tensorrt_version(target, version: str, stack: dict | None = None) -> N
             f"TensorRT {version} cannot build {target.name}: it needs TensorRT {span}{extra}; "
             f"install a matching version: {install_hint(target)}"
         )
-    problem = cuda_stack_problem(stack or {}, target.trt.cuda)
+    bounded = install_hint(target) if target.trt.tensorrt[1] else None  # a pinned range: the exact pip line
+    problem = cuda_stack_problem(stack or {}, target.trt.cuda, bounded)
     if problem:
-        raise UserError(f"{target.name}: {problem}" + (f" ({install_hint(target)})" if target.trt.tensorrt[1] else ""))
+        raise UserError(f"{target.name}: {problem}")
 
 
 def check_device(target, device: dict) -> None:

@@ -130,19 +130,22 @@ def cuda_stack() -> dict:
     return {"tensorrt_cuda": majors.pop() if len(majors) == 1 else None, "cuda_python": cuda_python}
 
 
-def cuda_stack_problem(stack: dict, allowed: tuple[int, ...] = tuple(EXTRAS)) -> str | None:
-    """Why this TensorRT / cuda-python pair cannot work (None if it can): one CUDA major, one we ship."""
+def cuda_stack_problem(stack: dict, allowed: tuple[int, ...] = tuple(EXTRAS), hint: str | None = None) -> str | None:
+    """Why this TensorRT / cuda-python pair cannot work (None if it can): one CUDA major, one in `allowed`.
+    `hint`: the install line to give instead of the extras of `allowed`."""
     trt_major = stack.get("tensorrt_cuda")
     py = stack.get("cuda_python")
     py_major = version_tuple(py)[0] if py else None
     if trt_major is not None and trt_major not in allowed:
-        extras = " or ".join(f"pixart-export[{EXTRAS[m]}]" for m in allowed if m in EXTRAS)
-        return f"TensorRT for CUDA {trt_major} is installed; this needs CUDA {allowed}: pip install '{extras}'"
-    if trt_major is not None and py_major is not None and trt_major != py_major:
+        extras = " or ".join(f"'pixart-export[{EXTRAS[m]}]'" for m in allowed if m in EXTRAS)
         return (
-            f"TensorRT for CUDA {trt_major} with cuda-python {py} (CUDA {py_major}): install one CUDA major, "
-            f"pip install 'pixart-export[{EXTRAS.get(trt_major, f'tensorrt-cu{trt_major}')}]'"
+            f"TensorRT for CUDA {trt_major} is installed; this needs CUDA {' or '.join(map(str, allowed))}: "
+            f"{hint or 'pip install ' + extras}"
         )
+    if trt_major is not None and py_major is not None and trt_major != py_major:
+        extra = EXTRAS.get(trt_major, f"tensorrt-cu{trt_major}")
+        fix = hint or f"pip install 'pixart-export[{extra}]'"
+        return f"TensorRT for CUDA {trt_major} with cuda-python {py} (CUDA {py_major}): install one CUDA major, {fix}"
     return None
 
 
