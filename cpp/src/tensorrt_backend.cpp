@@ -5,7 +5,9 @@
 // are converted to the dtype each engine input declares (float16, int32) and outputs back to float32.
 //
 // Compiled only where NvInfer.h and the CUDA toolkit are found (CMake PIXART_WITH_TENSORRT). NOT BUILT
-// OR RUN on the project's CPU CI: this file has not been compiled in this repository's checks.
+// OR RUN in this repository's checks (no host with TensorRT was available): it was only syntax-checked
+// against hand-written declarations of the TensorRT 10 calls it makes, with the CUDA 13 headers, and its
+// float16 conversions compared with numpy's astype(float16) on 1.5M values (equal).
 #include <NvInfer.h>
 #include <NvInferVersion.h>
 #include <cuda_runtime_api.h>
@@ -53,10 +55,10 @@ std::uint16_t to_half(float f) {  // round to nearest even, as numpy's astype(fl
     if (abs >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // overflow to inf
     if (abs < 0x38800000u) {                                                   // subnormal or zero
         if (abs < 0x33000000u) return static_cast<std::uint16_t>(sign);
-        const std::uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
-        const int shift = 126 - static_cast<int>(abs >> 23);
-        std::uint32_t half = mant >> (shift + 1);
-        const std::uint32_t rem = mant & ((1u << (shift + 1)) - 1), mid = 1u << shift;
+        const std::uint32_t mant = (abs & 0x7fffffu) | 0x800000u;  // value = mant * 2^(e - 150)
+        const int shift = 126 - static_cast<int>(abs >> 23);       // in units of 2^-24: mant >> shift
+        std::uint32_t half = mant >> shift;
+        const std::uint32_t rem = mant & ((1u << shift) - 1), mid = 1u << (shift - 1);
         if (rem > mid || (rem == mid && (half & 1u))) ++half;
         return static_cast<std::uint16_t>(sign | half);
     }
