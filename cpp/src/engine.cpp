@@ -123,12 +123,34 @@ bool blank(const std::string& s) {  // Python's `not p.strip()` for UTF-8 text
     return true;
 }
 
+bool valid_utf8(const std::string& s) {
+    std::size_t i = 0;
+    while (i < s.size()) {
+        const unsigned char c = static_cast<unsigned char>(s[i]);
+        std::size_t n = c < 0x80 ? 0 : (c >> 5) == 0x6 ? 1 : (c >> 4) == 0xe ? 2 : (c >> 3) == 0x1e ? 3 : 4;
+        if (n == 4 || i + n >= s.size()) return false;  // a bad lead byte, or truncated
+        std::uint32_t cp = n == 0 ? c : n == 1 ? (c & 0x1f) : n == 2 ? (c & 0x0f) : (c & 0x07);
+        for (std::size_t k = 1; k <= n; ++k) {
+            const unsigned char d = static_cast<unsigned char>(s[i + k]);
+            if ((d & 0xc0) != 0x80) return false;
+            cp = (cp << 6) | (d & 0x3f);
+        }
+        static const std::uint32_t min_cp[] = {0, 0x80, 0x800, 0x10000};
+        if (cp < min_cp[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;  // overlong, surrogate
+        i += n + 1;
+    }
+    return true;
+}
+
 }  // namespace
 
 std::vector<Image> Engine::generate(const std::string& prompt, std::uint64_t seed, const GenerateOptions& options) {
     const Manifest& m = impl_->manifest;
     if (options.num_images < 1) throw Error(Error::kUser, "no prompt given (num_images < 1)");
     if (blank(prompt)) throw Error(Error::kUser, "empty prompt: give the text to draw");
+    if (!valid_utf8(prompt)) throw Error(Error::kUser, "the prompt is not valid UTF-8 text");
+    if (!std::isfinite(options.conditioning_scale))
+        throw Error(Error::kUser, "conditioning scale " + std::to_string(options.conditioning_scale) + ": give a finite number");
     int height = options.height, width = options.width;
     if (height == 0 && width == 0) {
         height = m.resolutions.at(0).first;

@@ -1,7 +1,8 @@
 // OpenVINO on the CPU (targets ov-cpu, ov-cpu-int8), as pixart_export/backends/openvino/runner.py runs
 // them: each graph compiled on "CPU" with the properties its record carries (runtime.config; bf16 falls
 // back to f32 on CPUs without native bf16), plus the thread count; compiled for the concrete input
-// shapes of the call (Model::reshape, then compile; one compiled model per (file, shapes), kept).
+// shapes of the call (Model::reshape, then compile; one compiled model per (file, shapes), kept, with
+// one infer request each, reused: the inputs are set as tensors over the caller's memory, no copy).
 #include <openvino/openvino.hpp>
 
 #include <algorithm>
@@ -42,8 +43,9 @@ class OvRunner : public GraphRunner {
     }
 
     std::vector<Tensor> run(const GraphRecord& record, const Feeds& feeds) override {
-        ov::CompiledModel& model = compiled(record, feeds);
-        ov::InferRequest request = model.create_infer_request();
+        Compiled& c = compiled(record, feeds);
+        ov::CompiledModel& model = c.model;
+        ov::InferRequest& request = c.request;
         for (const auto& [name, t] : feeds) {
             const ov::Shape shape(t->shape.begin(), t->shape.end());
             ov::Tensor in = t->type == Tensor::Type::F32
@@ -79,7 +81,12 @@ class OvRunner : public GraphRunner {
         return config;
     }
 
-    ov::CompiledModel& compiled(const GraphRecord& record, const Feeds& feeds) {
+    struct Compiled {
+        ov::CompiledModel model;
+        ov::InferRequest request;  // one per compiled model, reused (Python makes one per call)
+    };
+
+    Compiled& compiled(const GraphRecord& record, const Feeds& feeds) {
         std::vector<std::pair<std::string, const Tensor*>> sorted(feeds.begin(), feeds.end());
         std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
         std::string key = record.file;
@@ -93,14 +100,16 @@ class OvRunner : public GraphRunner {
         std::map<std::string, ov::PartialShape> shapes;
         for (const auto& [name, t] : sorted) shapes[name] = ov::PartialShape(std::vector<ov::Dimension>(t->shape.begin(), t->shape.end()));
         model->reshape(shapes);
-        return compiled_.emplace(key, core_.compile_model(model, "CPU", config(record))).first->second;
+        Compiled c{core_.compile_model(model, "CPU", config(record)), {}};
+        c.request = c.model.create_infer_request();
+        return compiled_.emplace(key, std::move(c)).first->second;
     }
 
     ov::Core core_;
     std::string folder_;
     int threads_;
     bool bf16_ = false;
-    std::map<std::string, ov::CompiledModel> compiled_;
+    std::map<std::string, Compiled> compiled_;
 };
 
 }  // namespace

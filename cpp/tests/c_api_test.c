@@ -35,6 +35,9 @@ int main(int argc, char** argv) {
     printf("ok tokenize length %zu\n", length);
 
     CHECK(pixart_generate(engine, "   ", 0, 1, NULL, 1.0f, &images) == PIXART_ERROR_USER, "refuses an empty prompt");
+    CHECK(pixart_generate(engine, "bad \xff text", 0, 1, NULL, 1.0f, &images) == PIXART_ERROR_USER &&
+              strstr(pixart_last_error(), "UTF-8") != NULL,
+          "refuses a prompt that is not UTF-8");
     CHECK(pixart_generate(engine, "a red circle above a blue square", 0, 2, NULL, 1.0f, &images) == PIXART_OK, "generate");
     CHECK(images[0].width > 0 && images[0].height > 0 && images[1].width == images[0].width, "image sizes");
     CHECK(memcmp(images[0].rgb, images[1].rgb, (size_t)images[0].width * images[0].height * 3) != 0,
