@@ -11,10 +11,16 @@ older onnx into the environment (checked with `pip install --dry-run`), which wo
 onnxruntime this project verifies with; onnxconverter-common is pure Python on top of onnx.
 
 Which nodes stay fp32 (`plan_fp32_nodes`), each with its reason recorded in the manifest:
-1. structural: normalisations (LayerNormalization / InstanceNormalization / GroupNormalization ops and
-   every node under a module whose name contains "norm", e.g. T5's RMSNorm as Pow/ReduceMean/Sqrt/Div),
-   Softmax, and the transcendental ops (Exp, Log, Pow, Sqrt, Sin, Cos, Reciprocal): reductions of
-   squares and exponentials are where fp16 loses range first;
+1. structural, by the `keep` choice (`KEEP_CHOICES`): normalisations (LayerNormalization /
+   InstanceNormalization / GroupNormalization ops and every node under a module whose name contains
+   "norm", e.g. T5's RMSNorm as Pow/ReduceMean/Sqrt/Div) always; Softmax and the other transcendental
+   ops (Exp, Log, Pow, Sqrt, Reciprocal, Erf) only in the larger choices. Every fp32 island costs a Cast
+   pair, and a Cast between attention's MatMul and Softmax keeps TensorRT from fusing attention, so the
+   default (`DEFAULT_KEEP`) is the smallest set whose error was measured acceptable
+   (`benchmarks/fp16_casts.py`, table in `benchmarks/results/fp16_casts.md`). Normalisations stay fp32
+   whatever onnxruntime measures: its CPU kernels accumulate in fp32 inside an fp16 op, TensorRT's fp16
+   normalisation does not (TensorRT itself warns that an fp16 LayerNorm after attention may overflow),
+   so the CPU cannot show that error. Sin, Cos and Range always stay fp32 (rule 2);
 2. phase and index arithmetic: everything that feeds a Sin/Cos (the timestep embedding multiplies
    t <= 999 by frequencies: fp16 has a spacing of 0.5 at 999, which scrambles the phase) or a Cast to an
    integer type (T5's relative-position buckets: a rounding error flips the floor to another bucket);
@@ -60,6 +66,20 @@ SENSITIVE_OPS = frozenset(
         "Range",
     }
 )
+NORM_OPS = frozenset({"LayerNormalization", "InstanceNormalization", "GroupNormalization", "BatchNormalization"})
+#: Ops fp32 in every choice: phase and index producers (rule 2), a few scalar nodes per graph.
+ALWAYS_OPS = frozenset({"Sin", "Cos", "Range"})
+#: {choice: (ops kept fp32, whether nodes under a "norm" scope are kept)}, from most fp32 to least.
+#: "none" keeps only rules 2-4: measured for comparison, never shipped (normalisations, module docstring).
+KEEP_CHOICES = {
+    "all_sensitive": (SENSITIVE_OPS, True),
+    "norms_softmax": (NORM_OPS | {"Softmax", "LogSoftmax"}, True),
+    "norms": (NORM_OPS, True),
+    "none": (frozenset(), False),
+}
+#: The shipped choice: measured in benchmarks/results/fp16_casts.md (fewest Cast pairs within the error
+#: margin at 4096 tokens, normalisations fp32).
+DEFAULT_KEEP = "norms"
 NORM_SCOPE = re.compile(r"/[^/]*norm[^/]*/", re.IGNORECASE)
 #: {graph name: node-name patterns}: overflow known from the real model (see the module docstring).
 KNOWN_OVERFLOW = {
@@ -194,10 +214,57 @@ def drop_weight_identities(model) -> int:
     return len(alias)
 
 
+def drop_noop_casts(model) -> int:
+    """Remove `Cast(to=float)` nodes whose input is already float (the exporter writes them for
+    `.to(dtype)` in attention and position embeddings), by pointing their consumers at the input. Kept,
+    each would become three Casts on an activation tensor after conversion (to fp32, the kept Cast, back
+    to fp16). Needs the model's value types (shape inference or an exported graph's value_info)."""
+    import onnx
+
+    graph = model.graph
+    fp32 = onnx.TensorProto.FLOAT
+    types = {v.name: v.type.tensor_type.elem_type for v in list(graph.value_info) + list(graph.input)}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    outputs = {o.name for o in graph.output}
+    alias = {
+        n.output[0]: n.input[0]
+        for n in graph.node
+        if n.op_type == "Cast"
+        and any(a.name == "to" and a.i == fp32 for a in n.attribute)
+        and types.get(n.input[0]) == fp32
+        and n.output[0] not in outputs
+    }
+    if not alias:
+        return 0
+
+    def root(name: str) -> str:
+        while name in alias:
+            name = alias[name]
+        return name
+
+    keep = [n for n in graph.node if not (n.op_type == "Cast" and n.output[0] in alias)]
+    for node in keep:
+        node.input[:] = [root(i) for i in node.input]
+    del graph.node[:]
+    graph.node.extend(keep)
+    kept_info = [v for v in graph.value_info if v.name not in alias]
+    del graph.value_info[:]
+    graph.value_info.extend(kept_info)
+    return len(alias)
+
+
 def plan_fp32_nodes(
-    model, graph_name: str, ranges: dict[str, float] | None = None, bound: float = FP16_SAFE_MAX
+    model,
+    graph_name: str,
+    ranges: dict[str, float] | None = None,
+    bound: float = FP16_SAFE_MAX,
+    keep_choice: str = DEFAULT_KEEP,
+    overflow_rules: bool = True,
 ) -> dict[str, str]:
-    """{node name: reason} for the nodes that stay fp32 (rules 1-4 of the module docstring)."""
+    """{node name: reason} for the nodes that stay fp32 (rules 1-4 of the module docstring);
+    `keep_choice` is a key of `KEEP_CHOICES` (rule 1); `overflow_rules=False` drops rule 3 (the bf16
+    graphs: bf16 has fp32's range)."""
+    ops, norm_scope = KEEP_CHOICES[keep_choice]
     graph = model.graph
     producer = {out: node for node in graph.node for out in node.output}
     plan: dict[str, str] = {}
@@ -207,13 +274,13 @@ def plan_fp32_nodes(
 
     seeds = []
     for node in graph.node:
-        if node.op_type in SENSITIVE_OPS:
+        if node.op_type in ops or node.op_type in ALWAYS_OPS:
             keep(node, f"sensitive op {node.op_type}")
-        elif NORM_SCOPE.search(node.name):
+        elif norm_scope and NORM_SCOPE.search(node.name):
             keep(node, "normalisation")
         elif node.op_type == "Cast" and any(a.name == "to" and a.i == 1 for a in node.attribute):
             keep(node, "Cast to fp32 (the converter does not retype Casts; it casts the result instead)")
-        for pattern in KNOWN_OVERFLOW.get(graph_name, ()):
+        for pattern in KNOWN_OVERFLOW.get(graph_name, ()) if overflow_rules else ():
             if pattern.search(node.name):
                 keep(node, f"known fp16 overflow in the real model ({pattern.pattern})")
         if node.op_type in ("Sin", "Cos"):
@@ -281,9 +348,18 @@ def reason_kind(reason: str) -> str:
 
 
 def convert(
-    src: Path, dst: Path, graph_name: str, ranges: dict[str, float] | None = None, bound: float = FP16_SAFE_MAX
+    src: Path,
+    dst: Path,
+    graph_name: str,
+    ranges: dict[str, float] | None = None,
+    bound: float = FP16_SAFE_MAX,
+    keep_choice: str = DEFAULT_KEEP,
+    drop_noops: bool = True,
+    overflow_rules: bool = True,
 ) -> dict:
-    """Write the fp16 graph of `src` to `dst`; returns {"kept_fp32": {node: reason}, "files": [...]}."""
+    """Write the fp16 graph of `src` to `dst`; returns {"kept_fp32": {node: reason}, "files": [...],
+    "keep": the choice, "casts": Cast nodes in the written graph}. `drop_noops=False` keeps the
+    exporter's float-to-float Casts (the former conversion, for comparison only)."""
     import onnx
     from onnxconverter_common import float16
 
@@ -301,7 +377,11 @@ def convert(
     else:
         model = onnx.load(str(src), load_external_data=True)
     drop_weight_identities(model)
-    plan = plan_fp32_nodes(model, graph_name, ranges, bound)
+    if drop_noops:
+        if not big:  # a > 2 GB graph was loaded from its inferred copy: value types are there
+            model = _infer(model)
+        drop_noop_casts(model)
+    plan = plan_fp32_nodes(model, graph_name, ranges, bound, keep_choice, overflow_rules)
     block_ops = list(float16.DEFAULT_OP_BLOCK_LIST)
     import warnings
 
@@ -323,7 +403,24 @@ def convert(
     else:
         onnx.save_model(half, str(dst))
     onnx.checker.check_model(str(dst), full_check=False)
-    return {"kept_fp32": plan, "files": files}
+    casts = sum(n.op_type == "Cast" for n in half.graph.node)
+    return {"kept_fp32": plan, "files": files, "keep": keep_choice, "casts": casts}
+
+
+def count_casts(path: Path) -> dict[str, int]:
+    """{"casts": Cast nodes, "tensor_casts": those on tensors of rank >= 2} of the graph at `path`.
+
+    Each fp32 island adds a Cast pair at its edges. Casts of scalars and shape vectors (attention scales
+    computed from shapes, index arithmetic) cost TensorRT nothing; a Cast on an activation tensor is a
+    kernel of its own and a fusion boundary (between attention's MatMul and Softmax it keeps TensorRT
+    from fusing attention), so that is the count to keep small."""
+    import onnx
+
+    model = _infer(onnx.load(str(path), load_external_data=False))
+    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in model.graph.value_info}
+    rank.update({v.name: len(v.type.tensor_type.shape.dim) for v in model.graph.output})
+    casts = [n for n in model.graph.node if n.op_type == "Cast"]
+    return {"casts": len(casts), "tensor_casts": sum(rank.get(n.output[0], 2) >= 2 for n in casts)}
 
 
 def fp16_share(path: Path) -> float:
