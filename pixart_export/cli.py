@@ -5,8 +5,8 @@ imported by the subcommands that use them.
 
 Exit codes: 0 ok; 1 a gate failed (parity, precision or quality below tolerance); 2 bad input or
 usage (one line saying what to do); 3 an internal error (one line; the traceback with `-v`);
-130 interrupted. Progress and logs go to stderr (`-q`: warnings only, `-v`: debug); results and
-`--json` documents go to stdout.
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Progress and logs go to stderr (`-q`: warnings
+only, `-v`: debug); results and `--json` documents go to stdout.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 
 from . import __version__
@@ -24,7 +26,16 @@ from .errors import GateFailed, UserError
 #: Subcommand modules, in the order `--help` lists them.
 COMMANDS = ["generate", "info", "export", "build", "run", "parity", "targets", "check", "compile"]
 
-EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is so every `finally` runs: a build's staging folder is removed
+    and nothing half-written stays behind (a bare SIGTERM would end the process without unwinding)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,11 +90,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    try:
+        return _run(args)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("pixart-export: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        print("pixart-export: terminated (SIGTERM); nothing was installed", file=sys.stderr)
+        return EXIT_TERMINATED
     except GateFailed as exc:
         print(f"pixart-export: gate failed: {exc}", file=sys.stderr)
         return EXIT_GATE

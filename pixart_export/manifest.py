@@ -134,6 +134,10 @@ class LcmRecord:
     alphas_cumprod: tuple[float, ...]
 
 
+#: The tokenizers the runtime implements (runtime/tokenizer.py).
+TOKENIZER_KINDS = ("byt5", "tokenizers")
+
+
 @dataclass(frozen=True)
 class TokenizerRecord:
     kind: str  # "byt5" | "tokenizers"
@@ -392,6 +396,18 @@ def _check_consistent(m: Manifest, source: str) -> None:
                         f"{source}: {kind}[{i}] names {rel!r}, which is not listed (with its "
                         "sha256) in files; rebuild the engine"
                     )
+    if not 1 <= m.steps <= 8:
+        raise EngineError(f"{source}: steps {m.steps} is not 1 to 8; rebuild the engine")
+    for h, w in m.resolutions:
+        if h <= 0 or w <= 0 or m.vae_scale_factor <= 0 or h % m.vae_scale_factor or w % m.vae_scale_factor:
+            raise EngineError(f"{source}: resolutions holds {h}x{w}, not a bucket of this model; rebuild the engine")
+    if m.latent_channels <= 0 or m.tokenizer.max_length < 2:
+        raise EngineError(f"{source}: latent_channels / tokenizer.max_length out of range; rebuild the engine")
+    if m.tokenizer.kind not in TOKENIZER_KINDS:
+        raise EngineError(
+            f"{source}: unknown tokenizer kind {m.tokenizer.kind!r} (this version reads "
+            f"{', '.join(TOKENIZER_KINDS)}); rebuild the engine with this version"
+        )
     if not safe_rel(m.tokenizer.dir) or not any(f.startswith(m.tokenizer.dir.rstrip("/") + "/") for f in m.files):
         raise EngineError(
             f"{source}: tokenizer folder {m.tokenizer.dir!r} is not inside the folder with its files "
@@ -471,7 +487,17 @@ def _finite(value):
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
-    """The one writer of manifest.json: validates `manifest` as a reader would, then writes it atomically."""
+    """The one writer of manifest.json: validates `manifest` as a reader would, then writes it atomically.
+
+    The parity record is sealed with the target and backend it was measured for, so a folder whose
+    target or backend is edited afterwards no longer matches what was verified (`targets.read_engine`)."""
+    if manifest.parity is not None:
+        seal = {"target": manifest.target, "backend": manifest.backend.name}
+        measured = manifest.parity.measured_with
+        if any(measured.get(k, v) != v for k, v in seal.items()):
+            raise ValueError(f"parity measured for {measured} cannot be written into a {seal} manifest")
+        parity = dataclasses.replace(manifest.parity, measured_with={**measured, **seal})
+        manifest = dataclasses.replace(manifest, parity=parity)
     data = _finite(manifest.to_json())
     manifest_from_json(json.loads(json.dumps(data)), str(Path(folder) / MANIFEST))
     write_json_atomic(Path(folder) / MANIFEST, data)
@@ -522,6 +548,13 @@ def check_files(folder: Path, manifest: Manifest, hashes: bool = True) -> None:
     extra = sorted(rel for rel in file_table_names(folder) if rel not in manifest.files and rel != MANIFEST)
     if extra:
         raise EngineError(f"{folder}: files not in the manifest: {', '.join(extra[:5])}; remove them or rebuild")
+
+
+def unloadable(file: str, backend: str, exc: BaseException) -> EngineError:
+    """The error for a listed graph file its backend cannot load (its hash matched: it was corrupt or
+    truncated when the manifest was made, or the manifest was rewritten to match)."""
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return EngineError(f"{file}: not loadable by {backend} ({detail}); rebuild the engine or copy it again")
 
 
 def check_backend_version(manifest: Manifest, installed: str) -> None:

@@ -172,6 +172,13 @@ def read_engine(folder) -> tuple[Manifest, Target]:
             f"{source}: target {manifest.target} runs on {target.backend.name}, but the manifest "
             f"says backend {manifest.backend.name!r}; the folder was edited or is corrupt: rebuild it"
         )
+    measured = manifest.parity.measured_with if manifest.parity is not None else {}
+    verified = (measured.get("target"), measured.get("backend"))
+    if manifest.parity is not None and verified != (manifest.target, manifest.backend.name):
+        raise EngineError(
+            f"{source}: says target {manifest.target} on {manifest.backend.name}, but its parity was "
+            f"verified for {verified[0]} on {verified[1]}; the folder was edited: rebuild it"
+        )
     if manifest.status not in target.backend.statuses:
         raise EngineError(
             f"{source}: status {manifest.status!r} is not one of {', '.join(target.backend.statuses)} "

@@ -48,6 +48,30 @@ class ConfigError(ModelError):
     """A model config that this reference cannot represent exactly."""
 
 
+#: Lower bounds of the integer fields (every other integer field must be >= 1).
+_INT_MIN = {"in_channels": 1}
+_OPTIONAL = {"interpolation_scale", "use_additional_conditions"}
+
+
+def _check_fields(config, what: str) -> None:
+    """Types and ranges of a config read from JSON: the one validation layer for model configs, so a
+    `"6"`, a `0` or a `2.5` is refused with the field's name instead of failing deep in torch."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if value is None and f.name in _OPTIONAL:
+            continue
+        if f.name == "use_additional_conditions":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{what} {f.name}={value!r}: give true, false or null")
+        elif f.name == "norm_eps":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise ConfigError(f"{what} {f.name}={value!r}: give a number between 0 and 1")
+        elif isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{what} {f.name}={value!r}: give an integer")
+        elif value < _INT_MIN.get(f.name, 1) or value > 1_000_000:
+            raise ConfigError(f"{what} {f.name}={value!r}: give a positive integer")
+
+
 @dataclass(frozen=True)
 class DiTConfig:
     """PixArt-alpha/delta transformer. Defaults are PixArt-XL-2 at 512 px (arXiv 2310.00426 Tab. 1)."""
@@ -82,6 +106,12 @@ class DiTConfig:
         return self.sample_size == 128
 
     def __post_init__(self) -> None:
+        _check_fields(self, "transformer config")
+        if self.sample_size % self.patch_size:
+            raise ConfigError(
+                f"transformer config sample_size {self.sample_size} is not a multiple of the patch size "
+                f"{self.patch_size}"
+            )
         if self.out_channels not in (self.in_channels, 2 * self.in_channels):
             raise ConfigError(f"out_channels must be in_channels or 2*in_channels, got {self.out_channels}")
         if self.cross_attention_dim != self.inner_dim:
@@ -123,9 +153,22 @@ class ControlNetConfig:
 
     num_copies: int = 13  # N in the paper (arXiv 2401.05252 Sec. 4): half of XL's 28 blocks, minus one
 
+    def __post_init__(self) -> None:
+        _check_fields(self, "ControlNet config")
+
+    def check_base(self, base: DiTConfig) -> None:
+        """Copy i feeds base block i+1, so the last base block is never copied: N in 1..layers-1."""
+        if not 1 <= self.num_copies < base.num_layers:
+            raise ConfigError(
+                f"ControlNet num_copies {self.num_copies}: give an integer from 1 to {base.num_layers - 1} "
+                f"(the base has {base.num_layers} blocks; copy i feeds block i+1)"
+            )
+
     @classmethod
     def from_dict(cls, raw: dict) -> "ControlNetConfig":
-        return cls(num_copies=int(raw["num_copies"]))
+        if not isinstance(raw, dict) or "num_copies" not in raw:
+            raise ConfigError("ControlNet config needs num_copies (the number of copied base blocks)")
+        return cls(num_copies=raw["num_copies"])
 
     def to_dict(self) -> dict:
         return {"_class_name": "PixArtControlNetTransformer", **dataclasses.asdict(self)}

@@ -51,8 +51,7 @@ class PixArtControlNet(nn.Module):
 
     def __init__(self, base: PixArtDiT, config: ControlNetConfig):
         super().__init__()
-        if not 0 < config.num_copies < base.config.num_layers:
-            raise ValueError(f"num_copies must be in 1..{base.config.num_layers - 1}, got {config.num_copies}")
+        config.check_base(base.config)
         self.config = config
         hidden = base.config.inner_dim
         self.controlnet = nn.ModuleList(

@@ -66,6 +66,24 @@ class PixArtModel:
     def scaling_factor(self) -> float:
         return float(self.vae.config.scaling_factor)
 
+    @property
+    def max_resolution(self) -> int:
+        """The largest side drawn or exported: twice the native size (4x its tokens). PixArt's aspect
+        buckets reach 2x native on one side; beyond, attention memory (tokens squared) runs away."""
+        return 2 * self.default_resolution
+
+    def resolution_error(self, height: int, width: int) -> str | None:
+        """Why (`height`, `width`) cannot be drawn by this model, or None."""
+        step = self.vae_scale_factor * self.dit.config.patch_size
+        if height <= 0 or width <= 0 or height % step or width % step:
+            return f"unsupported resolution {height}x{width}: height and width must be positive multiples of {step}"
+        if max(height, width) > self.max_resolution:
+            return (
+                f"resolution {height}x{width} is too large for this model: at most {self.max_resolution} px a "
+                f"side (twice its native {self.default_resolution} px)"
+            )
+        return None
+
 
 # -- helpers ----------------------------------------------------------------------------------------
 def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
@@ -85,11 +103,14 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], where: 
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ModelError(f"{path}: missing") from exc
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"{path}: not readable JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: not a JSON object (a config.json holds one object of settings)")
+    return data
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -139,10 +160,23 @@ def save_dit(dit: PixArtDiT, folder: Path) -> None:
         save_file({"null_caption": dit.null_caption.detach().contiguous()}, str(folder / NULL_CAPTION_NAME))
 
 
+def _beside_head_dim(path: Path) -> int | None:
+    """`attention_head_dim` from a config.json beside an official checkpoint (None when there is none)."""
+    beside = path.parent / "config.json"
+    if not beside.is_file():
+        return None
+    value = _read_json(beside).get("attention_head_dim")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ModelError(f"{beside}: attention_head_dim {value!r}: give a positive integer")
+    return value
+
+
 def load_official_dit(path: Path, sample_size: int | None = None) -> PixArtDiT:
     """An official PixArt `.pth`, converted in memory; the config is read off the tensor shapes."""
     raw = official.read_checkpoint(path)
-    config = official.infer_dit_config(raw, sample_size=sample_size)
+    config = official.infer_dit_config(raw, attention_head_dim=_beside_head_dim(path), sample_size=sample_size)
     state, unknown = official.dit_from_official(raw)
     null = state.get("null_caption")
     dit = PixArtDiT(config, text_len=None if null is None else null.shape[0])
@@ -155,10 +189,21 @@ def load_official_dit(path: Path, sample_size: int | None = None) -> PixArtDiT:
 def load_controlnet(path: Path, base: PixArtDiT) -> PixArtControlNet:
     """Our `controlnet/` folder (config.json + safetensors) or an official ControlNet `.pth`."""
     if path.is_dir():
-        config = ControlNetConfig.from_dict(_read_json(path / "config.json"))
+        raw_config = _read_json(path / "config.json")
+        config = ControlNetConfig.from_dict(raw_config)
+        recorded = raw_config.get("base_sha256")
+        if recorded is not None and recorded != base_fingerprint(base):
+            raise ModelError(
+                f"{path}: this ControlNet was built for another base model (base_sha256 differs from the "
+                "loaded model's weights); give the model it was trained on"
+            )
         state = read_weights(path)
     elif path.is_file():
-        state, unknown = official.controlnet_from_official(official.read_checkpoint(path))
+        raw = official.read_checkpoint(path)
+        _check_stored_base(
+            path, {k[len("base_model.") :]: v for k, v in raw.items() if k.startswith("base_model.")}, base
+        )
+        state, unknown = official.controlnet_from_official(raw)
         if unknown:
             raise WeightsError.from_mismatch(str(path), [], unknown, [])
         copies = {int(k.split(".")[1]) for k in state}
@@ -172,9 +217,47 @@ def load_controlnet(path: Path, base: PixArtDiT) -> PixArtControlNet:
     return net.eval()
 
 
-def save_controlnet(net: PixArtControlNet, folder: Path) -> None:
+def base_fingerprint(base: PixArtDiT) -> str:
+    """sha256 of a base DiT's weights (fp32 bytes in key order): what a ControlNet folder records of the
+    model it was trained on, so it is never loaded onto another."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key, value in sorted(base.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+#: How far a ControlNet checkpoint's stored base may be from the loaded one, per tensor, as
+#: |a - b| / |b| (L2): 1e-2 admits a base stored in fp16 or bf16 (rounding ~4e-3), not another model.
+BASE_TOLERANCE = 1e-2
+
+
+def _check_stored_base(path: Path, stored: dict[str, torch.Tensor], base: PixArtDiT) -> None:
+    """An official ControlNet checkpoint carries the base it was trained with (`base_model.*`): refuse
+    it on a different base (the residuals it adds are meaningless there)."""
+    if not stored:
+        return
+    converted, _ = official.dit_from_official(stored)
+    own = base.state_dict()
+    for key, value in converted.items():
+        if key not in own:
+            continue
+        ref = own[key].to(torch.float32)
+        value = value.to(torch.float32)
+        if value.shape != ref.shape or float((value - ref).norm()) > BASE_TOLERANCE * float(ref.norm()) + 1e-6:
+            raise ModelError(
+                f"{path}: this ControlNet was built for another base model (its stored base_model.{key} "
+                "differs from the loaded model's); give the model it was trained on"
+            )
+
+
+def save_controlnet(net: PixArtControlNet, folder: Path, base: PixArtDiT | None = None) -> None:
+    """config.json (with `base_sha256` of `base`, the model it was trained on, when given) + safetensors."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(net.config.to_dict(), indent=2) + "\n")
+    config = net.config.to_dict() | ({"base_sha256": base_fingerprint(base)} if base is not None else {})
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / WEIGHTS_NAME))
 
 

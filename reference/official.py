@@ -164,12 +164,18 @@ def controlnet_to_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
+#: PixArt-XL-2's width and head width (16 heads of 72), the only official DiT size.
+PIXART_XL_WIDTH, PIXART_XL_HEAD_DIM = 1152, 72
+
+
 def infer_dit_config(
-    sd: dict[str, torch.Tensor], attention_head_dim: int = 72, sample_size: int | None = None
+    sd: dict[str, torch.Tensor], attention_head_dim: int | None = None, sample_size: int | None = None
 ) -> DiTConfig:
     """A `DiTConfig` from official tensor shapes. Head width is not visible in the shapes: PixArt-XL
-    uses 72 (16 heads x 72 = 1152). The 512 models' `pos_embed` buffer gives the sample size; the
-    multi-aspect models (csize/ar embedders) are 1024 px, sample size 128."""
+    uses 72 (16 heads x 72 = 1152), assumed only at that width; any other width must state it (a head
+    width that merely divides the width would give a model with the right shapes and wrong numbers).
+    The 512 models' `pos_embed` buffer gives the sample size; the multi-aspect models (csize/ar
+    embedders) are 1024 px, sample size 128."""
     try:
         conv = sd["x_embedder.proj.weight"]  # [D, C_in, p, p]
         hidden, in_channels, patch = conv.shape[0], conv.shape[1], conv.shape[2]
@@ -186,8 +192,19 @@ def infer_dit_config(
             sample_size = int(round(sd["pos_embed"].shape[1] ** 0.5)) * patch
         else:
             raise WeightsError("cannot tell the sample size of this checkpoint (no pos_embed); pass it explicitly")
+    if attention_head_dim is None:
+        if hidden != PIXART_XL_WIDTH:
+            raise WeightsError(
+                f"hidden width {hidden}: the head width is not stored in the weights (PixArt-XL: "
+                f"{PIXART_XL_HEAD_DIM} at width {PIXART_XL_WIDTH}); put a config.json with "
+                '{"attention_head_dim": N} beside the checkpoint'
+            )
+        attention_head_dim = PIXART_XL_HEAD_DIM
     if hidden % attention_head_dim:
-        raise WeightsError(f"hidden width {hidden} is not a multiple of the head width {attention_head_dim}")
+        raise WeightsError(
+            f"attention_head_dim {attention_head_dim}: the hidden width {hidden} is not a multiple of it; fix "
+            "the config.json beside the checkpoint"
+        )
     return DiTConfig(
         num_attention_heads=hidden // attention_head_dim,
         attention_head_dim=attention_head_dim,

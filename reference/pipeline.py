@@ -28,9 +28,8 @@ def parse_resolution(resolution: int | Sequence[int] | None, model: PixArtModel)
         h = w = resolution
     else:
         h, w = (int(v) for v in resolution)
-    step = model.vae_scale_factor * model.dit.config.patch_size
-    if h <= 0 or w <= 0 or h % step or w % step:
-        raise ModelError(f"unsupported resolution {h}x{w}: height and width must be positive multiples of {step}")
+    if error := model.resolution_error(h, w):
+        raise ModelError(error)
     return h, w
 
 

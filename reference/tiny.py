@@ -121,7 +121,7 @@ def build_tiny(out: Path, seed: int = SEED) -> Path:
             for p in net.parameters():
                 if p.ndim == 2 and p.abs().sum() == 0:
                     p.normal_(0.0, 0.02)
-        save_controlnet(net, tmp / "controlnet")
+        save_controlnet(net, tmp / "controlnet", dit)
         text_encoder = T5EncoderModel(T5Config(**TINY_T5)).eval()
         text_encoder.save_pretrained(str(tmp / "text_encoder"), safe_serialization=True)
         ByT5Tokenizer(model_max_length=MAX_TEXT_LEN).save_pretrained(str(tmp / "tokenizer"))

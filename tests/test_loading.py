@@ -79,6 +79,8 @@ def _official_checkpoint(config: DiTConfig, path, with_pos_embed: bool, wrap: bo
     if with_pos_embed:  # the 512 models keep their fixed sin-cos table as a buffer
         sd["pos_embed"] = dit.pos_embed.pos_embed.clone()
     torch.save({"state_dict": sd} if wrap else sd, path)
+    # the head width is not in the weights: stated beside any checkpoint narrower than PixArt-XL
+    (path.parent / "config.json").write_text(json.dumps({"attention_head_dim": config.attention_head_dim}))
     return dit
 
 
@@ -109,7 +111,7 @@ def test_official_controlnet_round_trip(tmp_path):
 def test_controlnet_folder_round_trip(tmp_path):
     base = PixArtDiT(SMALL_512, text_len=12)
     net = PixArtControlNet(base, ControlNetConfig(num_copies=2))
-    save_controlnet(net, tmp_path / "cn")
+    save_controlnet(net, tmp_path / "cn", base)
     _same_state(net, load_controlnet(tmp_path / "cn", base))
 
 
@@ -187,3 +189,12 @@ def test_tiny_loads_and_official_layout_folder(tmp_path):
     shutil.rmtree(tmp_path / "sd-vae-ft-ema")
     with pytest.raises(ModelError, match="VAE folder missing"):
         load_model(tmp_path)
+
+
+def test_controlnet_folder_records_its_base(tmp_path):
+    base = PixArtDiT(SMALL_512, text_len=12)
+    net = PixArtControlNet(base, ControlNetConfig(num_copies=2))
+    save_controlnet(net, tmp_path / "cn", base)
+    other = PixArtDiT(SMALL_512, text_len=12)  # same shapes, other weights
+    with pytest.raises(ModelError, match="built for another base"):
+        load_controlnet(tmp_path / "cn", other)

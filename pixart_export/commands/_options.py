@@ -37,14 +37,44 @@ def finite_float(value: str) -> float:
     return number
 
 
-def seed(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if not 0 <= number < 2**63:
-        raise argparse.ArgumentTypeError(f"{value}: a seed is an integer from 0 to 2**63-1")
-    return number
+def float_range(low: float, high: float):
+    """An argparse type: a finite number in [low, high] (NaN and inf never reach the numerics)."""
+
+    def parse(value: str) -> float:
+        number = finite_float(value)
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"{value}: give a number from {low:g} to {high:g}")
+        return number
+
+    parse.__name__ = "number"
+    return parse
+
+
+def int_range(low: int, high: int, what: str = "an integer"):
+    """An argparse type: an integer in [low, high]."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"{value}: {what} from {low} to {high}")
+        return number
+
+    parse.__name__ = "integer"
+    return parse
+
+
+#: Bounds of the values every command shares. Why these: a ControlNet residual scale beyond 10 or a
+#: CFG scale beyond 50 only saturates the image; 256 images per call bounds the noise drawn up front
+#: (the noise of a seed is drawn for the whole batch at once, as the reference does).
+CONDITIONING_SCALE = (0.0, 10.0)
+GUIDANCE_SCALE = (0.0, 50.0)
+MAX_IMAGES = 256
+MAX_THREADS = 1024
+
+seed = int_range(0, 2**63 - 1, "a seed is an integer")
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -90,7 +120,12 @@ def add_image_options(p: argparse.ArgumentParser, what: str) -> None:
         help=f"image size, PX (square) or HxW, e.g. 512 or 512x768 (default: {what})",
     )
     p.add_argument("--control-image", type=Path, default=None, help="condition image (needs a ControlNet)")
-    p.add_argument("--conditioning-scale", type=finite_float, default=1.0, help="ControlNet residual scale (default 1)")
+    p.add_argument(
+        "--conditioning-scale",
+        type=float_range(*CONDITIONING_SCALE),
+        default=1.0,
+        help="ControlNet residual scale, %g to %g (default 1)" % CONDITIONING_SCALE,
+    )
     p.add_argument("--out", type=Path, default=Path("image.png"), help="output PNG path (default image.png)")
 
 
@@ -106,6 +141,10 @@ def emit_json(data) -> None:
 def check_prompt(prompt: str) -> None:
     if not prompt.strip():
         raise UserError("empty prompt: give the text to draw with --prompt")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError("the prompt is not valid UTF-8 text (check the terminal's encoding)") from None
 
 
 def check_steps(steps: int, sampler: str = "lcm") -> None:
@@ -115,12 +154,43 @@ def check_steps(steps: int, sampler: str = "lcm") -> None:
         )
 
 
-def check_png_out(path: Path) -> Path:
+def check_png_out(path: Path, engine: Path | None = None) -> Path:
+    """An image path we may write: *.png, not a folder, in an existing folder, and not inside an engine
+    folder (an unlisted file there would make the engine refuse to load)."""
     if path.suffix.lower() != ".png":
         raise UserError(f"--out {path}: the output is a PNG, name it *.png")
-    if path.exists() and path.is_dir():
+    if path.is_dir():
         raise UserError(f"--out {path}: is a folder; give a file name ending in .png")
+    if not path.parent.is_dir():
+        raise UserError(f"--out {path}: no such folder {path.parent}; create it first")
+    folder = engine_folder_around(path)
+    if folder is not None or (engine is not None and _within(path, engine)):
+        raise UserError(
+            f"--out {path}: inside the engine folder {folder or engine}; writing there would break its "
+            "file list: write the image elsewhere"
+        )
     return path
+
+
+def _within(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(Path(folder).resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def engine_folder_around(path: Path) -> Path | None:
+    """The engine folder that holds `path` (a parent with a manifest.json of ours), if any."""
+    for parent in path.resolve().parents:
+        manifest = parent / "manifest.json"
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else None
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and "schema_version" in data and "build_key" in data:
+            return parent
+    return None
 
 
 def check_out(path: Path) -> Path:
@@ -133,13 +203,20 @@ def read_control_image(path: Path | None):
     """The --control-image as a loaded PIL image (None when not given); one clear error if unreadable."""
     if path is None:
         return None
+    import warnings
+
     from PIL import Image
 
     try:
-        image = Image.open(path)
-        image.load()
-    except (OSError, Image.DecompressionBombError) as exc:
-        raise UserError(f"{path}: not a readable image ({exc})") from exc
+        with warnings.catch_warnings():
+            # PIL only warns between its pixel limit and twice that; both are refused here
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UserError(f"--control-image {path}: too large ({exc}); give an image near the output size") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UserError(f"--control-image {path}: not a readable image ({exc})") from None
     return image
 
 

@@ -36,9 +36,19 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.folder}: no such folder (give a bundle from `pixart-export build --target trt-*`)")
     target = get_target(args.target)
     manifest = read_engine(args.folder)[0] if (args.folder / MANIFEST).exists() else None
-    reports = check_bundle(
-        args.folder, target, manifest, on_file=lambda n: print(f"checking {n}", file=sys.stderr, flush=True)
-    )
+    from google.protobuf.message import DecodeError
+
+    current: list[str] = []
+
+    def on_file(name: str) -> None:
+        current[:] = [name]
+        print(f"checking {name}", file=sys.stderr, flush=True)
+
+    try:
+        reports = check_bundle(args.folder, target, manifest, on_file=on_file)
+    except (DecodeError, OSError) as exc:
+        name = current[0] if current else args.folder
+        raise UserError(f"{name}: not a readable ONNX graph ({exc or type(exc).__name__}); export it again") from None
     if not reports:
         raise UserError(f"{args.folder}: no graphs found (no manifest.json and no .onnx files)")
     if args.json:

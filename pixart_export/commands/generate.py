@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _options.add_model_options(p)
     _options.add_image_options(p, "the model's native size")
-    p.add_argument("--steps", type=int, default=4, help="sampler steps (LCM: 1-8, default 4)")
+    p.add_argument(
+        "--steps", type=_options.int_range(1, 1000), default=4, help="sampler steps (LCM: 1-8, DDIM: 1-1000; default 4)"
+    )
     p.add_argument(
         "--sampler",
         choices=["lcm", "ddim"],
@@ -29,7 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "weights where they are shipped, else the student's)",
     )
     p.add_argument(
-        "--guidance-scale", type=_options.finite_float, default=4.5, help="CFG scale for --sampler ddim (default 4.5)"
+        "--guidance-scale",
+        type=_options.float_range(*_options.GUIDANCE_SCALE),
+        default=4.5,
+        help="CFG scale for --sampler ddim, %g to %g (default 4.5)" % _options.GUIDANCE_SCALE,
     )
     p.set_defaults(func=run)
 

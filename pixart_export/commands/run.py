@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import UserError
 from ..manifest import Precision
+from ..runtime.budget import DEFAULT_BUDGET_GIB
 from . import _options
 
 
@@ -18,7 +18,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = _options.subcommand(sub, __doc__, "run", help="draw an image with an engine folder (torch-free runtime)")
     p.add_argument("engine", type=Path, help="engine folder (from build)")
     _options.add_image_options(p, "the engine's first bucket")
-    p.add_argument("--num-images", type=int, default=1, help="images per prompt (out.png, out_1.png, ...)")
+    p.add_argument(
+        "--num-images",
+        type=_options.int_range(1, _options.MAX_IMAGES),
+        default=1,
+        help=f"images per prompt, 1 to {_options.MAX_IMAGES} (out.png, out_1.png, ...); made in chunks that fit "
+        "--memory-budget and written as each chunk finishes",
+    )
     p.add_argument(
         "--precision",
         choices=[x.value for x in Precision],
@@ -26,23 +32,38 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="which of the folder's precisions to run (e.g. fp16 or int8 in a TensorRT bundle; "
         "default: the one it was built to run in)",
     )
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for CPU backends (default: all)")
+    p.add_argument(
+        "--threads",
+        type=_options.int_range(1, _options.MAX_THREADS),
+        default=None,
+        help="CPU threads for CPU backends (default: all)",
+    )
+    p.add_argument(
+        "--memory-budget",
+        type=_options.float_range(0.01, 1024),
+        default=None,
+        metavar="GIB",
+        help="activation memory one chunk of images may use, in GiB (default %g; larger batches are split)"
+        % DEFAULT_BUDGET_GIB,
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     _options.check_prompt(args.prompt)
-    _options.check_png_out(args.out)
-    if args.num_images < 1:
-        raise UserError("--num-images must be at least 1")
-    if args.threads is not None and args.threads < 1:
-        raise UserError("--threads must be at least 1")
+    paths = [
+        args.out if i == 0 else args.out.with_name(f"{args.out.stem}_{i}{args.out.suffix}")
+        for i in range(args.num_images)
+    ]
+    for path in paths:
+        _options.check_png_out(path, engine=args.engine)
     from .. import runtime
 
     control = _options.read_control_image(args.control_image)
     options = {"threads": args.threads} if args.threads else {}
-    pipe = runtime.load(args.engine, precision=args.precision, **options)
-    images = pipe(
+    budget = None if args.memory_budget is None else int(args.memory_budget * 2**30)
+    pipe = runtime.load(args.engine, precision=args.precision, memory_budget=budget, **options)
+    chunks = pipe.chunks(
         args.prompt,
         seed=args.seed,
         num_images=args.num_images,
@@ -50,8 +71,10 @@ def run(args: argparse.Namespace) -> int:
         conditioning_scale=args.conditioning_scale,
         resolution=args.resolution,
     )
-    for i, image in enumerate(images):
-        path = args.out if i == 0 else args.out.with_name(f"{args.out.stem}_{i}{args.out.suffix}")
-        _options.save_png(image, path)
-        print(f"wrote {path} ({image.width}x{image.height})")
+    written = 0
+    for images in chunks:
+        for image in images:
+            _options.save_png(image, paths[written])
+            print(f"wrote {paths[written]} ({image.width}x{image.height})")
+            written += 1
     return 0

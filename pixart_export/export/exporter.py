@@ -63,10 +63,9 @@ def check_exportable(model, resolutions: list[tuple[int, int]], steps: int) -> N
     """Refuse, with one line each, what this exporter does not produce."""
     if not 1 <= steps <= 8:
         raise UserError(f"--steps {steps}: LCM sampling takes 1 to 8 steps")
-    step = model.vae_scale_factor * model.dit.config.patch_size
     for h, w in resolutions:
-        if h <= 0 or w <= 0 or h % step or w % step:
-            raise UserError(f"resolution {h}x{w}: height and width must be positive multiples of {step}")
+        if error := model.resolution_error(h, w):
+            raise UserError(error)
 
 
 def wrapper_for(spec: GraphSpec, model, steps: int):

@@ -22,13 +22,18 @@ __all__ = ["load", "Pipeline", "EngineError", "Precision"]
 
 
 def load(
-    engine_dir: str | Path, precision: str | Precision | None = None, verify_hashes: bool = True, **runner_options
+    engine_dir: str | Path,
+    precision: str | Precision | None = None,
+    verify_hashes: bool = True,
+    memory_budget: int | None = None,
+    **runner_options,
 ) -> Pipeline:
     """Validate `engine_dir` and return its pipeline: `pipe(prompt, seed=0, num_images=1, control_image=None)`.
 
     `precision`: one of the folder's `choosable_precisions` (default: the one it was built to run in).
     `runner_options` go to the backend's runner (e.g. `threads=2`; onnxruntime `providers=[...]`;
-    tensorrt `cuda_graph=True`).
+    tensorrt `cuda_graph=True`). `memory_budget`: bytes of activations one call of the graphs may use;
+    larger batches run in chunks (default `budget.DEFAULT_BUDGET_GIB`).
     """
     from ..targets import read_engine
 
@@ -37,4 +42,5 @@ def load(
     backend = target.backend
     backend.check_host(folder, manifest)
     check_files(folder, manifest, hashes=verify_hashes)
-    return Pipeline(folder, manifest, backend.runner(folder, manifest, **runner_options), precision)
+    runner = backend.runner(folder, manifest, **runner_options)
+    return Pipeline(folder, manifest, runner, precision, memory_budget=memory_budget)

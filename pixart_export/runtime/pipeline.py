@@ -13,14 +13,16 @@ TensorRT bundle's fp16 and int8 engines); each graph falls back as `manifest.FAL
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
 from ..errors import UserError
 from ..manifest import EngineError, Manifest, Precision
+from .budget import chunk_size
 from .noise import draw_noise
 from .tokenizer import load_tokenizer
 
@@ -39,14 +41,30 @@ def to_pil(images: np.ndarray) -> list[Image.Image]:
 class Pipeline:
     """One engine folder, one runner. Call it with a prompt (or a list) to get PIL images."""
 
-    def __init__(self, folder: Path, manifest: Manifest, runner, precision: str | Precision | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        manifest: Manifest,
+        runner,
+        precision: str | Precision | None = None,
+        memory_budget: int | None = None,
+    ):
         self.folder = Path(folder)
+        self.memory_budget = memory_budget
         self.manifest = manifest
         self.runner = runner
         self.precision = self._check_precision(precision)
         self.tokenizer = load_tokenizer(self.folder, manifest.tokenizer)
         self.steps = manifest.steps
         self.resolutions = [tuple(r) for r in manifest.resolutions]
+
+    @property
+    def max_batch(self) -> int:
+        """Images per call of the graphs at the first bucket (see `budget.chunk_size`)."""
+        return self._chunk(*self.resolutions[0])
+
+    def _chunk(self, height: int, width: int) -> int:
+        return chunk_size(self.manifest, height, width, self.memory_budget, getattr(self.runner, "max_batch", None))
 
     def _check_precision(self, precision) -> Precision:
         if precision is None:
@@ -74,8 +92,7 @@ class Pipeline:
 
     def encode(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         for p in prompts:
-            if not p or not p.strip():
-                raise UserError("empty prompt: give the text to draw")
+            self.encode_check(p)
         ids, mask = self.tokenizer(prompts)
         return self.run("text_encoder", {"input_ids": ids, "attention_mask": mask})[0], mask
 
@@ -101,30 +118,70 @@ class Pipeline:
         output: str = "pil",
     ):
         """Images for `prompt` (a list gives one image each; a string gives `num_images` images)."""
+        parts = list(self.chunks(prompt, seed, num_images, control_image, conditioning_scale, resolution, output))
+        if output == "pil":
+            return [image for part in parts for image in part]
+        return np.concatenate(parts)
+
+    def chunks(
+        self,
+        prompt: str | list[str],
+        seed: int = 0,
+        num_images: int = 1,
+        control_image: Image.Image | None = None,
+        conditioning_scale: float = 1.0,
+        resolution: int | Sequence[int] | None = None,
+        output: str = "pil",
+    ) -> Iterator:
+        """The same images as `__call__`, one chunk (at most `max_batch` images) at a time.
+
+        The noise of the whole batch is drawn first and sliced, so chunking changes no pixel."""
         prompts = [prompt] * num_images if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise UserError("no prompt given")
+        if not math.isfinite(conditioning_scale):
+            raise UserError(f"conditioning scale {conditioning_scale}: give a finite number")
         height, width = self._resolution(resolution)
+        for p in prompts:  # every prompt checked before the first chunk runs
+            self.encode_check(p)
         f = self.manifest.vae_scale_factor
         latent_shape = (self.manifest.latent_channels, height // f, width // f)
-        embeds, mask = self.encode(prompts)
         noise = draw_noise(seed, len(prompts), latent_shape, self.steps)
-        feeds = {
-            "latents": noise[0],
-            "step_noise": noise[1:],
-            "prompt_embeds": embeds,
-            "prompt_attention_mask": mask,
-            # multi-aspect models' conditions; `run` passes only the inputs a graph declares
-            "resolution": np.tile(np.array([[height, width]], np.float32), (len(prompts), 1)),
-            "aspect_ratio": np.full((len(prompts), 1), height / width, np.float32),
-        }
-        graph = f"denoiser_lcm{self.steps}"
+        control = None
         if control_image is not None:
             if not self.manifest.model.controlnet:
                 raise UserError("this engine has no ControlNet; rebuild with --controlnet to use a control image")
             control = self.run("vae_encoder", {"image": image_to_array(control_image, height, width)}, height, width)[0]
-            batch_shape = (len(prompts), *control.shape[1:])
-            feeds["control_latents"] = np.ascontiguousarray(np.broadcast_to(control, batch_shape))
+        size = self._chunk(height, width)
+        for start in range(0, len(prompts), size):
+            stop = min(start + size, len(prompts))
+            yield self._generate(
+                prompts[start:stop], noise[:, start:stop], control, conditioning_scale, height, width, output
+            )
+
+    def encode_check(self, prompt) -> None:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UserError("empty prompt: give the text to draw")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError("the prompt is not valid UTF-8 text") from None
+
+    def _generate(self, prompts, noise, control, conditioning_scale, height, width, output):
+        embeds, mask = self.encode(prompts)
+        n = len(prompts)
+        feeds = {
+            "latents": np.ascontiguousarray(noise[0]),
+            "step_noise": np.ascontiguousarray(noise[1:]),
+            "prompt_embeds": embeds,
+            "prompt_attention_mask": mask,
+            # multi-aspect models' conditions; `run` passes only the inputs a graph declares
+            "resolution": np.tile(np.array([[height, width]], np.float32), (n, 1)),
+            "aspect_ratio": np.full((n, 1), height / width, np.float32),
+        }
+        graph = f"denoiser_lcm{self.steps}"
+        if control is not None:
+            feeds["control_latents"] = np.ascontiguousarray(np.broadcast_to(control, (n, *control.shape[1:])))
             feeds["conditioning_scale"] = np.array([conditioning_scale], np.float32)
             graph += "_controlnet"
         denoised = self.run(graph, feeds, height, width)[0]

@@ -446,7 +446,7 @@ def write_model_folder(out: Path, source: Path, dit: PixArtDiT | None = None, va
         save_dit(dit, tmp / "transformer")
         if (source / "controlnet").is_dir():
             num = json.loads((source / "controlnet" / "config.json").read_text())["num_copies"]
-            save_controlnet(PixArtControlNet(dit, ControlNetConfig(num_copies=num)), tmp / "controlnet")
+            save_controlnet(PixArtControlNet(dit, ControlNetConfig(num_copies=num)), tmp / "controlnet", dit)
         tmp.chmod(0o755)
         if out.exists():
             shutil.rmtree(out)

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ...manifest import GraphRecord, Precision
+from ...manifest import GraphRecord, Precision, unloadable
 
 
 class OrtRunner:
@@ -32,9 +32,12 @@ class OrtRunner:
                 options.intra_op_num_threads = int(self.threads)
             if record.precision == Precision.INT8:
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            self._sessions[record.file] = ort.InferenceSession(
-                str(self.folder / record.file), options, providers=self.providers
-            )
+            try:
+                self._sessions[record.file] = ort.InferenceSession(
+                    str(self.folder / record.file), options, providers=self.providers
+                )
+            except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
+                raise unloadable(record.file, "onnxruntime", exc) from None
         return self._sessions[record.file]
 
     def run(self, record: GraphRecord, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

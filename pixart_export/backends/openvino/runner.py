@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...manifest import GraphRecord
+from ...manifest import GraphRecord, unloadable
 
 #: CPU ISA flags that decide int8/bf16 speed, as /proc/cpuinfo spells them.
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
@@ -132,10 +132,13 @@ class OvRunner:
             import openvino as ov
 
             self._core = self._core or ov.Core()
-            model = self._core.read_model(str(self.folder / record.file))
-            if shapes:
-                model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes})
-            self._compiled[key] = compile_graph(model, self.graph_config(record), self._core)
+            try:
+                model = self._core.read_model(str(self.folder / record.file))
+                if shapes:
+                    model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes})
+                self._compiled[key] = compile_graph(model, self.graph_config(record), self._core)
+            except RuntimeError as exc:  # OpenVINO reports unreadable IR / weights as RuntimeError
+                raise unloadable(record.file, "OpenVINO", exc) from None
         return self._compiled[key]
 
     def run(self, record: GraphRecord, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
