@@ -6,7 +6,8 @@ The teacher must learn, from the diffusion loss alone, to paint object a's colou
 "painter" of 16 learned cell queries (a 4x4 grid) with PixArt's caption projection and `--blocks`
 blocks of self-attention, cross-attention to the text encoder's output and an MLP (the DiT's structure,
 without the image) predicts each cell's colour and shape as a classification (cross-entropy, a clean
-signal; the diffusion loss is far noisier, so a text encoder that fails here will fail in the teacher).
+signal; the diffusion loss is far noisier, so a text encoder that fails here is not expected to do
+better in the teacher; one that succeeds here is necessary, not sufficient).
 The text encoder trains with it from random, as in the teacher. Captions come from the training
 distribution (`data.sample_labels`, both phrasings "A above B" / "B below A", half with the background
 phrase); the score is binding accuracy, the share of captions whose two halves get every attribute
@@ -126,7 +127,6 @@ def binding_accuracy(t5, painter, tokenizer, labels: list[data.Labels], variant:
 
 def main(argv=None) -> None:
     from ..text import tokenize
-    from ..tiny import build_tiny  # noqa: F401  (the tokenizer is the tiny model's ByT5)
     from . import text_probe
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
