@@ -533,6 +533,11 @@ def check_files(folder: Path, manifest: Manifest, hashes: bool = True) -> None:
     folder = Path(folder)
     for rel, entry in manifest.files.items():
         path = folder / rel
+        parts = PurePosixPath(rel).parts
+        if any(folder.joinpath(*parts[: i + 1]).is_symlink() for i in range(len(parts))):
+            raise EngineError(
+                f"{path}: a symbolic link; an engine folder holds its own files (copy them in, or rebuild)"
+            )
         if not path.is_file():
             raise EngineError(f"{path}: missing (listed in the manifest); rebuild the engine or copy it again")
         if path.stat().st_size != entry.bytes:

@@ -438,3 +438,13 @@ def test_truncated_openvino_files_with_matching_hash(tmp_path, capsys, suffix):
     (folder / name).write_bytes(data[: len(data) // 2])
     rehash(folder, name)
     refused(capsys, run_argv(folder, tmp_path / "x.png"), rf"{xml}.*not loadable by OpenVINO.*rebuild", root=tmp_path)
+
+
+def test_symlinked_graph_is_refused(tmp_path, capsys):
+    """A listed file that is a link (here to an identical copy outside, so even its hash matches)."""
+    folder = copy_engine(tmp_path / "engine")
+    name = graph_file(folder, "vae_decoder")
+    (tmp_path / "outside").mkdir()
+    (folder / name).rename(tmp_path / "outside" / name)
+    (folder / name).symlink_to(tmp_path / "outside" / name)
+    refused(capsys, run_argv(folder, tmp_path / "x.png"), r"symbolic link", root=tmp_path)
