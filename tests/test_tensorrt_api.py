@@ -61,47 +61,101 @@ RETURNS = {
 PARAMETERS = {"runtime": "Runtime"}
 MODULE_NAMES = {"trt", "tensorrt"}
 BACKEND = ROOT / "pixart_export" / "backends" / "tensorrt"
+FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
 
-def _chain(node) -> list[str] | None:
-    """`trt.A.B` -> ["A", "B"]; None when the chain is not rooted at the module."""
+def _chain(node, modules: set[str]) -> list[str] | None:
+    """`trt.A.B` -> ["A", "B"] when `trt` is the module in this scope (`modules`), else None."""
     names = []
     while isinstance(node, ast.Attribute):
         names.append(node.attr)
         node = node.value
-    if isinstance(node, ast.Name) and node.id in MODULE_NAMES and names:
+    if isinstance(node, ast.Name) and node.id in modules and names:
         return names[::-1]
     return None
+
+
+def _called(node) -> str | None:
+    return node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
+
+
+def _local_module_names(f, file_level: set[str]) -> tuple[set[str], set[str]]:
+    """(names bound to the module in function `f` by an import or `= ...probe_tensorrt()...`, names it
+    rebinds to something else, e.g. `trt = ctx.target.trt`, a registry row)."""
+    bound, other = set(file_level), set()
+    for node in ast.walk(f):
+        if isinstance(node, ast.Import):
+            bound |= {a.asname or a.name for a in node.names if a.name == "tensorrt"}
+        elif isinstance(node, ast.Assign):
+            for t in node.targets:
+                if isinstance(t, ast.Name) and t.id in MODULE_NAMES:
+                    probed = any(
+                        isinstance(c, ast.Call) and _called(c) == "probe_tensorrt" for c in ast.walk(node.value)
+                    )
+                    (bound if probed else other).add(t.id)
+    return bound, other - bound
+
+
+def _module_scopes(trees: dict[Path, ast.Module]) -> dict[ast.AST, set[str]]:
+    """{function: the names that are the `tensorrt` module in it}. A parameter named `trt` is the module
+    only where a caller passes the module to it (followed through calls by function name)."""
+    local, by_name = {}, {}
+    for tree in trees.values():
+        file_level = {
+            a.asname or a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names if a.name == "tensorrt"
+        }
+        for f in (n for n in ast.walk(tree) if isinstance(n, FUNCTIONS)):
+            local[f] = _local_module_names(f, file_level)
+            by_name.setdefault(f.name, []).append(f)
+    params: dict[ast.AST, set[str]] = {f: set() for f in local}
+
+    def modules(f) -> set[str]:
+        bound, other = local[f]
+        return bound | (params[f] - other)
+
+    for _ in range(3):  # callers of callers
+        for g in local:
+            here = modules(g)
+            for call in (c for c in ast.walk(g) if isinstance(c, ast.Call)):
+                for f in by_name.get(_called(call) or "", []):
+                    names = [a.arg for a in f.args.args]
+                    names = names[1:] if names[:1] == ["self"] else names
+                    passed = list(zip(names, call.args)) + [(k.arg, k.value) for k in call.keywords]
+                    params[f] |= {
+                        p for p, v in passed if p in MODULE_NAMES and isinstance(v, ast.Name) and v.id in here
+                    }
+    return {f: modules(f) for f in local}
 
 
 class _Types:
     """The TensorRT class of the names and `self.` attributes of one file, followed through assignments."""
 
-    def __init__(self, tree, backend: bool):
-        self.backend = backend
+    def __init__(self, tree, scopes: dict, backend: bool):
+        self.backend, self.scopes = backend, scopes
         self.self_attrs: dict[str, str] = {}
         self.uses: set[tuple[str, str]] = set()
-        funcs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        funcs = [n for n in ast.walk(tree) if isinstance(n, FUNCTIONS)]
         for _ in range(2):  # self attributes assigned in one method and used in another
             for f in funcs:
                 self._function(f, record=False)
         for f in funcs:
             self._function(f, record=True)
 
-    def type_of(self, node, env) -> str | None:
+    def type_of(self, node, env, modules) -> str | None:
         if isinstance(node, ast.Name):
             return env.get(node.id)
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
             return self.self_attrs.get(node.attr)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-            chain = _chain(node.func)
+            chain = _chain(node.func, modules)
             if chain and len(chain) == 1:
                 return RETURNS.get(chain[0])  # trt.Builder(...)
-            if self.type_of(node.func.value, env) is not None:
+            if self.type_of(node.func.value, env, modules) is not None:
                 return RETURNS.get(node.func.attr)  # builder.create_network(...)
         return None
 
     def _function(self, f, record: bool) -> None:
+        modules = self.scopes[f]
         env = {}
         if self.backend:
             env = {a.arg: PARAMETERS[a.arg] for a in f.args.args if a.arg in PARAMETERS}
@@ -111,28 +165,26 @@ class _Types:
         )
         for n in nodes:
             if isinstance(n, ast.Assign) and len(n.targets) == 1:
-                kind, target = self.type_of(n.value, env), n.targets[0]
+                kind, target = self.type_of(n.value, env, modules), n.targets[0]
                 if kind and isinstance(target, ast.Name):
                     env[target.id] = kind
                 elif kind and isinstance(target, ast.Attribute) and getattr(target.value, "id", None) == "self":
                     self.self_attrs[target.attr] = kind
             elif record and isinstance(n, ast.Attribute):
-                kind = self.type_of(n.value, env)
+                kind = self.type_of(n.value, env, modules)
                 if kind is not None:
                     self.uses.add((kind, n.attr))
 
 
 def used_api() -> dict[str, list]:
     """{"chains": [["BuilderFlag", "TF32"], ...], "methods": [["IBuilderConfig", "clear_flag"], ...]}."""
+    trees = {p: ast.parse(p.read_text(), str(p)) for p in sorted((ROOT / "pixart_export").rglob("*.py"))}
+    scopes = _module_scopes(trees)
     chains, methods = set(), set()
-    for path in sorted((ROOT / "pixart_export").rglob("*.py")):
-        tree = ast.parse(path.read_text(), str(path))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute):
-                chain = _chain(node)
-                if chain:
-                    chains.add(tuple(chain))
-        methods |= _Types(tree, backend=BACKEND in path.parents).uses
+    for path, tree in trees.items():
+        for f in (n for n in ast.walk(tree) if isinstance(n, FUNCTIONS)):
+            chains |= {tuple(c) for n in ast.walk(f) if isinstance(n, ast.Attribute) and (c := _chain(n, scopes[f]))}
+        methods |= _Types(tree, scopes, backend=BACKEND in path.parents).uses
     # keep only the longest chains (trt.Logger.WARNING covers trt.Logger)
     longest = {c for c in chains if not any(len(o) > len(c) and o[: len(c)] == c for o in chains)}
     return {"chains": sorted(list(c) for c in longest), "methods": sorted(list(m) for m in methods)}
@@ -161,6 +213,31 @@ def test_gathered_api_covers_what_the_code_calls():
         ("IExecutionContext", "set_tensor_address"),
         ("IExecutionContext", "execute_async_v3"),
     } <= methods, sorted(methods)
+
+
+def test_gatherer_follows_what_trt_is():
+    """`trt` is the module where it is imported, probed, or passed the module; a registry row named `trt`
+    (`ctx.target.trt`) and a parameter fed one are not."""
+    code = """
+def build(trt, path):
+    return trt.BuilderFlag.TF32
+def compile_it(trt=None):
+    trt = trt if trt is not None else probe_tensorrt()
+    build(trt, 1)
+def plan(ctx, trt):
+    return trt.memory_gib
+def prepare(ctx):
+    trt = ctx.target.trt
+    plan(ctx, trt)
+    return trt.text_encoder
+def run():
+    import tensorrt as trt
+    return trt.Runtime(trt.Logger(trt.Logger.WARNING))
+"""
+    tree = ast.parse(code)
+    scopes = _module_scopes({Path("x.py"): tree})
+    got = {f.name: sorted(m) for f, m in scopes.items()}
+    assert got == {"build": ["trt"], "compile_it": ["trt"], "plan": [], "prepare": [], "run": ["trt"]}
 
 
 # -- the real bindings ---------------------------------------------------------------------------------
