@@ -57,11 +57,11 @@ class Precision(str, enum.Enum):
 
 #: When a folder has no graph of the asked precision for some graph, the runtime takes the first of
 #: these that it has (an int8 engine set runs fp16 where nothing was quantised, and fp32 where an fp16
-#: graph failed its gate and shipped fp32).
+#: graph failed its gate and shipped fp32; bf16 is the text encoder's plan on bf16 GPUs, t5_plan.py).
 FALLBACK = {
-    Precision.INT8: (Precision.INT8, Precision.FP16, Precision.FP32),
-    Precision.FP8: (Precision.FP8, Precision.FP16, Precision.FP32),
-    Precision.FP16: (Precision.FP16, Precision.FP32),
+    Precision.INT8: (Precision.INT8, Precision.FP16, Precision.BF16, Precision.FP32),
+    Precision.FP8: (Precision.FP8, Precision.FP16, Precision.BF16, Precision.FP32),
+    Precision.FP16: (Precision.FP16, Precision.BF16, Precision.FP32),
     Precision.BF16: (Precision.BF16, Precision.FP32),
 }
 

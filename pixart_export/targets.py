@@ -36,6 +36,9 @@ class TrtSpec:
     open) that still build for this architecture. `prepared`: the precisions a bundle carries as graphs.
     `cuda`: the CUDA majors with a TensorRT in that range (the `tensorrt-cu<N>` wheels; tensorrt-cu13
     starts at 10.13, so a range ending at 10.4 is CUDA 12 only); `compile` refuses other stacks.
+    `text_encoder`: the T5 precision plan (backends/tensorrt/t5_plan.py: fp16 with the overflow layers
+    fp32 where the card has 16 GB and no bf16, bf16 where it has bf16); `memory_gib`: the usable memory of
+    the smallest card of the row, which the plan's T5-XXL estimate is checked against.
     """
 
     sm: int
@@ -43,6 +46,8 @@ class TrtSpec:
     prepared: tuple[Precision, ...]
     profile: TrtProfile = TrtProfile()
     cuda: tuple[int, ...] = (12, 13)
+    text_encoder: Precision = Precision.FP16
+    memory_gib: float = 15.0
 
     @property
     def arch(self) -> str:
@@ -80,10 +85,12 @@ def _trt(
     precisions: tuple,
     notes: str,
     cuda: tuple = (12, 13),
+    text_encoder: Precision = Precision.FP16,
+    memory_gib: float = 15.0,
 ):
     """A TensorRT row: device sm_<sm>, the TensorRT range (and CUDA majors) that still build for it, what a
-    bundle carries."""
-    spec = TrtSpec(sm, tensorrt, prepared, TrtProfile(batch), cuda)
+    bundle carries, the text encoder's precision plan and the card's usable memory."""
+    spec = TrtSpec(sm, tensorrt, prepared, TrtProfile(batch), cuda, text_encoder, memory_gib)
     return Target(name, TENSORRT, spec.arch, precisions, notes, verified=TRT_VERIFIED, trt=spec)
 
 
@@ -114,6 +121,7 @@ _ROWS = [
     # TensorRT: precision lives in the graphs (fp16 types, Q/DQ) because TensorRT 11 builds strongly
     # typed networks only; the bundle carries `prepared` precisions, the rest are what the GPU supports.
     # Batch limits by memory: a T4 has 16 GB, a V100 16/32 GB, A100/H100 40-80 GB.
+    # Usable memory (nvidia-smi): T4 15360 MiB, V100-16GB 16160 MiB, A100-40GB 40960 MiB, H100-80GB 81559 MiB.
     _trt("trt-t4", 75, ("10.0", None), FP16_INT8, (1, 1, 2), ("fp16", "int8"), "T4 (Turing); int8 as explicit Q/DQ"),
     _trt(
         "trt-v100",
@@ -124,16 +132,29 @@ _ROWS = [
         ("fp16",),
         "TensorRT <= 10.4 on CUDA 12 (Volta dropped in 10.5); no int8 tensor cores",
         cuda=(12,),
+        memory_gib=15.7,
     ),
-    _trt("trt-a100", 80, ("10.0", None), FP16_INT8, (1, 1, 8), ("fp16", "bf16", "int8"), "A100 (Ampere)"),
+    _trt(
+        "trt-a100",
+        80,
+        ("10.0", None),
+        FP16_INT8,
+        (1, 1, 8),
+        ("fp16", "bf16", "int8"),
+        "A100 (Ampere); T5 in bf16",
+        text_encoder=Precision.BF16,
+        memory_gib=40.0,
+    ),
     _trt(
         "trt-h100",
         90,
         ("10.0", None),
         (*FP16_INT8, Precision.FP8),
         (1, 1, 8),
-        ("fp16", "int8", "fp8"),
-        "fp8 needs sm >= 8.9: E4M3 Q/DQ graphs prepared beside int8",
+        ("fp16", "bf16", "int8", "fp8"),
+        "fp8 needs sm >= 8.9: E4M3 Q/DQ graphs prepared beside int8; T5 in bf16",
+        text_encoder=Precision.BF16,
+        memory_gib=79.6,
     ),
 ]
 TARGETS: dict[str, Target] = {t.name: t for t in _ROWS}

@@ -11,15 +11,17 @@ from .prepare import CALIBRATION_COUNT
 
 
 def add_options(parser) -> None:
-    hint = "ship fp16 graphs only, no int8 Q/DQ graphs (the targets with int8 ship both by default)"
+    hint = "ship fp16 graphs only, no int8/fp8 Q/DQ graphs (the targets with int8/fp8 ship them by default)"
     flag(parser, "tensorrt (trt-*)", "--trt-fp16-only", hint)
 
 
 def options_from_args(backend, target, args) -> dict:
     """JSON-able build options (they enter the build key): int8 graphs or not, how many calibration
     prompts, and the target's TensorRT facts (profile, versions) the graphs are checked against."""
-    int8 = Precision.INT8 in target.trt.prepared and not bool(getattr(args, "trt_fp16_only", False))
-    return {"int8": int8, "calib_prompts": CALIBRATION_COUNT, "trt": repr(target.trt)}
+    fp16_only = bool(getattr(args, "trt_fp16_only", False))
+    int8 = Precision.INT8 in target.trt.prepared and not fp16_only
+    fp8 = Precision.FP8 in target.trt.prepared and not fp16_only
+    return {"int8": int8, "fp8": fp8, "calib_prompts": CALIBRATION_COUNT, "trt": repr(target.trt)}
 
 
 def add_check_arguments(parser, targets: list[str]) -> None:
@@ -36,7 +38,7 @@ def add_compile_arguments(parser) -> None:
     parser.add_argument("bundle", type=Path, metavar="BUNDLE", help="the bundle folder")
     parser.add_argument(
         "--only",
-        choices=[str(Precision.FP16), str(Precision.INT8)],
+        choices=[str(p) for p in (Precision.FP16, Precision.INT8, Precision.FP8, Precision.BF16, Precision.FP32)],
         action="append",
         default=None,
         help="build only these precisions (repeatable; default all in the bundle)",

@@ -8,11 +8,15 @@ Stages, after `build.py`'s export (each a named `Stage`; the build numbers them)
      (`calibration.CALIBRATION_PROMPTS`, the first `CALIBRATION_COUNT`, batch 2, seed 0) and of
      held-out prompts (`calibration.HELD_OUT_PROMPTS`, the first `HELD_OUT_COUNT`, seed 1000);
   3. fp16: every graph (`fp16.convert`, sensitive nodes kept fp32, decided on ranges measured on 2.),
-     each measured against its fp32 graph on the held-out inputs (`verify.prepared_errors`); T5 ships
-     fp32 where its fp16 graph fails (`FP32_FALLBACK_GRAPHS`);
+     each measured against its fp32 graph on the held-out inputs (`verify.prepared_errors`). The text
+     encoder follows the target's T5 plan (`TrtSpec.text_encoder`, `t5_plan.py`): fp16 with the overflow
+     layers fp32 (T4, V100), or bf16 (`bf16.py`, measured by cast simulation: A100, H100); it ships fp32
+     where that fails (`FP32_FALLBACK_GRAPHS`) only if fp32 fits the target's card, else the build stops.
+     The plan with its T5-XXL memory estimate goes to the build section (`text_encoder_plan`);
   4. int8 (where the target has it and `--trt-fp16-only` is not given): explicit Q/DQ for the transformer
      and the unrolled denoiser (`quantize_qdq.quantize`, calibrated on 2.), fp16 outside the int8 layers
-     (`quantize_qdq.to_fp16`), measured like 3.;
+     (`quantize_qdq.to_fp16`), measured like 3.; fp8 likewise where the target prepares it
+     (`quantize_fp8.py`, trt-h100: E4M3 Q/DQ on the same layers, the int8 gates);
   5. end to end on CPU: the runtime `Pipeline` over the prepared graphs vs over the fp32 graphs (uint8
      PSNR, `verify.end_to_end`); the precision gate: a figure beyond `verify.TOLERANCES` stops the build;
   6. `check.py`: every op, dtype, Q/DQ pattern and shape against the target's parser and profile.
@@ -22,8 +26,9 @@ compiles it (`compile.py`) when this host has TensorRT and the target GPU, else 
 Where the manifest keeps what this backend adds: each graph's TensorRT optimisation profile in its
 record's `runtime["profile"]` (what `compile` applies); what the preparation decided and measured per
 graph (nodes kept fp32, the int8 settings, the fp32 fallback's reason) in its `details`; the check
-report (`check`), the calibration and held-out prompts (`calibration`) and the command that finishes the
-bundle (`compile_command`) in the manifest's `build` section; the figures in `parity` (graphs: fp32 vs
+report (`check`), the calibration and held-out prompts (`calibration`), the command that finishes the
+bundle (`compile_command`), the text encoder's plan (`text_encoder_plan`) and the K-step plan
+(`k_step_plan`, `loop.py`) in the manifest's `build` section; the figures in `parity` (graphs: fp32 vs
 reference, then prepared vs fp32; end_to_end: prepared vs fp32 pipelines).
 
 `ort-cuda` (the onnxruntime backend on the CUDA provider) ships this preparation's fp16 graphs:
@@ -72,9 +77,11 @@ class _Work:
     ranges, the rows measured so far."""
 
     int8: bool
+    fp8: bool = False
     calib: dict = field(default_factory=dict)
     heldout: dict = field(default_factory=dict)
     ranges: dict = field(default_factory=dict)  # {fp32 file: {value: max |value|}}
+    simulated: dict = field(default_factory=dict)  # {prepared file: folder of its onnxruntime simulation}
     fp32_rows: list = field(default_factory=list)  # fp32 graphs vs the reference
     rows: list = field(default_factory=list)  # prepared graphs vs their fp32 graphs
     base: Manifest | None = None  # the fp32 graphs as a manifest (for runners and pipelines)
@@ -83,15 +90,23 @@ class _Work:
 # -- the stage lists -----------------------------------------------------------------------------------------
 def stages(backend, ctx) -> list[Stage]:
     """The TensorRT bundle's stages (module docstring); status "bundle", default precision fp16."""
-    work = _Work(int8=bool(ctx.options.get("int8", Precision.INT8 in ctx.target.trt.prepared)))
+    work = _Work(
+        int8=bool(ctx.options.get("int8", Precision.INT8 in ctx.target.trt.prepared)),
+        fp8=bool(ctx.options.get("fp8", Precision.FP8 in ctx.target.trt.prepared)),
+    )
     ctx.status = "bundle"
     ctx.default_precision = Precision.FP16
     ctx.build_info["compile_command"] = compile_command(ctx.out)
+    from .loop import plan_record
+
+    ctx.build_info["k_step_plan"] = plan_record(ctx.request.steps)
     out = _common_stages(ctx, work)
     if work.int8:
         out.append(
             Stage("int8 Q/DQ graphs (symmetric, per-channel weights, calibrated MinMax)", lambda c: _int8(c, work))
         )
+    if work.fp8:
+        out.append(Stage("fp8 Q/DQ graphs (E4M3, per-tensor, calibrated MinMax)", lambda c: _fp8(c, work)))
     out.append(
         Stage(
             "end to end on CPU (onnxruntime): prepared graphs vs fp32 graphs, uint8 PSNR; precision gate",
@@ -158,15 +173,16 @@ def _spec_dims(ctx, rec: dict):
     return spec, model_dims(ctx.model, h, w, steps), (h, w) == tuple(ctx.resolutions[0])
 
 
-def _errors(ctx, fp32_rec: dict, rec: dict, spec, dims, feeds_list) -> list[dict]:
-    """`verify.prepared_errors` with runners made for this graph only (freed after: XL graphs are large)."""
+def _errors(ctx, fp32_rec: dict, rec: dict, spec, dims, feeds_list, prepared_dir: Path | None = None) -> list[dict]:
+    """`verify.prepared_errors` with runners made for this graph only (freed after: XL graphs are large);
+    `prepared_dir` holds what onnxruntime runs in place of the prepared file (the bf16 simulation)."""
     from ...manifest import graph_record
     from ...verify import prepared_errors
     from ..onnxruntime.runner import OrtRunner
 
     return prepared_errors(
         OrtRunner(ctx.fp32_dir),
-        OrtRunner(ctx.staging),
+        OrtRunner(prepared_dir or ctx.staging),
         graph_record(fp32_rec),
         graph_record(rec),
         spec,
@@ -266,8 +282,22 @@ def _fp16(ctx, work: _Work) -> None:
         src = ctx.fp32_dir / rec["file"]
         ranges = fp16.activation_ranges(src, _range_feeds(spec, dims, work.calib if first_bucket else None))
         work.ranges[rec["file"]] = ranges
-        name = prepared_name(rec, "fp16")
-        conv = fp16.convert(src, ctx.staging / name, spec.name, ranges)
+        trt = getattr(ctx.target, "trt", None)  # None for ort-cuda (this preparation's fp16 graphs only)
+        low = trt.text_encoder if trt is not None and rec["graph"] == "text_encoder" else Precision.FP16
+        name = prepared_name(rec, str(low))
+        sim_dir = None
+        if low == Precision.BF16:  # the T5 plan of bf16 targets (t5_plan.py), verified by cast simulation
+            from . import bf16
+
+            conv = bf16.convert(src, ctx.staging / name, spec.name)
+            sim_dir = ctx.scratch / "bf16-simulation"
+            sim_dir.mkdir(parents=True, exist_ok=True)
+            import onnx
+
+            onnx.save(bf16.simulation(ctx.staging / name), str(sim_dir / name))
+            work.simulated[name] = sim_dir
+        else:
+            conv = fp16.convert(src, ctx.staging / name, spec.name, ranges)
         reasons: dict[str, int] = {}
         for reason in conv["kept_fp32"].values():
             kind = fp16.reason_kind(reason)
@@ -276,23 +306,70 @@ def _fp16(ctx, work: _Work) -> None:
             rec,
             name,
             conv["files"],
-            "fp16",
+            str(low),
             kept_fp32=len(conv["kept_fp32"]),
             kept_fp32_reasons=reasons,
-            fp16_matmul_share=round(fp16.fp16_share(ctx.staging / name), 3),
+            fp16_keep=conv["keep"],
+            casts=conv["casts"],
+            fp16_matmul_share=round(fp16.fp16_share(ctx.staging / name), 3) if sim_dir is None else None,
             max_activation=max((v for v in ranges.values() if v != float("inf")), default=0.0),
+            **({"verified_by": BF16_SIMULATION} if sim_dir is not None else {}),
         )
-        rows = _errors(ctx, rec, new, spec, dims, work.heldout.get(spec.name) if first_bucket else None)
+        rows = _errors(ctx, rec, new, spec, dims, work.heldout.get(spec.name) if first_bucket else None, sim_dir)
+        if sim_dir is not None:
+            rows = [{**r, "simulated": BF16_SIMULATION} for r in rows]
         work.rows += rows
         row = rows[-1]
         ctx.log(f"      {name}: {len(conv['kept_fp32'])} nodes kept fp32, rel L2 {row['rel_l2']:.2e}")
         if not row["ok"] and rec["graph"] in FP32_FALLBACK_GRAPHS:
+            refused = _fallback_refused(ctx, rec)
+            if refused:
+                raise GateFailed(
+                    f"{ctx.target.name}: {rec['graph']} in {low} measured rel L2 {row['rel_l2']:.2e} > "
+                    f"{row['tol_rel_l2']:.0e}, and its fp32 fallback does not fit: {refused}. Nothing was "
+                    f"installed at {ctx.out}"
+                )
             new = fp32_fallback(rec, ctx.fp32_dir, ctx.staging, row, new["files"])
+            new["fp32_fallback"] = new["fp32_fallback"].replace("fp16", str(low), 1)
             ctx.log(
-                f"      {rec['graph']}: fp16 rel L2 {row['rel_l2']:.2e} > {row['tol_rel_l2']:.0e}: "
+                f"      {rec['graph']}: {low} rel L2 {row['rel_l2']:.2e} > {row['tol_rel_l2']:.0e}: "
                 f"shipping it fp32 ({new['file']})"
             )
+        if trt is not None and rec["graph"] == "text_encoder":
+            ctx.build_info["text_encoder_plan"] = _t5_plan_record(ctx, trt, new, reasons)
         ctx.records.append(new)
+
+
+#: How the bf16 graphs' error is measured (onnxruntime has no CPU bf16 kernels): bf16.simulation.
+BF16_SIMULATION = "cast simulation in onnxruntime: bf16 storage rounding, fp32 arithmetic (bf16.py)"
+
+
+def _fallback_refused(ctx, rec: dict) -> str | None:
+    """Why the fp32 text encoder would not fit the target's card (weights + the CUDA context), or None."""
+    from .t5_plan import GIB
+
+    trt = getattr(ctx.target, "trt", None)
+    if trt is None:
+        return None
+    need = sum((ctx.fp32_dir / f).stat().st_size for f in rec.get("files") or [rec["file"]]) / GIB + 0.5
+    if need <= trt.memory_gib:
+        return None
+    return f"{need:.1f} GiB in fp32 > {trt.memory_gib} GiB on {ctx.target.name}'s card"
+
+
+def _t5_plan_record(ctx, trt, shipped: dict, reasons: dict) -> dict:
+    """The build section's `text_encoder_plan`: the target's plan with the T5-XXL memory estimate
+    (t5_plan.py, from parameter counts) and what this build shipped for its own text encoder."""
+    from .t5_plan import memory_estimate
+
+    return {
+        **memory_estimate(trt.text_encoder, trt.memory_gib),
+        "this_build": {
+            "shipped": shipped["precision"],
+            "fp32_fallback": shipped.get("fp32_fallback"),
+            "fp32_nodes_by_rule": reasons,
+        },
+    }
 
 
 def _int8(ctx, work: _Work) -> None:
@@ -327,15 +404,50 @@ def _int8(ctx, work: _Work) -> None:
         )
 
 
+def _fp8(ctx, work: _Work) -> None:
+    """fp8 (E4M3) Q/DQ graphs of the graphs that get int8 (`quantize_fp8`), on the same layers, measured
+    against fp32 with the int8 gates (`verify.TOLERANCES`)."""
+    from . import fp16, quantize_fp8, quantize_qdq
+
+    for rec in ctx.fp32_records:
+        if not quantize_qdq.wants_int8(rec["graph"]) or rec["graph"].endswith("_controlnet"):
+            continue
+        spec, dims, first_bucket = _spec_dims(ctx, rec)
+        feeds = work.calib.get(spec.name) if first_bucket else None
+        if not feeds:
+            raise UserError(f"no calibration data for {rec['file']}: fp8 needs the first resolution bucket")
+        name = prepared_name(rec, "fp8")
+        src = ctx.fp32_dir / rec["file"]
+        q = quantize_fp8.quantize(src, ctx.staging / name, spec.name, feeds, work.ranges.get(rec["file"]))
+        new = _prepared(
+            rec,
+            name,
+            q["files"],
+            "fp8",
+            fp8=q["fp8"],
+            opset=quantize_fp8.OPSET,
+            kept_fp32=len(q["kept_fp32"]),
+            fp16_keep=q["keep"],
+            fp16_matmul_share=round(fp16.fp16_share(ctx.staging / name), 3),
+        )
+        ctx.records.append(new)
+        rows = _errors(ctx, rec, new, spec, dims, work.heldout.get(spec.name))
+        work.rows += rows
+        ctx.log(f"      {name}: {q['fp8']['fp8_layers']} fp8 layers, rel L2 {rows[-1]['rel_l2']:.2e}")
+
+
 class _TwoFolders:
     """A runner over the fp32 graphs (in `fp32_dir`) and the prepared ones (in the staging folder)."""
 
-    def __init__(self, fp32_dir: Path, staging: Path, prepared: set[str]):
+    def __init__(self, fp32_dir: Path, staging: Path, prepared: set[str], simulated: dict | None = None):
         from ..onnxruntime.runner import OrtRunner
 
         self.fp32, self.prepared, self.files = OrtRunner(fp32_dir), OrtRunner(staging), prepared
+        self.simulated = {f: OrtRunner(d) for f, d in (simulated or {}).items()}  # bf16: its simulation
 
     def run(self, record, feeds):
+        if record.file in self.simulated:
+            return self.simulated[record.file].run(record, feeds)
         return (self.prepared if record.file in self.files else self.fp32).run(record, feeds)
 
 
@@ -347,7 +459,7 @@ def _end_to_end(ctx, work: _Work) -> None:
     base = _fp32_manifest(ctx, work)
     fp32 = [graph_record(r) for r in ctx.fp32_records]
     prepared = [graph_record(r) for r in ctx.records]
-    runner = _TwoFolders(ctx.fp32_dir, ctx.staging, {r.file for r in prepared})
+    runner = _TwoFolders(ctx.fp32_dir, ctx.staging, {r.file for r in prepared}, work.simulated)
     want = pipeline_images(Pipeline(ctx.staging, dataclasses.replace(base, graphs=tuple(fp32)), runner))
 
     def case(records, precision: Precision, controlnet: bool) -> list[dict]:
@@ -367,16 +479,14 @@ def _end_to_end(ctx, work: _Work) -> None:
         return [{**r, "graphs": graphs} for r in rows]
 
     controlnet = ctx.model.controlnet is not None
-    e2e = case([r for r in prepared if r.precision in (Precision.FP16, Precision.FP32)], Precision.FP16, controlnet)
-    if work.int8:  # int8 where there is an int8 graph, fp16 elsewhere: what the int8 engine set runs
-        int8_graphs = {r.graph for r in prepared if r.precision == Precision.INT8}
-        mix = [
-            r
-            for r in prepared
-            if r.precision == Precision.INT8
-            or (r.precision in (Precision.FP16, Precision.FP32) and r.graph not in int8_graphs)
-        ]
-        e2e += case(mix, Precision.INT8, False)
+    floats = (Precision.FP16, Precision.BF16, Precision.FP32)  # the bf16 text encoder of bf16 targets
+    e2e = case([r for r in prepared if r.precision in floats], Precision.FP16, controlnet)
+    for low, wanted in ((Precision.INT8, work.int8), (Precision.FP8, work.fp8)):
+        if not wanted:  # int8 (fp8) where there is such a graph, fp16 elsewhere: what that engine set runs
+            continue
+        low_graphs = {r.graph for r in prepared if r.precision == low}
+        mix = [r for r in prepared if r.precision == low or (r.precision in floats and r.graph not in low_graphs)]
+        e2e += case(mix, low, False)
     graphs = work.fp32_rows + work.rows
     ctx.parity = Parity(
         ok=all(r["ok"] for r in gated_rows(graphs) + e2e),
@@ -390,7 +500,7 @@ def _end_to_end(ctx, work: _Work) -> None:
         ctx,
         ctx.parity,
         "precision check failed (build with --trt-fp16-only to ship fp16 graphs only)"
-        if work.int8
+        if work.int8 or work.fp8
         else "precision check failed",
     )
 

@@ -1,0 +1,195 @@
+"""K LCM steps on TensorRT in one CUDA graph: the one-step `transformer` engine enqueued K times, the LCM
+update between steps as a small elementwise engine, all captured once per batch and replayed.
+
+Why (issue #16, point 7): the unrolled `denoiser_lcm{K}` graph shares its weights once in ONNX, but a
+TensorRT engine built from it may hold one copy per step, and each engine owns its activation memory
+(tight on a T4). Running the one-step engine K times holds the weights once by construction; capturing
+the K steps in one CUDA graph removes the per-step launch cost that the unrolled engine avoids. So this
+is the default K-step plan of the TensorRT targets (`K_STEP_PLAN`); the unrolled engine is used only
+where a GPU measurement shows it faster (`benchmarks/gpu_acceptance.py` measures both), and the
+manifest's build section says which a bundle runs (`plan_record`).
+
+The LCM step (`reference.sampling.lcm_step`) is affine in (x, eps, noise) with scalars that depend on
+the step only: x_next = a_k x + b_k eps + c_k noise_k, where with alpha-bar a, (c_skip, c_out) of t_k
+and a' = alpha-bar of t_{k+1}: a_k = sqrt(a')(c_skip + c_out / sqrt(a)), b_k = -sqrt(a') c_out
+sqrt(1 - a) / sqrt(a), c_k = sqrt(1 - a'); the last step has a' = 1 and c = 0 and gives the denoised
+sample. `lcm_coefficients` computes them (numpy, no torch: this module is runtime code),
+`lcm_update_model` writes the update as an ONNX graph (x, noise_pred, step_noise, coef[3] -> x_next)
+for TensorRT to compile like the other graphs.
+
+`StepLoop` drives the two engines through the runner's own engine objects (`TrtRunner.engine`): their
+buffers are allocated once for the profile's maximum batch and bound once, so the loop never rebinds an
+address; it moves data between them with device-to-device copies, which CUDA graphs capture like kernels.
+Per batch: the first call runs the 2K enqueues eagerly (TensorRT's lazy set-up must not be captured),
+then captures them into one graph; later calls replay it. Verified with fake `tensorrt`/`cudart`
+modules (tests/test_tensorrt_loop.py); the bundle does not compile an `lcm_update` engine yet, so no
+bundle runs this loop today (`plan_record` says so).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .runner import _NP
+
+#: The default K-step plan of the TensorRT targets, and the alternative kept where measured better.
+K_STEP_PLAN = "one-step engine x K in one CUDA graph"
+UNROLLED = "unrolled denoiser engine"
+#: LCM boundary-condition constants (reference.schedules: LCM_TIMESTEP_SCALING, LCM_SIGMA_DATA).
+TIMESTEP_SCALING = 10.0
+SIGMA_DATA = 0.5
+
+
+def lcm_coefficients(
+    timesteps, alphas_cumprod, timestep_scaling: float = TIMESTEP_SCALING, sigma_data: float = SIGMA_DATA
+) -> np.ndarray:
+    """[K, 3] float32: (a_k, b_k, c_k) of x_next = a_k x + b_k eps + c_k noise_k (module docstring)."""
+    acp = np.asarray(alphas_cumprod, np.float64)
+    out = np.zeros((len(timesteps), 3), np.float64)
+    for k, t in enumerate(timesteps):
+        scaled = float(t) * timestep_scaling
+        c_skip = sigma_data**2 / (scaled**2 + sigma_data**2)
+        c_out = scaled / (scaled**2 + sigma_data**2) ** 0.5
+        a = acp[int(t)]
+        a_next = acp[int(timesteps[k + 1])] if k + 1 < len(timesteps) else 1.0
+        out[k] = (
+            np.sqrt(a_next) * (c_skip + c_out / np.sqrt(a)),
+            -np.sqrt(a_next) * c_out * np.sqrt(1.0 - a) / np.sqrt(a),
+            np.sqrt(1.0 - a_next),
+        )
+    return out.astype(np.float32)
+
+
+def lcm_update_model(channels: int, height: int, width: int):
+    """ONNX graph `lcm_update`: latents, noise_pred, step_noise [B, C, h, w] and coef [3] -> latents_next."""
+    from onnx import TensorProto, helper
+
+    shape = ["B", channels, height, width]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("latents", "noise_pred", "step_noise")]
+    coef = helper.make_tensor_value_info("coef", TensorProto.FLOAT, [3])
+    nodes = [helper.make_node("Split", ["coef"], ["a", "b", "c"], axis=0, num_outputs=3, name="/lcm_update/Split")]
+    for src, k in (("latents", "a"), ("noise_pred", "b"), ("step_noise", "c")):
+        nodes.append(helper.make_node("Mul", [src, k], [f"{k}_term"], name=f"/lcm_update/Mul_{k}"))
+    nodes.append(helper.make_node("Sum", ["a_term", "b_term", "c_term"], ["latents_next"], name="/lcm_update/Sum"))
+    out = helper.make_tensor_value_info("latents_next", TensorProto.FLOAT, shape)
+    graph = helper.make_graph(nodes, "lcm_update", [*io, coef], [out])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    return model
+
+
+def plan_record(k: int, bundle_has_loop: bool = False) -> dict:
+    """The build section's `k_step_plan`: the plan, and what this bundle's engines run."""
+    return {
+        "default": K_STEP_PLAN,
+        "alternative": UNROLLED + " (where measured faster on the GPU: benchmarks/gpu_acceptance.py)",
+        "steps": k,
+        "runs": K_STEP_PLAN if bundle_has_loop else UNROLLED,
+        "why": "weights once by construction; the loop needs an `lcm_update` engine"
+        + ("" if bundle_has_loop else ", which this bundle does not carry yet (backends/tensorrt/loop.py)"),
+    }
+
+
+class StepLoop:
+    """K LCM steps through a `TrtRunner`: the `transformer` engine and the `lcm_update` engine, captured in
+    one CUDA graph per batch (module docstring). `__call__(feeds)` takes the transformer's inputs (x_T as
+    `latents`; `timestep` is set per step) plus `step_noise` [K-1, B, C, h, w] and returns the denoised
+    latents [B, C, h, w]."""
+
+    def __init__(self, runner, transformer_record, update_record, timesteps, alphas_cumprod):
+        from .runner import _cudart, _ok
+
+        self.cudart, self.ok = _cudart(), _ok
+        self.step = runner.engine(transformer_record)
+        self.update = runner.engine(update_record)
+        self.stream = self.step.stream
+        self.timesteps = [float(t) for t in timesteps]
+        self.coef = lcm_coefficients(timesteps, alphas_cumprod)
+        self.graphs: dict[tuple, object] = {}
+        self._const: dict[str, tuple[int, int]] = {}  # per-step values kept on the device: name -> (ptr, bytes)
+
+    def _device(self, name: str, arr: np.ndarray) -> int:
+        """`arr` uploaded once into a loop-owned buffer (re-used while its size fits)."""
+        cudart, ok = self.cudart, self.ok
+        arr = np.ascontiguousarray(arr)
+        ptr, size = self._const.get(name, (0, 0))
+        if size < arr.nbytes:
+            if ptr:
+                ok(cudart.cudaFree(ptr))
+            ptr, size = ok(cudart.cudaMalloc(max(arr.nbytes, 1))), arr.nbytes
+            self._const[name] = (ptr, size)
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        ok(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d, self.stream))
+        return ptr
+
+    def _copy(self, dst: int, src: int, nbytes: int) -> None:
+        d2d = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        self.ok(self.cudart.cudaMemcpyAsync(dst, src, nbytes, d2d, self.stream))
+
+    def _enqueue(self, engine) -> None:
+        if not engine.context.execute_async_v3(self.stream):
+            raise RuntimeError(f"TensorRT failed to run {engine.record.file}")
+
+    def _steps(self, batch: int, latent_bytes: int) -> None:
+        """The 2K enqueues and their copies (what is captured)."""
+        s, u = self.step.buffers, self.update.buffers
+        t_ptr, c_ptr, n_ptr = self._const["timesteps"][0], self._const["coef"][0], self._const["step_noise"][0]
+        t_bytes = np.dtype(np.float32).itemsize * batch
+        for k in range(len(self.timesteps)):
+            self._copy(s["timestep"][0], t_ptr + k * t_bytes, t_bytes)
+            self._enqueue(self.step)
+            self._copy(u["latents"][0], s["latents"][0], latent_bytes)
+            self._copy(u["noise_pred"][0], s["noise_pred"][0], latent_bytes)
+            if k + 1 < len(self.timesteps):  # the last step has c = 0: any noise will do, keep the last
+                self._copy(u["step_noise"][0], n_ptr + k * latent_bytes, latent_bytes)
+            self._copy(u["coef"][0], c_ptr + k * 12, 12)
+            self._enqueue(self.update)
+            self._copy(s["latents"][0], u["latents_next"][0], latent_bytes)
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        cudart, ok = self.cudart, self.ok
+        for engine in (self.step, self.update):
+            if not engine.buffers:
+                engine._allocate()
+        x = np.ascontiguousarray(feeds["latents"], np.float32)
+        batch, latent_bytes = x.shape[0], x.nbytes
+        step_feeds = {i.name: feeds[i.name] for i in self.step.record.inputs if i.name != "timestep"}
+        step_feeds["timestep"] = np.zeros((batch,), np.float32)
+        self.step._check_batch(step_feeds)
+        for inp in self.step.record.inputs:
+            self.step._set_shape(inp.name, step_feeds[inp.name].shape)
+        for inp in self.update.record.inputs:
+            self.update._set_shape(inp.name, (3,) if inp.name == "coef" else x.shape)
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        dtypes = {i.name: _NP[i.dtype] for i in self.step.record.inputs}
+        for name, arr in step_feeds.items():  # x_T, captions, mask, residuals into the step engine's buffers
+            arr = np.ascontiguousarray(arr, dtype=dtypes[name])
+            ok(cudart.cudaMemcpyAsync(self.step.buffers[name][0], arr.ctypes.data, arr.nbytes, h2d, self.stream))
+        self._device("timesteps", np.repeat(np.asarray(self.timesteps, np.float32)[:, None], batch, axis=1))
+        self._device("coef", self.coef)
+        noise = np.ascontiguousarray(feeds["step_noise"], np.float32)
+        self._device("step_noise", noise if noise.size else np.zeros_like(x)[None])
+        key = (batch,)
+        if key not in self.graphs:
+            self._steps(batch, latent_bytes)  # eager first: TensorRT's lazy set-up must not be captured
+            ok(cudart.cudaStreamSynchronize(self.stream))  # the eager run moved the latents: put x_T back
+            ok(cudart.cudaMemcpyAsync(self.step.buffers["latents"][0], x.ctypes.data, x.nbytes, h2d, self.stream))
+            ok(cudart.cudaStreamBeginCapture(self.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
+            self._steps(batch, latent_bytes)
+            graph = ok(cudart.cudaStreamEndCapture(self.stream))
+            self.graphs[key] = ok(cudart.cudaGraphInstantiate(graph, 0))
+            ok(cudart.cudaGraphDestroy(graph))
+        ok(cudart.cudaGraphLaunch(self.graphs[key], self.stream))
+        out = np.empty_like(x)
+        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        ok(cudart.cudaMemcpyAsync(out.ctypes.data, self.step.buffers["latents"][0], out.nbytes, d2h, self.stream))
+        ok(cudart.cudaStreamSynchronize(self.stream))
+        return out
+
+    def close(self) -> None:
+        for g in self.graphs.values():
+            self.ok(self.cudart.cudaGraphExecDestroy(g))
+        self.graphs = {}
+        for ptr, _ in self._const.values():
+            self.ok(self.cudart.cudaFree(ptr))
+        self._const = {}

@@ -1,0 +1,117 @@
+"""backends/tensorrt/quantize_fp8.py: E4M3 Q/DQ graphs for trt-h100, run in onnxruntime on the CPU.
+
+onnxruntime executes QuantizeLinear/DequantizeLinear-19 with FLOAT8E4M3FN on the CPU; the first test
+holds it bit-equal to a numpy simulation of E4M3 rounding (ml_dtypes), so the measured errors are the
+fp8 rounding the engine's Q/DQ layers define."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from _onnx_graphs import feeds, linear_residual
+
+from pixart_export.backends.tensorrt import check, fp16, quantize_fp8
+from pixart_export.manifest import Precision
+from pixart_export.metrics import rel_l2
+from pixart_export.targets import TARGETS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _session(path_or_model):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # no Q/DQ folding
+    source = path_or_model.SerializeToString() if hasattr(path_or_model, "SerializeToString") else str(path_or_model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def test_scales_are_fp16_exact_and_normal():
+    for amax in (1e-9, 3e-3, 0.7, 5.0, 1e4):
+        s = quantize_fp8.fp16_exact_scale(amax)
+        assert s == float(np.float16(s)) and s >= quantize_fp8.MIN_SCALE
+    assert quantize_fp8.fp16_exact_scale(0.0) == 1.0 and quantize_fp8.fp16_exact_scale(float("inf")) == 1.0
+    assert quantize_fp8.fp16_exact_scale(448.0) == 1.0
+
+
+def test_onnxruntime_matches_the_e4m3_simulation():
+    """One linear layer quantized: onnxruntime's output equals the numpy E4M3 simulation of the same
+    Q/DQ (activation at its calibrated scale, weight stored fp8), to fp32 matmul rounding."""
+    from onnx import numpy_helper
+    from onnx.version_converter import convert_version
+
+    m = convert_version(linear_residual(), quantize_fp8.OPSET)
+    inputs = feeds(seed=3)
+    inputs["x"] *= 40  # a range that uses the E4M3 exponents (and saturates nothing: scale from the max)
+    ranges = {"x": float(np.abs(inputs["x"]).max())}
+    w = numpy_helper.to_array(next(t for t in m.graph.initializer if t.name == "W"))
+    counts = quantize_fp8.insert_fp8_qdq(m, ["/block.0/ff/proj/MatMul"], ranges)
+    assert counts["fp8_layers"] == 1 and counts["weights_fp8"] == 1
+    assert "W" not in {t.name for t in m.graph.initializer}  # the fp32 weight is gone: stored fp8 only
+    onnx.checker.check_model(m)
+    sess = _session(m)
+    probe = onnx.helper.make_tensor_value_info("h", onnx.TensorProto.FLOAT, None)
+    m.graph.output.append(probe)
+    got = _session(m).run(["h"], inputs)[0]
+    sx = quantize_fp8.fp16_exact_scale(ranges["x"])
+    sw = quantize_fp8.fp16_exact_scale(float(np.abs(w).max()))
+    want = quantize_fp8.simulate_e4m3(inputs["x"], sx) @ quantize_fp8.simulate_e4m3(w, sw)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert sess.run(None, inputs)[0].shape == (2, 8, 16)
+    # the rounding is E4M3's: relative error of one value up to 2^-4, far above fp16's
+    assert 1e-3 < rel_l2(got, inputs["x"] @ w) < 0.1
+
+
+def test_fp8_graph_at_4096_tokens(tmp_path):
+    """A narrow DiT at 4096 tokens (XL's 1024 px attention length): fp8 on the weight layers only
+    (attention's matmuls stay fp16), within the int8 gate against fp32, accepted by `check` for
+    trt-h100 and refused for trt-a100 (sm_80 has no fp8)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from fp16_casts import export_transformer, narrow_dit
+
+    from pixart_export.graphs import TRANSFORMER, fixed_inputs
+    from pixart_export.verify import tolerance
+
+    src, dst = tmp_path / "t.onnx", tmp_path / "t.fp8.onnx"
+    dims = export_transformer(narrow_dit(128, sharpen=3.0), 128, src)
+    calib = [fixed_inputs(TRANSFORMER, dims, batch=1, seed=s) for s in (11, 12)]
+    rec = quantize_fp8.quantize(src, dst, "transformer", calib)
+    assert rec["fp8"]["fp8_layers"] > 0 and rec["fp8"]["activation_matmuls_float"] == 8  # 2 blocks x 2 attn x 2
+    held = fixed_inputs(TRANSFORMER, dims, batch=1, seed=7)
+    want = _session(src).run(None, held)[0]
+    got = _session(dst).run(None, held)[0]
+    err = rel_l2(got, want)
+    assert np.all(np.isfinite(got)) and err < tolerance("transformer", Precision.FP8).rel_l2
+    report = check.check_file(dst, TARGETS["trt-h100"])
+    assert report.ok, report.problems
+    assert report.qdq_pairs > 0
+    assert not check.check_file(dst, TARGETS["trt-a100"]).ok
+    assert dst.stat().st_size < 0.5 * src.stat().st_size  # weights stored as one byte
+    assert fp16.count_casts(dst)["casts"] > 0  # fp16 outside the fp8 layers, by the fp16 graphs' rules
+
+
+def test_registry_prepares_fp8_on_h100_only():
+    for t in TARGETS.values():
+        if t.trt is not None:
+            assert (Precision.FP8 in t.trt.prepared) == (t.trt.sm >= check.FP8_MIN_SM)
+
+
+@pytest.mark.slow
+def test_h100_bundle_ships_verified_fp8_graphs(tmp_path):
+    """trt-h100 on tiny with fp8 (int8 off to keep it short): fp8 graphs of the transformer and the
+    unrolled denoiser, measured against fp32 per graph and end to end, and checked for the target."""
+    from pixart_export.build import build_target
+    from pixart_export.targets import TENSORRT
+
+    options = {**TENSORRT.options(TARGETS["trt-h100"], None), "int8": False}
+    out, manifest, _ = build_target("trt-h100", "tiny", out=tmp_path / "b", options=options, log=lambda m: None)
+    fp8 = [r for r in manifest.graphs if r.precision == Precision.FP8]
+    assert sorted(r.graph for r in fp8) == ["denoiser_lcm4", "transformer"]
+    rows = [r for r in manifest.parity.graphs if r.get("precision") == "fp8"]
+    assert rows and all(r["ok"] for r in rows)
+    assert any(r["precision"] == "fp8" and r["ok"] for r in manifest.parity.end_to_end)
+    assert Precision.FP8 in manifest.precisions
