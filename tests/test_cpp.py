@@ -345,3 +345,50 @@ def test_c_api_from_c(openvino_build, engines, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ok generate 128x128" in proc.stdout
     assert Image.open(tmp_path / "c.png").size == (128, 128)
+
+
+# -- TensorRT (GPU hosts only; not run in CI, never run so far: no host with TensorRT was available) -------
+@pytest.mark.gpu
+def test_tensorrt_image_equals_python(tmp_path):
+    """Compile the tiny trt-t4 bundle on this GPU, build cpp/ with the TensorRT backend, and compare the
+    C++ image with the Python runtime's (same engines, same runner rules)."""
+    from PIL import Image
+
+    from pixart_export import runtime
+    from pixart_export.backends.tensorrt.compile import compile_bundle, host_can_compile
+    from pixart_export.targets import TARGETS
+
+    ok, why = host_can_compile(TARGETS["trt-t4"])
+    if not ok:
+        pytest.skip(why)
+    missing = _missing_tools()
+    if missing:
+        pytest.skip(f"C++ runtime not built: {missing} is not installed")
+    build = BUILD / "tensorrt"  # inside the ignored build folder
+    configure = subprocess.run(
+        ["cmake", "-S", str(SRC), "-B", str(build), "-DPIXART_WITH_TENSORRT=ON", "-DPIXART_WITH_OPENVINO=OFF"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if configure.returncode != 0:
+        pytest.skip("TensorRT C++ headers/libraries or the CUDA toolkit not found (set TENSORRT_ROOT)")
+    subprocess.run(["cmake", "--build", str(build), "-j2"], check=True, capture_output=True, timeout=1200)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_tensorrt_bundle import tiny_bundle
+
+    src, _ = tiny_bundle()
+    folder = shutil.copytree(src, tmp_path / "b")
+    compile_bundle(folder, TARGETS["trt-t4"], log=print)
+    python = np.asarray(runtime.load(folder)(PROMPT, seed=0)[0], dtype=np.int16)
+    proc = subprocess.run(
+        [str(build / "pixart_run"), str(folder), "--prompt", PROMPT, "--seed", "0", "--out", str(tmp_path / "c.png")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    cpp = np.asarray(Image.open(tmp_path / "c.png").convert("RGB"), dtype=np.int16)
+    diff = int(np.abs(cpp - python).max())
+    print(f"trt-t4 text-to-image: max |C++ - Python| = {diff} uint8 levels")
+    assert diff <= 1
