@@ -25,7 +25,10 @@ Groups of stages, in this order (`--only` picks groups):
   (`trt-t4`/`trt-v100`/`trt-a100`/`trt-h100` by compute capability), through the command line as a user
   runs it: `build` (bundle, verified on the CPU; it compiles too when this host can), `compile` (if the
   build did not), `parity` (every engine and the end-to-end images against the PyTorch reference, on
-  this GPU), `run` per precision of the bundle (an image, timed).
+  this GPU), `run` per precision of the bundle (an image, timed), and the K-step plan measured on its
+  engines: the unrolled `denoiser_lcm4` engine (one launch, and in a CUDA graph) vs the one-step engine
+  K times with the LCM update in one CUDA graph (the default plan; the unrolled engine is kept only
+  where this measures it faster).
 
 Every stage that needs what the host lacks (a GPU, TensorRT, a registry target for its compute
 capability, an earlier stage) is listed as skipped with the reason, so the report never claims what did
@@ -215,6 +218,7 @@ ESTIMATES = {
     "tiny compile": 90,
     "tiny parity": 60,
     "tiny run": 30,
+    "tiny k-step plan": 30,
     "xl transformer": 330,
 }
 #: Seconds kept at the end for the report.
@@ -275,6 +279,12 @@ def plan(env: dict, out: Path, groups: set[str], toy: bool) -> list[Stage]:
             Stage("tiny compile", "tiny", (*host, "stage:tiny build"), cli("compile", str(tiny_dir))),
             Stage("tiny parity", "tiny", (*host, "stage:tiny compile"), cli("parity", str(tiny_dir), "--json")),
             Stage("tiny run", "tiny", (*host, "stage:tiny compile")),
+            Stage(
+                "tiny k-step plan",
+                "tiny",
+                (*host, "stage:tiny compile"),
+                [sys.executable, str(Path(__file__).resolve()), "--kstep-stage", str(tiny_dir), "--out", str(out)],
+            ),
         ]
     return stages
 
@@ -367,8 +377,9 @@ def run_stages(stages: list[Stage], env: dict, out: Path, deadline: float, toy: 
             run_tiny_images(stage, Path(done["tiny compile"].argv[-1]), out, deadline, log)
         else:
             run_command(stage, deadline, log)
-            if stage.name == "xl transformer":
-                path = out / "xl" / "xl_result.json"
+            results = {"xl transformer": out / "xl" / "xl_result.json", "tiny k-step plan": out / "kstep_result.json"}
+            if stage.name in results:
+                path = results[stage.name]
                 stage.result = json.loads(path.read_text()) if path.exists() else {}
         if stage.status == "skipped":
             log(f"{stage.name}: skipped: {stage.reason}")
@@ -443,45 +454,51 @@ def xl_stage(folder: Path, target_name: str, toy: bool) -> dict:
     return result
 
 
-def engine_figures(trt, plan_bytes: bytes, dit, feeds: dict, record: dict) -> dict:
-    """On the GPU: one engine step timed, its output against the fp32 reference, and K steps of the
-    engine + the LCM update captured in one CUDA graph vs K eager launches."""
+def bind(trt, plan_bytes: bytes, record: dict, batch: int = 1, seed: int = 0):
+    """Deserialize an engine and bind device tensors (torch) for its record's inputs and outputs at `batch`:
+    (engine, context, inputs, outputs). Inputs are random normals, masks ones, timesteps 999."""
     import torch
-
-    from pixart_export.export.wrappers import TransformerGraph
-    from pixart_export.metrics import rel_l2
-    from reference.schedules import alphas_cumprod, lcm_timesteps
 
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     engine = runtime.deserialize_cuda_engine(plan_bytes)
     context = engine.create_execution_context()
-    dev = {k: torch.from_numpy(v).cuda() for k, v in feeds.items()}
-    out = torch.empty(feeds["latents"].shape, device="cuda", dtype=torch.float32)
-    for name, tensor in dev.items():
-        context.set_input_shape(name, tuple(tensor.shape))
-        context.set_tensor_address(name, tensor.data_ptr())
-    context.set_tensor_address(record["outputs"][0]["name"], out.data_ptr())
-    stream = torch.cuda.Stream()
+    gen = torch.Generator("cuda").manual_seed(seed)
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32}
 
-    def step():
-        context.execute_async_v3(stream.cuda_stream)
+    def shape(t):
+        return [batch if d == "B" else int(d) for d in t["shape"]]
 
-    with torch.cuda.stream(stream):
-        one = timed(torch, step, warmup=3, repeats=20)
-        got = out.cpu().numpy().copy()
-    with torch.no_grad():
-        ref = TransformerGraph(dit.cuda().float()).eval()(*(dev[i["name"]] for i in record["inputs"])).cpu().numpy()
-    figures = {"engine step": {**one, "rel_l2_vs_fp32_reference": rel_l2(got, ref)}}
-    # K steps: the same engine K times, the LCM update as a few elementwise kernels, all in one CUDA graph
+    inputs = {}
+    for t in record["inputs"]:
+        dtype = dtypes[t["dtype"]]
+        if dtype in (torch.int64, torch.int32):
+            inputs[t["name"]] = torch.ones(shape(t), dtype=dtype, device="cuda")
+        elif t["name"] == "timestep":
+            inputs[t["name"]] = torch.full(shape(t), 999.0, dtype=dtype, device="cuda")
+        else:
+            inputs[t["name"]] = torch.randn(shape(t), generator=gen, device="cuda").to(dtype)
+        context.set_input_shape(t["name"], tuple(inputs[t["name"]].shape))
+        context.set_tensor_address(t["name"], inputs[t["name"]].data_ptr())
+    outputs = {}
+    for t in record["outputs"]:
+        outputs[t["name"]] = torch.empty(
+            tuple(context.get_tensor_shape(t["name"])), dtype=dtypes[t["dtype"]], device="cuda"
+        )
+        context.set_tensor_address(t["name"], outputs[t["name"]].data_ptr())
+    return engine, context, inputs, outputs
+
+
+def k_step_timings(torch, context, inputs: dict, out, stream) -> dict:
+    """The K-step plan with the one-step engine: K enqueues and the LCM update (a few elementwise kernels)
+    launched one by one, and the same captured in one CUDA graph (the plan of loop.py)."""
+    from reference.sampling import lcm_step
+    from reference.schedules import alphas_cumprod, lcm_timesteps
+
     ts = lcm_timesteps(K_STEPS)
     acp = alphas_cumprod().cuda()
-    x = dev["latents"]
+    x = inputs["latents"].clone()
     noise = torch.randn((K_STEPS - 1, *x.shape), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
-    t_buf = dev["timestep"]
-    from reference.sampling import lcm_step
-
-    lat = torch.empty_like(x)
-    context.set_tensor_address("latents", lat.data_ptr())
+    lat, t_buf = inputs["latents"], inputs["timestep"]
 
     def k_steps():
         lat.copy_(x)
@@ -503,9 +520,63 @@ def engine_figures(trt, plan_bytes: bytes, dit, feeds: dict, record: dict) -> di
         with torch.cuda.graph(graph, stream=stream):
             k_steps()
         captured = timed(torch, graph.replay, warmup=2, repeats=20)
-    figures[f"{K_STEPS} steps, eager launches"] = eager
-    figures[f"{K_STEPS} steps, one CUDA graph"] = captured
+    return {f"{K_STEPS} steps, eager launches": eager, f"{K_STEPS} steps, one CUDA graph": captured}
+
+
+def engine_figures(trt, plan_bytes: bytes, dit, feeds: dict, record: dict) -> dict:
+    """On the GPU: one engine step timed, its output against the fp32 reference, and K steps of the
+    engine + the LCM update captured in one CUDA graph vs K eager launches."""
+    import torch
+
+    from pixart_export.export.wrappers import TransformerGraph
+    from pixart_export.metrics import rel_l2
+
+    _engine, context, inputs, outputs = bind(trt, plan_bytes, record)
+    for name, tensor in inputs.items():  # the fixed inputs (so the reference sees the same)
+        tensor.copy_(torch.from_numpy(feeds[name]))
+    out = outputs[record["outputs"][0]["name"]]
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        one = timed(torch, lambda: context.execute_async_v3(stream.cuda_stream), warmup=3, repeats=20)
+        got = out.cpu().numpy().copy()
+    with torch.no_grad():
+        ref = TransformerGraph(dit.cuda().float()).eval()(*(inputs[i["name"]] for i in record["inputs"])).cpu().numpy()
+    figures = {"engine step": {**one, "rel_l2_vs_fp32_reference": rel_l2(got, ref)}}
+    figures.update(k_step_timings(torch, context, inputs, out, stream))
     return figures
+
+
+def kstep_stage(folder: Path, out: Path) -> dict:
+    """On a compiled tiny bundle: the unrolled `denoiser_lcm{K}` engine (one launch, and in a CUDA graph)
+    vs the one-step `transformer` engine K times with the LCM update in one CUDA graph: which the K-step
+    plan should be on this GPU (issue #16: the unrolled engine only where measured better)."""
+    import torch
+
+    from pixart_export.backends.tensorrt.runner import probe_tensorrt
+
+    trt = probe_tensorrt()
+    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    fp16 = {e["graph"]: e for e in manifest["engines"] if e["precision"] == "fp16"}
+    unrolled = next(e for g, e in fp16.items() if g.startswith("denoiser_lcm") and "controlnet" not in g)
+    result = {"bundle": str(folder), "steps": {}}
+    stream = torch.cuda.Stream()
+    _e, ctx, inputs, outputs = bind(trt, (Path(folder) / unrolled["file"]).read_bytes(), unrolled)
+    with torch.cuda.stream(stream):
+        result["steps"]["unrolled engine, one launch"] = timed(
+            torch, lambda: ctx.execute_async_v3(stream.cuda_stream), warmup=3, repeats=20
+        )
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            ctx.execute_async_v3(torch.cuda.current_stream().cuda_stream)
+        result["steps"]["unrolled engine, CUDA graph"] = timed(torch, graph.replay, warmup=2, repeats=20)
+    step = fp16["transformer"]
+    _e2, ctx2, inputs2, outputs2 = bind(trt, (Path(folder) / step["file"]).read_bytes(), step)
+    result["steps"].update(k_step_timings(torch, ctx2, inputs2, outputs2[step["outputs"][0]["name"]], stream))
+    best = min(result["steps"].items(), key=lambda kv: kv[1]["median_ms"])[0]
+    result["faster"] = best
+    (Path(out) / "kstep_result.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result), flush=True)
+    return result
 
 
 # -- report --------------------------------------------------------------------------------------------------
@@ -555,6 +626,9 @@ def report(result: dict) -> str:
         why = s.get("reason") or (f"`{s['command']}`" if s.get("command") else "")
         lines.append(f"| {s['name']} | {s['status']} | {s.get('seconds', '')} | {why} |")
     lines += comparison(result["rows"], result["stages"])
+    kstep = next((s for s in result["stages"] if s["name"] == "tiny k-step plan" and s.get("status") == "ok"), None)
+    if kstep and kstep.get("result", {}).get("faster"):
+        lines += ["", f"K-step plan on tiny, fastest on this GPU: {kstep['result']['faster']}."]
     if result["skipped_stages"]:
         lines += ["", "Not run here:"] + [f"- {s}" for s in result["skipped_stages"]]
     return "\n".join(lines) + "\n"
@@ -582,12 +656,14 @@ def plot(rows: list[dict], path: Path) -> bool:
 
 
 def engine_rows(stages: list[Stage]) -> list[dict]:
-    """The XL stage's timed figures as latency rows (for the table and the plot)."""
+    """The timed figures of the XL and tiny k-step stages as latency rows (for the table and the plot)."""
+    label = {"xl transformer": ("TensorRT fp16 XL transformer", 512), "tiny k-step plan": ("TensorRT fp16 tiny", 128)}
     rows = []
     for s in stages:
-        for what, fig in s.result.get("steps", {}).items():
+        what, px = label.get(s.name, (s.name, None))
+        for step, fig in s.result.get("steps", {}).items():
             if isinstance(fig, dict) and "median_ms" in fig:
-                rows.append({"what": f"TensorRT fp16 XL transformer: {what}", "px": 512, **fig})
+                rows.append({"what": f"{what}: {step}", "px": px, **fig})
     return rows
 
 
@@ -601,10 +677,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="plan and write the report; measure nothing")
     parser.add_argument("--assume-host", type=json.loads, default=None, help="JSON host facts to plan for (dry run)")
     parser.add_argument("--xl-stage", type=Path, help=argparse.SUPPRESS)  # the xl stage's subprocess
+    parser.add_argument("--kstep-stage", type=Path, help=argparse.SUPPRESS)  # the tiny k-step subprocess
     parser.add_argument("--target", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.xl_stage is not None:
         xl_stage(args.xl_stage, args.target, args.toy)
+        return 0
+    if args.kstep_stage is not None:
+        kstep_stage(args.kstep_stage, args.out)
         return 0
     if args.out is None:
         parser.error("--out is required")

@@ -42,7 +42,7 @@ def test_toy_run_writes_the_report(tmp_path):
     assert all(0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"] for r in measured)
     stages = {s["name"]: s for s in result["stages"]}
     # no GPU here: every TensorRT stage is listed as skipped with its reason, never claimed
-    for name in ("tiny build", "tiny compile", "tiny parity", "tiny run"):
+    for name in ("tiny build", "tiny compile", "tiny parity", "tiny run", "tiny k-step plan"):
         assert stages[name]["status"] == "skipped" and stages[name]["reason"] == "no CUDA GPU on this host"
     # the XL stage's CPU half ran on the toy graph: export, fp16 by the bundle's rules, check for trt-h100
     xl = stages["xl transformer"]
@@ -71,11 +71,19 @@ def test_dry_run_plans_every_stage_on_an_h100_with_tensorrt(tmp_path):
     result = json.loads((tmp_path / "gpu_acceptance.json").read_text())
     assert result["environment"]["trt_target"] == "trt-h100"
     stages = {s["name"]: s for s in result["stages"]}
-    assert list(stages) == ["xl transformer", "tiny build", "tiny compile", "tiny parity", "tiny run"]
+    assert list(stages) == [
+        "xl transformer",
+        "tiny build",
+        "tiny compile",
+        "tiny parity",
+        "tiny run",
+        "tiny k-step plan",
+    ]
     assert all(s["status"] == "planned" for s in stages.values()), stages
     assert "build --target trt-h100 --model tiny" in stages["tiny build"]["command"]
     assert stages["tiny parity"]["command"].endswith(f"parity {tmp_path}/engines/trt-h100-tiny --json")
     assert "--xl-stage" in stages["xl transformer"]["command"]
+    assert f"--kstep-stage {tmp_path}/engines/trt-h100-tiny" in stages["tiny k-step plan"]["command"]
     assert result["rows"] == []  # nothing measured in a dry run
     assert "dry run: nothing was measured" in (tmp_path / "gpu_acceptance.md").read_text()
 
