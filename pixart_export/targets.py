@@ -122,7 +122,15 @@ _ROWS = [
     # typed networks only; the bundle carries `prepared` precisions, the rest are what the GPU supports.
     # Batch limits by memory: a T4 has 16 GB, a V100 16/32 GB, A100/H100 40-80 GB.
     # Usable memory (nvidia-smi): T4 15360 MiB, V100-16GB 16160 MiB, A100-40GB 40960 MiB, H100-80GB 81559 MiB.
-    _trt("trt-t4", 75, ("10.0", None), FP16_INT8, (1, 1, 2), ("fp16", "int8"), "T4 (Turing); int8 as explicit Q/DQ"),
+    _trt(
+        "trt-t4",
+        75,
+        ("10.0", None),
+        FP16_INT8,
+        (1, 1, 2),
+        ("fp16", "int8"),
+        "T4 (Turing); int8 as explicit Q/DQ; T5 fp16, its `wo` fp32",
+    ),
     _trt(
         "trt-v100",
         70,
@@ -130,7 +138,7 @@ _ROWS = [
         (Precision.FP16,),
         (1, 1, 4),
         ("fp16",),
-        "TensorRT <= 10.4 on CUDA 12 (Volta dropped in 10.5); no int8 tensor cores",
+        "TensorRT <= 10.4 on CUDA 12 (Volta dropped in 10.5); no int8 tensor cores; T5 fp16, its `wo` fp32",
         cuda=(12,),
         memory_gib=15.7,
     ),
