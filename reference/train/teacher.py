@@ -23,6 +23,15 @@ freezes T5-XXL because it has already learned language; the miniature's T5 is ra
 read a word, and frozen it leaves the DiT's cross-attention to parse byte sequences alone. Training
 it stands in for that pre-training; `frozen` is PixArt's recipe (embeddings computed once).
 
+`--aux-role W` adds to the trained T5 what pre-training gives T5-XXL and the diffusion loss does not:
+which object each word describes. A linear head on T5's output classifies each caption byte as part
+of a colour/shape word of the top/left object, of the bottom/right one, or neither (`data.word_roles`;
+"B below A" names the top object second), cross-entropy with weight W; the head is training-only. On
+the CPU binding proxy (`binding_proxy`: the DiT's caption pathway without the image, a clean
+classification signal) the plain trained T5 never bound in 1000 steps (seen pairs 0.04) and the same
+run with `--aux-role 1` bound every seen and held-out pair by step 800
+(benchmarks/results/quality_tiny_binding_probe.md); whether the teacher binds with it is for a GPU run.
+
     python -m reference.train.teacher --vae runs/vae/vae --out runs/teacher [--steps 3000] [--time-limit 600]
     torchrun --nproc_per_node 2 -m reference.train.teacher --vae ... --out ...
 Writes `<out>/model/` (a full diffusers-layout model folder), `<out>/loss.csv`, `<out>/loss.png`.
