@@ -144,3 +144,17 @@ def test_aux_role_loss_trains_a_head_beside_the_t5(vae_dir, tmp_path):
     assert not (out / "model" / "role_head").exists()  # training-only: the model folder is unchanged in layout
     with pytest.raises(SystemExit):
         run(vae_dir, tmp_path / "frozen-aux", 1, "--text-encoder", "frozen", "--aux-role", "1")
+
+
+def test_out_of_time_by_duration_or_wall_clock():
+    import time
+    from types import SimpleNamespace
+
+    from reference.train.common import out_of_time
+
+    acc = SimpleNamespace(device=torch.device("cpu"), reduce=lambda t, op: t)
+    now = time.time()
+    assert not out_of_time(acc, now, 0.0) and not out_of_time(acc, now, 0.0, 0.0)  # no limit
+    assert out_of_time(acc, now - 10, 5.0) and not out_of_time(acc, now, 60.0)
+    assert out_of_time(acc, now, 0.0, now - 1) and not out_of_time(acc, now, 0.0, now + 60)
+    assert out_of_time(acc, now, 60.0, now - 1)  # whichever comes first
