@@ -464,27 +464,21 @@ bool hidden(const fs::path& rel) {
     return false;
 }
 
-bool inside(const fs::path& root, const fs::path& p) {
-    auto r = root.begin();
-    auto q = p.begin();
-    for (; r != root.end(); ++r, ++q)
-        if (q == p.end() || *q != *r) return false;
-    return true;
-}
-
 }  // namespace
 
 void check_files(const std::string& folder, const Manifest& m, bool hashes) {
-    const fs::path root = fs::weakly_canonical(fs::absolute(folder));
     for (const auto& [rel, entry] : m.files) {
         const fs::path path = fs::path(folder) / rel;
         const std::string shown = path.string();
         std::error_code ec;
+        fs::path prefix = folder;  // no component of a listed path may be a symbolic link
+        for (const auto& part : fs::path(rel)) {
+            prefix /= part;
+            if (fs::is_symlink(prefix, ec))
+                engine_error(shown + ": a symbolic link; an engine folder holds its own files (copy them in, or rebuild)");
+        }
         if (!fs::is_regular_file(path, ec))
             engine_error(shown + ": missing (listed in the manifest); rebuild the engine or copy it again");
-        if (!inside(root, fs::weakly_canonical(fs::absolute(path))))
-            engine_error(shown + ": a link that leads outside the engine folder; engine files must lie inside it: "
-                                 "copy the file in or rebuild the engine");
         const auto size = static_cast<std::int64_t>(fs::file_size(path));
         if (size != entry.bytes)
             engine_error(shown + ": size " + std::to_string(size) + " != " + std::to_string(entry.bytes) +
@@ -556,8 +550,8 @@ const GraphRecord& Manifest::record(const std::string& graph, int height, int wi
     if (matches.size() == 1) return *matches[0];
     // manifest.FALLBACK
     std::vector<std::string> order{default_precision};
-    if (default_precision == "int8" || default_precision == "fp8") order = {default_precision, "fp16", "fp32"};
-    if (default_precision == "fp16") order = {"fp16", "fp32"};
+    if (default_precision == "int8" || default_precision == "fp8") order = {default_precision, "fp16", "bf16", "fp32"};
+    if (default_precision == "fp16") order = {"fp16", "bf16", "fp32"};
     if (default_precision == "bf16") order = {"bf16", "fp32"};
     for (const auto& p : order)
         for (const auto* r : matches)

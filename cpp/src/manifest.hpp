@@ -4,8 +4,8 @@
 //   - every path the manifest names is a plain relative path inside the folder, listed in `files`;
 //     the tokenizer folder is inside with its files listed;
 //   - target known, served by the backend the manifest names, in a status that backend writes;
-//   - every listed file present with its size and sha256, nothing unlisted beside them (dot-files
-//     ignored), and (beyond the Python loader) no listed file is a symlink that leaves the folder.
+//   - no listed path runs through a symbolic link; every listed file present with its size and sha256,
+//     nothing unlisted beside them (dot-files ignored).
 #pragma once
 
 #include <cstdint>
