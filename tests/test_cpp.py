@@ -391,3 +391,34 @@ def test_tensorrt_image_equals_python(tmp_path):
     diff = int(np.abs(cpp - python).max())
     print(f"trt-t4 text-to-image: max |C++ - Python| = {diff} uint8 levels")
     assert diff <= 1
+
+
+def test_sha256_equals_hashlib(build, tmp_path):
+    import hashlib
+
+    rng = np.random.default_rng(0)
+    files = []
+    for size in (0, 1, 55, 56, 63, 64, 65, 1000, 3 * 2**20 + 7):  # the padding edges, and several read blocks
+        path = tmp_path / f"f{size}"
+        path.write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+        files.append(path)
+    assert tool(build, "sha256", *files).stdout.split() == [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"schema_version": 2,}', "not readable JSON"),
+        ('{"schema_version": 1}', "schema version 1, this pixart-export reads 2"),
+        ("[1, 2]", "not a JSON object"),
+        ('{"schema_version": 2}', ": missing; rebuild the engine"),
+    ],
+)
+def test_refuses_bad_manifest_json(build, tmp_path, text, message):
+    from pixart_export.manifest import EngineError, read_manifest
+
+    (tmp_path / "manifest.json").write_text(text)
+    proc = tool(build, "validate", tmp_path, check=False)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    with pytest.raises(EngineError, match=message.replace("(", r"\(")):
+        read_manifest(tmp_path)

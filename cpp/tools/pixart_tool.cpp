@@ -3,6 +3,7 @@
 //   pixart_tool tokenize ENGINE_DIR PROMPTS.json  one JSON line of input_ids per prompt (a JSON list of str)
 //   pixart_tool validate ENGINE_DIR [--no-hashes] open the folder as Engine::open does; prints the target
 //   pixart_tool schema | targets | backends       the manifest field table, target registry, compiled backends
+//   pixart_tool sha256 FILE...                    one hex digest per file
 //   pixart_tool bench ENGINE_DIR PROMPT REPEATS   one JSON line: open_s, first_s (compiles), warm_s (each run)
 #include <chrono>
 #include <cstdio>
@@ -13,6 +14,7 @@
 #include "json.hpp"
 #include "manifest.hpp"
 #include "pixart/runtime.hpp"
+#include "sha256.hpp"
 #include "tokenizer.hpp"
 
 int main(int argc, char** argv) {
@@ -62,6 +64,10 @@ int main(int argc, char** argv) {
             std::printf("{\"open_s\": %f, \"first_s\": %f, \"warm_s\": [%s]}\n", open_s, first_s, warm.c_str());
             return 0;
         }
+        if (cmd == "sha256" && argc >= 3) {
+            for (int k = 2; k < argc; ++k) std::printf("%s\n", pixart::sha256_file(argv[k]).c_str());
+            return 0;
+        }
         if (cmd == "schema") {
             std::printf("%s", pixart::schema_table().c_str());
             return 0;
@@ -81,6 +87,6 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "internal error: %s\n", e.what());
         return 3;
     }
-    std::fprintf(stderr, "usage: pixart_tool noise|tokenize|validate|schema|targets|backends|bench ...\n");
+    std::fprintf(stderr, "usage: pixart_tool noise|tokenize|validate|schema|targets|backends|sha256|bench ...\n");
     return 2;
 }
