@@ -190,7 +190,12 @@ def main(argv=None) -> None:
         except Exception as exc:
             record["errors"].append(f"{phase.__name__}: {exc!r}")
             print(now(t0), "error in", phase.__name__, repr(exc), flush=True)
-    pack_results(args, arms, record, state, t0)
+    try:
+        pack_results(args, arms, record, state, t0)
+    except Exception as exc:  # at least the record comes back
+        record["errors"].append(f"pack_results: {exc!r}")
+        print(now(t0), "error in pack_results", repr(exc), flush=True)
+        (args.out / "record.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def settings(args, n_arms: int) -> dict[str, list[str]]:
@@ -329,7 +334,7 @@ def pack_results(args, arms, record, state, t0: float) -> None:
     if student_dir.is_dir():
         pack(student_dir, out / "student.tar.gz", skip=("vae", "controlnet"))
     records = run / "records"
-    records.mkdir(exist_ok=True)
+    records.mkdir(parents=True, exist_ok=True)
     for name in [*arms, "lcd"]:
         for fname in ("loss.csv", "summary.json", "loss.png", "replicas.json"):
             if (run / name / fname).exists():
