@@ -66,6 +66,8 @@ SENSITIVE_OPS = frozenset(
         "Range",
     }
 )
+#: Key suffix of `activation_ranges` for a value's largest (signed) value.
+POSITIVE = "::max"
 NORM_OPS = frozenset({"LayerNormalization", "InstanceNormalization", "GroupNormalization", "BatchNormalization"})
 #: Ops fp32 in every choice: phase and index producers (rule 2), a few scalar nodes per graph.
 ALWAYS_OPS = frozenset({"Sin", "Cos", "Range"})
@@ -124,7 +126,8 @@ def _infer(model):
 
 
 def activation_ranges(path: Path, feeds_list: list[dict[str, np.ndarray]], chunk: int = 512) -> dict[str, float]:
-    """{value name: max |value|} of every fp32 value of the graph at `path` over `feeds_list`.
+    """{value name: max |value|} of every fp32 value of the graph at `path` over `feeds_list`, and
+    {value name + POSITIVE: largest value} (the side that can overflow a Softmax).
 
     Intermediate values are exposed as extra graph outputs in chunks of `chunk` (so a large graph
     never holds all its activations at once), each chunk run over every feed.
@@ -162,11 +165,15 @@ def activation_ranges(path: Path, feeds_list: list[dict[str, np.ndarray]], chunk
             for name, value in zip(want, got):
                 m = float(np.max(np.abs(value))) if value.size else 0.0
                 ranges[name] = max(ranges.get(name, 0.0), m)
+                top = float(np.max(value)) if value.size else 0.0
+                ranges[name + POSITIVE] = max(ranges.get(name + POSITIVE, -np.inf), top)
         del session
     for inp in model.graph.input:
         for feeds in feeds_list:
-            if inp.name in feeds and feeds[inp.name].dtype == np.float32:
-                ranges[inp.name] = max(ranges.get(inp.name, 0.0), float(np.max(np.abs(feeds[inp.name]))))
+            value = feeds.get(inp.name)
+            if value is not None and value.dtype == np.float32 and value.size:
+                ranges[inp.name] = max(ranges.get(inp.name, 0.0), float(np.max(np.abs(value))))
+                ranges[inp.name + POSITIVE] = max(ranges.get(inp.name + POSITIVE, -np.inf), float(np.max(value)))
     return ranges
 
 
@@ -299,10 +306,23 @@ def plan_fp32_nodes(
             keep(src, reason)
             stack.extend(src.input)
     if ranges:
+        # Softmax and the Add that puts a mask bias on its logits: only the positive side can overflow. A
+        # large negative logit (the caption mask's -1e4) makes exp() 0 in fp16 as in fp32, so without this
+        # every cross-attention Softmax stayed fp32 behind a Cast pair (benchmarks/results/fp16_casts.md).
+        softmax_in = {n.input[0] for n in graph.node if n.op_type == "Softmax"}
         for node in graph.node:
-            big = max((ranges.get(v, 0.0) for v in list(node.input) + list(node.output)), default=0.0)
+            values = list(node.input) + list(node.output)
+            one_sided = node.op_type == "Softmax" or (
+                node.op_type in ("Add", "Sub", "Where") and any(o in softmax_in for o in node.output)
+            )
+            if one_sided and all(v + POSITIVE in ranges for v in values if v in ranges):
+                big = max((ranges.get(v + POSITIVE, 0.0) for v in values), default=0.0)
+                what = "largest logit"
+            else:
+                big = max((ranges.get(v, 0.0) for v in values), default=0.0)
+                what = "max |activation|"
             if big > bound:
-                keep(node, f"measured max |activation| {big:.3g} > fp16-safe bound {bound:.0f}")
+                keep(node, f"measured {what} {big:.3g} > fp16-safe bound {bound:.0f}")
     return plan
 
 
