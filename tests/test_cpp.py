@@ -222,7 +222,12 @@ def _control_image():
 
 @pytest.mark.parametrize(
     "target, mode",
-    [("ov-cpu", "text-to-image"), ("ov-cpu-int8", "text-to-image"), ("ov-cpu-controlnet", "controlnet")],
+    [
+        ("ov-cpu", "text-to-image"),
+        ("ov-cpu", "two images"),
+        ("ov-cpu-int8", "text-to-image"),
+        ("ov-cpu-controlnet", "controlnet"),
+    ],
 )
 def test_image_equals_python(openvino_build, engines, tmp_path, target, mode):
     from PIL import Image
@@ -238,10 +243,14 @@ def test_image_equals_python(openvino_build, engines, tmp_path, target, mode):
         control.save(tmp_path / "control.ppm")
         cmd += ["--control", str(tmp_path / "control.ppm"), "--scale", "0.8"]
         kwargs = {"control_image": control, "conditioning_scale": 0.8}
-    python = np.asarray(pipe(PROMPT, seed=5, **kwargs)[0], dtype=np.int16)
+    if mode == "two images":  # one batch of 2: x_T and the step noise of both images from one stream
+        cmd += ["--num-images", "2"]
+        kwargs = {"num_images": 2}
+    python = np.stack([np.asarray(im, dtype=np.int16) for im in pipe(PROMPT, seed=5, **kwargs)])
     proc = subprocess.run([*cmd, "--out", str(tmp_path / "cpp.png")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    cpp = np.asarray(Image.open(tmp_path / "cpp.png").convert("RGB"), dtype=np.int16)
+    names = ["cpp.png", "cpp_1.png"][: len(python)]
+    cpp = np.stack([np.asarray(Image.open(tmp_path / n).convert("RGB"), dtype=np.int16) for n in names])
     assert cpp.shape == python.shape
     diff = int(np.abs(cpp - python).max())
     print(f"{target} {mode}: max |C++ - Python| = {diff} uint8 levels")
