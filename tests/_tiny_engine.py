@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._controlnet import nonzero_controlnet
+
 
 @functools.lru_cache(maxsize=None)
 def tiny_engine():
@@ -24,7 +26,7 @@ def tiny_engine():
         "ort-cpu",
         "tiny",
         out=root / "ort-cpu-tiny",
-        controlnet_spec="tiny",
+        controlnet_spec=nonzero_controlnet(),
         options={"optimise": False},
         log=lambda m: None,
     )
@@ -36,7 +38,7 @@ def tiny_engine():
 def tiny_model():
     from reference.loading import load_model
 
-    return load_model("tiny", controlnet="tiny")
+    return load_model("tiny", controlnet=nonzero_controlnet())
 
 
 @pytest.fixture

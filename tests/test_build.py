@@ -19,6 +19,7 @@ from pixart_export.export import exporter
 from pixart_export.manifest import Precision, read_manifest
 from pixart_export.metrics import rel_l2
 from pixart_export.targets import backends
+from tests._controlnet import nonzero_controlnet
 from tests._tiny_engine import copy_engine, engine  # noqa: F401 - fixtures
 
 
@@ -43,7 +44,12 @@ def test_identical_rebuild_is_reused(engine):  # noqa: F811
     before = (folder / "manifest.json").stat().st_mtime_ns
     lines = []
     out, again, reused = build_target(
-        "ort-cpu", "tiny", out=folder, controlnet_spec="tiny", options={"optimise": False}, log=lines.append
+        "ort-cpu",
+        "tiny",
+        out=folder,
+        controlnet_spec=nonzero_controlnet(),
+        options={"optimise": False},
+        log=lines.append,
     )
     assert reused and again.build_key == manifest.build_key
     assert (folder / "manifest.json").stat().st_mtime_ns == before
@@ -108,7 +114,9 @@ def test_interrupted_build_leaves_old_engine(tmp_path, monkeypatch):
 
     monkeypatch.setattr(exporter, "export_model", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        build_target("ort-cpu", "tiny", out=folder, controlnet_spec="tiny", force=True, log=lambda m: None)
+        build_target(
+            "ort-cpu", "tiny", out=folder, controlnet_spec=nonzero_controlnet(), force=True, log=lambda m: None
+        )
     assert sorted(p.name for p in folder.iterdir()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
 
@@ -179,7 +187,7 @@ def test_build_cli_reports_stages(engine, capsys):  # noqa: F811
             "--model",
             "tiny",
             "--controlnet",
-            "tiny",
+            nonzero_controlnet(),
             "--no-optimise",
             "--out",
             str(folder),

@@ -18,13 +18,14 @@ from reference.loading import TINY_DIR, load_model
 from reference.pipeline import ReferencePipeline
 from reference.sampling import lcm_sample
 from reference.schedules import alphas_cumprod, lcm_timesteps
+from tests._controlnet import nonzero_controlnet
 
 PROMPTS = ["a small red circle above a blue square", "a green triangle"]
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    return load_model("tiny", controlnet="tiny")
+    return load_model("tiny", controlnet=nonzero_controlnet())
 
 
 def test_matches_diffusers_pixart_alpha_pipeline(tiny):

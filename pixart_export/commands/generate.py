@@ -27,8 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["lcm", "ddim"],
         default="lcm",
         help="lcm: the PixArt-delta student's 4-step sampler (default); ddim: DDIM with "
-        "classifier-free guidance (the teacher's sampler; on `tiny` it runs the teacher's "
-        "weights where they are shipped, else the student's)",
+        "classifier-free guidance, the teacher's sampler (on `tiny` it runs the shipped teacher, "
+        "`tiny-teacher`)",
     )
     p.add_argument(
         "--guidance-scale",

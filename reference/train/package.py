@@ -93,17 +93,17 @@ def gates(results: list[dict]) -> list[str]:
         line(f"teacher DDIM 25 seen pairs >= 0.80 ({fmt(t25['seen pair'])})", t25["seen pair"]["mean"] >= 0.80),
         line(f"teacher DDIM 25 single shapes >= 0.95 ({fmt(t25['single'])})", t25["single"]["mean"] >= 0.95),
     ]
-    for group in ("pair", "all"):
+    for group, label in (("pair", "pairs"), ("all", "all captions")):
         gap = abs(s4[group]["mean"] - t25[group]["mean"])
         out.append(
             line(
-                f"student LCM 4 within 0.05 of teacher DDIM 25 on {group}s ({s4[group]['mean']:.3f} vs "
+                f"student LCM 4 within 0.05 of teacher DDIM 25 on {label} ({s4[group]['mean']:.3f} vs "
                 f"{t25[group]['mean']:.3f})",
                 gap <= 0.05,
             )
         )
         lift = s4[group]["mean"] - t4[group]["mean"]
-        out.append(line(f"student LCM 4 at least 0.30 above teacher DDIM 4 on {group}s ({lift:+.3f})", lift >= 0.30))
+        out.append(line(f"student LCM 4 at least 0.30 above teacher DDIM 4 on {label} ({lift:+.3f})", lift >= 0.30))
     return out
 
 
@@ -161,7 +161,7 @@ def model_card(run: Path, results: Path, note: str | None = None) -> str:
         f"Total {total_h:.2f} h of training loops on {where}, seed 0 everywhere. Stage arguments are in "
         "each run folder's summary.json.",
     ]
-    if record.get("selection"):
+    if record.get("selection") and len(record.get("arms", {})) > 1:
         sel = record["selection"]
         lines += [
             "",
@@ -175,6 +175,9 @@ def model_card(run: Path, results: Path, note: str | None = None) -> str:
             score = sel["scores"].get(arm)
             shown = f"{score[0]:.3f} | {score[1]:.3f}" if score else "- | -"
             lines.append(f"| {arm} | `{' '.join(extra)}` | {steps} | {shown} |")
+    elif len(record.get("arms", {})) == 1:
+        (arm, extra), *_ = record["arms"].items()
+        lines += ["", f"One teacher arm, `{arm}`: `{' '.join(extra)}`."]
     lines.append("")
     if note:
         lines += [note, ""]
