@@ -1,5 +1,6 @@
 // SHA-256 (FIPS 180-4), written here so the runtime needs no crypto library: the manifest lists every
-// file of an engine folder with its sha256, and the loader checks each one.
+// file of an engine folder with its sha256, and the loader checks each one. sha256_file uses OpenSSL's
+// libcrypto instead where CMake finds it (faster on CPUs with SHA extensions); tests hold both to hashlib.
 #pragma once
 
 #include <cstddef>

@@ -3,7 +3,7 @@
 //   pixart_tool tokenize ENGINE_DIR PROMPTS.json  one JSON line of input_ids per prompt (a JSON list of str)
 //   pixart_tool validate ENGINE_DIR [--no-hashes] open the folder as Engine::open does; prints the target
 //   pixart_tool schema | targets | backends       the manifest field table, target registry, compiled backends
-//   pixart_tool sha256 FILE...                    one hex digest per file
+//   pixart_tool sha256 [--builtin] FILE...        one hex digest per file
 //   pixart_tool bench ENGINE_DIR PROMPT REPEATS   one JSON line: open_s, first_s (compiles), warm_s (each run)
 #include <chrono>
 #include <cstdio>
@@ -64,8 +64,18 @@ int main(int argc, char** argv) {
             std::printf("{\"open_s\": %f, \"first_s\": %f, \"warm_s\": [%s]}\n", open_s, first_s, warm.c_str());
             return 0;
         }
-        if (cmd == "sha256" && argc >= 3) {
-            for (int k = 2; k < argc; ++k) std::printf("%s\n", pixart::sha256_file(argv[k]).c_str());
+        if (cmd == "sha256" && argc >= 3) {  // --builtin: this project's SHA-256 even where OpenSSL is used
+            const bool builtin = std::string(argv[2]) == "--builtin";
+            for (int k = builtin ? 3 : 2; k < argc; ++k) {
+                if (!builtin) {
+                    std::printf("%s\n", pixart::sha256_file(argv[k]).c_str());
+                    continue;
+                }
+                std::ifstream in(argv[k], std::ios::binary);
+                std::stringstream ss;
+                ss << in.rdbuf();
+                std::printf("%s\n", pixart::sha256_hex(ss.str()).c_str());
+            }
             return 0;
         }
         if (cmd == "schema") {
