@@ -107,18 +107,13 @@ class Pipeline:
             )
         return h, w
 
-    def __call__(
-        self,
-        prompt: str | list[str],
-        seed: int = 0,
-        num_images: int = 1,
-        control_image: Image.Image | None = None,
-        conditioning_scale: float = 1.0,
-        resolution: int | Sequence[int] | None = None,
-        output: str = "pil",
-    ):
-        """Images for `prompt` (a list gives one image each; a string gives `num_images` images)."""
-        parts = list(self.chunks(prompt, seed, num_images, control_image, conditioning_scale, resolution, output))
+    def __call__(self, prompt: str | list[str], seed: int = 0, num_images: int = 1, output: str = "pil", **options):
+        """Images for `prompt` (a list gives one image each; a string gives `num_images` images).
+
+        `options`: `control_image` (PIL), `conditioning_scale` (default 1), `resolution` (a bucket), as
+        `chunks`, which makes them chunk by chunk; `output`: "pil", "np" ([B,3,H,W] in [0,1]) or "latent".
+        """
+        parts = list(self.chunks(prompt, seed, num_images, output=output, **options))
         if output == "pil":
             return [image for part in parts for image in part]
         return np.concatenate(parts)
