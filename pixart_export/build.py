@@ -223,7 +223,7 @@ def _export(ctx: BuildContext) -> None:
             ctx.fp32_records = exporter.export_model(
                 ctx.model, ctx.fp32_dir, ctx.resolutions, ctx.request.steps, on_graph=on_graph
             )
-    ctx.tokenizer = export_tokenizer(ctx.model, ctx.staging, MAX_TEXT_LEN)
+    ctx.tokenizer = export_tokenizer(ctx.model, ctx.staging, MAX_TEXT_LEN, ctx.log)
 
 
 def fp32_dict(rec: GraphRecord, source: Manifest) -> dict:

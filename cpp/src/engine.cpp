@@ -35,7 +35,7 @@ struct Engine::Impl {
     std::string folder;
     Manifest manifest;
     std::unique_ptr<GraphRunner> runner;
-    std::unique_ptr<ByT5Tokenizer> tokenizer;
+    std::unique_ptr<Tokenizer> tokenizer;
 
     std::vector<Tensor> run(const std::string& graph, const std::vector<std::pair<std::string, const Tensor*>>& feeds,
                             int height, int width) {
@@ -76,10 +76,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& folder, const LoadOption
     }
     backend->check_host(folder, m);
     check_files(folder, m, options.verify_hashes);
-    if (m.tokenizer_kind != "byt5")
-        throw Error(Error::kUser, folder + ": tokenizer kind '" + m.tokenizer_kind +
-                                      "' is not supported by the C++ runtime (it reads byt5); use the Python runtime");
-    impl->tokenizer = std::make_unique<ByT5Tokenizer>(ByT5Tokenizer::from_folder(folder + "/" + m.tokenizer_dir, m.max_length));
+    impl->tokenizer = load_tokenizer(folder + "/" + m.tokenizer_dir, m.tokenizer_kind, m.max_length, m.pad_id);
     impl->runner = backend->runner(folder, m, options);
     return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }

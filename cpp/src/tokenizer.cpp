@@ -88,4 +88,19 @@ std::pair<std::vector<std::int64_t>, std::vector<std::int64_t>> ByT5Tokenizer::o
     return {ids, mask};
 }
 
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& folder, const std::string& kind, int max_length, int pad_id) {
+    if (kind == "byt5") return std::make_unique<ByT5Tokenizer>(ByT5Tokenizer::from_folder(folder, max_length));
+    if (kind == "tokenizers") {
+#ifdef PIXART_WITH_OPENVINO
+        return openvino_tokenizer(folder, max_length, pad_id);
+#else
+        (void)pad_id;
+        throw Error(Error::kUser, folder + ": tokenizer kind 'tokenizers' runs in C++ through OpenVINO (openvino-tokenizers), "
+                                           "and this C++ runtime was built without OpenVINO; rebuild cpp/ with OpenVINO "
+                                           "(pip install 'pixart-export[openvino]') or use the Python runtime");
+#endif
+    }
+    throw Error(Error::kUser, folder + ": tokenizer kind '" + kind + "' is not supported by the C++ runtime; use the Python runtime");
+}
+
 }  // namespace pixart

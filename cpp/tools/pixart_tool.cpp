@@ -1,6 +1,7 @@
 // Test helper (not installed): the library's parts one at a time, for tests/test_cpp.py.
 //   pixart_tool noise SEED COUNT OUT.f32         numpy default_rng(SEED).standard_normal(COUNT, float32)
 //   pixart_tool tokenize ENGINE_DIR PROMPTS.json  one JSON line of input_ids per prompt (a JSON list of str)
+//   pixart_tool tokenize-dir KIND TOKENIZER_DIR MAX_LENGTH PAD_ID PROMPTS.json   the same, without an engine
 //   pixart_tool validate ENGINE_DIR [--no-hashes] open the folder as Engine::open does; prints the target
 //   pixart_tool schema | targets | backends       the manifest field table, target registry, compiled backends
 //   pixart_tool sha256 [--builtin] FILE...        one hex digest per file
@@ -25,14 +26,20 @@ int main(int argc, char** argv) {
             std::ofstream(argv[4], std::ios::binary).write(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
             return 0;
         }
-        if (cmd == "tokenize" && argc == 4) {
-            const auto m = pixart::read_manifest(argv[2]);
-            const auto tok = pixart::ByT5Tokenizer::from_folder(std::string(argv[2]) + "/" + m.tokenizer_dir, m.max_length);
-            std::ifstream in(argv[3], std::ios::binary);
+        if ((cmd == "tokenize" && argc == 4) || (cmd == "tokenize-dir" && argc == 7)) {
+            std::unique_ptr<pixart::Tokenizer> tok;
+            if (cmd == "tokenize") {
+                const auto m = pixart::read_manifest(argv[2]);
+                tok = pixart::load_tokenizer(std::string(argv[2]) + "/" + m.tokenizer_dir, m.tokenizer_kind, m.max_length,
+                                             m.pad_id);
+            } else {
+                tok = pixart::load_tokenizer(argv[3], argv[2], std::atoi(argv[4]), std::atoi(argv[5]));
+            }
+            std::ifstream in(argv[argc - 1], std::ios::binary);
             std::stringstream ss;
             ss << in.rdbuf();
             for (const auto& p : pixart::json::parse(ss.str()).items) {
-                const auto ids = tok({p.s}).first;
+                const auto ids = (*tok)({p.s}).first;
                 std::string line = "[";
                 for (std::size_t k = 0; k < ids.size(); ++k) line += (k ? "," : "") + std::to_string(ids[k]);
                 std::printf("%s]\n", line.c_str());
@@ -97,6 +104,6 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "internal error: %s\n", e.what());
         return 3;
     }
-    std::fprintf(stderr, "usage: pixart_tool noise|tokenize|validate|schema|targets|backends|sha256|bench ...\n");
+    std::fprintf(stderr, "usage: pixart_tool noise|tokenize|tokenize-dir|validate|schema|targets|backends|sha256|bench ...\n");
     return 2;
 }
