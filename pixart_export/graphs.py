@@ -55,6 +55,9 @@ class GraphSpec:
     rel_l2: float = FP32_REL_L2
     max_abs_rel: float = FP32_MAX_ABS_REL
     why: str = "fp32 vs fp32 reference: only summation order differs"
+    #: Exported from a PyTorch module (`export.wrappers`) and measured against it by `verify.graph_parity`;
+    #: False for graphs a backend writes itself and checks at build (`LCM_UPDATE`).
+    torch_reference: bool = True
 
     def filename(self, height: int | None = None, width: int | None = None) -> str:
         return f"{self.name}_{height}x{width}.onnx" if self.spatial else f"{self.name}.onnx"
@@ -143,6 +146,19 @@ CONTROLNET = GraphSpec(
 )
 VAE_DECODER = GraphSpec("vae_decoder", (_f("denoised", "B", 4, "h", "w"),), (_f("image", "B", 3, "H", "W"),))
 VAE_ENCODER = GraphSpec("vae_encoder", (_f("image", "B", 3, "H", "W"),), (_f("latents", "B", 4, "h", "w"),))
+#: The LCM update between two one-step transformer calls, x_next = a x + b eps + c noise with coef = (a, b, c)
+#: of the step (backends/tensorrt/loop.py): what the TensorRT K-step loop runs beside the `transformer`
+#: engine. Not exported from PyTorch: the TensorRT build writes it (fp32) per bucket and checks it in
+#: onnxruntime against `reference.sampling.lcm_step`.
+LCM_UPDATE = GraphSpec(
+    "lcm_update",
+    (LATENTS, _f("noise_pred", "B", 4, "h", "w"), _f("step_noise", "B", 4, "h", "w"), _f("coef", 3)),
+    (_f("latents_next", "B", 4, "h", "w"),),
+    why="fp32 elementwise affine step vs the reference LCM step: rounding only",
+    torch_reference=False,
+)
+#: Graphs a backend adds to a bundle beside the exported ones (never exported by `graph_specs`).
+BACKEND_SPECS = (LCM_UPDATE,)
 
 
 def denoiser_spec(steps: int, control: bool) -> GraphSpec:
@@ -183,7 +199,7 @@ def spec_for_record(record, steps: int, control: bool) -> GraphSpec:
     inputs = record["inputs"] if isinstance(record, dict) else record.inputs
     graph = record["graph"] if isinstance(record, dict) else record.graph
     multi_aspect = any((t["name"] if isinstance(t, dict) else t.name) == RESOLUTION.name for t in inputs)
-    return next(s for s in graph_specs(steps, control, multi_aspect) if s.name == graph)
+    return next(s for s in (*graph_specs(steps, control, multi_aspect), *BACKEND_SPECS) if s.name == graph)
 
 
 def _base_specs(steps: int, control: bool) -> list[GraphSpec]:

@@ -56,12 +56,19 @@ def test_bundle_contents_and_figures():
         ("vae_encoder", "fp16"),
         ("transformer", "int8"),
         ("denoiser_lcm4", "int8"),
+        ("lcm_update", "fp32"),  # the K-step loop's update (backends/tensorrt/loop.py)
     }
     assert not list(folder.glob("*_128x128.onnx")) and not (folder / "text_encoder.onnx").exists()  # no baseline
     parity = manifest.parity
     against = [r.get("against") for r in parity.graphs]
     n = against.count("PyTorch reference")  # fp32 rows first, one per exported graph, then prepared vs fp32
-    assert n == 5 and set(against[n:]) == {"fp32 graph"}
+    assert n == 5 and set(against[n:-1]) == {"fp32 graph"}
+    lcm_row = parity.graphs[-1]  # the lcm_update graph vs the reference LCM step, every step of the schedule
+    assert lcm_row["against"] == "reference.sampling.lcm_step" and lcm_row["file"] == "lcm_update_128x128.fp32.onnx"
+    assert lcm_row["ok"] and lcm_row["rel_l2"] <= lcm_row["tol_rel_l2"] == 1e-5
+    plan = manifest.build["k_step_plan"]
+    assert plan["plan"] == "loop" and plan["graphs"] == ["transformer", "lcm_update"] and plan["steps"] == 4
+    assert plan["why"].startswith("loop: weights once by construction")
     assert all(r["precision"] == "fp32" and r["ok"] for r in parity.graphs[:n])
     te_row = next(r for r in parity.graphs if r["graph"] == "text_encoder" and r["precision"] == "fp16")
     assert te_row["replaced_by_fp32"] and te_row["rel_l2"] > te_row["tol_rel_l2"] and not te_row["ok"]

@@ -377,3 +377,46 @@ def test_extras_pin_one_cuda_major():
         assert set(pins) == {f"tensorrt-cu{major}", "cuda-python"}, pins
         assert pins["cuda-python"] == f"cuda-python>={major}.0,<{major + 1}", pins
         assert pins[f"tensorrt-cu{major}"].startswith(f"tensorrt-cu{major}>={runner.FIRST_TENSORRT[major]}"), pins
+
+
+def _with_lcm_update(folder: Path) -> None:
+    """Add the K-step loop's `lcm_update` graph (fp32, as a trt-* build writes it) to a `_bundle`."""
+    from pixart_export.backends.tensorrt.loop import lcm_update_model, plan_record
+    from pixart_export.graphs import LCM_UPDATE
+
+    onnx.save(lcm_update_model(4, 16, 16), str(folder / "lcm_update_128x128.onnx"))
+    shape = ("B", 4, 16, 16)
+    inputs = tuple(M.TensorRecord(t.name, "float32", shape if len(t.dims) > 1 else (3,)) for t in LCM_UPDATE.inputs)
+    rec = {"file": "lcm_update_128x128.onnx", "inputs": [{"name": t.name, "shape": list(t.shape)} for t in inputs]}
+    update = M.GraphRecord(
+        graph="lcm_update",
+        file="lcm_update_128x128.onnx",
+        files=("lcm_update_128x128.onnx",),
+        precision=Precision.FP32,
+        height=128,
+        width=128,
+        inputs=inputs,
+        outputs=(M.TensorRecord("latents_next", "float32", shape),),
+        runtime={"profile": C.profiles_for(T4, [rec])["lcm_update_128x128.onnx"]},
+    )
+    m = read_manifest(folder)
+    build = {**m.build, "k_step_plan": plan_record(4)}
+    write_manifest(folder, dataclasses.replace(m, graphs=(*m.graphs, update), build=build, files=M.file_table(folder)))
+
+
+def test_compile_builds_the_lcm_update_engine_with_any_precision(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIXART_EXPORT_CACHE", str(tmp_path / "cache"))
+    folder = _bundle(tmp_path)
+    _with_lcm_update(folder)
+    FakeTrt.calls = []
+    manifest = C.compile_bundle(folder, T4, log=lambda m: None, trt=FakeTrt, device=T4_GPU, only={"fp16"})
+    assert [(e.graph, e.precision) for e in manifest.engines] == [
+        ("transformer", Precision.FP16),
+        ("lcm_update", Precision.FP32),
+    ]
+    parsed = [Path(c[1]).name for c in FakeTrt.calls if c[0] == "parse"]
+    assert parsed == ["g.fp16.onnx", "lcm_update_128x128.onnx"]
+    profiles = [c[1] for c in FakeTrt.calls if c[0] == "profile"]
+    assert profiles[1]["coef"] == ([3], [3], [3]) and profiles[1]["latents"][2] == [2, 4, 16, 16]
+    update = manifest.record("lcm_update", 128, 128)
+    assert update.runtime["source"] == "lcm_update_128x128.onnx" and manifest.build["k_step_plan"]["plan"] == "loop"

@@ -8,6 +8,7 @@ it. The loop's result must equal the reference LCM loop with the same function a
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import sys
 import types
 
@@ -16,6 +17,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from pixart_export import manifest as M
 from pixart_export.backends.tensorrt import loop, runner
 from pixart_export.manifest import GraphRecord, TensorRecord
 from reference.sampling import lcm_step
@@ -52,6 +54,11 @@ def test_coefficients_and_update_graph_match_the_reference_step():
     acp = alphas_cumprod()
     coef = loop.lcm_coefficients(ts, acp.numpy())
     assert coef.shape == (4, 3) and coef[-1, 2] == 0.0  # the last step adds no noise
+    # the manifest keeps alpha-bar at the K timesteps only: the same coefficients from that
+    lcm = types.SimpleNamespace(
+        num_train_timesteps=1000, timesteps=tuple(int(t) for t in ts), alphas_cumprod=[float(acp[int(t)]) for t in ts]
+    )
+    np.testing.assert_allclose(loop.record_coefficients(lcm), coef, rtol=1e-6)
     sess = ort.InferenceSession(loop.lcm_update_model(4, 4, 4).SerializeToString(), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     x, eps, noise = (rng.standard_normal(SHAPE).astype(np.float32) for _ in range(3))
@@ -63,10 +70,36 @@ def test_coefficients_and_update_graph_match_the_reference_step():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_plan_record_says_what_the_bundle_runs():
+def test_plan_record_says_which_plan_the_bundle_runs():
     rec = loop.plan_record(4)
-    assert rec["default"] == loop.K_STEP_PLAN and rec["runs"] == loop.UNROLLED and "does not carry" in rec["why"]
-    assert loop.plan_record(4, bundle_has_loop=True)["runs"] == loop.K_STEP_PLAN
+    assert rec["plan"] == "loop" and rec["default"] == loop.K_STEP_PLAN and rec["runs"] == loop.K_STEP_PLAN
+    assert rec["why"].startswith("loop: weights once by construction") and "not measured on a GPU" in rec["why"]
+    assert rec["graphs"] == ["transformer", "lcm_update"]
+    unrolled = loop.plan_record(4, "unrolled")
+    assert unrolled["runs"] == loop.UNROLLED and unrolled["graphs"] == ["denoiser_lcm4"]
+    with pytest.raises(ValueError, match="not one of loop, unrolled"):
+        loop.plan_record(4, "fast")
+
+
+def test_build_option_picks_the_plan_default_loop():
+    from pixart_export.backends.tensorrt import options
+    from pixart_export.targets import TARGETS
+
+    target = TARGETS["trt-t4"]
+    assert options.options_from_args(None, target, types.SimpleNamespace())["k_step_plan"] == "loop"
+    args = types.SimpleNamespace(trt_k_step_plan="unrolled")
+    assert options.options_from_args(None, target, args)["k_step_plan"] == "unrolled"
+
+
+def test_update_graph_is_the_graph_contract():
+    from pixart_export.graphs import LCM_UPDATE, OPSET, spec_for_record
+
+    model = loop.lcm_update_model(4, 4, 4)
+    assert [i.name for i in model.graph.input] == LCM_UPDATE.input_names
+    assert [o.name for o in model.graph.output] == LCM_UPDATE.output_names
+    assert model.opset_import[0].version == OPSET  # what every TensorRT the targets allow parses
+    rec = {"graph": "lcm_update", "inputs": [{"name": n} for n in LCM_UPDATE.input_names]}
+    assert spec_for_record(rec, 4, False) is LCM_UPDATE and not LCM_UPDATE.torch_reference
 
 
 # -- fakes: device memory, CUDA graphs, TensorRT engines ---------------------------------------------------
@@ -187,6 +220,8 @@ class FakeContext:
         if self.engine.kind == "transformer":
             out = _eps(x, get("timestep", 4 * b[0]))
             cu.write(self.addr["noise_pred"], out.tobytes())
+        elif self.engine.kind == "denoiser":  # the unrolled engine: any other function will do
+            cu.write(self.addr["denoised"], (2.0 * x).astype(np.float32).tobytes())
         else:
             a, bb, c = get("coef", 12)
             out = a * x + bb * get("noise_pred").reshape(b) + c * get("step_noise").reshape(b)
@@ -247,6 +282,17 @@ def fake_gpu(monkeypatch, tmp_path):
             cu,
             {n: (maxb, 4, 4, 4) for n in ("latents", "noise_pred", "step_noise")} | {"coef": (3,)},
         ),
+        b"transformer-residuals": FakeEngine(
+            "transformer",
+            cu,
+            {"latents": (maxb, 4, 4, 4), "timestep": (maxb,), "prompt_embeds": (maxb, 3, 8)}
+            | {"control_residuals": (1, maxb, 4, 8)},
+        ),
+        b"denoiser": FakeEngine(
+            "denoiser",
+            cu,
+            {"latents": (maxb, 4, 4, 4), "step_noise": (3, maxb, 4, 4, 4), "prompt_embeds": (maxb, 3, 8)},
+        ),
     }
     trt = types.SimpleNamespace(
         __version__="10.8.0",
@@ -259,6 +305,8 @@ def fake_gpu(monkeypatch, tmp_path):
     monkeypatch.setattr(runner, "_cudart", lambda: cu)
     (tmp_path / "transformer.plan").write_bytes(b"transformer")
     (tmp_path / "lcm_update.plan").write_bytes(b"lcm_update")
+    (tmp_path / "transformer-residuals.plan").write_bytes(b"transformer-residuals")
+    (tmp_path / "denoiser.plan").write_bytes(b"denoiser")
     return cu, runner.TrtRunner(tmp_path), engines
 
 
@@ -296,3 +344,98 @@ def test_step_loop_refuses_a_batch_above_the_profile(fake_gpu):
     }
     with pytest.raises(Exception, match="above the engine's optimisation profile"):
         k_loop(feeds)
+
+
+# -- the runner: a compiled folder's `denoiser_lcm4` request through the loop (or the unrolled engine) -------
+def _compiled(plan: str, residuals: bool = True) -> M.Manifest:
+    """A compiled manifest with the transformer (whose `control_residuals` the denoiser request lacks),
+    lcm_update and unrolled denoiser engines, and `plan` in `build.k_step_plan`."""
+    f = lambda n, *s: TensorRecord(n, "float32", s)  # noqa: E731
+    step, update = _records()
+    if residuals:
+        step = dataclasses.replace(
+            step, file="transformer-residuals.plan", inputs=(*step.inputs, f("control_residuals", 1, "B", 4, 8))
+        )
+    denoiser = dataclasses.replace(
+        step,
+        graph="denoiser_lcm4",
+        file="denoiser.plan",
+        files=("denoiser.plan",),
+        inputs=(f("latents", "B", 4, 4, 4), f("step_noise", 3, "B", 4, 4, 4), f("prompt_embeds", "B", 3, 8)),
+        outputs=(f("denoised", "B", 4, 4, 4),),
+    )
+    engines = (step, update, denoiser)
+    return M.Manifest(
+        schema_version=M.SCHEMA_VERSION,
+        toolchain={},
+        target="trt-t4",
+        backend=M.BackendInfo("tensorrt", "10.8.0", ("10.0", None)),
+        device=M.Device(kind="gpu", arch="sm_75", sm=75),
+        model=M.ModelRecord("tiny", None, "tiny", False, "c", "w", "i"),
+        build_key="k",
+        status="compiled",
+        steps=4,
+        lcm=M.LcmRecord(
+            "diffusers",
+            1000,
+            tuple(int(t) for t in lcm_timesteps(4)),
+            (0.0,) * 4,
+            (1.0,) * 4,
+            tuple(float(alphas_cumprod()[int(t)]) for t in lcm_timesteps(4)),  # at the K timesteps, as built
+        ),  # fmt: skip
+        resolutions=((32, 32),),
+        latent_channels=4,
+        vae_scale_factor=8,
+        tokenizer=M.TokenizerRecord("tokenizers", "tokenizer", 120, 0, "T5"),
+        graphs=(),
+        engines=engines,
+        default_precision=M.Precision.FP16,
+        parity=None,
+        files={},
+        build={"k_step_plan": loop.plan_record(4, plan)},
+    )
+
+
+def _request(batch: int, seed: int):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, 4, 4, 4)).astype(np.float32)
+    noise = rng.standard_normal((3, batch, 4, 4, 4)).astype(np.float32)
+    return {"latents": x, "step_noise": noise, "prompt_embeds": np.zeros((batch, 3, 8), np.float32)}
+
+
+def test_runner_runs_the_denoiser_request_through_the_loop(fake_gpu):
+    cu, _, engines = fake_gpu
+    manifest = _compiled("loop")
+    trt_runner = runner.TrtRunner(fake_gpu[1].folder, manifest=manifest)
+    denoiser = manifest.record("denoiser_lcm4", 32, 32)
+    assert loop.uses_loop(manifest, denoiser)
+    for batch, seed in ((2, 3), (1, 4), (2, 5)):
+        feeds = _request(batch, seed)
+        (got,) = trt_runner.run(denoiser, feeds)
+        want = _reference(feeds["latents"], feeds["step_noise"], lcm_timesteps(4))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    k_loop = trt_runner.step_loop(denoiser)
+    assert k_loop.step.record.graph == "transformer" and k_loop.update.record.graph == "lcm_update"
+    assert sorted(k_loop.graphs) == [(1,), (2,)] and cu.launches == 3  # one CUDA graph per batch
+    assert "denoiser.plan" not in trt_runner._engines  # the unrolled engine was never loaded
+    residuals = trt_runner.engine(k_loop.step.record).buffers["control_residuals"]
+    assert not cu.read(residuals[0], residuals[1], np.float32).any()  # zeros: no ControlNet in this request
+    trt_runner.close()
+    assert not trt_runner._loops and not trt_runner._engines
+
+
+def test_runner_runs_the_unrolled_engine_where_the_plan_says_so(fake_gpu):
+    cu, _, _ = fake_gpu
+    manifest = _compiled("unrolled")
+    trt_runner = runner.TrtRunner(fake_gpu[1].folder, manifest=manifest)
+    denoiser = manifest.record("denoiser_lcm4", 32, 32)
+    assert not loop.uses_loop(manifest, denoiser) and trt_runner.step_loop(denoiser) is None
+    feeds = _request(2, 6)
+    (got,) = trt_runner.run(denoiser, feeds)
+    np.testing.assert_array_equal(got, 2.0 * feeds["latents"])
+    assert cu.launches == 0 and list(trt_runner._engines) == ["denoiser.plan"]
+    # a folder compiled without an lcm_update engine (an older bundle) runs the unrolled engine too
+    older = dataclasses.replace(
+        _compiled("loop"), engines=tuple(e for e in manifest.engines if e.graph != "lcm_update")
+    )
+    assert not loop.uses_loop(older, denoiser)

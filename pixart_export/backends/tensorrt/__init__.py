@@ -108,4 +108,4 @@ class TensorRT(BackendBase):
         """`threads` (the CPU backends' option, `run --threads`) does not apply to engines on a GPU."""
         from .runner import TrtRunner
 
-        return TrtRunner(folder, cuda_graph=cuda_graph)
+        return TrtRunner(folder, cuda_graph=cuda_graph, manifest=manifest)

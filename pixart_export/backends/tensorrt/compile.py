@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 from ...errors import UserError
+from ...graphs import LCM_UPDATE
 from ...manifest import EngineError, GraphRecord, Manifest, check_files, file_table, write_manifest
 from .runner import (
     EXTRAS,
@@ -211,7 +212,7 @@ def compile_bundle(
     """Build every graph's engine into `folder/engines/` and mark the manifest compiled; returns it.
 
     `trt`/`device`/`stack` (`runner.cuda_stack()`) default to the host's; tests pass fakes. `only`
-    limits to some precisions.
+    limits to some precisions (the `lcm_update` graph of the K-step loop is always built).
     """
     folder = Path(folder)
     manifest = check_bundle_for_compile(folder, target)
@@ -227,7 +228,8 @@ def compile_bundle(
     if device is None:
         raise UserError(f"no usable NVIDIA GPU: {no_device_reason()}; compile on the target host")
     check_device(target, device)
-    records = [r for r in manifest.graphs if only is None or str(r.precision) in only]
+    # the K-step loop's lcm_update engine (fp32, tiny) goes with any precision the loop runs in
+    records = [r for r in manifest.graphs if only is None or str(r.precision) in only or r.graph == LCM_UPDATE.name]
     work = Path(tempfile.mkdtemp(prefix=".compile-", dir=folder))
     engines: list[GraphRecord] = []
     try:

@@ -21,20 +21,27 @@ for TensorRT to compile like the other graphs.
 buffers are allocated once for the profile's maximum batch and bound once, so the loop never rebinds an
 address; it moves data between them with device-to-device copies, which CUDA graphs capture like kernels.
 Per batch: the first call runs the 2K enqueues eagerly (TensorRT's lazy set-up must not be captured),
-then captures them into one graph; later calls replay it. Verified with fake `tensorrt`/`cudart`
-modules (tests/test_tensorrt_loop.py); the bundle does not compile an `lcm_update` engine yet, so no
-bundle runs this loop today (`plan_record` says so).
+then captures them into one graph; later calls replay it.
+
+Wiring: a `trt-*` build writes the `lcm_update` graph (fp32, `graphs.LCM_UPDATE`, one per bucket) beside
+the `transformer` graphs and checks it in onnxruntime against the reference LCM step (prepare.py);
+`compile` builds its engine like the others; the build option `--trt-k-step-plan loop|unrolled` (default
+loop) goes to the manifest's `build.k_step_plan` (`plan_record`), and `TrtRunner.run` sends a
+`denoiser_lcm{K}` request through `StepLoop` where that plan is "loop" (`uses_loop`). The unrolled engine
+stays in the bundle: the plan "unrolled" runs it, and so does the ControlNet denoiser (the loop has no
+per-step ControlNet call). Verified with fake `tensorrt`/`cudart` modules (tests/test_tensorrt_loop.py);
+not yet measured on a GPU.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .runner import _NP
-
 #: The default K-step plan of the TensorRT targets, and the alternative kept where measured better.
 K_STEP_PLAN = "one-step engine x K in one CUDA graph"
 UNROLLED = "unrolled denoiser engine"
+#: `build --trt-k-step-plan` values (`plan_record`'s "plan"), the first the default.
+PLANS = ("loop", "unrolled")
 #: LCM boundary-condition constants (reference.schedules: LCM_TIMESTEP_SCALING, LCM_SIGMA_DATA).
 TIMESTEP_SCALING = 10.0
 SIGMA_DATA = 0.5
@@ -60,51 +67,81 @@ def lcm_coefficients(
     return out.astype(np.float32)
 
 
+def record_coefficients(lcm) -> np.ndarray:
+    """`lcm_coefficients` from a manifest's `lcm` record, which keeps alpha-bar at its K timesteps only
+    (aligned with `timesteps`): what the runtime and the build's check both use."""
+    table = np.ones(lcm.num_train_timesteps, np.float64)
+    table[[int(t) for t in lcm.timesteps]] = lcm.alphas_cumprod
+    return lcm_coefficients(lcm.timesteps, table)
+
+
 def lcm_update_model(channels: int, height: int, width: int):
-    """ONNX graph `lcm_update`: latents, noise_pred, step_noise [B, C, h, w] and coef [3] -> latents_next."""
+    """ONNX graph `lcm_update` (`graphs.LCM_UPDATE`): latents, noise_pred, step_noise [B, C, h, w] and
+    coef [3] -> latents_next, at the opset of the exported graphs."""
     from onnx import TensorProto, helper
 
+    from ...graphs import LCM_UPDATE, OPSET
+
     shape = ["B", channels, height, width]
-    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("latents", "noise_pred", "step_noise")]
-    coef = helper.make_tensor_value_info("coef", TensorProto.FLOAT, [3])
-    nodes = [helper.make_node("Split", ["coef"], ["a", "b", "c"], axis=0, num_outputs=3, name="/lcm_update/Split")]
-    for src, k in (("latents", "a"), ("noise_pred", "b"), ("step_noise", "c")):
+
+    def value(t):
+        return helper.make_tensor_value_info(t.name, TensorProto.FLOAT, shape if len(t.dims) > 1 else list(t.dims))
+
+    latents, eps, noise, coef = LCM_UPDATE.input_names
+    nodes = [helper.make_node("Split", [coef], ["a", "b", "c"], axis=0, name="/lcm_update/Split")]  # 3 equal parts
+    for src, k in ((latents, "a"), (eps, "b"), (noise, "c")):
         nodes.append(helper.make_node("Mul", [src, k], [f"{k}_term"], name=f"/lcm_update/Mul_{k}"))
-    nodes.append(helper.make_node("Sum", ["a_term", "b_term", "c_term"], ["latents_next"], name="/lcm_update/Sum"))
-    out = helper.make_tensor_value_info("latents_next", TensorProto.FLOAT, shape)
-    graph = helper.make_graph(nodes, "lcm_update", [*io, coef], [out])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    (out,) = LCM_UPDATE.output_names
+    nodes.append(helper.make_node("Sum", ["a_term", "b_term", "c_term"], [out], name="/lcm_update/Sum"))
+    graph = helper.make_graph(
+        nodes, LCM_UPDATE.name, [value(t) for t in LCM_UPDATE.inputs], [value(t) for t in LCM_UPDATE.outputs]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
     return model
 
 
-def plan_record(k: int, bundle_has_loop: bool = False) -> dict:
-    """The build section's `k_step_plan`: the plan, and what this bundle's engines run."""
+def plan_record(k: int, plan: str = PLANS[0]) -> dict:
+    """The build section's `k_step_plan`: which plan this bundle runs, and why."""
+    if plan not in PLANS:
+        raise ValueError(f"K-step plan {plan!r} is not one of {', '.join(PLANS)}")
     return {
+        "plan": plan,
+        "steps": k,
         "default": K_STEP_PLAN,
         "alternative": UNROLLED + " (where measured faster on the GPU: benchmarks/gpu_acceptance.py)",
-        "steps": k,
-        "runs": K_STEP_PLAN if bundle_has_loop else UNROLLED,
-        "why": "weights once by construction; the loop needs an `lcm_update` engine"
-        + ("" if bundle_has_loop else ", which this bundle does not carry yet (backends/tensorrt/loop.py)"),
+        "runs": K_STEP_PLAN if plan == "loop" else UNROLLED,
+        "why": "loop: weights once by construction; unrolled only where measured better, not measured on a GPU yet",
+        "graphs": ["transformer", "lcm_update"] if plan == "loop" else [f"denoiser_lcm{k}"],
+        "controlnet": UNROLLED + " (the loop has no per-step ControlNet call)",
     }
+
+
+def uses_loop(manifest, record) -> bool:
+    """Does this compiled folder run `record` (a `denoiser_lcm{K}` engine) through `StepLoop`?"""
+    plan = (manifest.build or {}).get("k_step_plan") or {}
+    return (
+        plan.get("plan") == "loop"
+        and record.graph == f"denoiser_lcm{manifest.steps}"
+        and any(r.graph == "lcm_update" for r in manifest.runnable)
+    )
 
 
 class StepLoop:
     """K LCM steps through a `TrtRunner`: the `transformer` engine and the `lcm_update` engine, captured in
     one CUDA graph per batch (module docstring). `__call__(feeds)` takes the transformer's inputs (x_T as
     `latents`; `timestep` is set per step) plus `step_noise` [K-1, B, C, h, w] and returns the denoised
-    latents [B, C, h, w]."""
+    latents [B, C, h, w]. The step coefficients: `coef` [K, 3] (`record_coefficients`), else computed from
+    the full `alphas_cumprod` table."""
 
-    def __init__(self, runner, transformer_record, update_record, timesteps, alphas_cumprod):
-        from .runner import _cudart, _ok
-
-        self.cudart, self.ok = _cudart(), _ok
+    def __init__(self, runner, transformer_record, update_record, timesteps, alphas_cumprod=None, coef=None):
+        self.cudart, self.ok = runner.cuda()  # runner.py's, through the runner: no import cycle
+        self.np_dtypes = runner.dtypes
         self.step = runner.engine(transformer_record)
         self.update = runner.engine(update_record)
         self.stream = self.step.stream
         self.timesteps = [float(t) for t in timesteps]
-        self.coef = lcm_coefficients(timesteps, alphas_cumprod)
+        self.coef = coef if coef is not None else lcm_coefficients(timesteps, alphas_cumprod)
         self.graphs: dict[tuple, object] = {}
         self._const: dict[str, tuple[int, int]] = {}  # per-step values kept on the device: name -> (ptr, bytes)
 
@@ -161,7 +198,7 @@ class StepLoop:
         for inp in self.update.record.inputs:
             self.update._set_shape(inp.name, (3,) if inp.name == "coef" else x.shape)
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        dtypes = {i.name: _NP[i.dtype] for i in self.step.record.inputs}
+        dtypes = {i.name: self.np_dtypes[i.dtype] for i in self.step.record.inputs}
         for name, arr in step_feeds.items():  # x_T, captions, mask, residuals into the step engine's buffers
             arr = np.ascontiguousarray(arr, dtype=dtypes[name])
             ok(cudart.cudaMemcpyAsync(self.step.buffers[name][0], arr.ctypes.data, arr.nbytes, h2d, self.stream))

@@ -7,21 +7,36 @@ from pathlib import Path
 
 from ...manifest import Precision
 from ..base import flag
+from .loop import PLANS
 from .prepare import CALIBRATION_COUNT
 
 
 def add_options(parser) -> None:
     hint = "ship fp16 graphs only, no int8/fp8 Q/DQ graphs (the targets with int8/fp8 ship them by default)"
     flag(parser, "tensorrt (trt-*)", "--trt-fp16-only", hint)
+    parser.add_argument_group("tensorrt (trt-*) K steps").add_argument(
+        "--trt-k-step-plan",
+        choices=PLANS,
+        default=PLANS[0],
+        help="how the K LCM steps run: loop (the one-step transformer engine K times in one CUDA graph, "
+        "weights once; default) or unrolled (the denoiser_lcm{K} engine); the manifest records it",
+    )
 
 
 def options_from_args(backend, target, args) -> dict:
     """JSON-able build options (they enter the build key): int8 graphs or not, how many calibration
-    prompts, and the target's TensorRT facts (profile, versions) the graphs are checked against."""
+    prompts, the K-step plan, and the target's TensorRT facts (profile, versions) the graphs are checked against."""
     fp16_only = bool(getattr(args, "trt_fp16_only", False))
     int8 = Precision.INT8 in target.trt.prepared and not fp16_only
     fp8 = Precision.FP8 in target.trt.prepared and not fp16_only
-    return {"int8": int8, "fp8": fp8, "calib_prompts": CALIBRATION_COUNT, "trt": repr(target.trt)}
+    plan = getattr(args, "trt_k_step_plan", None) or PLANS[0]
+    return {
+        "int8": int8,
+        "fp8": fp8,
+        "calib_prompts": CALIBRATION_COUNT,
+        "trt": repr(target.trt),
+        "k_step_plan": plan,
+    }
 
 
 def add_check_arguments(parser, targets: list[str]) -> None:

@@ -19,7 +19,10 @@ Stages, after `build.py`'s export (each a named `Stage`; the build numbers them)
      (`quantize_fp8.py`, trt-h100: E4M3 Q/DQ on the same layers, the int8 gates);
   5. end to end on CPU: the runtime `Pipeline` over the prepared graphs vs over the fp32 graphs (uint8
      PSNR, `verify.end_to_end`); the precision gate: a figure beyond `verify.TOLERANCES` stops the build;
-  6. `check.py`: every op, dtype, Q/DQ pattern and shape against the target's parser and profile.
+  6. the `lcm_update` graph of the K-step loop (`loop.py`, fp32, one per bucket) in onnxruntime against
+     `reference.sampling.lcm_step` at every step of the schedule (a parity row, rel L2 and max abs
+     within `LCM_UPDATE_TOLERANCE`), shipped whatever the plan (`build.k_step_plan` says which runs);
+  7. `check.py`: every op, dtype, Q/DQ pattern and shape against the target's parser and profile.
 The bundle ships the prepared graphs only (the fp32 ones were the baseline), status "bundle". `finish`
 compiles it (`compile.py`) when this host has TensorRT and the target GPU, else logs the command.
 
@@ -38,9 +41,12 @@ reference, then prepared vs fp32; end_to_end: prepared vs fp32 pipelines).
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from ...errors import GateFailed, UserError
 from ...manifest import Manifest, Parity, Precision
@@ -61,6 +67,8 @@ HELD_OUT_COUNT = 4
 CALIBRATION_SEED = 0
 HELD_OUT_SEED = 1000
 AGAINST = "fp32 graphs (onnxruntime, CPU)"
+#: Latent channels of the PixArt VAE (graphs.LATENTS: [B, 4, h, w]).
+LATENT_CHANNELS = 4
 
 
 def prepared_name(record: dict, precision: str) -> str:
@@ -97,9 +105,9 @@ def stages(backend, ctx) -> list[Stage]:
     ctx.status = "bundle"
     ctx.default_precision = Precision.FP16
     ctx.build_info["compile_command"] = compile_command(ctx.out)
-    from .loop import plan_record
+    from .loop import PLANS, plan_record
 
-    ctx.build_info["k_step_plan"] = plan_record(ctx.request.steps)
+    ctx.build_info["k_step_plan"] = plan_record(ctx.request.steps, ctx.options.get("k_step_plan", PLANS[0]))
     out = _common_stages(ctx, work)
     if work.int8:
         out.append(
@@ -113,6 +121,7 @@ def stages(backend, ctx) -> list[Stage]:
             lambda c: _end_to_end(c, work),
         )
     )
+    out.append(Stage("lcm_update graphs (the K-step loop's update, fp32) vs the reference LCM step", _lcm_update))
     out.append(Stage(f"check: TensorRT parser ops, dtypes, Q/DQ patterns, profile shapes ({ctx.target.name})", _check))
     return out
 
@@ -503,6 +512,66 @@ def _end_to_end(ctx, work: _Work) -> None:
         if work.int8 or work.fp8
         else "precision check failed",
     )
+
+
+#: The lcm_update graph vs the reference LCM step: the same affine step in fp32 with the coefficients
+#: folded in float64 first, so they differ by a few fp32 roundings (tests/test_tensorrt_loop.py: 1e-5).
+LCM_UPDATE_TOLERANCE = 1e-5
+
+
+def _lcm_update(ctx) -> None:
+    """Write `lcm_update_<H>x<W>.fp32.onnx` per bucket into the bundle and check it (module docstring, 6.)."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from reference.sampling import lcm_step
+    from reference.schedules import alphas_cumprod
+
+    from ...export.exporter import io_signature, model_dims
+    from ...graphs import LCM_UPDATE, OPSET
+    from ...verify import Tolerance, _row
+    from .loop import lcm_update_model, record_coefficients
+
+    lcm = ctx.assemble(records=ctx.fp32_records, folder=ctx.fp32_dir).lcm
+    ts, coef = list(lcm.timesteps), record_coefficients(lcm)  # what the runtime uses (the manifest's values)
+    acp = alphas_cumprod().double()  # the reference schedule, in full
+    tol = Tolerance(LCM_UPDATE_TOLERANCE, LCM_UPDATE_TOLERANCE, math.inf, LCM_UPDATE.why)
+    rows = []
+    for h, w in ctx.resolutions:
+        dims = model_dims(ctx.model, h, w, ctx.request.steps)
+        name = prepared_name({"file": LCM_UPDATE.filename(h, w)}, "fp32")  # lcm_update_<H>x<W>.fp32.onnx
+        onnx.save(lcm_update_model(LATENT_CHANNELS, dims.h, dims.w), str(ctx.staging / name))
+        sess = ort.InferenceSession(str(ctx.staging / name), providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(1234)
+        x, eps, noise = (rng.standard_normal((2, LATENT_CHANNELS, dims.h, dims.w)).astype(np.float32) for _ in range(3))
+        pairs = []
+        for k, t in enumerate(ts):
+            last = k == len(ts) - 1
+            nxt, n = (None, None) if last else (int(ts[k + 1]), torch.from_numpy(noise))
+            want = lcm_step(torch.from_numpy(eps), torch.from_numpy(x), int(t), nxt, acp, n)[0]
+            got = sess.run(None, {"latents": x, "noise_pred": eps, "step_noise": noise, "coef": coef[k]})[0]
+            pairs.append((got, want.double().numpy()))
+        row = _row(LCM_UPDATE.name, LCM_UPDATE.output_names[0], name, Precision.FP32, pairs, tol, batch=2)
+        rows.append({**row, "inputs": f"random latents, every step of {ts}", "against": "reference.sampling.lcm_step"})
+        ctx.records.append(
+            {
+                "graph": LCM_UPDATE.name,
+                "file": name,
+                "files": [name],
+                "precision": "fp32",
+                "height": h,
+                "width": w,
+                "opset": OPSET,
+                **io_signature(LCM_UPDATE, dims),
+                "bytes": (ctx.staging / name).stat().st_size,
+            }
+        )
+        ctx.log(f"      {name}: rel L2 {row['rel_l2']:.2e} vs the reference LCM step")
+    ctx.parity = dataclasses.replace(
+        ctx.parity, ok=ctx.parity.ok and all(r["ok"] for r in rows), graphs=ctx.parity.graphs + tuple(rows)
+    )
+    _gate_now(ctx, ctx.parity, "the lcm_update graph does not match the reference LCM step")
 
 
 def _versions(ctx) -> dict:

@@ -306,16 +306,29 @@ class _Engine:
 
 class TrtRunner:
     """The `GraphRunner` of a compiled folder: one engine per plan file, deserialized on first use, all
-    on one CUDA stream. `cuda_graph=True`: the denoiser's enqueue is captured and replayed per batch."""
+    on one CUDA stream. `cuda_graph=True`: the denoiser's enqueue is captured and replayed per batch.
+    `manifest` (the folder's): where its `build.k_step_plan` is "loop", a `denoiser_lcm{K}` request runs
+    as the `transformer` and `lcm_update` engines K times in one CUDA graph (`loop.StepLoop`), not as the
+    unrolled engine; without a manifest every record runs its own engine."""
 
-    def __init__(self, folder: Path, cuda_graph: bool = False):
+    def __init__(self, folder: Path, cuda_graph: bool = False, manifest=None):
         import tensorrt as trt
 
         self.folder = Path(folder)
         self.cuda_graph = cuda_graph
+        self.manifest = manifest
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self._stream = _ok(_cudart().cudaStreamCreate())
         self._engines: dict[str, _Engine] = {}
+        self._loops: dict[str, object] = {}  # denoiser engine file -> its StepLoop
+
+    #: numpy dtype of each manifest tensor dtype (what `loop.StepLoop` uploads with).
+    dtypes = _NP
+
+    @staticmethod
+    def cuda():
+        """(cudart, result checker): the CUDA calls of this module, for `loop.StepLoop`."""
+        return _cudart(), _ok
 
     def engine(self, record: GraphRecord) -> _Engine:
         if record.file not in self._engines:
@@ -328,11 +341,38 @@ class TrtRunner:
             )
         return self._engines[record.file]
 
+    def step_loop(self, record: GraphRecord):
+        """The `StepLoop` that runs the `denoiser_lcm{K}` engine record `record`'s request, or None where
+        this folder's plan runs the unrolled engine (`loop.uses_loop`)."""
+        from .loop import StepLoop, record_coefficients, uses_loop
+
+        if self.manifest is None or not uses_loop(self.manifest, record):
+            return None
+        if record.file not in self._loops:
+            m = self.manifest
+            step = m.record("transformer", record.height, record.width, record.precision)
+            update = m.record("lcm_update", record.height, record.width)
+            coef = record_coefficients(m.lcm)
+            self._loops[record.file] = StepLoop(self, step, update, m.lcm.timesteps, coef=coef)
+        return self._loops[record.file]
+
     def run(self, record: GraphRecord, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.engine(record)(feeds)
+        k_loop = self.step_loop(record)
+        if k_loop is None:
+            return self.engine(record)(feeds)
+        feeds = dict(feeds)
+        batch = feeds["latents"].shape[0]
+        for inp in k_loop.step.record.inputs:  # the one-step engine's inputs the denoiser has not: zeros
+            if inp.name not in feeds and inp.name != "timestep":
+                shape = tuple(batch if d == "B" else int(d) for d in inp.shape)
+                feeds[inp.name] = np.zeros(shape, _NP[inp.dtype])
+        return [k_loop(feeds)]
 
     def close(self) -> None:
         """Free every engine's CUDA graphs and buffers (the engines themselves go with the runner)."""
+        for k_loop in self._loops.values():
+            k_loop.close()
+        self._loops = {}
         for e in self._engines.values():
             e.close()
         self._engines = {}
