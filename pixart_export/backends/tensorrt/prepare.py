@@ -381,8 +381,10 @@ def _t5_plan_record(ctx, trt, shipped: dict, reasons: dict) -> dict:
     }
 
 
-def _int8(ctx, work: _Work) -> None:
-    from . import fp16, quantize_qdq
+def _quantisable(ctx, work: _Work, what: str):
+    """(fp32 record, spec, dims, calibration feeds) of each graph that gets int8/fp8 Q/DQ (not the
+    ControlNet forms); calibration exists for the first resolution bucket only."""
+    from . import quantize_qdq
 
     for rec in ctx.fp32_records:
         if not quantize_qdq.wants_int8(rec["graph"]) or rec["graph"].endswith("_controlnet"):
@@ -390,7 +392,14 @@ def _int8(ctx, work: _Work) -> None:
         spec, dims, first_bucket = _spec_dims(ctx, rec)
         feeds = work.calib.get(spec.name) if first_bucket else None
         if not feeds:
-            raise UserError(f"no calibration data for {rec['file']}: int8 needs the first resolution bucket")
+            raise UserError(f"no calibration data for {rec['file']}: {what} needs the first resolution bucket")
+        yield rec, spec, dims, feeds
+
+
+def _int8(ctx, work: _Work) -> None:
+    from . import fp16, quantize_qdq
+
+    for rec, spec, dims, feeds in _quantisable(ctx, work, "int8"):
         name = prepared_name(rec, "int8")
         qdq32 = ctx.scratch / name  # Q/DQ with fp32 around it: an intermediate, not shipped
         q = quantize_qdq.quantize(ctx.fp32_dir / rec["file"], qdq32, feeds)
@@ -416,15 +425,9 @@ def _int8(ctx, work: _Work) -> None:
 def _fp8(ctx, work: _Work) -> None:
     """fp8 (E4M3) Q/DQ graphs of the graphs that get int8 (`quantize_fp8`), on the same layers, measured
     against fp32 with the int8 gates (`verify.TOLERANCES`)."""
-    from . import fp16, quantize_fp8, quantize_qdq
+    from . import fp16, quantize_fp8
 
-    for rec in ctx.fp32_records:
-        if not quantize_qdq.wants_int8(rec["graph"]) or rec["graph"].endswith("_controlnet"):
-            continue
-        spec, dims, first_bucket = _spec_dims(ctx, rec)
-        feeds = work.calib.get(spec.name) if first_bucket else None
-        if not feeds:
-            raise UserError(f"no calibration data for {rec['file']}: fp8 needs the first resolution bucket")
+    for rec, spec, dims, feeds in _quantisable(ctx, work, "fp8"):
         name = prepared_name(rec, "fp8")
         src = ctx.fp32_dir / rec["file"]
         q = quantize_fp8.quantize(src, ctx.staging / name, spec.name, feeds, work.ranges.get(rec["file"]))
