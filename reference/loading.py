@@ -191,12 +191,7 @@ def load_controlnet(path: Path, base: PixArtDiT) -> PixArtControlNet:
     if path.is_dir():
         raw_config = _read_json(path / "config.json")
         config = ControlNetConfig.from_dict(raw_config)
-        recorded = raw_config.get("base_sha256")
-        if recorded is not None and recorded != base_fingerprint(base):
-            raise ModelError(
-                f"{path}: this ControlNet was built for another base model (base_sha256 differs from the "
-                "loaded model's weights); give the model it was trained on"
-            )
+        _check_recorded_base(path, raw_config, base)
         state = read_weights(path)
     elif path.is_file():
         raw = official.read_checkpoint(path)
@@ -215,6 +210,23 @@ def load_controlnet(path: Path, base: PixArtDiT) -> PixArtControlNet:
     net = PixArtControlNet(base, config)
     load_strict(net, state, str(path))
     return net.eval()
+
+
+def _check_recorded_base(path: Path, raw_config: dict, base: PixArtDiT) -> None:
+    """A ControlNet folder of ours names the base it was trained on (`base_sha256`) and, optionally,
+    other bases it was measured to work with (`validated_sha256`: PixArt-delta applies a ControlNet
+    trained on the teacher to the LCD student distilled from it); refuse any other base."""
+    recorded = raw_config.get("base_sha256")
+    if recorded is None:
+        return
+    also = raw_config.get("validated_sha256", [])
+    if not isinstance(recorded, str) or not isinstance(also, list) or not all(isinstance(v, str) for v in also):
+        raise ModelError(f"{path}: base_sha256 must be a string and validated_sha256 a list of strings")
+    if base_fingerprint(base) not in {recorded, *also}:
+        raise ModelError(
+            f"{path}: this ControlNet was built for another base model (base_sha256 differs from the "
+            "loaded model's weights); give the model it was trained on"
+        )
 
 
 def base_fingerprint(base: PixArtDiT) -> str:
@@ -253,10 +265,15 @@ def _check_stored_base(path: Path, stored: dict[str, torch.Tensor], base: PixArt
             )
 
 
-def save_controlnet(net: PixArtControlNet, folder: Path, base: PixArtDiT | None = None) -> None:
-    """config.json (with `base_sha256` of `base`, the model it was trained on, when given) + safetensors."""
+def save_controlnet(
+    net: PixArtControlNet, folder: Path, base: PixArtDiT | None = None, validated: tuple[PixArtDiT, ...] = ()
+) -> None:
+    """config.json (with `base_sha256` of `base`, the model it was trained on, when given, and
+    `validated_sha256` of the other bases it was measured on) + safetensors."""
     folder.mkdir(parents=True, exist_ok=True)
     config = net.config.to_dict() | ({"base_sha256": base_fingerprint(base)} if base is not None else {})
+    if validated:
+        config["validated_sha256"] = [base_fingerprint(b) for b in validated]
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / WEIGHTS_NAME))
 

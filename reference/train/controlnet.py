@@ -155,7 +155,7 @@ def sample(
     sampler: str,
     steps: int,
     seed: int,
-    guidance: float = 4.5,
+    guidance: float = 5.5,
     null: torch.Tensor | None = None,
     lcm_spacing: str = "pixart",
     chunk: int = 64,
@@ -215,7 +215,7 @@ def parse_args(argv=None):
     parser.add_argument("--eval-every", type=int, default=100, help="control IoU every K steps (default 100; 0: off)")
     parser.add_argument("--eval-scenes", type=int, default=32, help="scenes of the control-IoU curve (default 32)")
     parser.add_argument("--eval-steps", type=int, default=10, help="DDIM steps of the curve's samples (default 10)")
-    parser.add_argument("--eval-cfg", type=float, default=4.5, help="guidance of the curve's samples (default 4.5)")
+    parser.add_argument("--eval-cfg", type=float, default=5.5, help="guidance of the curve's samples (default 5.5)")
     parser.add_argument("--time-limit", type=float, default=0.0, help="stop after this many seconds (0: none)")
     return parser.parse_args(argv)
 

@@ -1,0 +1,131 @@
+"""reference/train/controlnet.py and reference/controlnet_unet.py (smoke): a fresh ControlNet of either
+design leaves the base exactly unchanged, the two designs have equal size, training moves the zero
+projections and lowers the loss while the base stays frozen, a resumed run equals an uninterrupted
+one, and the written folder loads (also onto the validated student, not onto another base)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from reference.errors import ModelError
+from reference.loading import TINY_DIR, base_fingerprint, load_controlnet, load_dit, load_model, save_controlnet
+from reference.train import controlnet as train_cn
+from reference.train.common import LossLog
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return load_model("tiny-teacher")
+
+
+def _inputs(dit, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 4, 16, 16, generator=g)
+    c = torch.randn(batch, 4, 16, 16, generator=g)
+    e = torch.randn(batch, 120, dit.config.caption_channels, generator=g)
+    return x, torch.tensor([10.0, 700.0][:batch]), e, torch.ones(batch, 120, dtype=torch.int64), c
+
+
+@pytest.mark.parametrize("design,copies", [("transformer", 1), ("transformer", 3), ("unet", 3)])
+def test_fresh_controlnet_is_the_base(teacher, design, copies):
+    fused, net = train_cn.build(teacher.dit, design, copies)
+    x, t, e, m, c = _inputs(teacher.dit)
+    with torch.no_grad():
+        assert torch.equal(fused(x, t, e, m, c), teacher.dit(x, t, e, m))
+
+
+def test_unet_design_matches_transformer_size(teacher):
+    _, t3 = train_cn.build(teacher.dit, "transformer", 3)
+    _, u3 = train_cn.build(teacher.dit, "unet", 3)
+    assert sum(p.numel() for p in t3.parameters()) == sum(p.numel() for p in u3.parameters())
+    with pytest.raises(ValueError, match="1..3"):
+        train_cn.build(teacher.dit, "unet", 4)
+
+
+def test_unet_design_feeds_the_mirrored_blocks(teacher):
+    """Copy i's residual enters base block L-1-i: with only copy 0's projection non-zero, the blocks
+    before the last run exactly as in the base."""
+    fused, net = train_cn.build(teacher.dit, "unet", 3)
+    with torch.no_grad():
+        net[0].before_proj.weight.normal_(0, 0.05)
+        net[0].after_proj.weight.normal_(0, 0.05)
+    seen = {}
+    hooks = [
+        block.register_forward_pre_hook(lambda mod, args, i=i: seen.__setitem__(i, args[0].clone()))
+        for i, block in enumerate(teacher.dit.transformer_blocks)
+    ]
+    x, t, e, m, c = _inputs(teacher.dit)
+    with torch.no_grad():
+        fused(x, t, e, m, c)
+        controlled = dict(seen)
+        teacher.dit(x, t, e, m)
+    for h in hooks:
+        h.remove()
+    for i in range(5):
+        assert torch.equal(controlled[i], seen[i]), i
+    assert not torch.equal(controlled[5], seen[5])
+
+
+def run(out, steps, *extra):
+    train_cn.main(
+        ["--out", str(out), "--steps", str(steps), "--batch-size", "4", "--num-images", "16", "--lr", "1e-3",
+         "--warmup", "2", "--ckpt-every", "3", "--eval-every", "3", "--eval-scenes", "2", "--eval-steps", "2",
+         "--copies", "2", "--no-progress", *extra]
+    )  # fmt: skip
+
+
+def test_training_moves_only_the_controlnet_and_resumes(tmp_path, teacher):
+    before = {k: v.clone() for k, v in teacher.dit.state_dict().items()}
+    full, parts = tmp_path / "full", tmp_path / "parts"
+    run(full, 6, "--cache-dir", str(tmp_path / "cache"))
+    run(parts, 3, "--cache-dir", str(tmp_path / "cache"))
+    run(parts, 6, "--cache-dir", str(tmp_path / "cache"))
+    a = load_file(str(full / "controlnet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(parts / "controlnet" / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert float(a["controlnet.1.after_proj.weight"].abs().max()) > 0  # the zero layers learned
+    config = json.loads((full / "controlnet" / "config.json").read_text())
+    base = load_dit(TINY_DIR / "teacher" / "transformer")
+    assert config["base_sha256"] == base_fingerprint(base)
+    assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items())  # base untouched on disk
+    evals = (full / "eval.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in evals] == ["step", "0", "3", "6"]
+    assert len(LossLog(full, ["loss"], 6, enabled=False).read()["loss"]) == 6
+    summary = json.loads((full / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["trainable_parameters"] > 0
+
+
+def test_validated_bases_load_and_others_are_refused(tmp_path, teacher):
+    from reference.config import ControlNetConfig
+    from reference.controlnet import PixArtControlNet
+
+    student = load_dit(TINY_DIR / "transformer")
+    net = PixArtControlNet(teacher.dit, ControlNetConfig(num_copies=2))
+    save_controlnet(net, tmp_path / "cn", teacher.dit, validated=(student,))
+    load_controlnet(tmp_path / "cn", teacher.dit)
+    load_controlnet(tmp_path / "cn", student)
+    other = load_dit(TINY_DIR / "transformer")
+    with torch.no_grad():
+        other.proj_out.bias.add_(1e-3)
+    with pytest.raises(ModelError, match="another base model"):
+        load_controlnet(tmp_path / "cn", other)
+    raw = json.loads((tmp_path / "cn" / "config.json").read_text())
+    raw["validated_sha256"] = "not a list"
+    (tmp_path / "cn" / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ModelError, match="validated_sha256"):
+        load_controlnet(tmp_path / "cn", student)
+
+
+def test_eval_sampler_runs_both_samplers(teacher):
+    fused, _ = train_cn.build(teacher.dit, "transformer", 1)
+    ev = train_cn.EvalSet(teacher, "edge", 2)
+    null = teacher.dit.null_caption.detach()
+    for sampler in ("ddim", "lcm"):
+        images = train_cn.sample(
+            fused, teacher.vae, ev.embeds, ev.masks, ev.control_latents, 1.0, sampler, 2, 0, null=null
+        )
+        assert images.shape == (2, 128, 128, 3) and images.dtype.name == "uint8"
