@@ -155,7 +155,7 @@ def main(argv=None) -> None:
                     guidance=args.cfg,
                     null=null,
                     lcm_spacing=spacing,
-                )  # fmt: skip
+                )
                 for seed in seeds
             ]
         )

@@ -93,17 +93,12 @@ class ReferencePipeline:
         def eps(x: torch.Tensor, t: float) -> torch.Tensor:
             ts = torch.full((batch,), t, dtype=torch.float32, device=x.device)
             if uncond is None:
-                residuals = residuals_fn(x, ts) if residuals_fn else None
+                residuals = residuals_fn(x, ts, embeds, mask) if residuals_fn else None
                 return dit.predict_noise(x, ts, embeds, mask, residuals, res, ar)
-            both = dit.predict_noise(
-                torch.cat([x, x]),
-                torch.cat([ts, ts]),
-                torch.cat([uncond[0], embeds]),
-                torch.cat([uncond[1], mask]),
-                None,
-                torch.cat([res, res]),
-                torch.cat([ar, ar]),
-            )
+            x2, ts2 = torch.cat([x, x]), torch.cat([ts, ts])
+            e2, m2 = torch.cat([uncond[0], embeds]), torch.cat([uncond[1], mask])
+            residuals = residuals_fn(x2, ts2, e2, m2) if residuals_fn else None  # control on both branches
+            both = dit.predict_noise(x2, ts2, e2, m2, residuals, torch.cat([res, res]), torch.cat([ar, ar]))
             e_u, e_c = both.chunk(2)
             return guided(e_c, e_u, guidance_scale)
 
@@ -118,13 +113,15 @@ class ReferencePipeline:
         resolution: int | Sequence[int] | None = None,
         sampler: str = "lcm",
         guidance_scale: float = 4.5,
-        control_image: Image.Image | None = None,
+        control_image: Image.Image | Sequence[Image.Image] | None = None,
         conditioning_scale: float = 1.0,
         progress: Callable[[int], None] | None = None,
         output: str = "pil",
         ddim_spacing: str = "leading",
     ):
-        """Images for `prompts`. `sampler`: "lcm" (PixArt-delta, no guidance) or "ddim" (teacher, CFG);
+        """Images for `prompts`. `sampler`: "lcm" (PixArt-delta, no guidance) or "ddim" (teacher, CFG; a
+        ControlNet's residuals are added on both branches of guidance, as ControlNet does);
+        `control_image`: one for every prompt, or a list of one per prompt;
         `ddim_spacing`: "leading" (diffusers' DDIMScheduler default) or "trailing" (starts at t=999,
         the fair choice for few steps)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -141,22 +138,26 @@ class ReferencePipeline:
         if control_image is not None:
             if self.model.controlnet is None:
                 raise ModelError("a control image needs a model with a ControlNet (--controlnet)")
-            control = vae_io.encode(self.model.vae, image_to_tensor(control_image, height, width))
-            control = control.expand(len(prompts), -1, -1, -1)
-            res, ar = size_conditions(height, width, len(prompts))
+            controls = control_image if isinstance(control_image, (list, tuple)) else [control_image]
+            if len(controls) not in (1, len(prompts)):
+                raise ModelError(f"{len(controls)} control images for {len(prompts)} prompts: give one, or one each")
+            pixels = torch.cat([image_to_tensor(c, height, width) for c in controls])
+            control = vae_io.encode(self.model.vae, pixels.to(noise.device)).expand(len(prompts), -1, -1, -1)
 
-            def residuals_fn(x, ts):
-                return self.model.controlnet(self.model.dit, x, ts, embeds, mask, control, conditioning_scale, res, ar)
+            def residuals_fn(x, ts, e, m):
+                """Residuals for a batch of n copies of the prompts (guidance: unconditional, then conditional)."""
+                n = x.shape[0] // len(prompts)
+                res, ar = (v.to(x.device) for v in size_conditions(height, width, x.shape[0]))
+                c = control.repeat(n, 1, 1, 1)
+                return self.model.controlnet(self.model.dit, x, ts, e, m, c, conditioning_scale, res, ar)
 
         if sampler == "lcm":
             timesteps = lcm_timesteps(steps, self.model.lcm_spacing)
             eps = self.eps_fn(embeds, mask, height, width, residuals_fn)
             latents = lcm_sample(eps, noise[0], timesteps, list(noise[1:]), self.alphas_cumprod, progress)
         elif sampler == "ddim":
-            if control_image is not None:
-                raise ModelError("the DDIM teacher sampler runs without ControlNet")
             uncond = self.null_embeds(len(prompts), embeds.shape[1]) if guidance_scale != 1.0 else None
-            eps = self.eps_fn(embeds, mask, height, width, None, uncond, guidance_scale)
+            eps = self.eps_fn(embeds, mask, height, width, residuals_fn, uncond, guidance_scale)
             latents = ddim_sample(eps, noise[0], ddim_timesteps(steps, ddim_spacing), self.alphas_cumprod, progress)
         else:
             raise ModelError(f"unknown sampler {sampler!r}; choose 'lcm' or 'ddim'")

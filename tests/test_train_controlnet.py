@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -72,10 +73,33 @@ def test_unet_design_feeds_the_mirrored_blocks(teacher):
 
 def run(out, steps, *extra):
     train_cn.main(
-        ["--out", str(out), "--steps", str(steps), "--batch-size", "4", "--num-images", "16", "--lr", "1e-3",
-         "--warmup", "2", "--ckpt-every", "3", "--eval-every", "3", "--eval-scenes", "2", "--eval-steps", "2",
-         "--copies", "2", "--no-progress", *extra]
-    )  # fmt: skip
+        [
+            "--out",
+            str(out),
+            "--steps",
+            str(steps),
+            "--batch-size",
+            "4",
+            "--num-images",
+            "16",
+            "--lr",
+            "1e-3",
+            "--warmup",
+            "2",
+            "--ckpt-every",
+            "3",
+            "--eval-every",
+            "3",
+            "--eval-scenes",
+            "2",
+            "--eval-steps",
+            "2",
+            "--copies",
+            "2",
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 def test_training_moves_only_the_controlnet_and_resumes(tmp_path, teacher):
@@ -129,3 +153,66 @@ def test_eval_sampler_runs_both_samplers(teacher):
             fused, teacher.vae, ev.embeds, ev.masks, ev.control_latents, 1.0, sampler, 2, 0, null=null
         )
         assert images.shape == (2, 128, 128, 3) and images.dtype.name == "uint8"
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "lcm"])
+def test_eval_sampler_matches_the_reference_pipeline(teacher, sampler):
+    """The training/benchmark sampler (fused model, one control per caption) draws what the reference
+    pipeline draws (split residuals, a list of control images), with guidance on both branches for DDIM."""
+    import dataclasses
+
+    from PIL import Image
+
+    from reference.pipeline import ReferencePipeline
+    from reference.train import control
+
+    fused, net = train_cn.build(teacher.dit, "transformer", 2)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "proj" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    ev = train_cn.EvalSet(teacher, "edge", 2)
+    got = train_cn.sample(
+        fused,
+        teacher.vae,
+        ev.embeds,
+        ev.masks,
+        ev.control_latents,
+        0.8,
+        sampler,
+        3,
+        seed=5,
+        guidance=5.5,
+        null=teacher.dit.null_caption.detach(),
+        lcm_spacing=teacher.lcm_spacing,
+    )
+    model = dataclasses.replace(teacher, controlnet=net.eval())
+    want = ReferencePipeline(model)(
+        ev.captions,
+        steps=3,
+        seed=5,
+        sampler=sampler,
+        guidance_scale=5.5,
+        ddim_spacing="trailing",
+        control_image=[Image.fromarray(c) for c in ev.controls],
+        conditioning_scale=0.8,
+        output="pt",
+    )
+    diff = np.abs(got.astype(int) - control.to_uint8(want).astype(int))
+    assert diff.max() <= 1  # fused vs split residuals: float32 rounding, at most one level after rounding
+    plain = ReferencePipeline(model)(
+        ev.captions, steps=3, seed=5, sampler=sampler, guidance_scale=5.5, ddim_spacing="trailing", output="pt"
+    )
+    zero = ReferencePipeline(model)(
+        ev.captions,
+        steps=3,
+        seed=5,
+        sampler=sampler,
+        guidance_scale=5.5,
+        ddim_spacing="trailing",
+        control_image=[Image.fromarray(c) for c in ev.controls],
+        conditioning_scale=0.0,
+        output="pt",
+    )
+    assert torch.equal(zero, plain)  # scale 0 adds exact zeros

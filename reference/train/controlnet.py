@@ -179,8 +179,9 @@ def sample(
             if sampler == "lcm":
                 return fused(x, ts, e, m, c, scale)[:, : x.shape[1]]
             ne, nm = null[None].expand(b, -1, -1), torch.ones(b, null.shape[0], dtype=m.dtype)
-            both = fused(torch.cat([x, x]), torch.cat([ts, ts]), torch.cat([ne, e]), torch.cat([nm, m]),
-                         torch.cat([c, c]), scale)[:, : x.shape[1]]  # fmt: skip
+            both = fused(
+                torch.cat([x, x]), torch.cat([ts, ts]), torch.cat([ne, e]), torch.cat([nm, m]), torch.cat([c, c]), scale
+            )[:, : x.shape[1]]
             e_u, e_c = both.chunk(2)
             return guided(e_c, e_u, guidance)
 
@@ -270,8 +271,19 @@ def main(argv=None) -> None:
         if eval_set is None:
             return
         fused.eval()
-        images = sample(fused, model.vae, eval_set.embeds, eval_set.masks, eval_set.control_latents, 1.0, "ddim",
-                        args.eval_steps, seed=0, guidance=args.eval_cfg, null=null)  # fmt: skip
+        images = sample(
+            fused,
+            model.vae,
+            eval_set.embeds,
+            eval_set.masks,
+            eval_set.control_latents,
+            1.0,
+            "ddim",
+            args.eval_steps,
+            seed=0,
+            guidance=args.eval_cfg,
+            null=null,
+        )
         evals.log(step, float(control.control_iou(images, eval_set.scenes).mean()))
         fused.train()
         base.eval()

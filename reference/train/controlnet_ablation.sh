@@ -10,7 +10,7 @@
 set -euo pipefail
 RUN=${1:-runs/cn}
 LAUNCH=${LAUNCH:-.venv/bin/python -m}
-STEPS=${STEPS:-1200}
+STEPS=${STEPS:-800}
 BATCH=${BATCH:-32}
 LR=${LR:-5e-4}
 NUM_IMAGES=${NUM_IMAGES:-4096}
@@ -28,6 +28,6 @@ for arm in $ARMS; do
     stamp "$arm: $design, $copies copies"
     $LAUNCH reference.train.controlnet --design "$design" --copies "$copies" --out "$RUN/$arm" \
         --steps "$STEPS" --batch-size "$BATCH" --lr "$LR" --num-images "$NUM_IMAGES" --cache-dir "$RUN/cache" \
-        --threads "$THREADS" --ckpt-every 100 --eval-every 100 --no-progress
+        --threads "$THREADS" --ckpt-every 100 --eval-every 50 --no-progress
 done
 stamp done
