@@ -10,7 +10,7 @@
 set -euo pipefail
 RUN=${1:-runs/cn}
 LAUNCH=${LAUNCH:-.venv/bin/python -m}
-STEPS=${STEPS:-800}
+STEPS=${STEPS:-600}
 BATCH=${BATCH:-32}
 LR=${LR:-5e-4}
 NUM_IMAGES=${NUM_IMAGES:-4096}

@@ -1,0 +1,119 @@
+"""Package a trained ControlNet-Transformer arm as the built-in `--controlnet tiny`, with its card and
+the run records of the ablation it was chosen from.
+
+    python -m reference.train.package_controlnet --runs runs/cn --arm t3
+
+Writes `reference/assets/tiny/controlnet/` (config.json with `base_sha256` of the teacher it was
+trained on and `validated_sha256` of the LCD student it was measured on, the weights, MODEL_CARD.md
+written from the benchmark's JSON, so its figures are the measured ones) and copies every arm's
+`loss.csv`, `eval.csv` and `summary.json` to `benchmarks/results/controlnet_tiny_run/<arm>/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..loading import TINY_DIR, load_controlnet, load_dit, save_controlnet
+
+ROOT = Path(__file__).resolve().parents[2]
+RECORDS = ("loss.csv", "eval.csv", "summary.json", "replicas.json", "loss.png")
+
+
+def fmt(score: dict) -> str:
+    return f"{score['mean']:.3f} [{score['lo']:.3f}, {score['hi']:.3f}]"
+
+
+def card(arm: str, summary: dict, bench: dict) -> str:
+    args = summary["args"]
+    rows = {r["key"]: r for r in bench["rows"]}
+    meta = bench["meta"]
+    lines = [
+        "# Model card: the built-in tiny ControlNet (`--controlnet tiny`)",
+        "",
+        f"PixArt-delta's ControlNet-Transformer on the miniature: trainable copies of the first {summary['copies']} "
+        "of the teacher's 6 blocks, the output of copy i through a zero-initialised linear layer added to the "
+        "output of frozen block i (the input of block i+1), the condition read through the VAE and the patch "
+        "embedding into a zero-initialised linear layer before copy 0 (`reference/controlnet.py`).",
+        "",
+        "## Training (`reference/train/controlnet.py`)",
+        f"- Base: the teacher (`tiny-teacher`), frozen with its T5 and VAE; {summary['trainable_parameters']:,} "
+        "trainable parameters.",
+        f"- Condition: `{args['condition']}` maps computed from each scene (`reference/train/control.py`: black "
+        "outlines on white, where the scene's colour changes).",
+        f"- {summary['steps']} steps, batch {args['batch_size']}, AdamW lr {args['lr']} ({args['warmup']} warm-up "
+        f"steps), epsilon MSE with min-SNR-{float(args['snr_gamma']):g} weights, {float(args['cfg_drop']):.0%} of "
+        f"captions dropped to the null caption; {args['num_images']} fixed scenes of data seed {args['seed']}; "
+        f"{summary['elapsed_s'] / 60:.1f} min on a CPU ({summary['processes']} process(es)).",
+        f"- Chosen as arm `{arm}` of the design ablation (`benchmarks/results/controlnet_tiny.md`); its loss and "
+        "control-IoU curve are in `benchmarks/results/controlnet_tiny_run/`.",
+        "- Valid for the teacher it was trained on and for the LCD student `tiny` distilled from that teacher "
+        "(`validated_sha256`; measured below); loading it on any other base is refused.",
+        "",
+        "## Measured (`benchmarks/controlnet_tiny.py`)",
+        f"{meta['scenes']} scenes of a data seed training never used x {meta['seeds']} seeds; mean [95% bootstrap "
+        "interval]. Control IoU: the generated image's foreground against the scene's the edges came from.",
+        "",
+        "| sampler | scale | control IoU | vs no control | adherence | vs no control |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in bench["rows"]:
+        if r["key"].startswith(("t-none", "s-")) or r["key"] in (f"t-{arm}",) or r["key"].startswith(f"t-{arm}-"):
+            lines.append(
+                f"| {r['name']} | {r['scale']:g} | {fmt(r['iou'])} | {fmt(r['iou_vs_none'])} | "
+                f"{fmt(r['adherence'])} | {fmt(r['adherence_vs_none'])} |"
+            )
+    student = rows.get(f"s-{arm}-1")
+    if student:
+        lines += [
+            "",
+            f"At scale 1 on the shipped 4-step student: control IoU {student['iou_vs_none']['mean']:+.3f} over no "
+            f"control, adherence {student['adherence_vs_none']['mean']:+.3f}.",
+        ]
+    lines += [
+        "",
+        "## Limits",
+        "Edge maps of the miniature's scenes only (black outlines on white, 128 px). Shapes the edges draw that "
+        "the caption does not name pull the image both ways.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=Path, required=True, help="the ablation's folder (one sub-folder per arm)")
+    parser.add_argument("--arm", default="t3", help="the arm to ship (default t3)")
+    parser.add_argument("--out", type=Path, default=TINY_DIR / "controlnet", help="destination (replaced)")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "controlnet_tiny.json")
+    parser.add_argument("--records", type=Path, default=ROOT / "benchmarks" / "results" / "controlnet_tiny_run")
+    args = parser.parse_args(argv)
+    summary = json.loads((args.runs / args.arm / "summary.json").read_text())
+    if summary["design"] != "transformer":
+        raise SystemExit(f"arm {args.arm} is a {summary['design']} ControlNet; only the Transformer design ships")
+    teacher = load_dit(TINY_DIR / "teacher" / "transformer")
+    student = load_dit(TINY_DIR / "transformer")
+    net = load_controlnet(args.runs / args.arm / "controlnet", teacher)
+    tmp = Path(tempfile.mkdtemp(prefix=".controlnet-", dir=args.out.parent))
+    try:
+        save_controlnet(net, tmp, teacher, validated=(student,))
+        (tmp / "MODEL_CARD.md").write_text(card(args.arm, summary, json.loads(args.results.read_text())))
+        tmp.chmod(0o755)
+        if args.out.exists():
+            shutil.rmtree(args.out)
+        tmp.rename(args.out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for arm_dir in sorted(p for p in args.runs.iterdir() if (p / "summary.json").exists()):
+        dest = args.records / arm_dir.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in RECORDS:
+            if (arm_dir / name).exists():
+                shutil.copy(arm_dir / name, dest / name)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()
