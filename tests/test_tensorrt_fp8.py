@@ -66,6 +66,64 @@ def test_onnxruntime_matches_the_e4m3_simulation():
     assert 1e-3 < rel_l2(got, inputs["x"] @ w) < 0.1
 
 
+def test_per_channel_weight_scales_match_the_simulation():
+    """Per-output-channel weight scales (axis 1 of a MatMul's [K, N] weight): onnxruntime equals the E4M3
+    simulation with one scale per column, and `check` accepts the axis for trt-h100."""
+    from onnx import numpy_helper
+    from onnx.version_converter import convert_version
+
+    m = convert_version(linear_residual(), quantize_fp8.OPSET)
+    inputs = feeds(seed=4)
+    ranges = {"x": float(np.abs(inputs["x"]).max())}
+    w = numpy_helper.to_array(next(t for t in m.graph.initializer if t.name == "W"))
+    w = w * np.linspace(0.01, 1.0, w.shape[1], dtype=np.float32)  # columns of very different ranges
+    next(t for t in m.graph.initializer if t.name == "W").CopyFrom(numpy_helper.from_array(w, "W"))
+    quantize_fp8.insert_fp8_qdq(m, ["/block.0/ff/proj/MatMul"], ranges, per_channel=True)
+    dq = next(n for n in m.graph.node if n.name.endswith("weight_DequantizeLinear"))
+    assert next(a.i for a in dq.attribute if a.name == "axis") == 1
+    onnx.checker.check_model(m)
+    m.graph.output.append(onnx.helper.make_tensor_value_info("h", onnx.TensorProto.FLOAT, None))
+    got = _session(m).run(["h"], inputs)[0]
+    sw = quantize_fp8.weight_scales(w, 1)
+    assert sw.shape == (w.shape[1],) and all(s == float(np.float16(s)) for s in sw)
+    wq = np.stack([quantize_fp8.simulate_e4m3(w[:, j], sw[j]) for j in range(w.shape[1])], 1)
+    sx = quantize_fp8.fp16_exact_scale(ranges["x"])
+    np.testing.assert_allclose(got, quantize_fp8.simulate_e4m3(inputs["x"], sx) @ wq, rtol=1e-6, atol=1e-6)
+    report = check.CheckReport("m")
+    check.check_qdq(m, report)
+    assert not report.problems, report.problems
+
+
+def test_candidates_keep_fp16_outside_their_kinds():
+    """Each candidate's float patterns, on the exporter's scoped names: the kinds it names run fp8 (unless
+    `quantize_qdq.EXCLUDE` keeps them float), everything else stays fp16; most fp8 weights first."""
+    import re
+
+    from pixart_export.backends.tensorrt import quantize_qdq
+
+    names = [
+        "/step.0/transformer/caption_projection/linear_1/MatMul",
+        "/step.1/transformer/transformer_blocks.3/attn1/to_q/MatMul",
+        "/step.1/transformer/transformer_blocks.3/attn1/to_out.0/MatMul",
+        "/step.1/transformer/transformer_blocks.3/attn2/to_out.0/MatMul",
+        "/step.1/transformer/transformer_blocks.3/ff/net.0/proj/MatMul",
+        "/step.1/transformer/transformer_blocks.3/ff/net.2/MatMul",
+        "/step.1/transformer/proj_out/MatMul",
+    ]
+
+    def fp8(c):
+        rx = [re.compile(p) for p in quantize_qdq.EXCLUDE + c.float_patterns]
+        return [n.split("/")[-2] for n in names if not any(r.search(n) for r in rx)]
+
+    got = {c.name: fp8(c) for c in quantize_fp8.CANDIDATES}
+    assert got["int8 layers"] == ["linear_1", "to_q", "to_out.0", "to_out.0", "proj", "net.2"]
+    assert got["feed-forward"] == ["proj", "net.2"]
+    assert got["feed-forward down"] == ["net.2"]
+    assert got["attention out"] == ["to_out.0", "to_out.0"]
+    counts = [len(v) for v in got.values()]
+    assert counts[0] == max(counts) and all(c.per_channel for c in quantize_fp8.CANDIDATES)
+
+
 def test_fp8_graph_at_4096_tokens(tmp_path):
     """A narrow DiT at 4096 tokens (XL's 1024 px attention length): fp8 on the weight layers only
     (attention's matmuls stay fp16), within the int8 gate against fp32, accepted by `check` for
@@ -115,3 +173,11 @@ def test_h100_bundle_ships_verified_fp8_graphs(tmp_path):
     assert rows and all(r["ok"] for r in rows)
     assert any(r["precision"] == "fp8" and r["ok"] for r in manifest.parity.end_to_end)
     assert Precision.FP8 in manifest.precisions
+    # the layers were chosen by measurement on the unrolled denoiser, every candidate tried is recorded
+    choice = manifest.build["fp8_choice"]
+    tried = [c["settings"]["name"] for c in choice["candidates"]]
+    assert choice["chosen"] == tried[-1] and tried == [c.name for c in quantize_fp8.CANDIDATES][: len(tried)]
+    limit = quantize_fp8.SELECT_FRACTION * 0.1
+    assert choice["candidates"][-1]["rel_l2"] <= limit and all(c["rel_l2"] > limit for c in choice["candidates"][:-1])
+    details = {r.graph: r.details["fp8"]["settings"]["name"] for r in fp8}
+    assert details == {"denoiser_lcm4": choice["chosen"], "transformer": choice["chosen"]}

@@ -114,7 +114,9 @@ def stages(backend, ctx) -> list[Stage]:
             Stage("int8 Q/DQ graphs (symmetric, per-channel weights, calibrated MinMax)", lambda c: _int8(c, work))
         )
     if work.fp8:
-        out.append(Stage("fp8 Q/DQ graphs (E4M3, per-tensor, calibrated MinMax)", lambda c: _fp8(c, work)))
+        out.append(
+            Stage("fp8 Q/DQ graphs (E4M3, layers chosen by measured error, calibrated MinMax)", lambda c: _fp8(c, work))
+        )
     out.append(
         Stage(
             "end to end on CPU (onnxruntime): prepared graphs vs fp32 graphs, uint8 PSNR; precision gate",
@@ -423,14 +425,23 @@ def _int8(ctx, work: _Work) -> None:
 
 
 def _fp8(ctx, work: _Work) -> None:
-    """fp8 (E4M3) Q/DQ graphs of the graphs that get int8 (`quantize_fp8`), on the same layers, measured
-    against fp32 with the int8 gates (`verify.TOLERANCES`)."""
+    """fp8 (E4M3) Q/DQ graphs of the graphs that get int8 (`quantize_fp8`), measured against fp32 with
+    the int8 gates (`verify.TOLERANCES`). Which layers run fp8 is chosen first, by measurement on the
+    unrolled denoiser (`_choose_fp8`), and applied to the one-step transformer alike (the K-step loop
+    runs that one K times)."""
     from . import fp16, quantize_fp8
 
-    for rec, spec, dims, feeds in _quantisable(ctx, work, "fp8"):
+    graphs = list(_quantisable(ctx, work, "fp8"))
+    settings, chosen_files = _choose_fp8(ctx, work, graphs)
+    for rec, spec, dims, feeds in graphs:
         name = prepared_name(rec, "fp8")
         src = ctx.fp32_dir / rec["file"]
-        q = quantize_fp8.quantize(src, ctx.staging / name, spec.name, feeds, work.ranges.get(rec["file"]))
+        if rec["file"] in chosen_files:  # the denoiser: the chosen candidate's graph, already made
+            folder, q = chosen_files[rec["file"]]
+            for f in q["files"]:
+                shutil.move(str(folder / f), str(ctx.staging / f))
+        else:
+            q = quantize_fp8.quantize(src, ctx.staging / name, spec.name, feeds, work.ranges.get(rec["file"]), settings)
         new = _prepared(
             rec,
             name,
@@ -446,6 +457,58 @@ def _fp8(ctx, work: _Work) -> None:
         rows = _errors(ctx, rec, new, spec, dims, work.heldout.get(spec.name))
         work.rows += rows
         ctx.log(f"      {name}: {q['fp8']['fp8_layers']} fp8 layers, rel L2 {rows[-1]['rel_l2']:.2e}")
+    shutil.rmtree(ctx.scratch / "fp8-candidates", ignore_errors=True)
+
+
+def _choose_fp8(ctx, work: _Work, graphs: list) -> tuple:
+    """The fp8 settings: `quantize_fp8.CANDIDATES` in order (most fp8 weight MACs first), each made on the
+    unrolled denoiser and measured against fp32 on the *calibration* trajectories (the gate measures the
+    held-out ones after); the first within `SELECT_FRACTION` of the fp8 tolerance wins, else the one with
+    the lowest error (and the gate decides). Every measured candidate goes to `build.fp8_choice`.
+    Returns (settings, {fp32 file: (folder, quantize record) of the chosen denoiser graph})."""
+    from ...verify import tolerance
+    from . import quantize_fp8
+
+    loop = [g for g in graphs if g[0]["graph"].startswith("denoiser_lcm")]
+    if not loop:
+        return quantize_fp8.CANDIDATES[0], {}
+    rec, spec, dims, feeds = loop[0]
+    src, name = ctx.fp32_dir / rec["file"], prepared_name(rec, "fp8")
+    trials = ctx.scratch / "fp8-candidates"
+    limit = quantize_fp8.SELECT_FRACTION * tolerance(spec.name, Precision.FP8).rel_l2
+    rows, made, chosen = [], {}, None
+    for i, cand in enumerate(quantize_fp8.CANDIDATES):
+        folder = trials / str(i)
+        folder.mkdir(parents=True, exist_ok=True)
+        q = quantize_fp8.quantize(src, folder / name, spec.name, feeds, work.ranges.get(rec["file"]), cand)
+        trial = _prepared(rec, name, q["files"], "fp8")
+        err = _errors(ctx, rec, trial, spec, dims, feeds, prepared_dir=folder)[-1]
+        rows.append(
+            {
+                "settings": dataclasses.asdict(cand),
+                "fp8_layers": q["fp8"]["fp8_layers"],
+                "fp8_weight_share": round(quantize_fp8.fp8_weight_share(src, cand), 3),
+                "rel_l2": err["rel_l2"],
+            }
+        )
+        made[i] = (folder, q)
+        ctx.log(f"      fp8 candidate {cand.name}: rel L2 {err['rel_l2']:.2e} on the calibration trajectories")
+        if err["rel_l2"] <= limit:
+            chosen = i
+            break
+    if chosen is None:
+        chosen = min(range(len(rows)), key=lambda k: rows[k]["rel_l2"])
+    settings = quantize_fp8.CANDIDATES[chosen]
+    ctx.build_info["fp8_choice"] = {
+        "chosen": settings.name,
+        "graph": rec["file"],
+        "rule": f"first of quantize_fp8.CANDIDATES with rel L2 <= {quantize_fp8.SELECT_FRACTION} x the fp8 "
+        f"tolerance ({limit:.2g}) on the calibration trajectories, else the lowest",
+        "measured_on": f"{len(feeds)} calibration batches (not the held-out gate's)",
+        "candidates": rows,
+    }
+    ctx.log(f"      fp8 chosen: {settings.name}")
+    return settings, {rec["file"]: made[chosen]}
 
 
 class _TwoFolders:
