@@ -101,3 +101,30 @@ def test_two_process_lcd_replicas_agree_and_match_one_process(tmp_path):
         "--no-progress",
     ]
     data_parallel_matches_one_process(tmp_path, lcd, args, steps=3, weights=["student", "target"], timeout=180)
+
+
+def test_two_process_controlnet_replicas_agree_and_match_one_process(tmp_path):
+    """The ControlNet stage under torchrun: the fixed cached set is built once (by the main process),
+    the eval curve is measured by the main process alone, and both replicas end equal."""
+    from reference.train import controlnet
+
+    args = [
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--num-images",
+        "8",
+        "--lr",
+        "1e-3",
+        "--warmup",
+        "1",
+        "--copies",
+        "1",
+        "--eval-every",
+        "0",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--no-progress",
+    ]
+    data_parallel_matches_one_process(tmp_path, controlnet, args, steps=3, weights=["controlnet"], timeout=180)
