@@ -2,7 +2,9 @@
 """One-command set-up and tasks for a fresh clone: needs only python3.
 
     python3 dev.py demo    # create .venv if needed, draw with the reference, build the tiny ort-cpu
-                           # engine and draw the same image with it
+                           # engine (with the tiny ControlNet) and draw the same image with it; then
+                           # the same prompt controlled by an edge map, shown side by side with the
+                           # control image and the uncontrolled image (out/controlnet_demo.png)
     python3 dev.py test    # create .venv if needed, run the default test suite
 
 The virtual environment lives in `.venv` inside the repository. It is (re)installed when the files
@@ -87,12 +89,39 @@ def main(argv: list[str]) -> int:
         cli + ["build", "--target", "ort-cpu", "--model", "tiny", "--controlnet", "tiny", "--out", str(engine)],
         # ... and the same image from the engine through the torch-free runtime.
         cli + ["run", str(engine), "--prompt", prompt, "--seed", "0", "--out", str(out / "tiny_ort_cpu.png")],
+        # ControlNet: the edge map of the miniature's scene captioned with the prompt as the control image,
+        # the same prompt and seed drawn under it, and the three side by side
+        [str(PY), "-m", "pixart_export.demo", "control-image", str(out / "controlnet_control.png"), "--prompt", prompt],
+        cli
+        + [
+            "run",
+            str(engine),
+            "--prompt",
+            prompt,
+            "--seed",
+            "0",
+            "--control-image",
+            str(out / "controlnet_control.png"),
+            "--out",
+            str(out / "tiny_ort_cpu_controlnet.png"),
+        ],
+        [
+            str(PY),
+            "-m",
+            "pixart_export.demo",
+            "side-by-side",
+            str(out / "controlnet_demo.png"),
+            f"control image={out / 'controlnet_control.png'}",
+            f"no control={out / 'tiny_ort_cpu.png'}",
+            f"controlled={out / 'tiny_ort_cpu_controlnet.png'}",
+        ],
     ]
     for step in steps:
         code = subprocess.run(step, cwd=ROOT, env=env).returncode
         if code:
             return code
     print(f"done: images in {out}")
+    print(f"ControlNet: {out / 'controlnet_demo.png'} (control image | no control | controlled)")
     return 0
 
 
