@@ -71,7 +71,7 @@ def test_generate_writes_png(tmp_path, capsys):
 def test_info(capsys):
     assert main(["info", "--model", "tiny", "--controlnet", "tiny"]) == 0
     text = capsys.readouterr().out
-    assert "6 blocks, width 128" in text and "controlnet   2 copies" in text
+    assert "6 blocks, width 128" in text and "controlnet   3 copies" in text
 
 
 def test_bad_inputs(tmp_path, capsys):

@@ -87,7 +87,7 @@ def test_card_states_the_measured_figures_and_gates(tmp_path):
     assert "a sliding window of 16 x 512 = 8192 scenes" in card and "12288 scenes rendered" in card
     assert "- teacher DDIM 25 seen pairs >= 0.80 (0.875 [0.750, 1.000]): met" in card
     assert "- student LCM 4 within 0.05 of teacher DDIM 25 on pairs (0.625 vs 0.688): NOT met" in card
-    assert "zero-initialised projections" in card
+    assert "ControlNet-Transformer trained on the teacher" in card
 
 
 def test_card_without_a_vae_stage_says_the_vae_was_reused(tmp_path):

@@ -3,6 +3,10 @@
 
     python -m reference.train.package --run runs/tiny --out reference/assets/tiny
     python -m reference.train.package --run runs/tiny --card-only --out /tmp/card   # card alone
+    python -m reference.train.package_controlnet --runs runs/cn --arm t3            # then the ControlNet
+
+The LCD folder's `controlnet/` is the untrained, zero-initialised one (`common.write_model_folder`);
+`package_controlnet` replaces it with the trained one, trained on the shipped teacher.
 
 A run folder holds `teacher/` and `lcd/` (each `summary.json`, `loss.csv`, `model/`), optionally `vae/`
 (`summary.json`, `loss.csv`; absent when the shipped VAE was reused) and `record.json` (the machine
@@ -142,8 +146,9 @@ def model_card(run: Path, results: Path, note: str | None = None) -> str:
         teacher_line(stages["teacher"]),
         f"- Student (these weights): LCD from the teacher, w = 4.5, DDIM solver, k = 20, target EMA 0.95, "
         f"pseudo-Huber c = 0.001; {stages['lcd']['steps']} steps; the target network is shipped.",
-        "- ControlNet: copies of the student's first blocks with zero-initialised projections (untrained: it leaves "
-        "every image unchanged).",
+        "- ControlNet (`controlnet/`, `--controlnet tiny`): a ControlNet-Transformer trained on the teacher's edge "
+        "maps by `reference/train/controlnet.py` and shipped by `reference.train.package_controlnet` (its own card: "
+        "`controlnet/MODEL_CARD.md`); valid for the teacher and this student.",
         "",
         "## Training record",
         "| stage | steps | batch | lr | loss, first 100 steps | loss, last 100 steps | wall time | processes |",
