@@ -17,6 +17,9 @@ What is compared
   a ControlNet; uint8 images compared by PSNR.
 - int8 quality (`quality_gate`): images of an int8 engine against the fp32 reference over >= 16
   held-out prompt/seed pairs (mean and worst PSNR, mean SSIM).
+- int8 ControlNet (`control_gate`): the same quality figures over as many fixed control scenes (edge map
+  as the control image, caption as the prompt, conditioning scale 1), plus the control IoU of the int8
+  images against that of the reference's (`reference.train.control.control_iou`) on the miniature.
 
 Rows carry their tolerance and its reason; a row is ok when every figure is within tolerance and
 finite. PSNR is inf when the uint8 images are identical (written as null in JSON).
@@ -27,6 +30,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -34,7 +38,7 @@ import numpy as np
 from .errors import UserError
 from .graphs import fixed_inputs, spec_for_record
 from .manifest import GraphRecord, Manifest, Parity, Precision
-from .metrics import max_abs, psnr_uint8, ssim_uint8
+from .metrics import max_abs, psnr_uint8, ssim_uint8, to_uint8
 from .progress import each
 
 PARITY_BATCH = 3
@@ -324,46 +328,172 @@ class QualityGate:
     pairs: int = 16
 
 
-def quality_gate(
-    want: Callable, got: Callable, prompts: list[str], gate: QualityGate, resolution: tuple[int, int], log: Log
-) -> dict:
-    """`got` (an int8 engine) vs `want` (the fp32 reference) over `gate.pairs` prompt/seed pairs."""
-    rows = []
-    for i in range(gate.pairs):
-        prompt, seed = prompts[i % len(prompts)], 1000 + i
-        ref = want([prompt], seed, resolution, None)
-        out = got([prompt], seed, resolution, None)
-        psnr = psnr_uint8(out[0], ref[0])
+def _image_pairs(want: Callable, got: Callable, cases: list[tuple], resolution: tuple[int, int]):
+    """(rows, reference images, engine images) for `cases` of (prompt, seed, control image or None)."""
+    rows, wants, gots = [], [], []
+    for prompt, seed, control in cases:
+        ref = want([prompt], seed, resolution, control)[0]
+        out = got([prompt], seed, resolution, control)[0]
+        psnr = psnr_uint8(out, ref)
         rows.append(
             {
                 "prompt": prompt,
                 "seed": seed,
                 "psnr_db": round(psnr, 2) if math.isfinite(psnr) else None,
-                "ssim": round(ssim_uint8(out[0], ref[0]), 4),
+                "ssim": round(ssim_uint8(out, ref), 4),
             }
         )
+        wants.append(ref)
+        gots.append(out)
+    return rows, wants, gots
+
+
+def _quality_figures(rows: list[dict], gate: QualityGate) -> dict:
     finite = [r["psnr_db"] for r in rows if r["psnr_db"] is not None]
     # identical images (infinite PSNR) count as 100 dB in the mean, so the mean stays finite for JSON
     mean_psnr = float(np.mean([100.0 if r["psnr_db"] is None else r["psnr_db"] for r in rows]))
     min_psnr = float(min(finite)) if finite else 100.0
     mean_ssim = float(np.mean([r["ssim"] for r in rows]))
     ok = mean_psnr >= gate.min_mean_psnr_db and min_psnr >= gate.min_image_psnr_db and mean_ssim >= gate.min_mean_ssim
-    log(
-        f"      quality over {gate.pairs} prompt/seed pairs: mean PSNR {mean_psnr:.2f} dB (min {min_psnr:.2f}), "
-        f"mean SSIM {mean_ssim:.4f} -> {'PASS' if ok else 'FAIL'}"
-    )
     return {
         "ok": bool(ok),
-        "pairs": gate.pairs,
-        "against": "fp32 PyTorch reference, same prompt and seed",
-        "resolution": list(resolution),
+        "pairs": len(rows),
         "mean_psnr_db": round(mean_psnr, 2),
         "min_psnr_db": round(min_psnr, 2),
         "mean_ssim": round(mean_ssim, 4),
         "min_ssim": round(float(min(r["ssim"] for r in rows)), 4),
         "thresholds": asdict(gate),
+    }
+
+
+def quality_gate(
+    want: Callable, got: Callable, prompts: list[str], gate: QualityGate, resolution: tuple[int, int], log: Log
+) -> dict:
+    """`got` (an int8 engine) vs `want` (the fp32 reference) over `gate.pairs` prompt/seed pairs."""
+    cases = [(prompts[i % len(prompts)], 1000 + i, None) for i in range(gate.pairs)]
+    rows, _, _ = _image_pairs(want, got, cases, resolution)
+    figures = _quality_figures(rows, gate)
+    log(
+        f"      quality over {gate.pairs} prompt/seed pairs: mean PSNR {figures['mean_psnr_db']:.2f} dB "
+        f"(min {figures['min_psnr_db']:.2f}), mean SSIM {figures['mean_ssim']:.4f} -> "
+        f"{'PASS' if figures['ok'] else 'FAIL'}"
+    )
+    return {
+        **figures,
+        "against": "fp32 PyTorch reference, same prompt and seed",
+        "resolution": list(resolution),
         "images": rows,
         "ssim": "skimage.metrics.structural_similarity, uint8 RGB, 7x7 window, data_range 255",
+    }
+
+
+# -- int8 ControlNet: image quality and control ------------------------------------------------------------------
+#: The scene data set of the control gate: not the calibration scenes (`calibration.CONTROL_CALIBRATION_SEED`)
+#: nor the ControlNet training run's (`reference.train.controlnet`: data seed 0 by default, eval 900_001).
+CONTROL_GATE_SEED = 1_400_141
+#: The control gate: |mean control IoU of the int8 engine's images - that of the fp32 reference's| over
+#: the gate's scenes (issue #14). IoU is a share of pixels in [0, 1]; 0.05 is a few percent of the
+#: shapes' area (one scene's foreground is ~10-25% of the image), far below what a ControlNet gains over no
+#: control and what a broken int8 ControlNet loses (zeroed residuals fall back to the plain image).
+CONTROL_IOU_TOLERANCE = 0.05
+#: The conditioning scale the control gate draws with (the default of `run`).
+CONTROL_GATE_SCALE = 1.0
+
+
+def scenes_domain(model) -> str | None:
+    """None when `model` draws the control scenes' domain, else why the control IoU does not apply.
+
+    The control scenes (`reference.train.control`: coloured shapes on white, their edge maps as control
+    images) are the domain of the built-in miniature (`tiny`, and `tiny-teacher`, both loaded from
+    `reference/assets/tiny`): only its images are segmented reliably against the white background, so
+    only there is the control IoU a measure of control. Any other model (an XL checkpoint, a diffusers
+    folder, a copy of tiny elsewhere) draws other images from these prompts; its control gate records the
+    control IoU as not applicable, with this reason, and gates the image quality figures only.
+    """
+    from reference.loading import TINY_DIR
+
+    if Path(model.source).resolve() == TINY_DIR.resolve():
+        return None
+    return (
+        f"the control scenes are the miniature's domain (shapes on white, reference/assets/tiny); {model.source} "
+        "is another model, whose images are not segmented against a white background"
+    )
+
+
+def control_gate(
+    want: Callable,
+    got: Callable,
+    gate: QualityGate,
+    resolution: tuple[int, int],
+    log: Log,
+    not_applicable: str | None = None,
+    tolerance_iou: float = CONTROL_IOU_TOLERANCE,
+) -> dict:
+    """An int8 ControlNet engine (`got`) vs the fp32 reference with the same ControlNet (`want`).
+
+    `gate.pairs` fixed control scenes of `CONTROL_GATE_SEED` (edge map as the control image, the scene's
+    caption as the prompt, seed 1000 + i, conditioning scale 1): the quality figures of `quality_gate`
+    with its thresholds, and the control IoU of each image against its scene (`control.control_iou`).
+    The control gate passes when |mean IoU (int8) - mean IoU (reference)| <= `tolerance_iou`.
+    `not_applicable` (see `scenes_domain`): record the IoU as not applicable, with the reason, and gate
+    the quality figures only.
+    """
+    from PIL import Image
+
+    from reference.train.control import control_iou, control_set
+
+    height, width = resolution
+    controls, scenes, captions, _ = control_set(CONTROL_GATE_SEED, gate.pairs, "edge", size=max(height, width))
+    cases = [(captions[i], 1000 + i, Image.fromarray(controls[i])) for i in range(gate.pairs)]
+    rows, wants, gots = _image_pairs(want, got, cases, resolution)
+    figures = _quality_figures(rows, gate)
+    if not_applicable is None and height != width:
+        not_applicable = f"the control scenes are square; the first bucket is {height}x{width}"
+    if not_applicable is None:
+        ref_iou = control_iou(to_uint8(np.stack(wants)).transpose(0, 2, 3, 1), scenes)
+        got_iou = control_iou(to_uint8(np.stack(gots)).transpose(0, 2, 3, 1), scenes)
+        for row, r, g in zip(rows, ref_iou, got_iou):
+            row["control_iou"], row["reference_control_iou"] = round(float(g), 4), round(float(r), 4)
+        difference = float(np.mean(got_iou) - np.mean(ref_iou))
+        iou = {
+            "applies": True,
+            "mean": round(float(np.mean(got_iou)), 4),
+            "reference_mean": round(float(np.mean(ref_iou)), 4),
+            "difference": round(difference, 4),
+            "tolerance": tolerance_iou,
+            "ok": bool(abs(difference) <= tolerance_iou),
+            "metric": "reference.train.control.control_iou: foreground (any channel < 200) IoU with the scene's",
+        }
+    else:
+        iou = {"applies": False, "ok": True, "why": f"not applicable: {not_applicable}"}
+    ok = figures["ok"] and iou["ok"]
+    log(
+        f"      ControlNet over {gate.pairs} control scenes: mean PSNR {figures['mean_psnr_db']:.2f} dB (min "
+        f"{figures['min_psnr_db']:.2f}), mean SSIM {figures['mean_ssim']:.4f}; control IoU "
+        + (
+            f"{iou['mean']:.4f} vs reference {iou['reference_mean']:.4f} (difference {iou['difference']:+.4f}, "
+            f"tolerance {tolerance_iou})"
+            if iou["applies"]
+            else iou["why"]
+        )
+        + f" -> {'PASS' if ok else 'FAIL'}"
+    )
+    return {
+        **figures,
+        "ok": bool(ok),
+        "quality_ok": figures["ok"],
+        "against": "fp32 PyTorch reference with the same ControlNet, control image, prompt and seed",
+        "scenes": {
+            "seed": CONTROL_GATE_SEED,
+            "count": gate.pairs,
+            "condition": "edge",
+            "prompts": "the scenes' captions",
+            "source": "reference.train.control.control_set",
+        },
+        "conditioning_scale": CONTROL_GATE_SCALE,
+        "resolution": list(resolution),
+        "control_iou": iou,
+        "images": rows,
     }
 
 
@@ -395,6 +525,20 @@ def failures(parity: Parity) -> list[str]:
             f"{q['min_psnr_db']} dB (min {g['min_image_psnr_db']}), mean SSIM {q['mean_ssim']} (min "
             f"{g['min_mean_ssim']}) over {q['pairs']} prompt/seed pairs"
         )
+    c = (q or {}).get("controlnet")
+    if c and not c["ok"]:
+        g, iou = c["thresholds"], c["control_iou"]
+        if not c["quality_ok"]:
+            bad.append(
+                f"int8 ControlNet quality: mean PSNR {c['mean_psnr_db']} dB (min {g['min_mean_psnr_db']}), worst "
+                f"image {c['min_psnr_db']} dB (min {g['min_image_psnr_db']}), mean SSIM {c['mean_ssim']} (min "
+                f"{g['min_mean_ssim']}) over {c['pairs']} control scenes"
+            )
+        if not iou["ok"]:
+            bad.append(
+                f"int8 ControlNet control IoU {iou['mean']} vs {iou['reference_mean']} for the fp32 reference "
+                f"(difference {iou['difference']:+.4f}, tolerance {iou['tolerance']}) over {c['pairs']} control scenes"
+            )
     return bad
 
 
@@ -428,5 +572,19 @@ def format_table(parity: Parity) -> str:
             f"int8 quality over {q['pairs']} pairs: mean PSNR {q['mean_psnr_db']} dB (worst "
             f"{q['min_psnr_db']}), mean SSIM {q['mean_ssim']}: {'PASS' if q['ok'] else 'FAIL'}"
         )
+        c = q.get("controlnet")
+        if c:
+            iou = c["control_iou"]
+            lines.append(
+                f"int8 ControlNet over {c['pairs']} control scenes: mean PSNR {c['mean_psnr_db']} dB (worst "
+                f"{c['min_psnr_db']}), mean SSIM {c['mean_ssim']}; control IoU "
+                + (
+                    f"{iou['mean']} vs reference {iou['reference_mean']} ({iou['difference']:+.4f}, tolerance "
+                    f"{iou['tolerance']})"
+                    if iou["applies"]
+                    else iou["why"]
+                )
+                + f": {'PASS' if c['ok'] else 'FAIL'}"
+            )
     lines.append(f"parity: {'PASS' if parity.ok else 'FAIL'}")
     return "\n".join(lines)

@@ -34,3 +34,22 @@ def nonzero_controlnet() -> str:
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
     save_controlnet(net, root / "controlnet", base)
     return str(root / "controlnet")
+
+
+def shipped_controlnet_is_trained() -> bool:
+    """Whether the shipped tiny ControlNet does anything (a zero-initialised, untrained one returns zero
+    residuals: every image unchanged, so a ControlNet check on it proves nothing)."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from reference.loading import TINY_DIR
+
+    weights = load_file(str(TINY_DIR / "controlnet" / "diffusion_pytorch_model.safetensors"))
+    return any(np.abs(v).max() > 0 for k, v in weights.items() if "after_proj" in k)
+
+
+@functools.lru_cache(maxsize=None)
+def controlnet_under_test() -> str:
+    """The ControlNet the int8 ControlNet tests build with: the shipped `tiny` once it is trained, until
+    then the non-zero test ControlNet (`nonzero_controlnet`)."""
+    return "tiny" if shipped_controlnet_is_trained() else nonzero_controlnet()

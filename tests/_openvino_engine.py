@@ -1,6 +1,7 @@
 """Tiny OpenVINO engines shared by the openvino tests: one fp32 (`ov-cpu`), one int8 (`ov-cpu-int8`, with
 a reduced calibration and a single quantisation candidate so it builds in about a minute; the quality
-gate keeps its 16 prompt/seed pairs). Both convert the fp32 graphs of one ort-cpu export (`onnx_from`)."""
+gate keeps its 16 prompt/seed pairs). Both convert the fp32 graphs of one ort-cpu export (`onnx_from`).
+And one int8 engine with a ControlNet (`int8_controlnet_engine`), from its own export."""
 
 from __future__ import annotations
 
@@ -73,6 +74,43 @@ def int8_engine():
     out, manifest, reused = build_from_onnx("ov-cpu-int8", _root() / "ov-cpu-int8-tiny", options=small_int8_options())
     assert not reused
     return out, manifest
+
+
+@functools.lru_cache(maxsize=None)
+def int8_controlnet_engine():
+    """ov-cpu-int8 with `controlnet_under_test()`: its own fp32 export (the ControlNet graphs), the test-size
+    options (the ControlNet graphs keep their default 16 calibration scenes), every gate as built."""
+    from pixart_export.build import build_target
+    from tests._controlnet import controlnet_under_test
+
+    onnx, _, _ = build_target(
+        "ort-cpu",
+        "tiny",
+        out=_root() / "ort-cpu-tiny-controlnet",
+        controlnet_spec=controlnet_under_test(),
+        options={"optimise": False},
+        verify=False,
+        log=quiet,
+    )
+    out, manifest, reused = build_target(
+        "ov-cpu-int8",
+        "tiny",
+        out=_root() / "ov-cpu-int8-tiny-controlnet",
+        controlnet_spec=controlnet_under_test(),
+        onnx_from=onnx,
+        options=small_int8_options(),
+        log=quiet,
+    )
+    assert not reused
+    return out, manifest
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_controlnet_model():
+    from reference.loading import load_model
+    from tests._controlnet import controlnet_under_test
+
+    return load_model("tiny", controlnet=controlnet_under_test())
 
 
 @functools.lru_cache(maxsize=None)

@@ -103,7 +103,6 @@ def openvino_build(build: Path) -> Path:
 
 
 # -- engines: the shared tiny ov-cpu and ov-cpu-int8 engines, and an ov-cpu engine with tiny's ControlNet ----
-# (ov-cpu-int8 quantises the text-to-image graphs only: the build refuses --controlnet for it)
 @functools.lru_cache(maxsize=None)
 def _engines() -> dict[str, Path]:
     pytest.importorskip("openvino")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from tests._openvino_engine import model, ov_cpu, ov_int8  # noqa: F401 - fixtures
 
@@ -105,15 +104,6 @@ def test_quality_gate_fails_with_a_clear_message(ov_int8, model):  # noqa: F811
     [message] = failures(Parity(ok=False, graphs=(), end_to_end=(), quality=quality))
     assert message.startswith("int8 quality: mean PSNR") and "(min 99.0)" in message
     assert "\n" not in message
-
-
-def test_int8_refuses_controlnet(tmp_path):
-    from pixart_export.build import build_target
-    from pixart_export.errors import UserError
-
-    with pytest.raises(UserError, match="text-to-image graphs only; build the ControlNet engine with --target ov-cpu"):
-        build_target("ov-cpu-int8", "tiny", controlnet_spec="tiny", out=tmp_path / "x", log=lambda m: None)
-    assert not (tmp_path / "x").exists()
 
 
 def test_int8_runs_through_runtime(ov_int8, model):  # noqa: F811

@@ -8,6 +8,8 @@ The options are a JSON-able dict (they enter the build key and are what `prepare
      "transformer_prompts": 16,          # calibration prompts x K steps = one-step graph samples
      "denoiser_prompts": 8,              # samples of the unrolled graph (each holds K steps)
      "held_out_prompts": 2,              # the file's last prompts, never calibrated on: score candidates
+     "control_scenes": 16,               # with a ControlNet: control scenes its graphs are calibrated on
+     "control_held_out": 2,              # and the next scenes, held out: score its graphs
      "candidates": [{"name", "smooth_quant_alpha", "ignored_patterns"}, ...],  # NNCF settings tried
      "gate": {"min_mean_psnr_db", "min_image_psnr_db", "min_mean_ssim", "pairs"},  # verify.QualityGate
      "cpu": [model, [isa flags]]}        # int8/bf16 choices are measured on this CPU: another rebuilds
@@ -94,6 +96,8 @@ def int8_options(
     transformer_prompts: int = 16,
     denoiser_prompts: int = 8,
     held_out_prompts: int = 2,
+    control_scenes: int = 16,
+    control_held_out: int = 2,
     candidates=None,
     gate: QualityGate | None = None,
 ) -> dict:
@@ -116,6 +120,8 @@ def int8_options(
         "transformer_prompts": int(transformer_prompts),
         "denoiser_prompts": int(denoiser_prompts),
         "held_out_prompts": int(held_out_prompts),
+        "control_scenes": int(control_scenes),
+        "control_held_out": int(control_held_out),
         "candidates": [_settings_dict(c) for c in (CANDIDATES if candidates is None else candidates)],
         "gate": dataclasses.asdict(gate),
         "cpu": [cpu["model"], cpu["isa"]],
@@ -142,6 +148,8 @@ def check(options: dict) -> None:
     need = max(options["transformer_prompts"], options["denoiser_prompts"]) + options["held_out_prompts"]
     if min(options["transformer_prompts"], options["denoiser_prompts"], options["held_out_prompts"]) < 1:
         raise UserError("ov-cpu-int8: transformer, denoiser and held-out prompt counts must be at least 1")
+    if min(options["control_scenes"], options["control_held_out"]) < 1:
+        raise UserError("ov-cpu-int8: ControlNet calibration and held-out scene counts must be at least 1")
     if len(options["calibration_prompts"]) < need:
         raise UserError(
             f"{options['calibration_prompts_file']}: {len(options['calibration_prompts'])} calibration "

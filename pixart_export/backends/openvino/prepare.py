@@ -8,11 +8,17 @@
   `runtime["config"]`, `INFERENCE_PRECISION_HINT=f32` (OpenVINO would pick bf16 by itself on CPUs
   with it); the runner applies them as recorded.
 - int8 (`ov-cpu-int8` only): NNCF, calibrated on the reference pipeline, settings chosen by
-  measurement (`quantize.py`); the quantised graphs' records say what was chosen.
+  measurement (`quantize.py`); the quantised graphs' records say what was chosen. With a ControlNet,
+  its `controlnet` and `denoiser_lcm{K}_controlnet` graphs are quantised too (calibrated on control
+  scenes, `calibration.control_scenes`).
 - verify: `ov-cpu` as ort-cpu (`verify.measure`: every graph and the whole pipeline against the
   reference, run through OpenVINO with the very configuration the runtime uses); `ov-cpu-int8`: the
   graph rows and the image quality gate over held-out prompt/seed pairs (`verify.quality_gate`), no
-  end-to-end rows (the gate is the end-to-end check of an int8 engine).
+  end-to-end rows (the gate is the end-to-end check of an int8 engine); with a ControlNet also the
+  control gate (`verify.control_gate`: the same quality thresholds over fixed control scenes, and
+  int8 vs fp32 control IoU within `verify.CONTROL_IOU_TOLERANCE` where the model is the miniature whose
+  domain the scenes are, `verify.scenes_domain`; recorded as not applicable, with the reason, for
+  other models), in `parity.quality["controlnet"]`.
 """
 
 from __future__ import annotations
@@ -124,23 +130,28 @@ def remeasure(backend, folder: Path, manifest: Manifest, model, log) -> Parity:
 def _measure(backend, folder: Path, manifest: Manifest, model, log, gate) -> Parity:
     from ...calibration import HELD_OUT_PROMPTS, read_prompts
     from ...runtime.pipeline import Pipeline
-    from ...verify import graph_parity, measure, pipeline_images, quality_gate, reference_images
+    from ...verify import (
+        control_gate,
+        graph_parity,
+        measure,
+        pipeline_images,
+        quality_gate,
+        reference_images,
+        scenes_domain,
+    )
 
     runner = backend.runner(folder, manifest)
     pipeline = Pipeline(folder, manifest, runner)
     if gate is None:
         return measure(model, runner, pipeline, manifest, log, _versions(backend))
     graphs = graph_parity(model, runner, manifest, on_graph=lambda n: log(f"      {n}"))
-    quality = quality_gate(
-        reference_images(model, manifest.steps),
-        pipeline_images(pipeline),
-        read_prompts(HELD_OUT_PROMPTS),
-        gate,
-        tuple(manifest.resolutions[0]),
-        log,
-    )
+    reference, engine = reference_images(model, manifest.steps), pipeline_images(pipeline)
+    resolution = tuple(manifest.resolutions[0])
+    quality = quality_gate(reference, engine, read_prompts(HELD_OUT_PROMPTS), gate, resolution, log)
+    if manifest.model.controlnet:
+        quality["controlnet"] = control_gate(reference, engine, gate, resolution, log, scenes_domain(model))
     return Parity(
-        ok=all(r["ok"] for r in graphs) and quality["ok"],
+        ok=all(r["ok"] for r in graphs) and quality["ok"] and quality.get("controlnet", {"ok": True})["ok"],
         graphs=tuple(graphs),
         end_to_end=(),
         quality=quality,
@@ -151,7 +162,7 @@ def _measure(backend, folder: Path, manifest: Manifest, model, log, gate) -> Par
 
 
 def check_request(backend, ctx) -> None:
-    """Refuse what this backend cannot build: a non-x86 host; for int8, a ControlNet or bad options."""
+    """Refuse what this backend cannot build: a non-x86 host; for int8, bad options."""
     import platform
 
     from ...errors import UserError
@@ -164,9 +175,4 @@ def check_request(backend, ctx) -> None:
     if backend.int8:
         from .options import check
 
-        if ctx.model.controlnet is not None:
-            raise UserError(
-                f"{ctx.target.name} quantises the text-to-image graphs only; build the ControlNet "
-                "engine with --target ov-cpu"
-            )
         check(ctx.options)
