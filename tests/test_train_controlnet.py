@@ -216,3 +216,23 @@ def test_eval_sampler_matches_the_reference_pipeline(teacher, sampler):
         output="pt",
     )
     assert torch.equal(zero, plain)  # scale 0 adds exact zeros
+
+
+def test_shipped_controlnet_is_trained_and_scale_zero_is_the_plain_image():
+    """The shipped `--controlnet tiny` is trained (non-zero projections, valid for the student it ships
+    with), and at conditioning scale 0 it gives exactly the image without it."""
+    from PIL import Image
+
+    from reference.pipeline import ReferencePipeline
+    from reference.train import control
+
+    model = load_model("tiny", controlnet="tiny")
+    assert all(float(m.after_proj.weight.abs().max()) > 0 for m in model.controlnet.controlnet)
+    controls, _, captions, _ = control.control_set(train_cn.EVAL_SEED, 2, "edge", start=3000)
+    pipe = ReferencePipeline(model)
+    images = [Image.fromarray(c) for c in controls]
+    plain = pipe(captions, seed=3, output="pt")
+    zero = pipe(captions, seed=3, control_image=images, conditioning_scale=0.0, output="pt")
+    controlled = pipe(captions, seed=3, control_image=images, output="pt")
+    assert torch.equal(zero, plain)
+    assert float((controlled - plain).abs().max()) > 0.1  # trained: the control moves pixels
