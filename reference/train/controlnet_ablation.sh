@@ -4,7 +4,8 @@
 # teacher, with equal steps, batch, learning rate, data (one cached set of scenes) and batches.
 #   nohup reference/train/controlnet_ablation.sh runs/cn > runs/cn/ablation.log 2>&1 &
 # Re-running resumes each unfinished arm from its checkpoint; finished arms are skipped. ARMS picks
-# arms ("t1 t2 t3 u3"); LAUNCH runs each (default: one process; on 2+ cores or GPUs use
+# arms ("t3 u3 t1 t2"; a trailing m, as in t3m, trains on the silhouette condition instead of edges).
+# LAUNCH runs each (default: one process; on 2+ cores or GPUs use
 # LAUNCH=".venv/bin/torchrun --standalone --nproc_per_node 2 -m").
 # Then: .venv/bin/python benchmarks/controlnet_tiny.py --runs runs/cn
 set -euo pipefail
@@ -19,14 +20,18 @@ ARMS=${ARMS:-t3 u3 t1 t2}
 mkdir -p "$RUN"
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 for arm in $ARMS; do
+    condition=edge
+    name=$arm
+    case $arm in *m) condition=mask; arm=${arm%m} ;; esac
     case $arm in
         t*) design=transformer; copies=${arm#t} ;;
         u*) design=unet; copies=${arm#u} ;;
-        *) echo "unknown arm $arm (t<N> or u<N>)"; exit 2 ;;
+        *) echo "unknown arm $arm (t<N> or u<N>, then m for the silhouette condition)"; exit 2 ;;
     esac
+    arm=$name
     [ -f "$RUN/$arm/summary.json" ] && { stamp "$arm done"; continue; }
-    stamp "$arm: $design, $copies copies"
-    $LAUNCH reference.train.controlnet --design "$design" --copies "$copies" --out "$RUN/$arm" \
+    stamp "$arm: $design, $copies copies, $condition"
+    $LAUNCH reference.train.controlnet --design "$design" --copies "$copies" --condition "$condition" --out "$RUN/$arm" \
         --steps "$STEPS" --batch-size "$BATCH" --lr "$LR" --num-images "$NUM_IMAGES" --cache-dir "$RUN/cache" \
         --threads "$THREADS" --ckpt-every 100 --eval-every 50 --no-progress
 done
