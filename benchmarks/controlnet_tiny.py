@@ -49,14 +49,27 @@ from reference.train import classifier as probe  # noqa: E402
 from reference.train import control  # noqa: E402
 from reference.train.controlnet import EvalSet, sample  # noqa: E402
 
-ARM_NAMES = {"t1": "Transformer N=1", "t2": "Transformer N=2", "t3": "Transformer N=3", "u3": "UNet (3 copies)"}
+ARM_NAMES = {
+    "t1": "Transformer N=1",
+    "t2": "Transformer N=2",
+    "t3": "Transformer N=3",
+    "u3": "UNet (3 copies)",
+    "t3m": "Transformer N=3, silhouette",
+}
+#: Paired comparisons between arms at scale 1 on the teacher (same scenes and seeds): (arm, baseline).
+COMPARISONS = (("t3", "u3"), ("t3", "t1"), ("t2", "t1"), ("t3", "t2"))
 EVAL_START = 1000  # eval scenes start here in the eval seed; the training curve uses scenes 0..31
+
+
+def condition_of(arm: str) -> str:
+    """Arms named with a trailing m were trained on silhouettes (`controlnet_ablation.sh`)."""
+    return "mask" if arm.endswith("m") else "edge"
 
 
 def arm_model(run: Path, arm: str, base):
     """The fused controlled model of a trained arm on `base` (a DiT)."""
     if arm.startswith("u"):
-        fused = ControlledDiTUNet(base, int(arm[1:]))
+        fused = ControlledDiTUNet(base, int(arm[1:].rstrip("m")))
         fused.controlnet.load_state_dict(load_file(str(run / arm / "controlnet" / "unet.safetensors")))
         return fused.eval()
     return ControlledDiT(base, load_controlnet(run / arm / "controlnet", base)).eval()
@@ -78,9 +91,11 @@ def plot_curves(run: Path, arms: list[str], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for arm in arms:
         steps, iou = read_curve(run, arm)
-        ax.plot(steps, iou, marker="o", ms=3, label=ARM_NAMES.get(arm, arm))
+        style = "--" if condition_of(arm) == "mask" else "-"
+        ax.plot(steps, iou, style, marker="o", ms=3, label=ARM_NAMES.get(arm, arm))
     ax.set_xlabel("training step")
     ax.set_ylabel("control IoU (32 scenes, teacher DDIM 10)")
+    ax.text(0.01, 0.01, "dashed: silhouette condition (its own controls)", transform=ax.transAxes, fontsize=7)
     ax.set_title("ControlNet designs on the miniature: control IoU while training")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -130,16 +145,18 @@ def main(argv=None) -> None:
     teacher, student = load_model(args.teacher), load_model(args.student)
     null = teacher.dit.null_caption.detach()
     ev = EvalSet(teacher, "edge", args.scenes, start=EVAL_START)
+    ev_mask = EvalSet(teacher, "mask", args.scenes, start=EVAL_START) if any(map(condition_of, arms)) else None
     seeds = list(range(args.seeds))
     want = np.asarray([lab for _ in seeds for lab in ev.labels])
     scenes = np.concatenate([ev.scenes for _ in seeds])
 
     results, images_of = [], {}
 
-    def measure(key: str, name: str, fused, sampler: str, scale: float) -> dict:
+    def measure(key: str, name: str, fused, sampler: str, scale: float, condition: str = "edge") -> dict:
         t = time.time()
         steps = args.teacher_steps if sampler == "ddim" else args.student_steps
         spacing = student.lcm_spacing
+        controls = ev_mask.control_latents if condition == "mask" else ev.control_latents
         imgs = np.concatenate(
             [
                 sample(
@@ -147,7 +164,7 @@ def main(argv=None) -> None:
                     teacher.vae,
                     ev.embeds,
                     ev.masks,
-                    ev.control_latents,
+                    controls,
                     scale,
                     sampler,
                     steps,
@@ -184,7 +201,7 @@ def main(argv=None) -> None:
         base_rows["ddim"] = measure("t-none", "teacher, no control (scale 0)", ship_t, "ddim", 0.0)
         for arm in arms:
             fused = ship_t if arm == args.ship else arm_model(args.runs, arm, teacher.dit)
-            measure(f"t-{arm}", f"teacher + {ARM_NAMES.get(arm, arm)}", fused, "ddim", 1.0)
+            measure(f"t-{arm}", f"teacher + {ARM_NAMES.get(arm, arm)}", fused, "ddim", 1.0, condition_of(arm))
         for scale in scales:
             if scale not in (0.0, 1.0):
                 measure(f"t-{args.ship}-{scale:g}", f"teacher + {args.ship} at scale {scale:g}", ship_t, "ddim", scale)
@@ -200,6 +217,16 @@ def main(argv=None) -> None:
         ref = base_rows[row["sampler"]]
         row["iou_vs_none"] = bootstrap(row["_iou"], args.bootstrap, baseline=ref["_iou"])
         row["adherence_vs_none"] = bootstrap(row["_correct"], args.bootstrap, baseline=ref["_correct"])
+    by_key = {r["key"]: r for r in results}
+    comparisons = [
+        {
+            "name": f"{ARM_NAMES[a]} - {ARM_NAMES[b]}",
+            "iou": bootstrap(by_key[f"t-{a}"]["_iou"], args.bootstrap, baseline=by_key[f"t-{b}"]["_iou"]),
+            "adherence": bootstrap(by_key[f"t-{a}"]["_correct"], args.bootstrap, baseline=by_key[f"t-{b}"]["_correct"]),
+        }
+        for a, b in COMPARISONS
+        if f"t-{a}" in by_key and f"t-{b}" in by_key
+    ]
     curves = {arm: [list(v) for v in read_curve(args.runs, arm)] for arm in arms}
     summaries = {arm: json.loads((args.runs / arm / "summary.json").read_text()) for arm in arms}
     meta = {
@@ -216,7 +243,10 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
     (args.out / f"{args.name}.json").write_text(
-        json.dumps({"meta": meta, "rows": clean, "curves": curves, "arms": summaries}, indent=2) + "\n"
+        json.dumps(
+            {"meta": meta, "rows": clean, "comparisons": comparisons, "curves": curves, "arms": summaries}, indent=2
+        )
+        + "\n"
     )
     plot_curves(args.runs, arms, args.out / f"{args.name}_curve.png")
     cols = [("control (edges)", np.stack([c for c in ev.controls])), ("scene", ev.scenes)]
@@ -224,11 +254,11 @@ def main(argv=None) -> None:
         (r["name"].replace("teacher + ", "T ").replace("student LCM + ", "S "), images_of[r["key"]]) for r in results
     ]
     grid(cols, rows=6).save(args.out / f"{args.name}_grid.png")
-    (args.out / f"{args.name}.md").write_text(markdown(args, meta, clean, summaries))
+    (args.out / f"{args.name}.md").write_text(markdown(args, meta, clean, comparisons, summaries))
     print(f"wrote {args.out / args.name}.md")
 
 
-def markdown(args, meta: dict, rows: list[dict], summaries: dict) -> str:
+def markdown(args, meta: dict, rows: list[dict], comparisons: list[dict], summaries: dict) -> str:
     lines = [
         "# ControlNet on the miniature PixArt-delta",
         "",
@@ -247,14 +277,24 @@ def markdown(args, meta: dict, rows: list[dict], summaries: dict) -> str:
             f"| {r['name']} | {r['scale']:g} | {fmt(r['iou'])} | {fmt(r['iou_vs_none'])} | {fmt(r['adherence'])} | "
             f"{fmt(r['adherence_vs_none'])} |"
         )
-    lines += ["", "Arms (equal steps, batch, learning rate and data):", ""]
+    if comparisons:
+        lines += [
+            "",
+            "Designs compared on the teacher at scale 1, paired (same scenes and seeds), mean [95% interval]:",
+            "",
+            "| comparison | control IoU | adherence |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {c['name']} | {fmt(c['iou'])} | {fmt(c['adherence'])} |" for c in comparisons]
+    lines += ["", "Arms (equal steps, batch, learning rate and data; the silhouette arm on its own condition):", ""]
     lines += [
-        "| arm | design | copies | trainable parameters | steps | final loss (mean of last 100) |",
-        "|---|---|---|---|---|---|",
+        "| arm | design | copies | condition | trainable parameters | steps | final loss (mean of last 100) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for arm, s in summaries.items():
         lines.append(
-            f"| {arm} | {s['design']} | {s['copies']} | {s['trainable_parameters']:,} | {s['steps']} | "
+            f"| {arm} | {s['design']} | {s['copies']} | {s['args']['condition']} | {s['trainable_parameters']:,} | "
+            f"{s['steps']} | "
             f"{s['final_loss_mean_last_100']:.5f} |"
         )
     lines += [
