@@ -130,6 +130,40 @@ def load_checkpoint(out: Path, modules: dict[str, torch.nn.Module], optimizer) -
     return json.loads((folder / "state.json").read_text())
 
 
+class StepRecorder:
+    """What every stage does after an optimizer step: queue the loss (one device sync per
+    `log_later` batch), move the bar, checkpoint every `ckpt_every` steps and at the last one; and at
+    the end, once more where `--time-limit` stopped the run between checkpoints."""
+
+    def __init__(self, args, acc, log, bar, modules: dict, optimizer, start: int, t0: float, elapsed0: float):
+        self.args, self.acc, self.log, self.bar = args, acc, log, bar
+        self.modules, self.optimizer, self.start, self.t0, self.elapsed0 = modules, optimizer, start, t0, elapsed0
+
+    def elapsed(self) -> float:
+        """Seconds of training loop over every resumed part of the run."""
+        return self.elapsed0 + time.time() - self.t0
+
+    def after_step(self, step: int, loss: torch.Tensor) -> None:
+        due = step % self.args.ckpt_every == 0 or step == self.args.steps
+        value = self.log.log_later(step, self.acc.reduce(loss.detach(), "mean"), last=due)
+        self.bar.update(1)
+        if value is not None:
+            self.bar.set_postfix(loss=f"{value:.4f}")
+        if due:
+            self._save(step)
+
+    def finish(self, step: int) -> None:
+        self.log.flush()
+        self.bar.close()
+        if step % self.args.ckpt_every and step != self.args.steps and step > self.start:  # stopped by time
+            self._save(step)
+
+    def _save(self, step: int) -> None:
+        if self.acc.is_main_process:
+            save_checkpoint(self.args.out, step, self.modules, self.optimizer, {"elapsed_s": self.elapsed()})
+        self.acc.wait_for_everyone()
+
+
 # -- loss log -----------------------------------------------------------------------------------------
 class LossLog:
     """`<out>/loss.csv` (step, columns...), truncated to the resumed step; `plot()` writes loss.png."""

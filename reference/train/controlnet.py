@@ -292,6 +292,7 @@ def main(argv=None) -> None:
         evaluate(0)
     t0, elapsed0 = time.time(), (state or {}).get("elapsed_s", 0.0)
     bar = common.progress(args.steps, start, f"controlnet {args.design}", acc.is_main_process and not args.no_progress)
+    record = common.StepRecorder(args, acc, log, bar, modules, optimizer, start, t0, elapsed0)
     fused.train()
     base.eval()  # frozen base: no dropout, never in train mode
     shape = tuple(latents.shape[1:])
@@ -322,24 +323,10 @@ def main(argv=None) -> None:
         acc.clip_grad_norm_(net.parameters(), args.grad_clip)
         optimizer.step()
         step += 1
-        value = log.log_later(
-            step, acc.reduce(loss.detach(), "mean"), last=step % args.ckpt_every == 0 or step == args.steps
-        )
-        bar.update(1)
-        if value is not None:
-            bar.set_postfix(loss=f"{value:.4f}")
         if args.eval_every and step % args.eval_every == 0:
             evaluate(step)
-        if step % args.ckpt_every == 0 or step == args.steps:
-            if acc.is_main_process:
-                common.save_checkpoint(args.out, step, modules, optimizer, {"elapsed_s": elapsed0 + time.time() - t0})
-            acc.wait_for_everyone()
-    log.flush()
-    bar.close()
-    if step % args.ckpt_every and step != args.steps and step > start:  # stopped by --time-limit
-        if acc.is_main_process:
-            common.save_checkpoint(args.out, step, modules, optimizer, {"elapsed_s": elapsed0 + time.time() - t0})
-        acc.wait_for_everyone()
+        record.after_step(step, loss)
+    record.finish(step)
     common.check_replicas(args.out, net, acc)
     if acc.is_main_process:
         if args.design == "transformer":
@@ -359,7 +346,7 @@ def main(argv=None) -> None:
             "design": args.design,
             "copies": len(net) if args.design == "unet" else args.copies,
             "trainable_parameters": sum(p.numel() for p in net.parameters()),
-            "elapsed_s": elapsed0 + time.time() - t0,
+            "elapsed_s": record.elapsed(),
             "final_loss_mean_last_100": float(log.read()["loss"][-100:].mean()),
             "processes": acc.num_processes,
             "args": {k: str(v) for k, v in vars(args).items()},

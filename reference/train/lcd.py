@@ -172,6 +172,8 @@ def main(argv=None) -> None:
     log = common.LossLog(args.out, ["loss"], start, acc.is_main_process)
     t0, elapsed0 = time.time(), (state or {}).get("elapsed_s", 0.0)
     bar = common.progress(args.steps, start, "lcd", acc.is_main_process and not args.no_progress)
+    modules = {"student": student, "target": target}
+    record = common.StepRecorder(args, acc, log, bar, modules, optimizer, start, t0, elapsed0)
     step = start
     while step < args.steps:
         if step > start and (step - start) % 25 == 0 and common.out_of_time(acc, t0, args.time_limit, args.stop_at):
@@ -205,35 +207,9 @@ def main(argv=None) -> None:
         optimizer.step()
         common.ema_update(target, student, args.ema_rate)
         step += 1
-        value = log.log_later(
-            step, acc.reduce(loss.detach(), "mean"), last=step % args.ckpt_every == 0 or step == args.steps
-        )
-        bar.update(1)
-        if value is not None:
-            bar.set_postfix(loss=f"{value:.4f}")
-        if step % args.ckpt_every == 0 or step == args.steps:
-            if acc.is_main_process:
-                common.save_checkpoint(
-                    args.out,
-                    step,
-                    {"student": student, "target": target},
-                    optimizer,
-                    {"elapsed_s": elapsed0 + time.time() - t0},
-                )
-            acc.wait_for_everyone()
-    log.flush()
-    bar.close()
+        record.after_step(step, loss)
+    record.finish(step)
     train.close()
-    if step % args.ckpt_every and step != args.steps and step > start:  # stopped by --time-limit
-        if acc.is_main_process:
-            common.save_checkpoint(
-                args.out,
-                step,
-                {"student": student, "target": target},
-                optimizer,
-                {"elapsed_s": elapsed0 + time.time() - t0},
-            )
-        acc.wait_for_everyone()
     common.check_replicas(args.out, student, acc)
     if acc.is_main_process:
         common.write_model_folder(args.out / "model", args.teacher, dit=target.eval().cpu())
@@ -241,7 +217,7 @@ def main(argv=None) -> None:
         summary = {
             "steps": step,
             "steps_asked": args.steps,
-            "elapsed_s": elapsed0 + time.time() - t0,
+            "elapsed_s": record.elapsed(),
             "final_loss_mean_last_100": float(log.read()["loss"][-100:].mean()),
             "scenes_rendered": train.stream.rendered if train.stream else args.num_images,
             "device": device_name(dev),

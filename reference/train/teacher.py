@@ -346,6 +346,7 @@ def main(argv=None) -> None:
     log = common.LossLog(args.out, ["loss"], start, acc.is_main_process)
     t0, elapsed0 = time.time(), (state or {}).get("elapsed_s", 0.0)
     bar = common.progress(args.steps, start, "teacher", acc.is_main_process and not args.no_progress)
+    record = common.StepRecorder(args, acc, log, bar, modules, optimizer, start, t0, elapsed0)
     model.train()
     step = start
     aux_log: list[torch.Tensor] = []  # the role loss per step (on the device; read at the end)
@@ -385,23 +386,9 @@ def main(argv=None) -> None:
         if "text_ema" in modules:
             common.ema_update(modules["text_ema"], modules["text_encoder"], rate)
         step += 1
-        value = log.log_later(
-            step, acc.reduce(loss.detach(), "mean"), last=step % args.ckpt_every == 0 or step == args.steps
-        )
-        bar.update(1)
-        if value is not None:
-            bar.set_postfix(loss=f"{value:.4f}")
-        if step % args.ckpt_every == 0 or step == args.steps:
-            if acc.is_main_process:
-                common.save_checkpoint(args.out, step, modules, optimizer, {"elapsed_s": elapsed0 + time.time() - t0})
-            acc.wait_for_everyone()
-    log.flush()
-    bar.close()
+        record.after_step(step, loss)
+    record.finish(step)
     train.close()
-    if step % args.ckpt_every and step != args.steps and step > start:  # stopped by --time-limit
-        if acc.is_main_process:
-            common.save_checkpoint(args.out, step, modules, optimizer, {"elapsed_s": elapsed0 + time.time() - t0})
-        acc.wait_for_everyone()
     common.check_replicas(args.out, objective, acc)
     if acc.is_main_process:
         text_ema = modules.get("text_ema")
@@ -416,7 +403,7 @@ def main(argv=None) -> None:
         summary = {
             "steps": step,
             "steps_asked": args.steps,
-            "elapsed_s": elapsed0 + time.time() - t0,
+            "elapsed_s": record.elapsed(),
             "final_loss_mean_last_100": float(log.read()["loss"][-100:].mean()),
             "aux_role_loss_first_last_100": (
                 [float(torch.stack(aux_log[:100]).mean()), float(torch.stack(aux_log[-100:]).mean())]
