@@ -13,6 +13,7 @@ Checkpoints: `<out>/ckpt/` holds the trained modules as safetensors, the optimiz
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -456,6 +457,21 @@ def setup_device() -> None:
 
 
 # -- model folder -------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def replacing(out: Path):
+    """A fresh folder beside `out` to fill; when the block ends without an error it replaces `out`
+    (a failure leaves `out` as it was and removes the half-written folder)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_model_folder(out: Path, source: Path, dit: PixArtDiT | None = None, vae=None, text_encoder=None) -> Path:
     """A diffusers-layout model folder: `source`'s tokenizer and scheduler; `dit`, `vae` and
     `text_encoder` when given (else the source's). The ControlNet (when the source has one) is rebuilt
@@ -463,8 +479,7 @@ def write_model_folder(out: Path, source: Path, dit: PixArtDiT | None = None, va
     leaves every image unchanged until a ControlNet is trained."""
     from ..loading import load_dit
 
-    tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=out.parent))
-    try:
+    with replacing(out) as tmp:
         for name in ("tokenizer", "scheduler"):
             shutil.copytree(source / name, tmp / name)
         if text_encoder is None:
@@ -481,12 +496,6 @@ def write_model_folder(out: Path, source: Path, dit: PixArtDiT | None = None, va
         if (source / "controlnet").is_dir():
             num = json.loads((source / "controlnet" / "config.json").read_text())["num_copies"]
             save_controlnet(PixArtControlNet(dit, ControlNetConfig(num_copies=num)), tmp / "controlnet", dit)
-        tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -20,10 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
-from .common import LossLog
+from .common import LossLog, replacing
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -226,17 +225,10 @@ def main(argv=None) -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "MODEL_CARD.md").write_text(card)
         return
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=args.out.parent))
-    try:
+    with replacing(args.out) as tmp:
         shutil.copytree(args.run / "lcd" / "model", tmp, dirs_exist_ok=True)
         shutil.copytree(args.run / "teacher" / "model" / "transformer", tmp / "teacher" / "transformer")
         (tmp / "MODEL_CARD.md").write_text(card)
-        tmp.chmod(0o755)
-        if args.out.exists():
-            shutil.rmtree(args.out)
-        tmp.rename(args.out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     print(args.out)
 
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 from ..loading import TINY_DIR, load_controlnet, load_dit, save_controlnet
+from .common import replacing
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS = ("loss.csv", "eval.csv", "summary.json", "replicas.json", "loss.png")
@@ -96,16 +96,9 @@ def main(argv=None) -> None:
     teacher = load_dit(TINY_DIR / "teacher" / "transformer")
     student = load_dit(TINY_DIR / "transformer")
     net = load_controlnet(args.runs / args.arm / "controlnet", teacher)
-    tmp = Path(tempfile.mkdtemp(prefix=".controlnet-", dir=args.out.parent))
-    try:
+    with replacing(args.out) as tmp:
         save_controlnet(net, tmp, teacher, validated=(student,))
         (tmp / "MODEL_CARD.md").write_text(card(args.arm, summary, json.loads(args.results.read_text())))
-        tmp.chmod(0o755)
-        if args.out.exists():
-            shutil.rmtree(args.out)
-        tmp.rename(args.out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     for arm_dir in sorted(p for p in args.runs.iterdir() if (p / "summary.json").exists()):
         dest = args.records / arm_dir.name
         dest.mkdir(parents=True, exist_ok=True)
