@@ -40,8 +40,13 @@ def test_int8_controlnet_engine(int8_cn):
     assert cal["scene_seed"] != CONTROL_GATE_SEED
     for name in ("controlnet_128x128.xml", "denoiser_lcm4_controlnet_128x128.xml"):
         entry = q["graphs"][name]
-        assert entry["settings"] == q["chosen"] and entry["f32_rest"]["rel_l2_mean"] < 0.1, entry
-        print(f"{name}: rel L2 vs fp32 on held-out scenes {entry['f32_rest']['rel_l2_mean']:.4f}")
+        # the plain graphs' settings, or those with the ControlNet kept float where the plain ones miss the
+        # int8 gate on the parity's fixed inputs (quantize.CONTROLNET_FLOAT); both figures recorded
+        fallback = entry["controlnet_fallback"]
+        assert fallback["settings"] == q["chosen"] and entry["settings"] == fallback["used"]
+        assert (fallback["fixed_inputs_rel_l2"] > 0.1) == (entry["settings"] == q["chosen"] + "+float-controlnet")
+        assert entry["f32_rest"]["rel_l2_mean"] < 0.1, entry
+        print(f"{name}: rel L2 vs fp32 on held-out scenes {entry['f32_rest']['rel_l2_mean']:.4f}; {fallback}")
     parity = manifest.parity
     assert parity.ok and all(r["ok"] for r in parity.graphs)
     rows = {r["graph"]: r for r in parity.graphs}
@@ -96,8 +101,8 @@ class _ZeroedResiduals:
 
 def test_control_gate_fails_on_a_broken_int8_controlnet(int8_cn):
     """The control gate on an engine whose ControlNet does nothing: the images follow the caption, not the
-    control, and the control IoU moves by more than 0.05 (measured with the non-zero test ControlNet:
-    0.17 controlled, 0.53 with zero residuals, on the fp32 reference)."""
+    control, and the control IoU moves by more than 0.05 (the fp32 reference over the gate's 16 scenes:
+    0.89 with the trained tiny ControlNet, 0.17 with the random non-zero test one, 0.53 without control)."""
     from pixart_export.backends.openvino.runner import OvRunner
     from pixart_export.manifest import Parity
     from pixart_export.runtime.pipeline import Pipeline
