@@ -6,7 +6,10 @@ Stages, after `build.py`'s export (each a named `Stage`; the build numbers them)
      prepared graphs are measured against must itself be right;
   2. calibration data: reference LCM trajectories of the calibration prompts
      (`calibration.CALIBRATION_PROMPTS`, the first `CALIBRATION_COUNT`, batch 2, seed 0) and of
-     held-out prompts (`calibration.HELD_OUT_PROMPTS`, the first `HELD_OUT_COUNT`, seed 1000);
+     held-out prompts (`calibration.HELD_OUT_PROMPTS`, the first `HELD_OUT_COUNT`, seed 1000); with a
+     ControlNet also controlled trajectories of control scenes (`calibration.control_scenes`, edge map
+     and caption, conditioning scale 1: the first `CALIBRATION_COUNT` scenes to calibrate, the next
+     `HELD_OUT_COUNT` held out) for the `controlnet` and `denoiser_lcm{K}_controlnet` graphs;
   3. fp16: every graph (`fp16.convert`, sensitive nodes kept fp32, decided on ranges measured on 2.),
      each measured against its fp32 graph on the held-out inputs (`verify.prepared_errors`). The text
      encoder follows the target's T5 plan (`TrtSpec.text_encoder`, `t5_plan.py`): fp16 with the overflow
@@ -14,9 +17,11 @@ Stages, after `build.py`'s export (each a named `Stage`; the build numbers them)
      where that fails (`FP32_FALLBACK_GRAPHS`) only if fp32 fits the target's card, else the build stops.
      The plan with its T5-XXL memory estimate goes to the build section (`text_encoder_plan`);
   4. int8 (where the target has it and `--trt-fp16-only` is not given): explicit Q/DQ for the transformer
-     and the unrolled denoiser (`quantize_qdq.quantize`, calibrated on 2.), fp16 outside the int8 layers
+     and the unrolled denoiser, and with a ControlNet for `controlnet` and `denoiser_lcm{K}_controlnet`
+     (`quantize_qdq.quantize`, calibrated on 2.), fp16 outside the int8 layers
      (`quantize_qdq.to_fp16`), measured like 3.; fp8 likewise where the target prepares it
-     (`quantize_fp8.py`, trt-h100: E4M3 Q/DQ on the same layers, the int8 gates);
+     (`quantize_fp8.py`, trt-h100: E4M3 Q/DQ on the same layers, the int8 gates; not yet the ControlNet
+     graphs, which run fp16 in an fp8 engine set);
   5. end to end on CPU: the runtime `Pipeline` over the prepared graphs vs over the fp32 graphs (uint8
      PSNR, `verify.end_to_end`); the precision gate: a figure beyond `verify.TOLERANCES` stops the build;
   6. the `lcm_update` graph of the K-step loop (`loop.py`, fp32, one per bucket) in onnxruntime against
@@ -272,6 +277,28 @@ def _calibrate(ctx, work: _Work) -> None:
     ctx.log(f"      {len(prompts)} calibration prompts, {len(held)} held-out prompts")
     work.calib = collect(ctx.model, prompts, ctx.resolutions[0], ctx.request.steps, seed=CALIBRATION_SEED)
     work.heldout = collect(ctx.model, held, ctx.resolutions[0], ctx.request.steps, seed=HELD_OUT_SEED)
+    scenes = None
+    if ctx.model.controlnet is not None:  # the ControlNet graphs: controlled trajectories of control scenes
+        from ...calibration import CONTROL_CALIBRATION_SEED, control_scenes
+
+        count, size = len(prompts), max(ctx.resolutions[0])
+        controls, captions = control_scenes(count + HELD_OUT_COUNT, size=size)
+        ctx.log(f"      ControlNet: {count} calibration scenes, {HELD_OUT_COUNT} held-out scenes")
+        for into, part, seed in (
+            (work.calib, slice(0, count), CALIBRATION_SEED),
+            (work.heldout, slice(count, None), HELD_OUT_SEED),
+        ):
+            into.update(
+                collect(
+                    ctx.model, captions[part], ctx.resolutions[0], ctx.request.steps, seed=seed, controls=controls[part]
+                )
+            )
+        scenes = {
+            "source": "calibration.control_scenes (edge map as control image, caption as prompt, scale 1)",
+            "scene_seed": CONTROL_CALIBRATION_SEED,
+            "scenes": count,
+            "held_out_scenes": HELD_OUT_COUNT,
+        }
     ctx.build_info["calibration"] = {
         "prompts": prompts,
         "seed": CALIBRATION_SEED,
@@ -281,6 +308,7 @@ def _calibrate(ctx, work: _Work) -> None:
         "held_out_file": HELD_OUT_PROMPTS.name,
         "resolution": list(ctx.resolutions[0]),
         "used_for": "fp16 activation ranges and int8 scales (calibration); precision checks (held out)",
+        **({"controlnet": scenes} if scenes else {}),
     }
 
 
@@ -384,12 +412,15 @@ def _t5_plan_record(ctx, trt, shipped: dict, reasons: dict) -> dict:
 
 
 def _quantisable(ctx, work: _Work, what: str):
-    """(fp32 record, spec, dims, calibration feeds) of each graph that gets int8/fp8 Q/DQ (not the
-    ControlNet forms); calibration exists for the first resolution bucket only."""
+    """(fp32 record, spec, dims, calibration feeds) of each graph that gets int8/fp8 Q/DQ: the transformer
+    and the unrolled denoiser, and for int8 the ControlNet's two graphs too (`controlnet`, the one-step
+    transformer's counterpart, and `denoiser_lcm{K}_controlnet`); calibration exists for the first
+    resolution bucket only."""
     from . import quantize_qdq
 
     for rec in ctx.fp32_records:
-        if not quantize_qdq.wants_int8(rec["graph"]) or rec["graph"].endswith("_controlnet"):
+        control = rec["graph"] == "controlnet" or rec["graph"].endswith("_controlnet")
+        if not (quantize_qdq.wants_int8(rec["graph"]) or control) or (control and what != "int8"):
             continue
         spec, dims, first_bucket = _spec_dims(ctx, rec)
         feeds = work.calib.get(spec.name) if first_bucket else None
@@ -561,7 +592,7 @@ def _end_to_end(ctx, work: _Work) -> None:
             continue
         low_graphs = {r.graph for r in prepared if r.precision == low}
         mix = [r for r in prepared if r.precision == low or (r.precision in floats and r.graph not in low_graphs)]
-        e2e += case(mix, low, False)
+        e2e += case(mix, low, controlnet and low == Precision.INT8)  # fp8: no ControlNet graphs yet
     graphs = work.fp32_rows + work.rows
     ctx.parity = Parity(
         ok=all(r["ok"] for r in gated_rows(graphs) + e2e),
