@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._controlnet import nonzero_controlnet
+from tests._controlnet import controlnet_under_test
 
 
 @functools.lru_cache(maxsize=None)
@@ -26,7 +26,7 @@ def tiny_engine():
         "ort-cpu",
         "tiny",
         out=root / "ort-cpu-tiny",
-        controlnet_spec=nonzero_controlnet(),
+        controlnet_spec=controlnet_under_test(),
         options={"optimise": False},
         log=lambda m: None,
     )
@@ -38,7 +38,7 @@ def tiny_engine():
 def tiny_model():
     from reference.loading import load_model
 
-    return load_model("tiny", controlnet=nonzero_controlnet())
+    return load_model("tiny", controlnet=controlnet_under_test())
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from pixart_export.export import exporter
 from pixart_export.manifest import Precision, read_manifest
 from pixart_export.metrics import rel_l2
 from pixart_export.targets import backends
-from tests._controlnet import nonzero_controlnet
+from tests._controlnet import controlnet_under_test
 from tests._tiny_engine import copy_engine, engine  # noqa: F401 - fixtures
 
 
@@ -47,7 +47,7 @@ def test_identical_rebuild_is_reused(engine):  # noqa: F811
         "ort-cpu",
         "tiny",
         out=folder,
-        controlnet_spec=nonzero_controlnet(),
+        controlnet_spec=controlnet_under_test(),
         options={"optimise": False},
         log=lines.append,
     )
@@ -115,7 +115,7 @@ def test_interrupted_build_leaves_old_engine(tmp_path, monkeypatch):
     monkeypatch.setattr(exporter, "export_model", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_target(
-            "ort-cpu", "tiny", out=folder, controlnet_spec=nonzero_controlnet(), force=True, log=lambda m: None
+            "ort-cpu", "tiny", out=folder, controlnet_spec=controlnet_under_test(), force=True, log=lambda m: None
         )
     assert sorted(p.name for p in folder.iterdir()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
@@ -187,7 +187,7 @@ def test_build_cli_reports_stages(engine, capsys):  # noqa: F811
             "--model",
             "tiny",
             "--controlnet",
-            nonzero_controlnet(),
+            controlnet_under_test(),
             "--no-optimise",
             "--out",
             str(folder),

@@ -109,12 +109,12 @@ def _engines() -> dict[str, Path]:
     pytest.importorskip("nncf")
     # the same module (and so the same cached engines) as the openvino tests import
     from pixart_export.build import build_target
-    from tests._controlnet import nonzero_controlnet
+    from tests._controlnet import controlnet_under_test
     from tests._openvino_engine import _root, int8_engine, ov_engine, quiet
 
     root = _root() / "cpp"
     # a ControlNet whose residuals are not zero (the shipped tiny one is untrained and zero-initialised)
-    common = {"controlnet_spec": nonzero_controlnet(), "verify": False, "log": quiet}
+    common = {"controlnet_spec": controlnet_under_test(), "verify": False, "log": quiet}
     onnx, _, _ = build_target("ort-cpu", "tiny", out=root / "ort-cpu-cn", options={"optimise": False}, **common)
     controlnet, _, _ = build_target("ov-cpu", "tiny", out=root / "ov-cpu-cn", onnx_from=onnx, **common)
     return {"ov-cpu": ov_engine()[0], "ov-cpu-int8": int8_engine()[0], "ov-cpu-controlnet": controlnet}

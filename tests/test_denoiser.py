@@ -55,8 +55,8 @@ def test_weights_stored_once(engine):  # noqa: F811
     unrolled = _weight_bytes(folder / next(r["file"] for r in manifest["graphs"] if r["graph"] == "denoiser_lcm4"))
     assert one <= unrolled <= 1.05 * one
     # with the ControlNet: at most the DiT's weights plus the ControlNet's, each once. (Fewer is fine:
-    # the exporter also merges initializers of equal value, and the tiny ControlNet's copies still
-    # equal base blocks 0-1 -- only its zero projections were randomised when `tiny` was made.)
+    # the exporter also merges initializers of equal value; the tiny ControlNet's copies were trained
+    # from the teacher's blocks, so they share nothing with the student's.)
     tiny = tiny_model()
     params = sum(p.numel() * 4 for n, p in tiny.dit.named_parameters() if n != "null_caption") + sum(
         p.numel() * 4 for p in tiny.controlnet.parameters()

@@ -18,14 +18,14 @@ from reference.loading import TINY_DIR, load_model
 from reference.pipeline import ReferencePipeline
 from reference.sampling import lcm_sample
 from reference.schedules import alphas_cumprod, lcm_timesteps
-from tests._controlnet import nonzero_controlnet
+from tests._controlnet import controlnet_under_test
 
 PROMPTS = ["a small red circle above a blue square", "a green triangle"]
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    return load_model("tiny", controlnet=nonzero_controlnet())
+    return load_model("tiny", controlnet=controlnet_under_test())
 
 
 def test_matches_diffusers_pixart_alpha_pipeline(tiny):
