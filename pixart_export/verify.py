@@ -85,8 +85,9 @@ TOLERANCES: dict[tuple[str | None, Precision], Tolerance] = {
     (None, Precision.BF16): Tolerance(
         3e-2, math.inf, 35.0, "bf16 vs fp32 graphs: activations rounded to 8 bits (cast simulation on CPU)"
     ),
-    # fp8 E4M3 (3 mantissa bits: relative rounding up to 1/16 per value, per-tensor scales) on the same
-    # layers as int8: about int8's error (tiny transformer: 1.1e-2 fp8 vs 1.4e-2 int8), so int8's gates.
+    # fp8 E4M3 (3 mantissa bits: relative rounding up to 1/16 per value, per-channel weight scales) on the
+    # layers chosen by measured error (tensorrt.prepare._choose_fp8; tiny: the feed-forward layers): about
+    # int8's error (tiny transformer 1.54e-2 fp8 vs 1.50e-2 int8; denoiser 7.6e-2 vs 6.9e-2), so int8's gates.
     (None, Precision.FP8): Tolerance(1e-1, math.inf, 25.0, "fp8 vs fp32: E4M3 rounding; images gated separately"),
     # int8 weights, float activations: per-channel weight rounding only, ~1e-2 relative at most.
     ("text_encoder", Precision.INT8_WEIGHTS): Tolerance(
