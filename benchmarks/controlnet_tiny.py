@@ -58,6 +58,11 @@ ARM_NAMES = {
 }
 #: Paired comparisons between arms at scale 1 on the teacher (same scenes and seeds): (arm, baseline).
 COMPARISONS = (("t3", "u3"), ("t3", "t1"), ("t2", "t1"), ("t3", "t2"))
+#: The command of the committed results (written before the command was recorded in the JSON).
+MADE_BY_DEFAULT = (
+    "python benchmarks/controlnet_tiny.py --runs runs/cn --arms t1,t2,t3,u3,t3m --ship t3 "
+    "--classifier-cache runs/probe --threads 2"
+)
 EVAL_START = 1000  # eval scenes start here in the eval seed; the training curve uses scenes 0..31
 
 
@@ -136,7 +141,18 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
     parser.add_argument("--name", default="controlnet_tiny", help="stem of the result files")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite the markdown from the JSON of an earlier run, measure nothing",
+    )
     args = parser.parse_args(argv)
+    if args.render_only:
+        saved = json.loads((args.out / f"{args.name}.json").read_text())
+        saved["meta"].setdefault("command", MADE_BY_DEFAULT)
+        text = markdown(args, saved["meta"], saved["rows"], saved["comparisons"], saved["arms"])
+        (args.out / f"{args.name}.md").write_text(text)
+        return
     arms = [a for a in args.arms.split(",") if a]
     scales = [float(s) for s in args.scales.split(",")]
     torch.set_num_threads(args.threads)
@@ -239,6 +255,7 @@ def main(argv=None) -> None:
         "student": args.student,
         "ship": args.ship,
         "cfg": args.cfg,
+        "command": "python benchmarks/controlnet_tiny.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
@@ -300,6 +317,14 @@ def markdown(args, meta: dict, rows: list[dict], comparisons: list[dict], summar
     lines += [
         "",
         f"Curve: `{args.name}_curve.png`; images: `{args.name}_grid.png` (first 6 scenes, seed 0).",
+        "",
+        "Made by:",
+        "",
+        "```bash",
+        "reference/train/controlnet_ablation.sh runs/cn   # arms t3 u3 t1 t2 (defaults: 600 steps, batch 32, lr 5e-4)",
+        'ARMS="t3m" reference/train/controlnet_ablation.sh runs/cn   # the silhouette arm',
+        meta["command"],
+        "```",
     ]
     return "\n".join(lines) + "\n"
 
