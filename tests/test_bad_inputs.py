@@ -413,12 +413,15 @@ def test_controlnet_for_another_base_is_refused(tmp_path, capsys):
 
 
 def test_controlnet_folder_for_another_base_is_refused(tmp_path, capsys):
-    """Our ControlNet folders record the sha256 of the base they were trained on (`base_sha256`)."""
+    """Our ControlNet folders record the sha256 of the base they were trained on (`base_sha256`) and of
+    the bases it was measured on (`validated_sha256`: the shipped one, trained on the teacher, names
+    the student); a base in neither is refused."""
     model = _model_copy(tmp_path)
     path = model / "controlnet" / "config.json"
     data = json.loads(path.read_text())
-    assert data["base_sha256"]  # the shipped one records its base
+    assert data["base_sha256"] and data["validated_sha256"]  # the shipped one records its bases
     data["base_sha256"] = "0" * 64
+    data["validated_sha256"] = ["1" * 64]
     path.write_text(json.dumps(data))
     argv = ["info", "--model", model, "--controlnet", model / "controlnet"]
     refused(capsys, argv, r"built for another base", root=tmp_path)
