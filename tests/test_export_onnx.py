@@ -55,8 +55,8 @@ def test_contract_shapes(engine):  # noqa: F811
     manifest = to_json(manifest)  # the schema-2 manifest as JSON data
     sig = {r["graph"]: r for r in manifest["graphs"]}
     io = lambda g, n: next(t["shape"] for t in sig[g]["inputs"] + sig[g]["outputs"] if t["name"] == n)  # noqa: E731
-    assert io("transformer", "control_residuals") == [2, "B", 64, 128]  # [N,B,T,D], tiny: N 2, 8x8 tokens, D 128
-    assert io("controlnet", "control_residuals") == [2, "B", 64, 128]
+    assert io("transformer", "control_residuals") == [3, "B", 64, 128]  # [N,B,T,D], tiny: N 3, 8x8 tokens, D 128
+    assert io("controlnet", "control_residuals") == [3, "B", 64, 128]
     assert io("denoiser_lcm4", "step_noise") == [3, "B", 4, 16, 16]  # [K-1,B,4,h,w]
     assert io("text_encoder", "prompt_embeds") == ["B", 120, 64]
     assert io("vae_decoder", "image") == ["B", 3, 128, 128]
@@ -153,7 +153,7 @@ def test_export_cli_several_buckets(tmp_path, model, capsys):  # noqa: F811
     )
     assert "controlnet" not in " ".join(files)
     wide = next(g for g in manifest["graphs"] if g["file"] == "transformer_128x256.onnx")
-    assert next(t["shape"] for t in wide["inputs"] if t["name"] == "control_residuals") == [2, "B", 128, 128]
+    assert next(t["shape"] for t in wide["inputs"] if t["name"] == "control_residuals") == [3, "B", 128, 128]
     got = runtime.load(out)("a wide picture", seed=2, resolution=(128, 256), output="np")
     want = ReferencePipeline(model)("a wide picture", steps=2, seed=2, resolution=(128, 256), output="pt").numpy()
     assert got.shape == (1, 3, 128, 256)
