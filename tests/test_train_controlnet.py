@@ -188,33 +188,14 @@ def test_eval_sampler_matches_the_reference_pipeline(teacher, sampler):
         lcm_spacing=teacher.lcm_spacing,
     )
     model = dataclasses.replace(teacher, controlnet=net.eval())
-    want = ReferencePipeline(model)(
-        ev.captions,
-        steps=3,
-        seed=5,
-        sampler=sampler,
-        guidance_scale=5.5,
-        ddim_spacing="trailing",
-        control_image=[Image.fromarray(c) for c in ev.controls],
-        conditioning_scale=0.8,
-        output="pt",
-    )
+    pipe = ReferencePipeline(model)
+    same = dict(steps=3, seed=5, sampler=sampler, guidance_scale=5.5, ddim_spacing="trailing", output="pt")
+    images = [Image.fromarray(c) for c in ev.controls]
+    want = pipe(ev.captions, control_image=images, conditioning_scale=0.8, **same)
     diff = np.abs(got.astype(int) - control.to_uint8(want).astype(int))
     assert diff.max() <= 1  # fused vs split residuals: float32 rounding, at most one level after rounding
-    plain = ReferencePipeline(model)(
-        ev.captions, steps=3, seed=5, sampler=sampler, guidance_scale=5.5, ddim_spacing="trailing", output="pt"
-    )
-    zero = ReferencePipeline(model)(
-        ev.captions,
-        steps=3,
-        seed=5,
-        sampler=sampler,
-        guidance_scale=5.5,
-        ddim_spacing="trailing",
-        control_image=[Image.fromarray(c) for c in ev.controls],
-        conditioning_scale=0.0,
-        output="pt",
-    )
+    plain = pipe(ev.captions, **same)
+    zero = pipe(ev.captions, control_image=images, conditioning_scale=0.0, **same)
     assert torch.equal(zero, plain)  # scale 0 adds exact zeros
 
 
