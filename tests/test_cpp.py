@@ -102,7 +102,7 @@ def openvino_build(build: Path) -> Path:
     return build
 
 
-# -- engines: the shared tiny ov-cpu and ov-cpu-int8 engines, and an ov-cpu engine with tiny's ControlNet ----
+# -- engines: the shared tiny ov-cpu and ov-cpu-int8 engines, with and without tiny's ControlNet -----------
 @functools.lru_cache(maxsize=None)
 def _engines() -> dict[str, Path]:
     pytest.importorskip("openvino")
@@ -110,14 +110,19 @@ def _engines() -> dict[str, Path]:
     # the same module (and so the same cached engines) as the openvino tests import
     from pixart_export.build import build_target
     from tests._controlnet import controlnet_under_test
-    from tests._openvino_engine import _root, int8_engine, ov_engine, quiet
+    from tests._openvino_engine import _root, int8_controlnet_engine, int8_engine, ov_engine, quiet
 
     root = _root() / "cpp"
-    # a ControlNet whose residuals are not zero (the shipped tiny one is untrained and zero-initialised)
+    # the shipped, trained ControlNet (its residuals are not zero)
     common = {"controlnet_spec": controlnet_under_test(), "verify": False, "log": quiet}
     onnx, _, _ = build_target("ort-cpu", "tiny", out=root / "ort-cpu-cn", options={"optimise": False}, **common)
     controlnet, _, _ = build_target("ov-cpu", "tiny", out=root / "ov-cpu-cn", onnx_from=onnx, **common)
-    return {"ov-cpu": ov_engine()[0], "ov-cpu-int8": int8_engine()[0], "ov-cpu-controlnet": controlnet}
+    return {
+        "ov-cpu": ov_engine()[0],
+        "ov-cpu-int8": int8_engine()[0],
+        "ov-cpu-controlnet": controlnet,
+        "ov-cpu-int8-controlnet": int8_controlnet_engine()[0],  # built once, shared with the openvino tests
+    }
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +232,7 @@ def _control_image():
         ("ov-cpu", "two images"),
         ("ov-cpu-int8", "text-to-image"),
         ("ov-cpu-controlnet", "controlnet"),
+        ("ov-cpu-int8-controlnet", "controlnet"),
     ],
 )
 def test_image_equals_python(openvino_build, engines, tmp_path, target, mode):
