@@ -283,17 +283,16 @@ def encode_dataset(vae, tokenizer, text_encoder, seed: int, count: int, size: in
     return torch.cat(latents), ids, torch.cat(embeds), torch.cat(masks)
 
 
-def cached_dataset(out: Path, key: str, accelerator, build) -> dict[str, torch.Tensor]:
-    """`build()` once (main process) into `<out>/cache-<key>.safetensors`; every process reads it."""
+def cached_dataset(
+    out: Path, key: str, accelerator, build, names: tuple[str, ...] = ("latents", "caption_ids", "embeds", "masks")
+) -> dict[str, torch.Tensor]:
+    """`build()` (a tuple of tensors, one per name) once on the main process into
+    `<out>/cache-<key>.safetensors`; every process reads it."""
     path = out / f"cache-{key}.safetensors"
     if accelerator.is_main_process and not path.exists():
         out.mkdir(parents=True, exist_ok=True)
-        latents, ids, embeds, masks = build()
         tmp = path.with_suffix(".tmp")
-        save_file(
-            {"latents": latents.contiguous(), "caption_ids": ids, "embeds": embeds.contiguous(), "masks": masks},
-            str(tmp),
-        )
+        save_file({name: value.contiguous() for name, value in zip(names, build(), strict=True)}, str(tmp))
         os.replace(tmp, path)
     accelerator.wait_for_everyone()
     return load_file(str(path))
@@ -454,6 +453,16 @@ def setup_device() -> None:
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def start_run(args):
+    """The accelerator of a stage's run (`--threads`), the device set up, the batch checked against the
+    processes, the run folder made."""
+    acc = make_accelerator(args.threads)
+    setup_device()
+    check_batch(args.batch_size, acc)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return acc
 
 
 # -- model folder -------------------------------------------------------------------------------------

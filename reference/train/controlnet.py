@@ -118,19 +118,8 @@ def training_set(args, acc, model) -> dict[str, torch.Tensor]:
         embeds, masks = encode_captions(model, data.training_captions())
         return torch.cat(latents), torch.cat(controls), torch.tensor(ids), embeds, masks
 
-    path = (args.cache_dir or args.out) / f"cache-{key}.safetensors"
-    if acc.is_main_process and not path.exists():
-        from safetensors.torch import save_file
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        names = ("latents", "controls", "caption_ids", "embeds", "masks")
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in zip(names, make())}, str(tmp))
-        tmp.replace(path)
-    acc.wait_for_everyone()
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
+    names = ("latents", "controls", "caption_ids", "embeds", "masks")
+    return common.cached_dataset(args.cache_dir or args.out, key, acc, make, names)
 
 
 class EvalSet:
@@ -243,10 +232,7 @@ class EvalLog:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    acc = common.make_accelerator(args.threads)
-    common.setup_device()
-    common.check_batch(args.batch_size, acc)
-    args.out.mkdir(parents=True, exist_ok=True)
+    acc = common.start_run(args)
     model = load_model(args.base)
     dev = acc.device
     train = training_set(args, acc, model)

@@ -146,10 +146,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    acc = common.make_accelerator(args.threads)
-    common.setup_device()
-    common.check_batch(args.batch_size, acc)
-    args.out.mkdir(parents=True, exist_ok=True)
+    acc = common.start_run(args)
     dev = acc.device
     teacher_model = load_model(args.teacher)
     train = TrainingData(args, acc, args.teacher / "vae", teacher_model)

@@ -303,10 +303,7 @@ def fresh_text_encoder(layers: int, ff: int, seed: int):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    acc = common.make_accelerator(args.threads)
-    common.setup_device()
-    common.check_batch(args.batch_size, acc)
-    args.out.mkdir(parents=True, exist_ok=True)
+    acc = common.start_run(args)
     base = load_model(args.base or random_tiny(args.out / "base", acc))
     if args.t5_layers:
         base.text_encoder = fresh_text_encoder(args.t5_layers, args.t5_ff, args.seed)
