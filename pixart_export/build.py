@@ -36,6 +36,7 @@ from .manifest import (
     write_manifest,
 )
 from .progress import log as default_log
+from .resources import StageMeter, format_stage
 from .targets import Target, get_target
 
 Log = Callable[[str], None]
@@ -85,6 +86,13 @@ class BuildContext:
     build_info: dict = field(default_factory=dict)
     parity: Parity | None = None
     started: float = field(default_factory=time.perf_counter)
+    stages: list[dict] = field(default_factory=list)  # {name, seconds, peak_rss_bytes, ...} of each ended stage
+    stage_meter: StageMeter | None = None  # the stage running now
+
+    def stage_records(self) -> list[dict]:
+        """The ended stages' records, and the running stage's so far (the install stage writes the manifest)."""
+        running = [{**self.stage_meter.record(), "in_progress": True}] if self.stage_meter is not None else []
+        return [*self.stages, *running]
 
     @property
     def target(self) -> Target:
@@ -138,7 +146,7 @@ class BuildContext:
             parity=self.parity,
             files=file_table(self.staging if folder is None else folder),
             quantisation=self.quantisation,
-            build=dict(self.build_info),
+            build={**self.build_info, "stages": self.stage_records()},
         )
 
 
@@ -274,7 +282,11 @@ def _install(ctx: BuildContext) -> None:
 def run_stages(stages: list[Stage], ctx: BuildContext, first: int, total: int) -> None:
     for i, stage in enumerate(stages, first):
         ctx.log(f"[{i}/{total}] {stage.name}")
+        ctx.stage_meter = StageMeter(stage.name)
         stage.run(ctx)
+        record, ctx.stage_meter = ctx.stage_meter.record(), None
+        ctx.stages.append(record)
+        ctx.log(f"      [{i}/{total}] {format_stage(record)}")
 
 
 def build(request: BuildRequest, log: Log = default_log) -> tuple[Path, Manifest, bool]:
