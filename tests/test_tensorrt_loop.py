@@ -116,6 +116,8 @@ class FakeCudart:
         self.capturing: list | None = None
         self.launches = 0
         self.freed: list[int] = []
+        self.h2d_bytes = 0  # host -> device bytes copied (what a call moves)
+        self.events: list[tuple] = []  # engines deserialized and destroyed, in order
 
     def _find(self, ptr: int) -> tuple[bytearray, int]:
         for base, buf in self.mem.items():
@@ -139,11 +141,17 @@ class FakeCudart:
 
     def cudaMalloc(self, n):
         ptr, self.next = self.next, self.next + (1 << 32)
-        self.mem[ptr] = bytearray(n)
+        self.mem[ptr] = bytearray(b"\xff" * n)  # uninitialised device memory: NaN as float32
         return 0, ptr
 
-    def cudaFree(self, ptr):
+    def cudaFree(self, ptr):  # freed memory is gone: a graph replayed on it fails loudly
+        assert ptr in self.mem, f"double free of {ptr:#x}"
+        del self.mem[ptr]
         self.freed.append(ptr)
+        return (0,)
+
+    def cudaMemsetAsync(self, ptr, value, n, stream):
+        self.run(lambda: self.write(ptr, bytes([value]) * n))
         return (0,)
 
     def cudaStreamCreate(self):
@@ -153,6 +161,7 @@ class FakeCudart:
         if kind == self.cudaMemcpyKind.cudaMemcpyHostToDevice:
             assert self.capturing is None, "a host copy inside a captured graph would replay stale host memory"
             self.write(dst, ctypes.string_at(src, n))
+            self.h2d_bytes += n
         elif kind == self.cudaMemcpyKind.cudaMemcpyDeviceToHost:
             assert self.capturing is None
             ctypes.memmove(dst, bytes(self._find(src)[0][self._find(src)[1] : self._find(src)[1] + n]), n)
@@ -198,7 +207,9 @@ class FakeContext:
         return True
 
     def get_tensor_shape(self, name):
-        return self.shapes.get(name, self.shapes["latents"])  # the output is shaped like the latents
+        if name == "prompt_embeds" and self.engine.kind == "text":  # the text encoder's output
+            return (self.shapes["input_ids"][0], 3, 8)
+        return self.shapes[name] if name in self.shapes else self.shapes["latents"]  # outputs: like the latents
 
     def set_tensor_address(self, name, ptr):
         self.addr[name] = ptr
@@ -210,7 +221,12 @@ class FakeContext:
         return True
 
     def _compute(self):
-        cu, b = self.engine.cudart, self.shapes["latents"]
+        cu = self.engine.cudart
+        if self.engine.kind == "text":  # prompt_embeds = input_ids broadcast over 8 channels
+            ids = cu.read(self.addr["input_ids"], 12 * self.shapes["input_ids"][0], np.float32)
+            cu.write(self.addr["prompt_embeds"], np.repeat(ids, 8).astype(np.float32).tobytes())
+            return
+        b = self.shapes["latents"]
         n = int(np.prod(b)) * 4
 
         def get(name, count=n):
@@ -229,8 +245,17 @@ class FakeContext:
 
 
 class FakeEngine:
-    def __init__(self, kind, cudart, max_shapes):
-        self.kind, self.cudart, self.max_shapes = kind, cudart, max_shapes
+    def __init__(self, kind, cudart, max_shapes, events=None):
+        self.kind, self.cudart, self.max_shapes, self.events = kind, cudart, max_shapes, events
+
+    def deserialized(self, events: list):
+        """A fresh engine object, as `deserialize_cuda_engine` gives, that logs its own destruction."""
+        events.append(("deserialize", self.kind))
+        return FakeEngine(self.kind, self.cudart, self.max_shapes, events)
+
+    def __del__(self):
+        if self.events is not None:
+            self.events.append(("destroy", self.kind))
 
     def create_execution_context(self):
         return FakeContext(self)
@@ -288,6 +313,7 @@ def fake_gpu(monkeypatch, tmp_path):
             {"latents": (maxb, 4, 4, 4), "timestep": (maxb,), "prompt_embeds": (maxb, 3, 8)}
             | {"control_residuals": (1, maxb, 4, 8)},
         ),
+        b"text_encoder": FakeEngine("text", cu, {"input_ids": (maxb, 3)}),
         b"denoiser": FakeEngine(
             "denoiser",
             cu,
@@ -297,7 +323,9 @@ def fake_gpu(monkeypatch, tmp_path):
     trt = types.SimpleNamespace(
         __version__="10.8.0",
         Logger=types.SimpleNamespace(WARNING=2, __call__=None),
-        Runtime=lambda logger: types.SimpleNamespace(deserialize_cuda_engine=lambda data: engines[data]),
+        Runtime=lambda logger: types.SimpleNamespace(
+            deserialize_cuda_engine=lambda data: engines[data].deserialized(cu.events)
+        ),
     )
     trt.Logger = lambda level=None: None
     trt.Logger.WARNING = 2
@@ -307,6 +335,7 @@ def fake_gpu(monkeypatch, tmp_path):
     (tmp_path / "lcm_update.plan").write_bytes(b"lcm_update")
     (tmp_path / "transformer-residuals.plan").write_bytes(b"transformer-residuals")
     (tmp_path / "denoiser.plan").write_bytes(b"denoiser")
+    (tmp_path / "text_encoder.plan").write_bytes(b"text_encoder")
     return cu, runner.TrtRunner(tmp_path), engines
 
 
@@ -439,3 +468,119 @@ def test_runner_runs_the_unrolled_engine_where_the_plan_says_so(fake_gpu):
         _compiled("loop"), engines=tuple(e for e in manifest.engines if e.graph != "lcm_update")
     )
     assert not loop.uses_loop(older, denoiser)
+
+
+# -- issue #23: no replay on freed memory, --steps 1, no per-call zero upload, released engines -----------
+def _loop_feeds(rng, batch: int, k: int = 4) -> dict[str, np.ndarray]:
+    return {
+        "latents": rng.standard_normal((batch, 4, 4, 4)).astype(np.float32),
+        "prompt_embeds": np.zeros((batch, 3, 8), np.float32),
+        "step_noise": rng.standard_normal((k - 1, batch, 4, 4, 4)).astype(np.float32),
+    }
+
+
+@pytest.mark.parametrize("batches", [(1, 2, 1), (2, 1, 2), (1, 3, 2, 4, 1)])
+def test_step_loop_graphs_stay_valid_whatever_the_batch_order(fake_gpu, batches):
+    """A batch larger than an earlier one must not move a buffer an earlier graph replays (finding 1: on
+    this fake GPU 1 -> 2 -> 1 replayed batch 1's graph on freed memory). Nothing is freed while the loop
+    lives, and every call equals the reference."""
+    cu, trt_runner, _ = fake_gpu
+    step, update = _records()
+    ts = lcm_timesteps(4)
+    k_loop = loop.StepLoop(trt_runner, step, update, ts, alphas_cumprod().numpy())
+    rng = np.random.default_rng(7)
+    for batch in batches:
+        feeds = _loop_feeds(rng, batch)
+        got = k_loop(feeds)
+        np.testing.assert_allclose(got, _reference(feeds["latents"], feeds["step_noise"], ts), rtol=1e-4, atol=1e-5)
+    assert not cu.freed and sorted(k_loop.graphs) == sorted((b,) for b in set(batches))
+    assert cu.launches == len(batches)
+
+
+def test_runner_loop_walks_one_two_one_and_chunked_calls(fake_gpu):
+    """Through `TrtRunner.run` as the pipeline calls it: 1 -> 2 -> 1, then chunked calls of 3 images at a
+    maximum batch of 2 (2, 1, 2, 1)."""
+    cu, _, _ = fake_gpu
+    manifest = _compiled("loop")
+    trt_runner = runner.TrtRunner(fake_gpu[1].folder, manifest=manifest)
+    denoiser = manifest.record("denoiser_lcm4", 32, 32)
+    for i, batch in enumerate((1, 2, 1, 2, 1, 2, 1)):
+        feeds = _request(batch, 20 + i)
+        (got,) = trt_runner.run(denoiser, feeds)
+        want = _reference(feeds["latents"], feeds["step_noise"], lcm_timesteps(4))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert not cu.freed
+
+
+def test_one_step_loop_reads_no_uninitialised_noise(fake_gpu):
+    """`--steps 1` (finding 4): no step noise is ever copied, and fresh device memory here is NaN; the
+    update's `c = 0` times that buffer must still give the denoised latents."""
+    _cu, trt_runner, _ = fake_gpu
+    step, update = _records()
+    ts = lcm_timesteps(1)
+    k_loop = loop.StepLoop(trt_runner, step, update, ts, alphas_cumprod().numpy())
+    rng = np.random.default_rng(8)
+    for batch in (1, 2):
+        feeds = _loop_feeds(rng, batch, k=1)
+        got = k_loop(feeds)
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got, _reference(feeds["latents"], feeds["step_noise"], ts), rtol=1e-4, atol=1e-5)
+
+
+def test_loop_uploads_no_control_residual_zeros(fake_gpu):
+    """Finding 5: per call only x_T, the captions and the step noise go host -> device; the one-step
+    engine's `control_residuals` are zeroed once on the device. Measured in bytes by the fake GPU."""
+    cu, _, _ = fake_gpu
+    manifest = _compiled("loop")
+    trt_runner = runner.TrtRunner(fake_gpu[1].folder, manifest=manifest)
+    denoiser = manifest.record("denoiser_lcm4", 32, 32)
+    trt_runner.run(denoiser, _request(2, 30))  # set-up and capture
+    for batch, first in ((1, True), (2, False), (1, False)):
+        feeds = _request(batch, 31)
+        before = cu.h2d_bytes
+        trt_runner.run(denoiser, feeds)
+        moved = cu.h2d_bytes - before
+        want = feeds["latents"].nbytes + feeds["prompt_embeds"].nbytes + feeds["step_noise"].nbytes
+        assert moved == want + (feeds["latents"].nbytes if first else 0)  # a capturing call puts x_T back
+        assert trt_runner.step_loop(denoiser).bytes_in == moved
+    step_engine = trt_runner.step_loop(denoiser).step
+    ptr, size = step_engine.buffers["control_residuals"]
+    assert not cu.read(ptr, size, np.float32).any()
+
+
+def test_release_destroys_the_text_encoder_before_the_denoiser_loads(fake_gpu):
+    """Finding 6 (`--low-memory`): `release(["text_encoder"])` destroys its context and engine and frees its
+    buffers before the loop's engines are deserialized; a released graph loads again on its next run, and
+    releasing the denoiser releases the K-step loop's engines."""
+    cu, _, _ = fake_gpu
+    manifest = _compiled("loop")
+    f = lambda n, *sh: TensorRecord(n, "float32", sh)  # noqa: E731
+    text = dataclasses.replace(
+        manifest.engines[0],
+        graph="text_encoder",
+        file="text_encoder.plan",
+        files=("text_encoder.plan",),
+        inputs=(f("input_ids", "B", 3),),
+        outputs=(f("prompt_embeds", "B", 3, 8),),
+    )
+    manifest = dataclasses.replace(manifest, engines=(*manifest.engines, text))
+    trt_runner = runner.TrtRunner(fake_gpu[1].folder, manifest=manifest)
+    ids = np.arange(6, dtype=np.float32).reshape(2, 3)
+    (embeds,) = trt_runner.run(text, {"input_ids": ids})
+    np.testing.assert_array_equal(embeds, np.repeat(ids, 8).reshape(2, 3, 8))
+    text_buffers = [p for p, _ in trt_runner.engine(text).buffers.values()]
+    trt_runner.release(["text_encoder"])
+    assert cu.events == [("deserialize", "text"), ("destroy", "text")]
+    assert set(text_buffers) <= set(cu.freed) and "text_encoder.plan" not in trt_runner._engines
+    denoiser = manifest.record("denoiser_lcm4", 32, 32)
+    feeds = _request(2, 40) | {"prompt_embeds": embeds}
+    (got,) = trt_runner.run(denoiser, feeds)
+    want = _reference(feeds["latents"], feeds["step_noise"], lcm_timesteps(4))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert cu.events[2:] == [("deserialize", "transformer"), ("deserialize", "update")]
+    trt_runner.release(["denoiser_lcm4"])
+    assert sorted(cu.events[4:]) == [("destroy", "transformer"), ("destroy", "update")]
+    assert not trt_runner._engines and not trt_runner._loops
+    (again,) = trt_runner.run(text, {"input_ids": ids})  # lazily loaded again
+    np.testing.assert_array_equal(again, embeds)
+    assert cu.events[-1] == ("deserialize", "text")

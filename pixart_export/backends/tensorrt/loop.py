@@ -134,6 +134,10 @@ class StepLoop:
     latents [B, C, h, w]. The step coefficients: `coef` [K, 3] (`record_coefficients`), else computed from
     the full `alphas_cumprod` table."""
 
+    #: Inputs of the one-step engine that the loop keeps at zero on the device: zeroed once when its buffers
+    #: are set up, never uploaded per call (the loop has no ControlNet call; finding 5 of issue #23).
+    RESIDENT_ZEROS = ("control_residuals",)
+
     def __init__(self, runner, transformer_record, update_record, timesteps, alphas_cumprod=None, coef=None):
         self.cudart, self.ok = runner.cuda()  # runner.py's, through the runner: no import cycle
         self.np_dtypes = runner.dtypes
@@ -141,23 +145,54 @@ class StepLoop:
         self.update = runner.engine(update_record)
         self.stream = self.step.stream
         self.timesteps = [float(t) for t in timesteps]
-        self.coef = coef if coef is not None else lcm_coefficients(timesteps, alphas_cumprod)
+        self.coef = np.ascontiguousarray(
+            coef if coef is not None else lcm_coefficients(timesteps, alphas_cumprod), np.float32
+        )
         self.graphs: dict[tuple, object] = {}
-        self._const: dict[str, tuple[int, int]] = {}  # per-step values kept on the device: name -> (ptr, bytes)
+        self._const: dict[str, tuple[int, int]] = {}  # loop-owned device buffers: name -> (ptr, bytes)
+        self.max_batch = 0
+        self.bytes_in = 0  # host -> device bytes of the last call (what a call moves, measured)
 
-    def _device(self, name: str, arr: np.ndarray) -> int:
-        """`arr` uploaded once into a loop-owned buffer (re-used while its size fits)."""
-        cudart, ok = self.cudart, self.ok
-        arr = np.ascontiguousarray(arr)
-        ptr, size = self._const.get(name, (0, 0))
-        if size < arr.nbytes:
-            if ptr:
-                ok(cudart.cudaFree(ptr))
-            ptr, size = ok(cudart.cudaMalloc(max(arr.nbytes, 1))), arr.nbytes
-            self._const[name] = (ptr, size)
+    def _h2d(self, ptr: int, arr: np.ndarray) -> None:
+        cudart = self.cudart
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        ok(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d, self.stream))
-        return ptr
+        self.ok(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d, self.stream))
+        self.bytes_in += arr.nbytes
+
+    def _zero(self, ptr: int, nbytes: int) -> None:
+        self.ok(self.cudart.cudaMemsetAsync(ptr, 0, nbytes, self.stream))
+
+    def _setup(self) -> None:
+        """Once per loop, before any capture: the engines' buffers (profile maximum, the runner's), the
+        loop's own buffers for the profile's maximum batch, the constants uploaded, and the inputs no call
+        writes zeroed. Nothing is allocated or freed after this, so every captured graph stays valid
+        (finding 1 of issue #23: a buffer reallocated for a larger batch left the smaller batch's graph
+        replaying on freed memory)."""
+        cudart, ok = self.cudart, self.ok
+        for engine in (self.step, self.update):
+            if not engine.buffers:
+                engine._allocate()
+        k = len(self.timesteps)
+        self.max_batch = int(self.step.max_shapes["latents"][0])
+        image_bytes = int(np.prod(self.step.max_shapes["latents"][1:])) * 4
+        sizes = {
+            "timesteps": k * self.max_batch * 4,
+            "coef": self.coef.nbytes,
+            "step_noise": max(k - 1, 1) * self.max_batch * image_bytes,
+        }
+        for name, nbytes in sizes.items():
+            self._const[name] = (ok(cudart.cudaMalloc(nbytes)), nbytes)
+        # per step k, the batch's timesteps start at row k of a [K, max batch] table: one upload, any batch
+        table = np.repeat(np.asarray(self.timesteps, np.float32)[:, None], self.max_batch, axis=1)
+        self._h2d(self._const["timesteps"][0], np.ascontiguousarray(table))
+        self._h2d(self._const["coef"][0], self.coef)
+        # with K = 1 no step noise is ever copied: the update reads c = 0 times this buffer, which must not
+        # be uninitialised memory (0 * NaN is NaN; finding 4 of issue #23)
+        self._zero(*self.update.buffers["step_noise"])
+        for name in self.RESIDENT_ZEROS:
+            if name in self.step.buffers:
+                self._zero(*self.step.buffers[name])
+        ok(cudart.cudaStreamSynchronize(self.stream))
 
     def _copy(self, dst: int, src: int, nbytes: int) -> None:
         d2d = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
@@ -171,13 +206,13 @@ class StepLoop:
         """The 2K enqueues and their copies (what is captured)."""
         s, u = self.step.buffers, self.update.buffers
         t_ptr, c_ptr, n_ptr = self._const["timesteps"][0], self._const["coef"][0], self._const["step_noise"][0]
-        t_bytes = np.dtype(np.float32).itemsize * batch
+        t_bytes, row = 4 * batch, 4 * self.max_batch
         for k in range(len(self.timesteps)):
-            self._copy(s["timestep"][0], t_ptr + k * t_bytes, t_bytes)
+            self._copy(s["timestep"][0], t_ptr + k * row, t_bytes)
             self._enqueue(self.step)
             self._copy(u["latents"][0], s["latents"][0], latent_bytes)
             self._copy(u["noise_pred"][0], s["noise_pred"][0], latent_bytes)
-            if k + 1 < len(self.timesteps):  # the last step has c = 0: any noise will do, keep the last
+            if k + 1 < len(self.timesteps):  # the last step has c = 0: any finite noise will do, keep the last
                 self._copy(u["step_noise"][0], n_ptr + k * latent_bytes, latent_bytes)
             self._copy(u["coef"][0], c_ptr + k * 12, 12)
             self._enqueue(self.update)
@@ -185,32 +220,33 @@ class StepLoop:
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         cudart, ok = self.cudart, self.ok
-        for engine in (self.step, self.update):
-            if not engine.buffers:
-                engine._allocate()
+        if not self._const:
+            self._setup()
+        self.bytes_in = 0
         x = np.ascontiguousarray(feeds["latents"], np.float32)
         batch, latent_bytes = x.shape[0], x.nbytes
-        step_feeds = {i.name: feeds[i.name] for i in self.step.record.inputs if i.name != "timestep"}
-        step_feeds["timestep"] = np.zeros((batch,), np.float32)
-        self.step._check_batch(step_feeds)
+        resident = {i.name: i for i in self.step.record.inputs if i.name in self.RESIDENT_ZEROS}
+        fed = [i for i in self.step.record.inputs if i.name != "timestep" and i.name not in resident]
+        step_feeds = {i.name: feeds[i.name] for i in fed}
+        shapes = {n: a.shape for n, a in step_feeds.items()} | {"timestep": (batch,)}
+        for name, inp in resident.items():  # their batch axis follows the call's; the zeros are already there
+            shapes[name] = tuple(batch if d == "B" else int(d) for d in inp.shape)
+        self.step._check_shapes(shapes)
         for inp in self.step.record.inputs:
-            self.step._set_shape(inp.name, step_feeds[inp.name].shape)
+            self.step._set_shape(inp.name, shapes[inp.name])
         for inp in self.update.record.inputs:
             self.update._set_shape(inp.name, (3,) if inp.name == "coef" else x.shape)
-        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         dtypes = {i.name: self.np_dtypes[i.dtype] for i in self.step.record.inputs}
-        for name, arr in step_feeds.items():  # x_T, captions, mask, residuals into the step engine's buffers
-            arr = np.ascontiguousarray(arr, dtype=dtypes[name])
-            ok(cudart.cudaMemcpyAsync(self.step.buffers[name][0], arr.ctypes.data, arr.nbytes, h2d, self.stream))
-        self._device("timesteps", np.repeat(np.asarray(self.timesteps, np.float32)[:, None], batch, axis=1))
-        self._device("coef", self.coef)
+        for name, arr in step_feeds.items():  # x_T, captions, mask into the step engine's buffers
+            self._h2d(self.step.buffers[name][0], np.ascontiguousarray(arr, dtype=dtypes[name]))
         noise = np.ascontiguousarray(feeds["step_noise"], np.float32)
-        self._device("step_noise", noise if noise.size else np.zeros_like(x)[None])
+        if noise.size:
+            self._h2d(self._const["step_noise"][0], noise)
         key = (batch,)
         if key not in self.graphs:
             self._steps(batch, latent_bytes)  # eager first: TensorRT's lazy set-up must not be captured
             ok(cudart.cudaStreamSynchronize(self.stream))  # the eager run moved the latents: put x_T back
-            ok(cudart.cudaMemcpyAsync(self.step.buffers["latents"][0], x.ctypes.data, x.nbytes, h2d, self.stream))
+            self._h2d(self.step.buffers["latents"][0], x)
             ok(cudart.cudaStreamBeginCapture(self.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
             self._steps(batch, latent_bytes)
             graph = ok(cudart.cudaStreamEndCapture(self.stream))

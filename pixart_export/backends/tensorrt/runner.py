@@ -250,8 +250,11 @@ class _Engine:
                 raise EngineError(f"{self.record.file}: TensorRT refused the buffer address of {t.name}")
 
     def _check_batch(self, feeds: dict[str, np.ndarray]) -> None:
+        self._check_shapes({inp.name: feeds[inp.name].shape for inp in self.record.inputs})
+
+    def _check_shapes(self, shapes: dict[str, tuple]) -> None:
         for inp in self.record.inputs:
-            got, hi = tuple(feeds[inp.name].shape), self.max_shapes[inp.name]
+            got, hi = tuple(shapes[inp.name]), self.max_shapes[inp.name]
             if len(got) != len(hi) or any(g > h for g, h in zip(got, hi)):
                 raise EngineError(
                     f"{self.record.file}: input {inp.name} has shape {got}, above the engine's optimisation "
@@ -302,6 +305,13 @@ class _Engine:
         for ptr, _ in self.buffers.values():
             _ok(cudart.cudaFree(ptr))
         self.buffers = {}
+
+    def destroy(self) -> None:
+        """`close`, then the execution context and the engine themselves (context first, as TensorRT
+        requires): their device memory is back before another engine is deserialized (`--low-memory`)."""
+        self.close()
+        self.context = None
+        self.engine = None
 
 
 class TrtRunner:
@@ -360,13 +370,29 @@ class TrtRunner:
         k_loop = self.step_loop(record)
         if k_loop is None:
             return self.engine(record)(feeds)
-        feeds = dict(feeds)
-        batch = feeds["latents"].shape[0]
-        for inp in k_loop.step.record.inputs:  # the one-step engine's inputs the denoiser has not: zeros
-            if inp.name not in feeds and inp.name != "timestep":
-                shape = tuple(batch if d == "B" else int(d) for d in inp.shape)
-                feeds[inp.name] = np.zeros(shape, _NP[inp.dtype])
+        # the one-step engine's `control_residuals` stay zero on the device (`StepLoop.RESIDENT_ZEROS`):
+        # no per-call upload of [N, B, T, D] zeros (245 MB per image at 1024 px for XL)
         return [k_loop(feeds)]
+
+    def release(self, graph_names) -> None:
+        """Drop the engines, contexts, buffers and CUDA graphs of the graphs named (manifest graph names,
+        e.g. "text_encoder"); they load again, lazily, on their next run. A `denoiser_lcm{K}` name also
+        releases the K-step loop's engines. Each is destroyed here, so a `--low-memory` pipeline that
+        releases the text encoder before the denoiser's first run never holds both (finding 6 of #23)."""
+        names = set(graph_names)
+        for file in [f for f, k_loop in self._loops.items() if self._loop_graph(f) in names]:
+            k_loop = self._loops.pop(file)
+            names |= {k_loop.step.record.graph, k_loop.update.record.graph}
+            k_loop.close()
+        for file, k_loop in list(self._loops.items()):  # a loop whose engine goes must go first
+            if {k_loop.step.record.graph, k_loop.update.record.graph} & names:
+                self._loops.pop(file).close()
+        for file in [f for f, e in self._engines.items() if e.record.graph in names]:
+            self._engines.pop(file).destroy()
+
+    def _loop_graph(self, file: str) -> str | None:
+        m = self.manifest
+        return next((r.graph for r in m.runnable if r.file == file), None) if m is not None else None
 
     def close(self) -> None:
         """Free every engine's CUDA graphs and buffers (the engines themselves go with the runner)."""
