@@ -48,19 +48,15 @@ def test_refusals_say_what_to_do():
 
 
 def test_cache_key_is_content_hash():
-    a = C.timing_cache_key("aa", "10.4.0", T4_GPU)
-    assert a == C.timing_cache_key("aa", "10.4.0", dict(T4_GPU))
-    assert (
-        len(
-            {
-                a,
-                C.timing_cache_key("ab", "10.4.0", T4_GPU),
-                C.timing_cache_key("aa", "10.5.0", T4_GPU),
-                C.timing_cache_key("aa", "10.4.0", {**T4_GPU, "sm": 80}),
-            }
-        )
-        == 4
-    )
+    a = C.timing_cache_key("bundle", "fp16", "10.4.0", T4_GPU)
+    assert a == C.timing_cache_key("bundle", "fp16", "10.4.0", dict(T4_GPU))
+    others = {
+        C.timing_cache_key("other", "fp16", "10.4.0", T4_GPU),
+        C.timing_cache_key("bundle", "int8", "10.4.0", T4_GPU),
+        C.timing_cache_key("bundle", "fp16", "10.5.0", T4_GPU),
+        C.timing_cache_key("bundle", "fp16", "10.4.0", {**T4_GPU, "sm": 80}),
+    }
+    assert len(others | {a}) == 5
 
 
 def test_host_can_compile_without_tensorrt():
@@ -413,10 +409,89 @@ def test_compile_builds_the_lcm_update_engine_with_any_precision(tmp_path, monke
     assert [(e.graph, e.precision) for e in manifest.engines] == [
         ("transformer", Precision.FP16),
         ("lcm_update", Precision.FP32),
-    ]
+    ]  # the bundle has no denoiser_lcm4 graph, so no loop record
     parsed = [Path(c[1]).name for c in FakeTrt.calls if c[0] == "parse"]
     assert parsed == ["g.fp16.onnx", "lcm_update_128x128.onnx"]
     profiles = [c[1] for c in FakeTrt.calls if c[0] == "profile"]
     assert profiles[1]["coef"] == ([3], [3], [3]) and profiles[1]["latents"][2] == [2, 4, 16, 16]
     update = manifest.record("lcm_update", 128, 128)
     assert update.runtime["source"] == "lcm_update_128x128.onnx" and manifest.build["k_step_plan"]["plan"] == "loop"
+
+
+# -- issue #23: only the plan's engines, one timing cache per bundle and precision -----------------------
+def _with_denoiser_and_second_fp16(folder: Path, plan: str) -> None:
+    """A `_bundle` with lcm_update, an unrolled `denoiser_lcm4` and a second fp16 graph (`vae_decoder`), and
+    `plan` in `build.k_step_plan`."""
+    from pixart_export.backends.tensorrt.loop import plan_record
+
+    _with_lcm_update(folder)
+    m = read_manifest(folder)
+    step = m.graphs[0]
+    for name in ("denoiser_lcm4.fp16.onnx", "vae_decoder.fp16.onnx"):
+        onnx.save(linear_residual(), str(folder / name))
+    den = dataclasses.replace(
+        step, graph="denoiser_lcm4", file="denoiser_lcm4.fp16.onnx", files=("denoiser_lcm4.fp16.onnx",)
+    )
+    vae = dataclasses.replace(step, graph="vae_decoder", file="vae_decoder.fp16.onnx", files=("vae_decoder.fp16.onnx",))
+    build = {**m.build, "k_step_plan": plan_record(4, plan)}
+    write_manifest(
+        folder, dataclasses.replace(m, graphs=(*m.graphs, den, vae), build=build, files=M.file_table(folder))
+    )
+
+
+@pytest.mark.parametrize(
+    ("plan", "both", "built"),
+    [
+        ("loop", False, ["g.fp16.onnx", "lcm_update_128x128.onnx", "vae_decoder.fp16.onnx"]),
+        ("unrolled", False, ["denoiser_lcm4.fp16.onnx", "vae_decoder.fp16.onnx"]),
+        ("loop", True, ["g.fp16.onnx", "lcm_update_128x128.onnx", "denoiser_lcm4.fp16.onnx", "vae_decoder.fp16.onnx"]),
+    ],
+)
+def test_compile_builds_only_the_engines_the_plan_runs(tmp_path, monkeypatch, plan, both, built):
+    """Finding 3: the plan "loop" never runs the unrolled denoiser engine, so it is not built (K copies of
+    the DiT per precision); its record points at the loop's two engines instead, and the runtime reads
+    that. "unrolled" builds no loop engines. `--both-plans` builds both, the loop's record first."""
+    from pixart_export.backends.tensorrt import loop
+
+    monkeypatch.setenv("PIXART_EXPORT_CACHE", str(tmp_path / "cache"))
+    folder = _bundle(tmp_path)
+    _with_denoiser_and_second_fp16(folder, plan)
+    FakeTrt.calls = []
+    manifest = C.compile_bundle(folder, T4, log=lambda m: None, trt=FakeTrt, device=T4_GPU, both_plans=both)
+    assert [Path(c[1]).name for c in FakeTrt.calls if c[0] == "parse"] == built
+    assert read_manifest(folder) == manifest
+    den = manifest.record("denoiser_lcm4", 128, 128)
+    assert loop.uses_loop(manifest, den) == (plan == "loop")
+    if plan == "loop":
+        step, update = loop.loop_engines(manifest, den)
+        assert (step.graph, update.graph) == ("transformer", "lcm_update") and den.file == step.file
+        assert den.inputs == manifest.graphs[0].inputs and den.runtime["source"] == "denoiser_lcm4.fp16.onnx"
+    unrolled = [e for e in manifest.engines if e.graph == "denoiser_lcm4" and "k_step_loop" not in e.runtime]
+    assert len(unrolled) == (1 if plan == "unrolled" or both else 0)
+    for e in unrolled:
+        assert not loop.uses_loop(manifest, e)
+    info = manifest.build["k_step_plan"]
+    assert info["compiled"] == (["loop", "unrolled"] if both else [plan])
+    assert [s["graph"] for s in info["skipped"]] == (
+        [] if both else (["denoiser_lcm4"] if plan == "loop" else ["transformer", "lcm_update"])
+    )
+
+
+def test_one_timing_cache_per_bundle_and_precision(tmp_path, monkeypatch):
+    """Item 7: the fp16 graphs of a bundle share one timing cache (the second build reads what the first
+    wrote), lcm_update (fp32) has its own, and a cache per graph is gone."""
+    monkeypatch.setenv("PIXART_EXPORT_CACHE", str(tmp_path / "cache"))
+    folder = _bundle(tmp_path)
+    _with_denoiser_and_second_fp16(folder, "loop")
+    FakeTrt.calls = []
+    manifest = C.compile_bundle(folder, T4, log=lambda m: None, trt=FakeTrt, device=T4_GPU)
+    built = [e for e in manifest.engines if "k_step_loop" not in e.runtime]
+    keys = {e.file: e.runtime["timing_cache"] for e in built}
+    fp16 = {keys[e.file] for e in built if e.precision == Precision.FP16}
+    assert len(fp16) == 1 and len(set(keys.values())) == 2
+    assert fp16 == {C.timing_cache_key(manifest.build_key, "fp16", "10.3.0", T4_GPU)}
+    loaded = [c[1][1] for c in FakeTrt.calls if c[0] == "cache"]  # the bytes each build started from
+    assert loaded == [b"", b"", b"timing"]  # transformer (fp16, new), lcm_update (fp32, new), vae (fp16, shared)
+    assert sorted(p.name for p in (tmp_path / "cache" / "trt-timing").iterdir()) == sorted(
+        f"{k}.cache" for k in set(keys.values())
+    )

@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         target,
         log=lambda m: print(m, file=sys.stderr, flush=True),
         only=set(args.only) if args.only else None,
+        both_plans=bool(getattr(args, "both_plans", False)),
     )
     print(args.bundle)
     return 0

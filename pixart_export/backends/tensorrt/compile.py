@@ -15,9 +15,19 @@ not with 10-bit mantissa inputs on A100/H100. Each engine record says so in its 
 target has a TensorRT for (`TrtSpec.cuda`: trt-v100's TensorRT <= 10.4 exists for CUDA 12 only).
 
 One optimisation profile per engine: the batch range of the target, every other axis static (each graph
-record's `runtime["profile"]`). A timing cache per graph is kept under `$PIXART_EXPORT_CACHE` (default
-~/.cache/pixart-export) and keyed by the sha256 of what determines it: the graph file, the TensorRT
+record's `runtime["profile"]`). One timing cache per bundle and precision (issue #23, item 7), shared by
+the graphs of that precision (the transformer, the denoisers and the ControlNet graphs time the same
+GEMM and attention shapes; a cache per graph timed them again for each), kept under
+`$PIXART_EXPORT_CACHE` (default ~/.cache/pixart-export) and keyed by the sha256 of what determines it:
+the bundle's build key (model, options, code and versions, so its graphs), the precision, the TensorRT
 version and the GPU (name and compute capability).
+
+Only the engines the bundle's K-step plan runs are built (`planned_records`, issue #23 item 2): with the
+plan "loop" the one-step `transformer` and `lcm_update` engines, and the plain `denoiser_lcm{K}` record
+becomes a reference to them (`runtime["k_step_loop"]`, the same plan files, no engine of its own: K
+copies of the DiT's weights per precision were built and never run); with "unrolled" the unrolled engine
+and not the loop's two. `compile --both-plans` builds both, to compare them (`benchmarks/gpu_acceptance.py`);
+the loop's record then comes first, so it is what runs.
 
 The manifest is changed only through `manifest.write_manifest` with `dataclasses.replace`: status
 "compiled", `engines` = one `GraphRecord` per plan (`runtime`: its source graph and timing-cache key),
@@ -115,12 +125,71 @@ def profile_shapes(record: GraphRecord) -> dict[str, dict[str, list[int]]]:
         raise EngineError(f"manifest has no optimisation profile for {record.file}; rebuild the bundle") from None
 
 
-def timing_cache_key(graph_sha256: str, trt_version: str, device: dict) -> str:
+def timing_cache_key(bundle_key: str, precision: str, trt_version: str, device: dict) -> str:
+    """One cache per bundle (its build key) and precision, per TensorRT version and GPU."""
     blob = json.dumps(
-        {"graph": graph_sha256, "tensorrt": trt_version, "gpu": device.get("name"), "sm": device.get("sm")},
+        {
+            "bundle": bundle_key,
+            "precision": str(precision),
+            "tensorrt": trt_version,
+            "gpu": device.get("name"),
+            "sm": device.get("sm"),
+        },
         sort_keys=True,
     ).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+def k_step_plan(manifest: Manifest) -> str | None:
+    """The bundle's recorded K-step plan ("loop" or "unrolled"), None for bundles made before plans."""
+    return ((manifest.build or {}).get("k_step_plan") or {}).get("plan")
+
+
+def planned_records(manifest: Manifest, both_plans: bool = False) -> tuple[list[GraphRecord], list[dict]]:
+    """(graph records to build, [{"graph", "file", "why"}] skipped): the engines the recorded K-step plan
+    runs, or both plans' with `both_plans`. A bundle without a plan builds everything, as before."""
+    plan, k = k_step_plan(manifest), manifest.steps
+    loop_graphs, unrolled_graphs = {"transformer", LCM_UPDATE.name}, {f"denoiser_lcm{k}"}
+    skip = set()
+    if plan == "loop" and not both_plans:
+        skip = unrolled_graphs
+    elif plan == "unrolled" and not both_plans:
+        skip = loop_graphs
+    keep = [r for r in manifest.graphs if r.graph not in skip]
+    why = f"the K-step plan {plan!r} does not run it (compile --both-plans builds it to compare)"
+    return keep, [{"graph": r.graph, "file": r.file, "why": why} for r in manifest.graphs if r.graph in skip]
+
+
+def loop_records(manifest: Manifest, engines: list[GraphRecord]) -> list[GraphRecord]:
+    """For the plan "loop": one `denoiser_lcm{K}` record per precision whose `transformer` engine was built,
+    with the denoiser's contract (inputs, outputs) and `runtime["k_step_loop"]` naming the two engines
+    that run it (`loop.StepLoop`); its `file` is the transformer's plan, so every path stays a listed one."""
+    k = manifest.steps
+    out = []
+    for den in (r for r in manifest.graphs if r.graph == f"denoiser_lcm{k}"):
+        bucket = (den.height, den.width)
+        step = next(
+            (
+                e
+                for e in engines
+                if e.graph == "transformer" and (e.height, e.width) == bucket and e.precision == den.precision
+            ),
+            None,
+        )
+        update = next((e for e in engines if e.graph == LCM_UPDATE.name and (e.height, e.width) == bucket), None)
+        if step is None or update is None:
+            continue
+        out.append(
+            dataclasses.replace(
+                den,
+                file=step.file,
+                files=(step.file, update.file),
+                bytes=0,
+                runtime={"source": den.file, "k_step_loop": {"transformer": step.file, "lcm_update": update.file}},
+                details={"runs_as": "the transformer engine x K and lcm_update in one CUDA graph (loop.StepLoop)"},
+            )
+        )
+    return out
 
 
 def cache_dir() -> Path:
@@ -208,8 +277,10 @@ def compile_bundle(
     device: dict | None = None,
     only: set[str] | None = None,
     stack: dict | None = None,
+    both_plans: bool = False,
 ) -> Manifest:
-    """Build every graph's engine into `folder/engines/` and mark the manifest compiled; returns it.
+    """Build the engines the bundle's K-step plan runs (`planned_records`; both plans with `both_plans`)
+    into `folder/engines/` and mark the manifest compiled; returns it.
 
     `trt`/`device`/`stack` (`runner.cuda_stack()`) default to the host's; tests pass fakes. `only`
     limits to some precisions (the `lcm_update` graph of the K-step loop is always built).
@@ -229,14 +300,17 @@ def compile_bundle(
         raise UserError(f"no usable NVIDIA GPU: {no_device_reason()}; compile on the target host")
     check_device(target, device)
     # the K-step loop's lcm_update engine (fp32, tiny) goes with any precision the loop runs in
-    records = [r for r in manifest.graphs if only is None or str(r.precision) in only or r.graph == LCM_UPDATE.name]
+    planned, skipped = planned_records(manifest, both_plans)
+    records = [r for r in planned if only is None or str(r.precision) in only or r.graph == LCM_UPDATE.name]
+    for s in skipped:
+        log(f"skipped {s['file']}: {s['why']}")
     work = Path(tempfile.mkdtemp(prefix=".compile-", dir=folder))
     engines: list[GraphRecord] = []
     try:
         for i, rec in enumerate(records, 1):
             name = engine_file(rec, device, trt.__version__)
             log(f"[{i}/{len(records)}] {rec.file} -> {name}")
-            key = timing_cache_key(manifest.files[rec.file].sha256, trt.__version__, device)
+            key = timing_cache_key(manifest.build_key, str(rec.precision), trt.__version__, device)
             started = time.perf_counter()
             plan = build_engine(trt, folder / rec.file, profile_shapes(rec), cache_dir() / f"{key}.cache", log)
             (work / Path(name).name).write_bytes(plan)
@@ -264,6 +338,12 @@ def compile_bundle(
             os.replace(work / Path(e.file).name, folder / e.file)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if k_step_plan(manifest) == "loop":  # the loop's denoiser records first: they are what runs
+        engines = loop_records(manifest, engines) + engines
+    plan_info = {**(manifest.build or {}).get("k_step_plan", {})}
+    if plan_info:
+        plan_info["compiled"] = ["loop", "unrolled"] if both_plans else [plan_info.get("plan")]
+        plan_info["skipped"] = skipped
     compiled = dataclasses.replace(
         manifest,
         engines=tuple(engines),
@@ -272,6 +352,7 @@ def compile_bundle(
         device=dataclasses.replace(manifest.device, name=device["name"], sm=device["sm"], driver=device.get("driver")),
         build={
             **manifest.build,
+            **({"k_step_plan": plan_info} if plan_info else {}),
             "compiled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "compiled_with": {
                 "tensorrt": trt.__version__,
@@ -283,5 +364,5 @@ def compile_bundle(
         files=file_table(folder),
     )
     write_manifest(folder, compiled)
-    log(f"compiled {len(engines)} engines for {target.name} on {device['name']} with TensorRT {trt.__version__}")
+    log(f"compiled {len(records)} engines for {target.name} on {device['name']} with TensorRT {trt.__version__}")
     return compiled

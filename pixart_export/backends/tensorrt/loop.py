@@ -118,13 +118,31 @@ def plan_record(k: int, plan: str = PLANS[0]) -> dict:
 
 
 def uses_loop(manifest, record) -> bool:
-    """Does this compiled folder run `record` (a `denoiser_lcm{K}` engine) through `StepLoop`?"""
+    """Does this compiled folder run `record` (a `denoiser_lcm{K}` request) through `StepLoop`?
+
+    Folders compiled since issue #23 say so in the record itself: `runtime["k_step_loop"]` names the
+    transformer and lcm_update engines (`compile.loop_records`), and a denoiser record without it is the
+    unrolled engine (built with `--both-plans`). Older folders: the plan "loop" and an lcm_update engine."""
+    if "k_step_loop" in (record.runtime or {}):
+        return True
+    if any("k_step_loop" in (r.runtime or {}) for r in manifest.runnable):
+        return False
     plan = (manifest.build or {}).get("k_step_plan") or {}
     return (
         plan.get("plan") == "loop"
         and record.graph == f"denoiser_lcm{manifest.steps}"
         and any(r.graph == "lcm_update" for r in manifest.runnable)
     )
+
+
+def loop_engines(manifest, record):
+    """(transformer record, lcm_update record) that run the `denoiser_lcm{K}` request `record`."""
+    names = (record.runtime or {}).get("k_step_loop")
+    if names:
+        by_file = {r.file: r for r in manifest.runnable if r.graph != record.graph}
+        return by_file[names["transformer"]], by_file[names["lcm_update"]]
+    step = manifest.record("transformer", record.height, record.width, record.precision)
+    return step, manifest.record("lcm_update", record.height, record.width)
 
 
 class StepLoop:
@@ -138,7 +156,10 @@ class StepLoop:
     #: are set up, never uploaded per call (the loop has no ControlNet call; finding 5 of issue #23).
     RESIDENT_ZEROS = ("control_residuals",)
 
-    def __init__(self, runner, transformer_record, update_record, timesteps, alphas_cumprod=None, coef=None):
+    def __init__(
+        self, runner, transformer_record, update_record, timesteps, alphas_cumprod=None, coef=None, graph=None
+    ):
+        self.graph = graph  # the denoiser graph this loop runs (what `TrtRunner.release` names)
         self.cudart, self.ok = runner.cuda()  # runner.py's, through the runner: no import cycle
         self.np_dtypes = runner.dtypes
         self.step = runner.engine(transformer_record)

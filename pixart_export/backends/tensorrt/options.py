@@ -58,3 +58,9 @@ def add_compile_arguments(parser) -> None:
         default=None,
         help="build only these precisions (repeatable; default all in the bundle)",
     )
+    parser.add_argument(
+        "--both-plans",
+        action="store_true",
+        help="build the engines of both K-step plans (loop and unrolled) to compare them; by default only "
+        "those of the plan the bundle records",
+    )

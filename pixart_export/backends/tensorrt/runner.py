@@ -354,16 +354,15 @@ class TrtRunner:
     def step_loop(self, record: GraphRecord):
         """The `StepLoop` that runs the `denoiser_lcm{K}` engine record `record`'s request, or None where
         this folder's plan runs the unrolled engine (`loop.uses_loop`)."""
-        from .loop import StepLoop, record_coefficients, uses_loop
+        from .loop import StepLoop, loop_engines, record_coefficients, uses_loop
 
         if self.manifest is None or not uses_loop(self.manifest, record):
             return None
         if record.file not in self._loops:
             m = self.manifest
-            step = m.record("transformer", record.height, record.width, record.precision)
-            update = m.record("lcm_update", record.height, record.width)
+            step, update = loop_engines(m, record)
             coef = record_coefficients(m.lcm)
-            self._loops[record.file] = StepLoop(self, step, update, m.lcm.timesteps, coef=coef)
+            self._loops[record.file] = StepLoop(self, step, update, m.lcm.timesteps, coef=coef, graph=record.graph)
         return self._loops[record.file]
 
     def run(self, record: GraphRecord, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -380,7 +379,7 @@ class TrtRunner:
         releases the K-step loop's engines. Each is destroyed here, so a `--low-memory` pipeline that
         releases the text encoder before the denoiser's first run never holds both (finding 6 of #23)."""
         names = set(graph_names)
-        for file in [f for f, k_loop in self._loops.items() if self._loop_graph(f) in names]:
+        for file in [f for f, k_loop in self._loops.items() if k_loop.graph in names]:
             k_loop = self._loops.pop(file)
             names |= {k_loop.step.record.graph, k_loop.update.record.graph}
             k_loop.close()
@@ -389,10 +388,6 @@ class TrtRunner:
                 self._loops.pop(file).close()
         for file in [f for f, e in self._engines.items() if e.record.graph in names]:
             self._engines.pop(file).destroy()
-
-    def _loop_graph(self, file: str) -> str | None:
-        m = self.manifest
-        return next((r.graph for r in m.runnable if r.file == file), None) if m is not None else None
 
     def close(self) -> None:
         """Free every engine's CUDA graphs and buffers (the engines themselves go with the runner)."""
