@@ -584,3 +584,29 @@ def test_release_destroys_the_text_encoder_before_the_denoiser_loads(fake_gpu):
     (again,) = trt_runner.run(text, {"input_ids": ids})  # lazily loaded again
     np.testing.assert_array_equal(again, embeds)
     assert cu.events[-1] == ("deserialize", "text")
+
+
+def test_an_enqueue_failing_inside_the_capture_falls_back_to_eager(fake_gpu, monkeypatch):
+    """Finding 8: an enqueue inside the capture is checked; on failure the capture is ended and discarded
+    (a half-captured graph is never launched) and the loop, or the unrolled engine, runs eagerly."""
+    cu, _, _ = fake_gpu
+    real = FakeContext.execute_async_v3
+
+    def refuses_capture(self, stream):
+        return False if cu.capturing is not None else real(self, stream)
+
+    monkeypatch.setattr(FakeContext, "execute_async_v3", refuses_capture)
+    for plan in ("loop", "unrolled"):
+        trt_runner = runner.TrtRunner(fake_gpu[1].folder, manifest=_compiled(plan), cuda_graph=True)
+        denoiser = trt_runner.manifest.record("denoiser_lcm4", 32, 32)
+        for batch in (2, 1, 2):
+            feeds = _request(batch, 70 + batch)
+            (got,) = trt_runner.run(denoiser, feeds)
+            if plan == "loop":
+                want = _reference(feeds["latents"], feeds["step_noise"], lcm_timesteps(4))
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+            else:
+                np.testing.assert_array_equal(got, 2.0 * feeds["latents"])
+        assert cu.capturing is None and cu.launches == 0
+        held = trt_runner.step_loop(denoiser) or trt_runner.engine(denoiser)
+        assert not held.graphs

@@ -60,6 +60,16 @@ def test_every_target_has_a_plan_that_fits_its_card():
     assert not t4["fits_all_loaded"]  # 15.0 GiB estimated on a 15 GiB card: only with T5 released first
 
 
+def test_the_estimate_says_which_cards_need_low_memory():
+    """Finding 6: the T4's plan fits only with `--low-memory` (the text encoder released before the DiT
+    loads: TrtRunner.release, tested on the fake GPU in test_tensorrt_loop.py); an A100 runs by default."""
+    t4 = t5_plan.memory_estimate(Precision.FP16, TARGETS["trt-t4"].trt.memory_gib)
+    assert t4["run_with"] == "--low-memory"
+    a100 = t5_plan.memory_estimate(Precision.BF16, TARGETS["trt-a100"].trt.memory_gib)
+    assert a100["fits_all_loaded"] and a100["run_with"] == "default"
+    assert t5_plan.run_with(20.0, 20.0, 16.0) is None
+
+
 def test_bf16_graph_and_its_simulation(tmp_path):
     """A small linear + norm graph: the bf16 graph holds bf16 weights rounded from fp32 (not from fp16),
     keeps the norm fp32 and has fp32 I/O; its simulation equals a numpy bf16-storage computation."""

@@ -161,6 +161,8 @@ class StepLoop:
     ):
         self.graph = graph  # the denoiser graph this loop runs (what `TrtRunner.release` names)
         self.cudart, self.ok = runner.cuda()  # runner.py's, through the runner: no import cycle
+        self.capture = runner.capture
+        self.use_graphs = True  # False once an enqueue failed inside a capture: eager from then on
         self.np_dtypes = runner.dtypes
         self.step = runner.engine(transformer_record)
         self.update = runner.engine(update_record)
@@ -219,25 +221,31 @@ class StepLoop:
         d2d = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
         self.ok(self.cudart.cudaMemcpyAsync(dst, src, nbytes, d2d, self.stream))
 
-    def _enqueue(self, engine) -> None:
-        if not engine.context.execute_async_v3(self.stream):
-            raise RuntimeError(f"TensorRT failed to run {engine.record.file}")
+    def _enqueue(self, engine) -> bool:
+        return bool(engine.context.execute_async_v3(self.stream))
 
-    def _steps(self, batch: int, latent_bytes: int) -> None:
-        """The 2K enqueues and their copies (what is captured)."""
+    def _run_eagerly(self, batch: int, latent_bytes: int) -> None:
+        if not self._steps(batch, latent_bytes):
+            raise RuntimeError(f"TensorRT failed to run {self.step.record.file} or {self.update.record.file}")
+
+    def _steps(self, batch: int, latent_bytes: int) -> bool:
+        """The 2K enqueues and their copies (what is captured); False as soon as an enqueue fails."""
         s, u = self.step.buffers, self.update.buffers
         t_ptr, c_ptr, n_ptr = self._const["timesteps"][0], self._const["coef"][0], self._const["step_noise"][0]
         t_bytes, row = 4 * batch, 4 * self.max_batch
         for k in range(len(self.timesteps)):
             self._copy(s["timestep"][0], t_ptr + k * row, t_bytes)
-            self._enqueue(self.step)
+            if not self._enqueue(self.step):
+                return False
             self._copy(u["latents"][0], s["latents"][0], latent_bytes)
             self._copy(u["noise_pred"][0], s["noise_pred"][0], latent_bytes)
             if k + 1 < len(self.timesteps):  # the last step has c = 0: any finite noise will do, keep the last
                 self._copy(u["step_noise"][0], n_ptr + k * latent_bytes, latent_bytes)
             self._copy(u["coef"][0], c_ptr + k * 12, 12)
-            self._enqueue(self.update)
+            if not self._enqueue(self.update):
+                return False
             self._copy(s["latents"][0], u["latents_next"][0], latent_bytes)
+        return True
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         cudart, ok = self.cudart, self.ok
@@ -264,16 +272,19 @@ class StepLoop:
         if noise.size:
             self._h2d(self._const["step_noise"][0], noise)
         key = (batch,)
-        if key not in self.graphs:
-            self._steps(batch, latent_bytes)  # eager first: TensorRT's lazy set-up must not be captured
+        if self.use_graphs and key not in self.graphs:
+            self._run_eagerly(batch, latent_bytes)  # eager first: TensorRT's lazy set-up must not be captured
             ok(cudart.cudaStreamSynchronize(self.stream))  # the eager run moved the latents: put x_T back
             self._h2d(self.step.buffers["latents"][0], x)
-            ok(cudart.cudaStreamBeginCapture(self.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
-            self._steps(batch, latent_bytes)
-            graph = ok(cudart.cudaStreamEndCapture(self.stream))
-            self.graphs[key] = ok(cudart.cudaGraphInstantiate(graph, 0))
-            ok(cudart.cudaGraphDestroy(graph))
-        ok(cudart.cudaGraphLaunch(self.graphs[key], self.stream))
+            graph = self.capture(cudart, self.stream, lambda: self._steps(batch, latent_bytes))
+            if graph is None:  # an enqueue failed inside the capture (ended, discarded): eager from now on
+                self.use_graphs = False
+            else:
+                self.graphs[key] = graph
+        if self.use_graphs:
+            ok(cudart.cudaGraphLaunch(self.graphs[key], self.stream))
+        else:
+            self._run_eagerly(batch, latent_bytes)
         out = np.empty_like(x)
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         ok(cudart.cudaMemcpyAsync(out.ctypes.data, self.step.buffers["latents"][0], out.nbytes, d2h, self.stream))

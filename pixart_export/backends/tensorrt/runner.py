@@ -210,6 +210,26 @@ def no_device_reason() -> str:
     return device_status()[1] or "no NVIDIA GPU is visible"
 
 
+def capture_graph(cudart, stream, enqueue):
+    """`enqueue()` captured into an instantiated CUDA graph, or None where an enqueue inside the capture
+    failed (`enqueue` returns False or raises): the capture is then ended and its graph discarded, and the
+    caller runs eagerly, as trtexec falls back; a half-captured graph is never launched (issue #23)."""
+    _ok(cudart.cudaStreamBeginCapture(stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
+    try:
+        ok = bool(enqueue())
+    except Exception:  # noqa: BLE001 - the capture must be ended whatever went wrong inside it
+        ok = False
+    err, *rest = cudart.cudaStreamEndCapture(stream)
+    graph = rest[0] if rest else None
+    if not ok or int(err) != 0:
+        if graph is not None and int(err) == 0:
+            _ok(cudart.cudaGraphDestroy(graph))
+        return None
+    exec_graph = _ok(cudart.cudaGraphInstantiate(graph, 0))
+    _ok(cudart.cudaGraphDestroy(graph))  # the instantiated graph is what is replayed
+    return exec_graph
+
+
 class _Engine:
     """One deserialized engine, its execution context, and device buffers for its profile's largest shapes,
     allocated and bound once (so CUDA graphs captured at any batch stay valid)."""
@@ -278,13 +298,12 @@ class _Engine:
             if key not in self.graphs:
                 if not self.context.execute_async_v3(self.stream):  # warm-up: TensorRT's lazy set-up
                     raise RuntimeError(f"TensorRT failed to run {self.record.file}")  # must not be captured
-                _ok(
-                    cudart.cudaStreamBeginCapture(self.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal)
-                )
-                self.context.execute_async_v3(self.stream)
-                graph = _ok(cudart.cudaStreamEndCapture(self.stream))
-                self.graphs[key] = _ok(cudart.cudaGraphInstantiate(graph, 0))
-                _ok(cudart.cudaGraphDestroy(graph))  # the instantiated graph is what is replayed
+                graph = capture_graph(cudart, self.stream, lambda: self.context.execute_async_v3(self.stream))
+                if graph is None:  # an enqueue failed inside the capture: this engine runs eagerly
+                    self.cuda_graph = False
+                else:
+                    self.graphs[key] = graph
+        if self.cuda_graph:
             _ok(cudart.cudaGraphLaunch(self.graphs[key], self.stream))
         elif not self.context.execute_async_v3(self.stream):
             raise RuntimeError(f"TensorRT failed to run {self.record.file}")
@@ -339,6 +358,9 @@ class TrtRunner:
     def cuda():
         """(cudart, result checker): the CUDA calls of this module, for `loop.StepLoop`."""
         return _cudart(), _ok
+
+    #: `capture_graph`, for `loop.StepLoop`.
+    capture = staticmethod(capture_graph)
 
     def engine(self, record: GraphRecord) -> _Engine:
         if record.file not in self._engines:

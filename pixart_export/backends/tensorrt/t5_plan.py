@@ -15,7 +15,10 @@ allowance for activations, workspace and the CUDA context (`ACTIVATION_ALLOWANCE
 stated with its reasons, not a measurement; no GPU has run these engines), and calls a plan fitting when
 it stays under `FIT_SHARE` of the card. "Released first" is the peak when the text encoder's engine is
 released before the DiT's is loaded (one prompt encoding per image): on a 16 GB card T5-XXL's fp16 plan
-fits only that way (all loaded: 15.0 GiB estimated on a 15.0 GiB T4), which the runtime does not do yet.
+fits only that way (all loaded: 15.0 GiB estimated on a 15.0 GiB T4). That is what `--low-memory` does
+(`runtime.load(..., low_memory=True)`: the pipeline calls `TrtRunner.release`, which destroys the text
+encoder's context and engine before the denoiser's engines are deserialized; tested on the fake GPU), so
+the estimate says which mode a card needs (`run_with`, issue #23).
 """
 
 from __future__ import annotations
@@ -84,6 +87,16 @@ def t5_memory(p: dict, cfg: dict = T5_XXL) -> float:
     return sum(n * (4 if g in p["fp32_groups"] else low) for g, n in t5_encoder_parameters(cfg).items()) / GIB
 
 
+def run_with(all_loaded_gib: float, released_first_gib: float, device_gib: float) -> str | None:
+    """How the pipeline must run on this card: "default" (every engine loaded at once fits), "--low-memory"
+    (only with the text encoder released before the denoiser loads), or None (neither fits)."""
+    if all_loaded_gib <= FIT_SHARE * device_gib:
+        return "default"
+    if released_first_gib <= FIT_SHARE * device_gib:
+        return "--low-memory"
+    return None
+
+
 def memory_estimate(text_encoder: Precision, device_gib: float) -> dict:
     """The plan for T5-XXL on a card of `device_gib` usable GiB, with the whole pipeline's estimate."""
     p = plan(text_encoder)
@@ -113,6 +126,7 @@ def memory_estimate(text_encoder: Precision, device_gib: float) -> dict:
         },
         "fits_all_loaded": concurrent <= FIT_SHARE * device_gib,
         "fits_text_encoder_released_first": sequential <= FIT_SHARE * device_gib,
+        "run_with": run_with(concurrent, sequential, device_gib),
         "fp32_fallback_fits": fp32_t5 + 0.5 <= FIT_SHARE * device_gib,
         "fit_share": FIT_SHARE,
         "estimated_from": "parameter counts (t5_plan.py), not measured on a GPU",
