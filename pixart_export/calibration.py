@@ -20,8 +20,8 @@ ControlNet training run (`reference.train.controlnet`: data seed 0 by default, e
 white are what the shipped ControlNet is trained on; for other models they are still images with
 edges, so their activations are realistic for an edge ControlNet, if not from its own domain.
 
-Everything is deterministic: prompts in order, noise from `reference.schedules.draw_noise(seed + i)`
-for batch i.
+Everything is deterministic: prompts in order, prompt j's noise from `reference.schedules.draw_noise`
+with seed + j (each image's noise from its own seed, whatever the batch).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def collect(
             out["text_encoder"].append({"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
         with torch.no_grad():
             embeds, mask = pipe.encode(chunk)
-            noise = torch.from_numpy(draw_noise(seed + i, len(chunk), latent_shape, steps))
+            noise = torch.from_numpy(draw_noise(seed + i * batch, len(chunk), latent_shape, steps))
             zeros = torch.zeros(dims.N, len(chunk), dims.value("T"), dims.D)
             res, ar = size_conditions(height, width, len(chunk))
             size = {"resolution": res.numpy(), "aspect_ratio": ar.numpy()} if multi_aspect else {}

@@ -118,12 +118,14 @@ class ReferencePipeline:
         progress: Callable[[int], None] | None = None,
         output: str = "pil",
         ddim_spacing: str = "leading",
+        seeds: Sequence[int] | None = None,
     ):
         """Images for `prompts`. `sampler`: "lcm" (PixArt-delta, no guidance) or "ddim" (teacher, CFG; a
         ControlNet's residuals are added on both branches of guidance, as ControlNet does);
         `control_image`: one for every prompt, or a list of one per prompt;
         `ddim_spacing`: "leading" (diffusers' DDIMScheduler default) or "trailing" (starts at t=999,
-        the fair choice for few steps)."""
+        the fair choice for few steps); `seeds`: one per prompt (default: seed, seed+1, ...), each image's
+        noise from its own seed alone (`schedules.draw_noise`)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise ModelError("no prompt given")
@@ -131,7 +133,8 @@ class ReferencePipeline:
         f = self.model.vae_scale_factor
         latent_shape = (self.model.dit.config.in_channels, height // f, width // f)
         embeds, mask = self.encode(prompts)
-        noise = torch.from_numpy(draw_noise(seed, len(prompts), latent_shape, steps if sampler == "lcm" else 1))
+        seeds = seed if seeds is None else seeds
+        noise = torch.from_numpy(draw_noise(seeds, len(prompts), latent_shape, steps if sampler == "lcm" else 1))
         noise = noise.to(self.model.dit.proj_out.weight.device)  # CPU unless the caller moved the model
 
         residuals_fn = None

@@ -13,7 +13,7 @@ give different timesteps for K = 4, so the choice is a named option:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -86,11 +86,21 @@ def lcm_scalings(
     return c_skip, c_out
 
 
-def draw_noise(seed: int, num_images: int, latent_shape: tuple[int, int, int], steps: int) -> np.ndarray:
+def draw_noise(
+    seed: int | Sequence[int], num_images: int, latent_shape: tuple[int, int, int], steps: int
+) -> np.ndarray:
     """All the noise one LCM generation uses: [K, B, C, h, w] float32; [0] is x_T, [1:] the step noise.
 
-    The project's noise contract: numpy's PCG64 `default_rng(seed).standard_normal`, so the same seed
-    gives the same image on every backend (the torch-free runtime draws it the same way).
+    The project's noise contract: image i's noise is numpy's PCG64 `default_rng(seeds[i]).standard_normal(
+    (K, C, h, w))`, drawn from its own seed alone, so the same seed gives the same image on every backend
+    and in any batch (the torch-free runtime draws it the same way). `seed`: one per image, or one int
+    for the batch, which means seeds seed, seed+1, ..., seed+B-1.
     """
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((max(steps, 1), num_images, *latent_shape), dtype=np.float32)
+    if isinstance(seed, (int, np.integer)):
+        seeds = [int(seed) + i for i in range(num_images)]
+    else:
+        seeds = [int(s) for s in seed]
+        if len(seeds) != num_images:
+            raise ValueError(f"{len(seeds)} seeds for {num_images} images: give one seed per image")
+    shape = (max(steps, 1), *latent_shape)
+    return np.stack([np.random.default_rng(s).standard_normal(shape, dtype=np.float32) for s in seeds], axis=1)

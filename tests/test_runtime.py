@@ -35,7 +35,12 @@ BLOCKER = textwrap.dedent("""
 def test_noise_matches_reference():
     from reference.schedules import draw_noise
 
-    for args in [(0, 1, (4, 16, 16), 4), (123, 3, (4, 8, 12), 2), (7, 2, (4, 4, 4), 1)]:
+    for args in [
+        (0, 1, (4, 16, 16), 4),
+        (123, 3, (4, 8, 12), 2),
+        (7, 2, (4, 4, 4), 1),
+        ([9, 2**63 - 1], 2, (4, 4, 4), 4),
+    ]:
         a, b = runtime_noise(*args), draw_noise(*args)
         assert a.dtype == b.dtype == np.float32
         assert np.array_equal(a, b)

@@ -127,8 +127,14 @@ def test_noise_contract_is_numpy_pcg64():
 
     noise = draw_noise(7, 2, (4, 8, 8), 4)
     assert noise.shape == (4, 2, 4, 8, 8) and noise.dtype == np.float32
-    assert np.array_equal(noise, np.random.default_rng(7).standard_normal((4, 2, 4, 8, 8), dtype=np.float32))
-    assert not np.array_equal(noise, draw_noise(8, 2, (4, 8, 8), 4))
+    # image i from its own seed (7 + i) alone: [K, C, h, w] draws, stacked on the batch axis
+    for i in range(2):
+        own = np.random.default_rng(7 + i).standard_normal((4, 4, 8, 8), dtype=np.float32)
+        assert np.array_equal(noise[:, i], own)
+    assert np.array_equal(draw_noise([8, 7], 2, (4, 8, 8), 4), noise[:, ::-1])  # a list: one seed per image
+    assert np.array_equal(draw_noise(8, 1, (4, 8, 8), 4)[:, 0], noise[:, 1])  # the same alone as in a batch
+    with pytest.raises(ValueError, match="one seed per image"):
+        draw_noise([1, 2, 3], 2, (4, 8, 8), 4)
 
 
 def test_lcm_needs_step_noise():

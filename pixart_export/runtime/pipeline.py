@@ -110,7 +110,8 @@ class Pipeline:
     def __call__(self, prompt: str | list[str], seed: int = 0, num_images: int = 1, output: str = "pil", **options):
         """Images for `prompt` (a list gives one image each; a string gives `num_images` images).
 
-        `options`: `control_image` (PIL), `conditioning_scale` (default 1), `resolution` (a bucket), as
+        `options`: `seeds` (one per image), `control_image` (PIL, or one per image), `conditioning_scale`
+        (default 1), `resolution` (a bucket), as
         `chunks`, which makes them chunk by chunk; `output`: "pil", "np" ([B,3,H,W] in [0,1]) or "latent".
         """
         parts = list(self.chunks(prompt, seed, num_images, output=output, **options))
@@ -127,11 +128,17 @@ class Pipeline:
         conditioning_scale: float = 1.0,
         resolution: int | Sequence[int] | None = None,
         output: str = "pil",
+        seeds: Sequence[int] | None = None,
     ) -> Iterator:
         """The same images as `__call__`, one chunk (at most `max_batch` images) at a time.
 
-        The noise of the whole batch is drawn first and sliced, so chunking changes no pixel."""
-        prompts = [prompt] * num_images if isinstance(prompt, str) else list(prompt)
+        `seeds`: one per image (a string prompt then gives `len(seeds)` images); default seed, seed+1, ...
+        Image i's noise comes from its own seed alone (`noise.draw_noise`), so chunking or batching changes
+        no pixel. `control_image`: one for every image, or a list of one per image."""
+        count = num_images if seeds is None else len(seeds)
+        prompts = [prompt] * count if isinstance(prompt, str) else list(prompt)
+        if seeds is not None and len(seeds) != len(prompts):
+            raise UserError(f"{len(seeds)} seeds for {len(prompts)} prompts: give one seed per image")
         if not prompts:
             raise UserError("no prompt given")
         if not math.isfinite(conditioning_scale):
@@ -141,17 +148,23 @@ class Pipeline:
             self.encode_check(p)
         f = self.manifest.vae_scale_factor
         latent_shape = (self.manifest.latent_channels, height // f, width // f)
-        noise = draw_noise(seed, len(prompts), latent_shape, self.steps)
+        noise = draw_noise(seed if seeds is None else seeds, len(prompts), latent_shape, self.steps)
         control = None
         if control_image is not None:
             if not self.manifest.model.controlnet:
                 raise UserError("this engine has no ControlNet; rebuild with --controlnet to use a control image")
-            control = self.run("vae_encoder", {"image": image_to_array(control_image, height, width)}, height, width)[0]
+            images = list(control_image) if isinstance(control_image, (list, tuple)) else [control_image]
+            if len(images) not in (1, len(prompts)):
+                raise UserError(f"{len(images)} control images for {len(prompts)} images: give one, or one each")
+            control = np.concatenate(  # one image at a time: each as `run` encodes it alone
+                [self.run("vae_encoder", {"image": image_to_array(c, height, width)}, height, width)[0] for c in images]
+            )
         size = self._chunk(height, width)
         for start in range(0, len(prompts), size):
             stop = min(start + size, len(prompts))
+            part = control if control is None or len(control) == 1 else control[start:stop]
             yield self._generate(
-                prompts[start:stop], noise[:, start:stop], control, conditioning_scale, height, width, output
+                prompts[start:stop], noise[:, start:stop], part, conditioning_scale, height, width, output
             )
 
     def encode_check(self, prompt) -> None:
