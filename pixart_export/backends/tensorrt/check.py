@@ -15,8 +15,9 @@ bundle. They need only `onnx` (no TensorRT, no GPU, no torch).
    finite constants, per-tensor scales on activations, per-channel scales only on constant weights
    along the output-channel axis of their consumer (MatMul [K, N]: axis 1; Conv/Gemm(transB): axis 0);
    and what this toolchain allows: Q/DQ only in front of a MatMul/Gemm/Conv with a constant weight,
-   never on an activation x activation matmul (attention: an int8 softmax output zeroes most attention
-   probabilities at thousands of tokens, see `quantize_qdq`);
+   never int8 on an activation x activation matmul (attention: an int8 softmax output zeroes most attention
+   probabilities at thousands of tokens, see `quantize_qdq`); fp8 on both inputs of one is allowed (fp8
+   attention, `quantize_fp8.insert_fp8_attention_qdq`);
 4. shapes: only the batch axis is dynamic; latent sizes and image sizes lie within the target's
    optimisation profile (`targets.TrtProfile`), and the graph's declared inputs match the manifest.
 """
@@ -263,13 +264,26 @@ def check_qdq(model, report: CheckReport) -> None:
 
 
 def check_qdq_placement(model, report: CheckReport) -> None:
-    """A Q/DQ pair may feed a MatMul/Gemm/Conv only when that layer's weight (input 1) is a constant."""
+    """A Q/DQ pair may feed a MatMul/Gemm/Conv only when that layer's weight (input 1) is a constant, or
+    (fp8 attention, `quantize_fp8.insert_fp8_attention_qdq`) when both inputs of an activation x activation
+    MatMul are fp8 DequantizeLinear outputs: int8 there stays refused (an int8 softmax output zeroes most
+    attention probabilities at thousands of tokens)."""
+    import onnx
+
     inits = {t.name for t in model.graph.initializer}
+    fp8_zero = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT8E4M3FN}
     producers = {o: n for n in model.graph.node for o in n.output}
+
+    def fp8_dq(name: str) -> bool:
+        p = producers.get(name)
+        return p is not None and p.op_type == "DequantizeLinear" and len(p.input) > 2 and p.input[2] in fp8_zero
+
     for node in model.graph.node:
         if node.op_type not in ("MatMul", "Gemm", "Conv") or len(node.input) < 2:
             continue
         fed = [i for i in node.input[:2] if (p := producers.get(i)) is not None and p.op_type == "DequantizeLinear"]
+        if node.op_type == "MatMul" and len(fed) == 2 and all(fp8_dq(i) for i in node.input[:2]):
+            continue
         if fed and not is_constant(node.input[1], inits, producers):
             report.problems.append(
                 f"{node.name}: Q/DQ on a {node.op_type} without a constant weight (activation x activation, "

@@ -492,10 +492,11 @@ def _fp8(ctx, work: _Work) -> None:
 
 
 def _choose_fp8(ctx, work: _Work, graphs: list) -> tuple:
-    """The fp8 settings: `quantize_fp8.CANDIDATES` in order (most fp8 weight MACs first), each made on the
-    unrolled denoiser and measured against fp32 on the *calibration* trajectories (the gate measures the
-    held-out ones after); the first within `SELECT_FRACTION` of the fp8 tolerance wins, else the one with
-    the lowest error (and the gate decides). Every measured candidate goes to `build.fp8_choice`.
+    """The fp8 settings: every `quantize_fp8.CANDIDATES` entry (most fp8 MACs first; with and without fp8
+    attention) made on the unrolled denoiser and measured against fp32 on the *calibration* trajectories
+    (the gate measures the held-out ones after); the first within `SELECT_FRACTION` of the fp8 tolerance
+    wins, else the one with the lowest error (`quantize_fp8.choose`; the gate decides). Every candidate's
+    figures go to `build.fp8_choice` (issue #23).
     Returns (settings, {fp32 file: (folder, quantize record) of the chosen denoiser graph})."""
     from ...verify import tolerance
     from . import quantize_fp8
@@ -507,7 +508,7 @@ def _choose_fp8(ctx, work: _Work, graphs: list) -> tuple:
     src, name = ctx.fp32_dir / rec["file"], prepared_name(rec, "fp8")
     trials = ctx.scratch / "fp8-candidates"
     limit = quantize_fp8.SELECT_FRACTION * tolerance(spec.name, Precision.FP8).rel_l2
-    rows, made, chosen = [], {}, None
+    rows, made = [], {}
     for i, cand in enumerate(quantize_fp8.CANDIDATES):
         folder = trials / str(i)
         folder.mkdir(parents=True, exist_ok=True)
@@ -518,17 +519,14 @@ def _choose_fp8(ctx, work: _Work, graphs: list) -> tuple:
             {
                 "settings": dataclasses.asdict(cand),
                 "fp8_layers": q["fp8"]["fp8_layers"],
+                "attention_matmuls_fp8": q["fp8"].get("attention_matmuls_fp8", 0),
                 "fp8_weight_share": round(quantize_fp8.fp8_weight_share(src, cand), 3),
                 "rel_l2": err["rel_l2"],
             }
         )
         made[i] = (folder, q)
         ctx.log(f"      fp8 candidate {cand.name}: rel L2 {err['rel_l2']:.2e} on the calibration trajectories")
-        if err["rel_l2"] <= limit:
-            chosen = i
-            break
-    if chosen is None:
-        chosen = min(range(len(rows)), key=lambda k: rows[k]["rel_l2"])
+    chosen = quantize_fp8.choose([r["rel_l2"] for r in rows], limit)
     settings = quantize_fp8.CANDIDATES[chosen]
     ctx.build_info["fp8_choice"] = {
         "chosen": settings.name,

@@ -14,6 +14,13 @@ calibration feeds (activations) or the weight itself (per channel); each scale i
 holds exactly, at least fp16's smallest normal 2^-14, so the fp16 conversion after this changes no scale
 and the quantized weights dequantize to exactly what was computed here.
 
+Attention (`Fp8Settings.attention`, issue #23): the candidates with attention also put per-tensor fp8 Q/DQ
+on both inputs of attention's two batched matmuls (Q, K^T; softmax output, V: `insert_fp8_attention_qdq`),
+where ModelOpt's fp8 diffusion recipe puts them and TensorRT needs them to run fused fp8 attention; the
+int8 argument against quantizing the softmax output (a 1/127 step zeroes probabilities of ~1/4096) does
+not carry over, since E4M3 keeps 3 mantissa bits at any magnitude down to 2^-9 of its scale. `check.py`
+accepts Q/DQ on an activation x activation matmul only when both inputs are fp8.
+
 Why a subset: E4M3 rounds every value by up to 1/16 of itself whatever the scale (3 mantissa bits), which
 is coarser than per-channel int8 weights for most weights, and the 4-step LCM loop amplifies one step's
 error about 6x (the t=999 step multiplies its noise prediction's error by sqrt((1 - alpha_bar)/alpha_bar)
@@ -163,18 +170,85 @@ def insert_fp8_qdq(model, layers: list[str], ranges: dict[str, float], per_chann
     return {"fp8_layers": done, "float_layers_skipped": skipped, "weights_fp8": len(weight_dq)}
 
 
+def attention_layers(model) -> list[str]:
+    """The activation x activation MatMuls (attention's Q.K^T and softmax.V, self and cross), outside
+    `quantize_qdq.EXCLUDE`: what `Fp8Settings.attention` quantizes."""
+    from . import quantize_qdq
+
+    _weights, activations = quantize_qdq.weight_layers(model)
+    excluded = set(quantize_qdq.excluded_nodes(model))
+    return [n for n in activations if n not in excluded]
+
+
+def insert_fp8_attention_qdq(model, layers: list[str], ranges: dict[str, float]) -> dict:
+    """Rewrite `model` in place: a per-tensor fp8 Q/DQ pair on *both* inputs of each attention matmul named
+    in `layers` (Q and K^T of the first, the softmax output and V of the second), where ModelOpt's fp8
+    diffusion recipe puts them (`--quantize-mha`): TensorRT fuses fp8 attention only when both inputs of
+    both batched matmuls are fp8. Scales: max |value| / 448 from `ranges`; the softmax output (max 1 by
+    construction) at 1/448 when it has no range. E4M3 keeps 3 mantissa bits at any scale, so a probability
+    of 1/4096 at scale 1/448 is stored within ~6% (int8 at 1/127 stores it as 0: why int8 never does this)."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    zero = "fp8_attention_zero_point"
+    graph.initializer.append(_fp8_tensor(zero, np.zeros((), np.float32)))
+    producers = {o: n for n in graph.node for o in n.output}
+    wanted = set(layers)
+    added: dict[str, list] = {}
+    dq_of: dict[str, str] = {}
+    done, skipped = 0, []
+
+    def amax_of(x: str) -> float | None:
+        softmax = producers.get(x) is not None and producers[x].op_type == "Softmax"
+        return ranges.get(x, 1.0 if softmax else None)
+
+    for node in graph.node:
+        if node.name not in wanted:
+            continue
+        if any(amax_of(x) is None for x in node.input[:2]):  # no calibrated range: stays fp16
+            skipped.append(node.name)
+            continue
+        pairs = []
+        for k in (0, 1):
+            x = node.input[k]
+            if x not in dq_of:
+                amax = amax_of(x)
+                s = f"{x}/fp8_attention_scale"
+                graph.initializer.append(numpy_helper.from_array(np.array(fp16_exact_scale(amax), np.float32), s))
+                q, dq = f"{x}/fp8_attention_q", f"{x}/fp8_attention_dq"
+                pairs += [
+                    helper.make_node("QuantizeLinear", [x, s, zero], [q], name=f"{node.name}/input{k}_QuantizeLinear"),
+                    helper.make_node(
+                        "DequantizeLinear", [q, s, zero], [dq], name=f"{node.name}/input{k}_DequantizeLinear"
+                    ),
+                ]
+                dq_of[x] = dq
+            node.input[k] = dq_of[x]
+        added[node.name] = pairs
+        done += 1
+    order = []
+    for node in graph.node:
+        order += added.get(node.name, [])
+        order.append(node)
+    del graph.node[:]
+    graph.node.extend(order)
+    return {"attention_matmuls_fp8": done, "attention_tensors_fp8": len(dq_of), "attention_skipped": skipped}
+
+
 @dataclass(frozen=True)
 class Fp8Settings:
-    """One fp8 configuration: weight scales per tensor or per output channel, and the weight layers kept
-    fp16 (node-name patterns) besides `quantize_qdq.EXCLUDE`."""
+    """One fp8 configuration: weight scales per tensor or per output channel, the weight layers kept
+    fp16 (node-name patterns) besides `quantize_qdq.EXCLUDE`, and whether attention's two batched matmuls
+    run fp8 too (`insert_fp8_attention_qdq`)."""
 
     name: str
     per_channel: bool = False
     float_patterns: tuple[str, ...] = ()
+    attention: bool = False
 
     @classmethod
     def from_dict(cls, d: dict) -> Fp8Settings:
-        return cls(d["name"], bool(d["per_channel"]), tuple(d["float_patterns"]))
+        return cls(d["name"], bool(d["per_channel"]), tuple(d["float_patterns"]), bool(d.get("attention", False)))
 
 
 #: Node-name patterns of the layer kinds (the exporter's scoped names, the same in the one-step transformer
@@ -189,13 +263,19 @@ def _only(*kinds: str) -> tuple[str, ...]:
     return (r"^(?!.*(" + "|".join(kinds) + "))",)
 
 
-#: Tried in this order (most fp8 weight MACs first); the first whose error on the unrolled denoiser is
-#: within `SELECT_FRACTION` of the fp8 gate wins (`prepare._fp8`). Per-channel weight scales throughout:
+#: Tried in this order (most fp8 MACs per image token at XL's 4096 tokens first: a block's weight layers are
+#: 14 D^2, its attention matmuls 2 T D (self) + 2 L D (cross), so at T = 4096, D = 1152 attention is about
+#: half of the int8 layers' MACs and ModelOpt's fp8 recipe quantizes it, issue #23); every candidate is
+#: measured and recorded, and the first whose error on the unrolled denoiser is within `SELECT_FRACTION` of
+#: the fp8 gate wins (`choose`, `prepare._choose_fp8`). Per-channel weight scales throughout:
 #: on the trained tiny's one-step transformer they measured lower error than per-tensor (2.64e-2 vs
 #: 2.97e-2 with every int8 layer fp8; 1.55e-2 vs 1.62e-2 with the feed-forward only), and per-tensor
 #: activations with per-channel weights is ModelOpt's ONNX fp8 form for TensorRT. Every candidate's
 #: figures: benchmarks/results/fp8_candidates.md (benchmarks/fp8_candidates.py).
 CANDIDATES = (
+    Fp8Settings("int8 layers + attention", per_channel=True, attention=True),
+    Fp8Settings("feed-forward + attention out + attention", True, _only(FF, ATTN_OUT), attention=True),
+    Fp8Settings("feed-forward + attention", per_channel=True, float_patterns=_only(FF), attention=True),
     Fp8Settings("int8 layers", per_channel=True),
     Fp8Settings("feed-forward + attention out", per_channel=True, float_patterns=_only(FF, ATTN_OUT)),
     Fp8Settings("feed-forward", per_channel=True, float_patterns=_only(FF)),
@@ -206,6 +286,13 @@ CANDIDATES = (
 #: tolerance: the gate itself is measured on other (held-out) prompts, and on the trained tiny the 4-step
 #: error of one placement moves by +-30% between prompt sets (per-sample errors 0.02-0.4).
 SELECT_FRACTION = 0.8
+
+
+def choose(errors: list[float], limit: float) -> int:
+    """Index of the chosen candidate, given every candidate's measured error in `CANDIDATES` order: the
+    first at most `limit`, else the lowest (the gate then decides whether the bundle ships it)."""
+    ok = [i for i, e in enumerate(errors) if e <= limit]
+    return ok[0] if ok else min(range(len(errors)), key=lambda i: errors[i])
 
 
 def fp8_weight_share(src: Path, settings: Fp8Settings) -> float:
@@ -253,6 +340,8 @@ def quantize(
     settings = settings or CANDIDATES[0]
     skip = set(quantize_qdq.excluded_nodes(model, quantize_qdq.EXCLUDE + settings.float_patterns))
     counts = insert_fp8_qdq(model, [n for n in weights if n not in skip], ranges, settings.per_channel)
+    if settings.attention:
+        counts |= insert_fp8_attention_qdq(model, attention_layers(model), ranges)
     staged = dst.with_name(f".{dst.stem}.fp8qdq.onnx")
     big = sum(t.ByteSize() for t in model.graph.initializer) > 2**31 - 2**26
     data = f"{staged.name}.data"
@@ -273,6 +362,6 @@ def quantize(
             + " weights, zero point 0, weights stored fp8",
             "calibration": {"method": "MinMax (max |value| / 448)", "samples": len(feeds_list)},
             "excluded": sorted(skip),
-            "activation_matmuls_float": len(activation_layers),
+            "activation_matmuls_float": len(activation_layers) - counts.get("attention_matmuls_fp8", 0),
         },
     }
