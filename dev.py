@@ -5,13 +5,19 @@
                            # engine (with the tiny ControlNet) and draw the same image with it; then
                            # the same prompt controlled by an edge map, shown side by side with the
                            # control image and the uncontrolled image (out/controlnet_demo.png)
-    python3 dev.py test    # create .venv if needed, run the default test suite
+    python3 dev.py test    # create .venv (and .venv-serve) if needed, run the default test suite
 
 The virtual environment lives in `.venv` inside the repository. It is (re)installed when the files
 that define it change: the install is keyed by a hash of pyproject.toml and this file, never by
 "the folder exists". torch is pinned to the CPU build (2.13.0, which pip takes from a local wheel on
 our machines) *before* the project is installed, so the project's `torch>=2.4` range is already
 satisfied and pip never pulls the multi-GB CUDA build.
+
+`test` also keeps `.venv-serve`, the environment `pixart-export serve` runs in for tests/test_serve.py:
+Triton's Python-backend stub (from nvidia-pytriton, the `serve` extra) needs numpy < 2, while `.venv` is
+on numpy 2. Both are made with the python3 that runs this file; the stub loads that interpreter's
+libpython, so it must have one of its own (pyenv with --enable-shared, python.org, the distribution's
+python3) or be the same release as the system's libpython3.X. Set-up says so if it cannot serve.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PY = VENV / "bin" / "python"
 STAMP = VENV / ".pixart-export-install"
+SERVE_VENV = ROOT / ".venv-serve"
 TORCH_CPU = "torch==2.13.0"
 
 
@@ -55,6 +62,22 @@ def ensure_venv(extras: str = "dev") -> None:
     STAMP.write_text(key)
 
 
+def ensure_serve_venv() -> None:
+    """`.venv-serve`: the project with its `serve`, `ort` and `openvino` extras (numpy < 2), no torch."""
+    stamp, py = SERVE_VENV / ".pixart-export-install", SERVE_VENV / "bin" / "python"
+    key = f"{_install_key()}:serve"
+    if stamp.exists() and stamp.read_text() == key and py.exists():
+        return
+    if not py.exists():
+        print(f"creating {SERVE_VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(SERVE_VENV)
+    _run([str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-e", ".[serve,ort,openvino]"])
+    check = "from pixart_export.serve.server import check_environment; check_environment()"
+    if subprocess.run([str(py), "-c", check], cwd=ROOT).returncode:
+        print("note: this machine cannot run `pixart-export serve` (above: why); tests/test_serve.py will skip")
+    stamp.write_text(key)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help"} or argv[0] not in {"demo", "test"}:
         print(__doc__)
@@ -63,6 +86,7 @@ def main(argv: list[str]) -> int:
     ensure_venv()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if task == "test":
+        ensure_serve_venv()
         return subprocess.run([str(PY), "-m", "pytest", *rest], cwd=ROOT, env=env).returncode
     out = ROOT / "out"
     out.mkdir(exist_ok=True)

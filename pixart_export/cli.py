@@ -24,7 +24,7 @@ from . import __version__
 from .errors import GateFailed, UserError
 
 #: Subcommand modules, in the order `--help` lists them.
-COMMANDS = ["generate", "info", "export", "build", "run", "parity", "targets", "check", "compile"]
+COMMANDS = ["generate", "info", "export", "build", "run", "serve", "parity", "targets", "check", "compile"]
 
 EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 
