@@ -161,6 +161,7 @@ def _load(ctx: BuildContext) -> None:
     ctx.model = load_model(req.model_spec, controlnet=req.controlnet_spec, lcm_spacing=req.lcm_spacing)
     ctx.resolutions = req.resolutions or [(ctx.model.default_resolution, ctx.model.default_resolution)]
     exporter.check_exportable(ctx.model, ctx.resolutions, req.steps)
+    exporter.check_text_encoder(ctx.model, ctx.target)
     backend = ctx.target.backend
     backend.check_request(ctx)
     ctx.identity = model_identity(ctx.model, resolve_controlnet(req.controlnet_spec) if req.controlnet_spec else None)

@@ -30,6 +30,7 @@ from .controlnet import PixArtControlNet
 from .dit import PixArtDiT
 from .errors import ModelError, WeightsError
 from .schedules import BETA_END, BETA_START, LCM_SPACINGS, NUM_TRAIN_TIMESTEPS
+from .t5_streamed import StreamedT5Encoder, should_stream
 
 TINY_DIR = Path(__file__).resolve().parent / "assets" / "tiny"
 TINY_TEACHER = "tiny-teacher"
@@ -350,7 +351,10 @@ def _load_text_and_vae(t5_dir: Path, tok_dir: Path, vae_dir: Path):
             raise ModelError(f"{d}: {what} folder missing")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
-        text_encoder = T5EncoderModel.from_pretrained(str(t5_dir), local_files_only=True, dtype=torch.float32)
+        if should_stream(t5_dir):  # T5-XXL: an fp32 copy would not fit beside the rest (t5_streamed.py)
+            text_encoder = StreamedT5Encoder(t5_dir)
+        else:
+            text_encoder = T5EncoderModel.from_pretrained(str(t5_dir), local_files_only=True, dtype=torch.float32)
         vae = AutoencoderKL.from_pretrained(str(vae_dir), local_files_only=True, torch_dtype=torch.float32)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"could not load text encoder/tokenizer/VAE: {exc}") from exc

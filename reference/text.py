@@ -31,7 +31,8 @@ def encode_prompts(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(prompt_embeds [B,L,C_text] float32, prompt_attention_mask int64 [B,L])."""
     ids, mask = tokenize(tokenizer, prompts, max_length)
-    device = next(text_encoder.parameters()).device  # CPU unless the caller moved the model
+    # CPU unless the caller moved the model (a streamed T5 has meta parameters and says where it runs)
+    device = text_encoder.device if getattr(text_encoder, "streamed", False) else next(text_encoder.parameters()).device
     ids, mask = ids.to(device), mask.to(device)
     embeds = text_encoder(input_ids=ids, attention_mask=mask)[0]
     return embeds, mask

@@ -101,6 +101,9 @@ class BackendBase:
 
         return importlib.import_module(f"{self.package}.{name}")
 
+    #: converts a text encoder too large for the fp32 export straight from its weights
+    #: (`export/t5_direct.py`; the exporter then writes no `text_encoder` ONNX)
+    direct_text_encoder: bool = False
     def add_options(self, parser) -> None:
         self._module("options").add_options(parser)
 

@@ -199,6 +199,46 @@ def export_graph(
         return finish_onnx(raw, path, {"pixart_export.graph": spec.name, **(metadata or {})}, shapes)
 
 
+def is_streamed(text_encoder) -> bool:
+    """A T5 the reference streams from disk (`reference/t5_streamed.py`): too large to trace in fp32."""
+    return bool(getattr(text_encoder, "streamed", False))
+
+
+def direct_record(spec: GraphSpec, dims: Dims, text_encoder) -> dict:
+    """The record of a text encoder that is not exported here: no ONNX file, the weights' folder instead.
+
+    A backend whose `direct_text_encoder` is true converts it from those weights (`t5_direct.py`);
+    `build` refuses the others before any work (`check_text_encoder`)."""
+    return {
+        "graph": spec.name,
+        "file": None,
+        "files": [],
+        "height": None,
+        "width": None,
+        "precision": "fp32",
+        "opset": OPSET,
+        **io_signature(spec, dims),
+        "bytes": 0,
+        "export_seconds": 0.0,
+        "direct_from": str(text_encoder.folder),
+    }
+
+
+def check_text_encoder(model, target) -> None:
+    """Refuse, before any work, a streamed T5 on a target that would need its fp32 export."""
+    if not is_streamed(model.text_encoder) or getattr(target.backend, "direct_text_encoder", False):
+        return
+    from reference.t5_streamed import fp32_bytes
+
+    gib = fp32_bytes(model.text_encoder.folder) / 2**30
+    raise UserError(
+        f"{target.name}: the text encoder ({model.text_encoder.num_parameters() / 1e9:.2f} B parameters, "
+        f"{gib:.1f} GiB in fp32) is too large for the fp32 ONNX export, which holds about 2.3x the weights "
+        f"in memory ({2.3 * gib:.0f} GiB; benchmarks/results/export_xl.md); ov-cpu-int8 converts it "
+        "directly from bf16 weights to int8 (README: 'The full-size model')"
+    )
+
+
 def io_signature(spec: GraphSpec, dims: Dims) -> dict:
     """Names, dtypes and shapes ("B" for the dynamic batch) as the manifest records them."""
 
@@ -233,6 +273,9 @@ def export_model(
             name = spec.filename(h, w)
             if on_graph:
                 on_graph(name)
+            if spec.name == "text_encoder" and is_streamed(model.text_encoder):
+                records.append(direct_record(spec, dims, model.text_encoder))
+                continue
             started = time.perf_counter()
             module = wrapper_for(spec, model, steps)
             files = export_graph(module, spec, dims, out_dir / name, {"pixart_export.steps": str(steps)})

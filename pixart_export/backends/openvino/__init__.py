@@ -36,6 +36,9 @@ class OpenVino(BackendBase):
     def __repr__(self) -> str:
         return f"OpenVino(int8={self.int8})"
 
+        # a T5 too large for the fp32 export (T5-XXL) is converted from bf16 weights and compressed to
+        # int8 weights: only where the target quantises those weights anyway (`prepare.convert_direct`)
+        self.direct_text_encoder = self.int8
     # -- versions and host ------------------------------------------------------------------------------
     def installed_version(self) -> str:
         try:

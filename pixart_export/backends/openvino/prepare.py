@@ -46,6 +46,35 @@ def convert_graph(onnx_path: Path, xml_path: Path) -> list[str]:
     return [xml_path.name, xml_path.with_suffix(".bin").name]
 
 
+def convert_direct(t5_dir: Path, xml_path: Path, signature: dict) -> list[str]:
+    """A T5 too large for the fp32 export -> IR with bf16 weights computed in fp32 (`export/t5_direct.py`),
+    named and shaped as the `text_encoder` contract says; the int8 stage then compresses its weights.
+
+    Memory: the bf16 model (9.5 GiB for T5-XXL; `ov.convert_model` shares its tensors instead of
+    copying them), released before the int8 stage reads the IR back."""
+    import openvino as ov
+    import torch
+
+    from ...export.t5_direct import load_bf16_weights
+    from ...export.wrappers import TextEncoderGraph
+
+    (ids, mask), (out,) = signature["inputs"], signature["outputs"]
+    length = ids["shape"][1]
+    example = {
+        ids["name"]: torch.zeros(1, length, dtype=torch.int64),
+        mask["name"]: torch.ones(1, length, dtype=torch.int64),
+    }
+    module = TextEncoderGraph(load_bf16_weights(t5_dir)).eval()
+    with torch.no_grad():
+        model = ov.convert_model(module, example_input=example, input=[ov.PartialShape([-1, length])] * 2)
+    for port, spec in zip(model.inputs, (ids, mask)):
+        port.get_tensor().set_names({spec["name"]})
+    model.outputs[0].get_tensor().set_names({out["name"]})
+    ov.save_model(model, str(xml_path), compress_to_fp16=False)
+    del model, module
+    return [xml_path.name, xml_path.with_suffix(".bin").name]
+
+
 def stages(backend, ctx) -> list[Stage]:
     version = backend.installed_version()
     out = [Stage(f"convert to OpenVINO IR (fp32 weights), openvino {version}", lambda c: _convert(backend, c))]
@@ -68,10 +97,17 @@ def _convert(backend, ctx) -> None:
     ctx.records = []
     for fp32 in ctx.fp32_records:
         rec = copy.deepcopy(fp32)
-        xml = ir_name(rec["file"])
-        ctx.log(f"      {rec['file']} -> {xml}")
-        rec["onnx_file"] = rec["file"]
-        rec["file"], rec["files"] = xml, convert_graph(ctx.fp32_dir / rec["onnx_file"], ir_dir / xml)
+        if rec.get("direct_from"):  # no fp32 ONNX: converted from the weights (`exporter.direct_record`)
+            xml = f"{rec['graph']}.xml"
+            ctx.log(f"      {rec['direct_from']} (bf16 weights, fp32 compute) -> {xml}")
+            rec["file"], rec["files"] = xml, convert_direct(Path(rec["direct_from"]), ir_dir / xml, rec)
+            rec["source_weights"] = "bf16"
+            rec.pop("direct_from")
+        else:
+            xml = ir_name(rec["file"])
+            ctx.log(f"      {rec['file']} -> {xml}")
+            rec["onnx_file"] = rec["file"]
+            rec["file"], rec["files"] = xml, convert_graph(ctx.fp32_dir / rec["onnx_file"], ir_dir / xml)
         rec["precision"] = Precision.FP32.value
         rec["runtime"] = {"config": compile_config("f32")}
         ctx.records.append(rec)
