@@ -87,6 +87,14 @@ def test_bundle_contents_and_figures():
         print(f"end to end {r['precision']}: PSNR {r['psnr_db']} dB")
     assert all(r.details["fp16_matmul_share"] > 0.5 for r in manifest.graphs if r.precision == Precision.FP16)
     assert manifest.record("transformer", 128, 128, Precision.INT8).details["int8"]["int8_layers"] > 0
+    # int8: MinMax and SmoothQuant 0.8 both measured on the unrolled denoiser, the choice recorded and applied
+    choice = manifest.build["int8_choice"]
+    assert [c["settings"]["name"] for c in choice["candidates"]] == ["MinMax", "SmoothQuant 0.8"]
+    assert choice["candidates"][1]["smoothquant"]["smoothed_layers"] > 0
+    for r in manifest.graphs:
+        if r.precision == Precision.INT8:
+            assert r.details["int8"]["settings"]["name"] == choice["chosen"]
+    print(f"int8 choice: {choice}")
 
 
 def test_check_cli(capsys):

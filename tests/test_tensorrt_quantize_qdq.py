@@ -116,3 +116,71 @@ def test_quantize_graph_with_external_data(tmp_path):
     want = session(src, "fp32").run(None, test)[0]
     got = session(half, "int8").run(None, test)[0]
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 2e-2  # as above
+
+
+# -- issue #23: SmoothQuant as a measured int8 candidate -------------------------------------------------
+def _outlier_linear(tmp_path):
+    """y = x @ W over [B, 8, 16] where two input channels run 60x larger than the rest (as the caption
+    projection's T5 input does), fp32 ONNX at `tmp_path/lin.onnx`."""
+    from _onnx_graphs import f32, model
+    from onnx import helper
+
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array((rng.standard_normal((16, 16)) * 0.2).astype(np.float32), "W")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["y"], name="/caption_projection/linear_1/MatMul")]
+    src = tmp_path / "lin.onnx"
+    onnx.save(model(nodes, [f32("x", "B", 8, 16)], [f32("y", "B", 8, 16)], [w]), str(src))
+    return src
+
+
+def _outlier_feeds(seed):
+    x = np.random.default_rng(seed).standard_normal((2, 8, 16)).astype(np.float32)
+    x[..., [3, 11]] *= 60.0
+    return {"x": x}
+
+
+def test_smoothquant_keeps_the_function_and_lowers_int8_error_on_outliers(tmp_path):
+    import onnxruntime as ort
+
+    src = _outlier_linear(tmp_path)
+    calib, held = [_outlier_feeds(s) for s in range(6)], _outlier_feeds(99)
+
+    def run(path_or_model):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        blob = path_or_model.SerializeToString() if hasattr(path_or_model, "SerializeToString") else str(path_or_model)
+        return ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"]).run(None, held)[0]
+
+    want = run(src)
+    smoothed = onnx.load(str(src))
+    counts = Q.smooth(smoothed, calib, 0.8, exclude=())
+    assert counts["smoothed_layers"] == 1 and counts["max_scale_spread"] > 5
+    np.testing.assert_allclose(run(smoothed), want, rtol=1e-4, atol=1e-4)  # the same fp32 function
+    errors = {}
+    for cand in Q.INT8_CANDIDATES:
+        dst = tmp_path / f"lin.{cand.alpha}.int8.onnx"
+        rec = Q.quantize(src, dst, calib, exclude=(), settings=cand)
+        assert rec["settings"]["name"] == cand.name and (rec["smoothquant"] is None) == (cand.alpha is None)
+        assert rec["int8_layers"] == 1 and trt_check.check_file(dst, TARGETS["trt-t4"]).ok
+        got = run(dst)
+        errors[cand.name] = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+    print(f"int8 rel L2 with two 60x outlier channels: {errors}")
+    assert errors["SmoothQuant 0.8"] < 0.5 * errors["MinMax"], errors
+
+
+def test_smoothquant_shares_one_scale_per_shared_weight(tmp_path):
+    """The unrolled denoiser's K steps share each weight: one smoothed weight, one inverse scale, a Mul per
+    consumer (so the int8 weight stays one copy)."""
+    from _onnx_graphs import f32, model
+    from onnx import helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32), "W")
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["a"], name="/step.0/ff/proj/MatMul"),
+        helper.make_node("MatMul", ["a", "W"], ["y"], name="/step.1/ff/proj/MatMul"),
+    ]
+    m = model(nodes, [f32("x", "B", 8, 16)], [f32("y", "B", 8, 16)], [w])
+    counts = Q.smooth(m, [_outlier_feeds(s) for s in range(2)], 0.8, exclude=())
+    assert counts["weights"] == 1 and counts["smoothed_layers"] == 2
+    assert sum(t.name == "W" for t in m.graph.initializer) == 1
+    assert [n.op_type for n in m.graph.node] == ["Mul", "MatMul", "Mul", "MatMul"]

@@ -429,13 +429,52 @@ def _quantisable(ctx, work: _Work, what: str):
         yield rec, spec, dims, feeds
 
 
+def _choose_int8(ctx, work: _Work, graphs: list):
+    """The int8 settings: every `quantize_qdq.INT8_CANDIDATES` entry (MinMax, SmoothQuant 0.8) made on the
+    unrolled denoiser and measured against fp32 on the calibration trajectories, chosen as fp8's are
+    (`quantize_fp8.choose`: the first within `SELECT_FRACTION` of the int8 tolerance, else the lowest);
+    every candidate's figures in `build.int8_choice` (issue #23)."""
+    from ...verify import tolerance
+    from . import quantize_fp8, quantize_qdq
+
+    loop = [g for g in graphs if g[0]["graph"].startswith("denoiser_lcm") and not g[0]["graph"].endswith("_controlnet")]
+    if not loop:
+        return quantize_qdq.INT8_CANDIDATES[0]
+    rec, spec, dims, feeds = loop[0]
+    name = prepared_name(rec, "int8")
+    limit = quantize_fp8.SELECT_FRACTION * tolerance(spec.name, Precision.INT8).rel_l2
+    rows = []
+    for i, cand in enumerate(quantize_qdq.INT8_CANDIDATES):
+        folder = ctx.scratch / "int8-candidates" / str(i)
+        folder.mkdir(parents=True, exist_ok=True)
+        q = quantize_qdq.quantize(ctx.fp32_dir / rec["file"], folder / f"qdq.{name}", feeds, settings=cand)
+        conv = quantize_qdq.to_fp16(folder / f"qdq.{name}", folder / name, spec.name, work.ranges.get(rec["file"]))
+        err = _errors(ctx, rec, _prepared(rec, name, conv["files"], "int8"), spec, dims, feeds, prepared_dir=folder)
+        rows.append(
+            {"settings": dataclasses.asdict(cand), "smoothquant": q["smoothquant"], "rel_l2": err[-1]["rel_l2"]}
+        )
+        ctx.log(f"      int8 candidate {cand.name}: rel L2 {err[-1]['rel_l2']:.2e} on the calibration trajectories")
+    chosen = quantize_qdq.INT8_CANDIDATES[quantize_fp8.choose([r["rel_l2"] for r in rows], limit)]
+    ctx.build_info["int8_choice"] = {
+        "chosen": chosen.name,
+        "graph": rec["file"],
+        "rule": f"first of quantize_qdq.INT8_CANDIDATES with rel L2 <= {quantize_fp8.SELECT_FRACTION} x the int8 "
+        f"tolerance ({limit:.2g}) on the calibration trajectories, else the lowest",
+        "candidates": rows,
+    }
+    ctx.log(f"      int8 chosen: {chosen.name}")
+    return chosen
+
+
 def _int8(ctx, work: _Work) -> None:
     from . import fp16, quantize_qdq
 
-    for rec, spec, dims, feeds in _quantisable(ctx, work, "int8"):
+    graphs = list(_quantisable(ctx, work, "int8"))
+    settings = _choose_int8(ctx, work, graphs)
+    for rec, spec, dims, feeds in graphs:
         name = prepared_name(rec, "int8")
         qdq32 = ctx.scratch / name  # Q/DQ with fp32 around it: an intermediate, not shipped
-        q = quantize_qdq.quantize(ctx.fp32_dir / rec["file"], qdq32, feeds)
+        q = quantize_qdq.quantize(ctx.fp32_dir / rec["file"], qdq32, feeds, settings=settings)
         conv = quantize_qdq.to_fp16(qdq32, ctx.staging / name, spec.name, work.ranges.get(rec["file"]))
         new = _prepared(
             rec,

@@ -23,9 +23,17 @@ NVIDIA's ModelOpt ONNX PTQ was the first choice, but `nvidia-modelopt[onnx]` ins
 onnxruntime-gpu, cupy and an older onnx over ours (checked with `pip install --dry-run`).
 Calibration: MinMax over the activations of the calibration prompts (`calibration.py`): at this size
 the range of a few prompts is stable and the entropy/percentile calibrators' histograms cost minutes
-more per graph; the measured error is gated by `verify.py` (through `prepare.py`) either way. SmoothQuant is not
-applied: onnxruntime implements it through Intel Neural Compressor, an extra heavy dependency, and
-the measured int8 error passes its gate without it (see the manifest's figures).
+more per graph; the measured error is gated by `verify.py` (through `prepare.py`) either way.
+
+SmoothQuant (issue #23, `Int8Settings.alpha`; ModelOpt's int8 diffusion recipe uses alpha 0.8): a candidate
+beside plain MinMax, measured on the unrolled denoiser and chosen as fp8's candidates are (`INT8_CANDIDATES`,
+`prepare._choose_int8`, every candidate's figures in `build.int8_choice`). Our own, on the ONNX graph
+(`smooth`), since onnxruntime implements it through Intel Neural Compressor: for each weight MatMul, per
+input channel j, s_j = max|x_j|^alpha / max|W_j|^(1 - alpha) with max|x_j| over the calibration feeds;
+W's row j is multiplied by s_j and the layer's input by 1/s_j (a Mul in front of it: ModelOpt's
+"pre-quant scale"), which leaves the fp32 function unchanged and moves activation outliers (the caption
+projection's T5 input has channels far above the rest) into the per-channel weight scales. A weight shared
+by the K steps of the unrolled graph gets one s from all its consumers, so it stays one int8 copy.
 
 The Q/DQ graph is then made fp16 outside the int8 layers (`to_fp16`, opset 19 for fp16 scales), so
 the engine is int8 where quantized and fp16 elsewhere, with the same fp32 exceptions as the fp16 graphs.
@@ -38,6 +46,7 @@ the usual exclusions of diffusion int8 recipes).
 from __future__ import annotations
 
 import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -167,16 +176,133 @@ def to_fp16(qdq_path: Path, dst: Path, graph_name: str, ranges: dict[str, float]
         staged.unlink(missing_ok=True)
 
 
-def quantize(src: Path, dst: Path, feeds_list: list[dict[str, np.ndarray]], exclude=EXCLUDE) -> dict:
-    """Write the calibrated Q/DQ graph of `src` to `dst`; returns a record for the manifest."""
+@dataclass(frozen=True)
+class Int8Settings:
+    """One int8 configuration: MinMax activation scales, with SmoothQuant at `alpha` first when set."""
+
+    name: str
+    alpha: float | None = None
+
+
+#: The int8 candidates, measured on the unrolled denoiser and chosen by `quantize_fp8.choose` (the first
+#: within `quantize_fp8.SELECT_FRACTION` of the int8 gate, else the lowest): plain MinMax first (no extra
+#: Mul per layer), SmoothQuant at ModelOpt's diffusion alpha second.
+INT8_CANDIDATES = (Int8Settings("MinMax"), Int8Settings("SmoothQuant 0.8", alpha=0.8))
+
+
+def _channel_maxima(model, inputs: list[str], feeds_list: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """{tensor: max |value| per last-axis channel} over `feeds_list`, by a probe graph whose extra outputs
+    are Abs -> Reshape [-1, C] -> ReduceMax over rows (never the activations themselves)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    opset = next((o.version for o in probe.opset_import if o.domain in ("", "ai.onnx")), 17)
+    outs = []
+    for k, x in enumerate(inputs):
+        a, r, m = f"smooth/{k}/abs", f"smooth/{k}/rows", f"smooth/{k}/max"
+        probe.graph.node.append(helper.make_node("Abs", [x], [a], name=f"/smooth/{k}/Abs"))
+        probe.graph.node.append(helper.make_node("Flatten", [a], [r], name=f"/smooth/{k}/Flatten", axis=-1))
+        if opset >= 18:
+            axes = f"smooth/{k}/axes"
+            probe.graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), axes))
+            probe.graph.node.append(helper.make_node("ReduceMax", [r, axes], [m], name=f"/smooth/{k}/Max", keepdims=0))
+        else:
+            probe.graph.node.append(
+                helper.make_node("ReduceMax", [r], [m], name=f"/smooth/{k}/Max", axes=[0], keepdims=0)
+            )
+        probe.graph.output.append(helper.make_tensor_value_info(m, onnx.TensorProto.FLOAT, None))
+        outs.append(m)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    top: dict[str, np.ndarray] = {}
+    for feeds in feeds_list:
+        for x, v in zip(inputs, session.run(outs, {n: feeds[n] for n in names})):
+            top[x] = np.maximum(top[x], v) if x in top else v
+    return top
+
+
+def smooth(model, feeds_list: list[dict[str, np.ndarray]], alpha: float, exclude=EXCLUDE) -> dict:
+    """SmoothQuant in place on the fp32 `model` (module docstring): every weight MatMul outside `exclude`
+    with a 2-D initializer weight gets its input divided by s (a Mul) and its weight rows multiplied by s.
+    Returns counts for the manifest."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    skip = set(excluded_nodes(model, exclude))
+    weights, _ = weight_layers(model)
+    layers = [
+        n
+        for n in graph.node
+        if n.name in weights
+        and n.name not in skip
+        and n.op_type == "MatMul"
+        and n.input[1] in inits
+        and len(inits[n.input[1]].dims) == 2
+    ]
+    act = _channel_maxima(model, sorted({n.input[0] for n in layers}), feeds_list)
+    by_weight: dict[str, list] = {}
+    for n in layers:
+        by_weight.setdefault(n.input[1], []).append(n)
+    scales: dict[str, np.ndarray] = {}
+    for w, nodes in by_weight.items():
+        values = numpy_helper.to_array(inits[w]).astype(np.float32)  # [K, N]
+        x_max = np.max([act[n.input[0]] for n in nodes], axis=0).astype(np.float64)
+        w_max = np.abs(values).max(axis=1).astype(np.float64)
+        if x_max.shape != w_max.shape:
+            continue
+        ok = (x_max > 0) & (w_max > 0)
+        s = np.ones_like(x_max)
+        s[ok] = np.clip(x_max[ok] ** alpha / w_max[ok] ** (1.0 - alpha), 1e-4, 1e4)
+        scales[w] = s.astype(np.float32)
+        inits[w].CopyFrom(numpy_helper.from_array((values * scales[w][:, None]).astype(np.float32), w))
+        inv = f"{w}/smooth_inv_scale"
+        graph.initializer.append(numpy_helper.from_array((1.0 / scales[w]).astype(np.float32), inv))
+    added: dict[str, object] = {}
+    for n in layers:
+        if n.input[1] not in scales:
+            continue
+        y = f"{n.input[0]}/smooth/{n.name}"
+        added[n.name] = helper.make_node(
+            "Mul", [n.input[0], f"{n.input[1]}/smooth_inv_scale"], [y], name=f"{n.name}/smooth/Mul"
+        )
+        n.input[0] = y
+    order = []
+    for node in graph.node:
+        if node.name in added:
+            order.append(added[node.name])
+        order.append(node)
+    del graph.node[:]
+    graph.node.extend(order)
+    spread = [float(v.max() / v.min()) for v in scales.values()] or [1.0]
+    return {
+        "alpha": alpha,
+        "smoothed_layers": len(added),
+        "weights": len(scales),
+        "max_scale_spread": round(max(spread), 1),
+    }
+
+
+def quantize(
+    src: Path, dst: Path, feeds_list: list[dict[str, np.ndarray]], exclude=EXCLUDE, settings: Int8Settings | None = None
+) -> dict:
+    """Write the calibrated Q/DQ graph of `src` to `dst` (SmoothQuant first where `settings.alpha` is set);
+    returns a record for the manifest."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from .fp16 import drop_weight_identities, has_external_data
 
     src, dst = Path(src), Path(dst)
+    settings = settings or INT8_CANDIDATES[0]
     model = onnx.load(str(src), load_external_data=True)
     drop_weight_identities(model)  # an Identity between weight and MatMul would hide the weight from the quantiser
+    smoothed = smooth(model, feeds_list, settings.alpha, exclude) if settings.alpha is not None else None
     names = [i.name for i in model.graph.input]
     skip = excluded_nodes(model, exclude)
     _, activation_layers = weight_layers(model)
@@ -237,6 +363,8 @@ def quantize(src: Path, dst: Path, feeds_list: list[dict[str, np.ndarray]], excl
     )
     return {
         "calibration": {"method": "MinMax", "samples": len(feeds_list)},
+        "settings": asdict(settings),
+        "smoothquant": smoothed,
         "excluded": skip,
         "activation_matmuls_float": len(activation_layers),
         "float_inputs_restored": rewired,
