@@ -239,8 +239,10 @@ def host_can_compile(target, trt=None, device=None) -> tuple[bool, str]:
 
 
 # -- the TensorRT calls --------------------------------------------------------------------------------
-def build_engine(trt, onnx_path: Path, shapes: dict, cache_path: Path, log: Log) -> bytes:
-    """Parse `onnx_path` strongly typed, one profile, timing cache at `cache_path`; the serialized plan."""
+def build_engine(trt, onnx_path: Path, shapes: dict, cache_path: Path, log: Log, detailed: bool = False) -> bytes:
+    """Parse `onnx_path` strongly typed, one profile, timing cache at `cache_path`; the serialized plan.
+    `detailed`: profiling verbosity DETAILED, so the engine inspector (and trtexec --exportLayerInfo) lists
+    each layer's kernels and types (benchmarks/gpu_acceptance.py: fused attention, int8/fp8 GEMMs)."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
@@ -257,6 +259,8 @@ def build_engine(trt, onnx_path: Path, shapes: dict, cache_path: Path, log: Log)
     for name, s in shapes.items():
         profile.set_shape(name, s["min"], s["opt"], s["max"])
     config.add_optimization_profile(profile)
+    if detailed:
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
     config.set_timing_cache(cache, False)
     plan = builder.build_serialized_network(network, config)
