@@ -569,7 +569,9 @@ def test_release_destroys_the_text_encoder_before_the_denoiser_loads(fake_gpu):
     (embeds,) = trt_runner.run(text, {"input_ids": ids})
     np.testing.assert_array_equal(embeds, np.repeat(ids, 8).reshape(2, 3, 8))
     text_buffers = [p for p, _ in trt_runner.engine(text).buffers.values()]
+    assert trt_runner.loaded == {"text_encoder"}
     trt_runner.release(["text_encoder"])
+    assert trt_runner.loaded == set()
     assert cu.events == [("deserialize", "text"), ("destroy", "text")]
     assert set(text_buffers) <= set(cu.freed) and "text_encoder.plan" not in trt_runner._engines
     denoiser = manifest.record("denoiser_lcm4", 32, 32)
@@ -578,7 +580,9 @@ def test_release_destroys_the_text_encoder_before_the_denoiser_loads(fake_gpu):
     want = _reference(feeds["latents"], feeds["step_noise"], lcm_timesteps(4))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     assert cu.events[2:] == [("deserialize", "transformer"), ("deserialize", "update")]
+    assert trt_runner.loaded == {"denoiser_lcm4", "transformer", "lcm_update"}
     trt_runner.release(["denoiser_lcm4"])
+    assert trt_runner.loaded == set()
     assert sorted(cu.events[4:]) == [("destroy", "transformer"), ("destroy", "update")]
     assert not trt_runner._engines and not trt_runner._loops
     (again,) = trt_runner.run(text, {"input_ids": ids})  # lazily loaded again

@@ -395,6 +395,12 @@ class TrtRunner:
         # no per-call upload of [N, B, T, D] zeros (245 MB per image at 1024 px for XL)
         return [k_loop(feeds)]
 
+    @property
+    def loaded(self) -> set[str]:
+        """The graphs holding engines now (manifest graph names; a K-step loop counts as its denoiser and
+        its two engines' graphs), as the other backends' runners say it."""
+        return {e.record.graph for e in self._engines.values()} | {k.graph for k in self._loops.values()}
+
     def release(self, graph_names) -> None:
         """Drop the engines, contexts, buffers and CUDA graphs of the graphs named (manifest graph names,
         e.g. "text_encoder"); they load again, lazily, on their next run. A `denoiser_lcm{K}` name also
