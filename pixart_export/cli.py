@@ -12,6 +12,7 @@ only, `-v`: debug); results and `--json` documents go to stdout.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -67,6 +68,19 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     logger.propagate = False
 
 
+#: OS errors that the host causes, not this tool (a full disk, a read-only file system, permissions,
+#: too many open files): the user's to fix, so exit 2 with the path and the errno text.
+ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EMFILE,
+    errno.ENFILE,
+}
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [UserError]
     # Only if the reference was imported (a ModelError can exist only then); importing it here would
@@ -114,6 +128,10 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - every error ends as one line and an exit code
         if isinstance(exc, _user_errors()):
             print(f"pixart-export: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"pixart-export: error: {where}{exc.strerror or exc} (the host's, not a bug)", file=sys.stderr)
             return EXIT_USAGE
         if args.verbose:
             traceback.print_exc()

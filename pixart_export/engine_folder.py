@@ -11,7 +11,12 @@ replaced, and the atomic install. Every backend's build goes through here (`buil
   that manifest lists) or an empty one; anything else is refused, never deleted.
 - Staging: the build writes into `.<name>.building-<pid>-*` beside the destination and renames it
   into place at the end; a failure or Ctrl-C removes it, and leftovers of a killed build (its
-  process gone) are removed by the next build of the same folder.
+  process gone) are removed by the next build of the same folder. Only folders proven ours are: each
+  staging folder (and a replaced engine moved aside as `.<name>.old-<pid>-*`) gets a marker file
+  (`OWNER`) naming the pid and the destination when it is made; a folder whose name matches but whose
+  marker is missing or names another pid or destination is never deleted.
+- Destination: never inside another engine folder (a folder installed there would be an unlisted file
+  of that engine, which would then refuse to load).
 """
 
 from __future__ import annotations
@@ -26,7 +31,15 @@ import time
 from pathlib import Path
 
 from .errors import UserError
-from .manifest import MANIFEST, EngineError, Manifest, check_files, file_table_names, read_manifest
+from .manifest import (
+    MANIFEST,
+    EngineError,
+    Manifest,
+    check_files,
+    engine_folder_around,
+    file_table_names,
+    read_manifest,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -126,6 +139,12 @@ def _exact(out: Path, manifest: Manifest) -> bool:
 def check_destination(out: Path) -> None:
     """Refuse an `--out` that is not ours to replace (a file, or a folder with files we did not write)."""
     out = Path(out)
+    around = engine_folder_around(out)
+    if around is not None:
+        raise UserError(
+            f"{out}: inside the engine folder {around}; an engine there would break that folder's file "
+            "list: choose an --out outside it"
+        )
     if not out.exists():
         return
     if not out.is_dir():
@@ -164,17 +183,40 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: The marker file a build writes into each folder it makes beside `--out` (staging, scratch, a replaced
+#: engine moved aside): {"pid", "out", "kind"}. A dot-file, so it is never part of an engine's file list.
+OWNER = ".pixart-export-owner"
+LEFTOVER_KINDS = ("building", "scratch", "old")
+
+
+def _mark(folder: Path, out: Path, kind: str) -> None:
+    (folder / OWNER).write_text(json.dumps({"pid": os.getpid(), "out": Path(out).name, "kind": kind}))
+
+
+def _ours(path: Path, out: Path) -> int | None:
+    """The pid of the build that made `path` when its name and its marker prove it is ours, else None."""
+    kind, _, rest = path.name[len(Path(out).name) + 2 :].partition("-")
+    pid = rest.split("-")[0]
+    if kind not in LEFTOVER_KINDS or not pid.isdigit() or path.is_symlink() or not path.is_dir():
+        return None
+    try:
+        marker = json.loads((path / OWNER).read_text(encoding="utf-8")) if (path / OWNER).is_file() else None
+    except (OSError, ValueError):
+        return None
+    expected = {"pid": int(pid), "out": Path(out).name, "kind": kind}
+    return int(pid) if marker == expected else None
+
+
 def clean_leftovers(out: Path) -> list[Path]:
-    """Remove staging folders of builds of `out` whose process is gone, and old folders left by a swap."""
+    """Remove the folders that builds of `out` made beside it (staging, scratch, a replaced engine moved
+    aside) whose process is gone; only those whose name and marker (`OWNER`) prove they are ours."""
     removed = []
     parent = Path(out).parent
     if not parent.is_dir():
         return removed
     for path in parent.glob(f".{Path(out).name}.*"):
-        kind, _, rest = path.name[len(Path(out).name) + 2 :].partition("-")
-        pid = rest.split("-")[0]
-        stale = (kind in ("building", "scratch") and pid.isdigit() and not _alive(int(pid))) or kind == "old"
-        if stale and path.is_dir():
+        pid = _ours(path, out)
+        if pid is not None and not _alive(pid):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
@@ -182,11 +224,13 @@ def clean_leftovers(out: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def staging(out: Path, kind: str = "building"):
-    """A private folder beside `out` for a build's files; removed on the way out (install moves it first)."""
+    """A private folder beside `out` for a build's files, marked as ours; removed on the way out (install
+    moves it first)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-{os.getpid()}-", dir=out.parent))
     try:
+        _mark(tmp, out, kind)
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -202,11 +246,14 @@ def install(tmp: Path, out: Path) -> None:
         old = out.with_name(f".{out.name}.old-{os.getpid()}-{int(time.time() * 1000)}")
         out.rename(old)
     try:
+        (tmp / OWNER).unlink(missing_ok=True)
         tmp.rename(out)
     except BaseException:
         if old is not None:
             old.rename(out)
         raise
+    if old is not None:
+        _mark(old, out, "old")  # should the deletion below be cut short, the next build finishes it
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

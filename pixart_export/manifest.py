@@ -24,6 +24,7 @@ import enum
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import types
 import typing
@@ -34,6 +35,35 @@ from .errors import UserError
 
 SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
+#: `build[SEAL]`: the target and backend the folder was written for (see `write_manifest`).
+SEAL = "sealed_for"
+
+#: Bounds of what a reader accepts, the same in cpp/src/manifest.cpp and cpp/src/json.cpp: manifest.json
+#: is at most 16 MiB (an XL folder's is under 1 MiB), JSON nests at most 64 levels (ours: under 10),
+#: every JSON integer fits 64 bits, and every string is valid UTF-8 (no lone surrogate escapes).
+MAX_MANIFEST_BYTES = 16 * 2**20
+MAX_JSON_DEPTH = 64
+INT64 = (-(2**63), 2**63 - 1)
+#: Ranges of the integers the runtimes compute with (a bucket side is also at most twice the model's
+#: native size, as `generate` and `build` accept).
+MAX_SIDE = 16384
+RANGES = {
+    "latent_channels": (1, 64),
+    "vae_scale_factor": (1, 64),
+    "tokenizer.max_length": (2, 4096),
+    "tokenizer.pad_id": (0, 2**31 - 1),
+}
+#: The model config fields the runtime reads (`runtime/budget.py`), each an integer in range.
+CONFIG_RANGES = {
+    "transformer": {
+        "patch_size": (1, 64),
+        "num_attention_heads": (1, 1024),
+        "attention_head_dim": (1, 1024),
+        "sample_size": (1, 4096),
+    },
+}
+#: The graphs `runtime.Pipeline` runs for every bucket (`denoiser_lcm{K}` with K = steps).
+REQUIRED_GRAPHS = ("text_encoder", "denoiser_lcm{steps}", "vae_decoder")
 
 
 class EngineError(UserError):
@@ -398,6 +428,7 @@ def _check_consistent(m: Manifest, source: str) -> None:
                     )
     if not 1 <= m.steps <= 8:
         raise EngineError(f"{source}: steps {m.steps} is not 1 to 8; rebuild the engine")
+    _check_ranges(m, source)
     for h, w in m.resolutions:
         if h <= 0 or w <= 0 or m.vae_scale_factor <= 0 or h % m.vae_scale_factor or w % m.vae_scale_factor:
             raise EngineError(f"{source}: resolutions holds {h}x{w}, not a bucket of this model; rebuild the engine")
@@ -415,7 +446,145 @@ def _check_consistent(m: Manifest, source: str) -> None:
         )
 
 
+def _check_ranges(m: Manifest, source: str) -> None:
+    """Integers in the ranges the runtimes compute with, the model configs the runtime reads, at least
+    one bucket within the model's limits, and a graph of each needed kind for every bucket."""
+    values = {
+        "latent_channels": m.latent_channels,
+        "vae_scale_factor": m.vae_scale_factor,
+        "tokenizer.max_length": m.tokenizer.max_length,
+        "tokenizer.pad_id": m.tokenizer.pad_id,
+    }
+    for name, value in values.items():
+        low, high = RANGES[name]
+        if not low <= value <= high:
+            raise EngineError(f"{source}: {name} {value} is not {low} to {high}; rebuild the engine")
+    configs = m.model.configs
+    for part, fields in CONFIG_RANGES.items():
+        config = configs.get(part, {})
+        if not isinstance(config, dict):
+            raise EngineError(f"{source}: model.configs.{part}: expected an object; rebuild the engine")
+        for name, (low, high) in fields.items():
+            value = config.get(name, low)
+            if type(value) is not int or not low <= value <= high:
+                raise EngineError(
+                    f"{source}: model.configs.{part}.{name}: {value!r} is not an integer from {low} to {high}; "
+                    "rebuild the engine"
+                )
+    vae = configs.get("vae", {})
+    widths = vae.get("block_out_channels", [1]) if isinstance(vae, dict) else None
+    if not isinstance(widths, list) or not widths or any(type(v) is not int or not 1 <= v <= 65536 for v in widths):
+        raise EngineError(
+            f"{source}: model.configs.vae.block_out_channels: {widths!r} is not a list of integers from 1 to "
+            "65536; rebuild the engine"
+        )
+    if not m.resolutions:
+        raise EngineError(f"{source}: resolutions: empty (an engine has at least one bucket); rebuild the engine")
+    sample = configs.get("transformer", {}).get("sample_size")
+    limit = min(MAX_SIDE, 2 * sample * m.vae_scale_factor) if sample else MAX_SIDE
+    for h, w in m.resolutions:
+        if h > limit or w > limit:
+            raise EngineError(
+                f"{source}: resolutions holds {h}x{w}, beyond this model's {limit} px a side; rebuild the engine"
+            )
+    for kind, records in (("graphs", m.graphs), ("engines", m.engines)):
+        for i, rec in enumerate(records):
+            for name, value in (("height", rec.height), ("width", rec.width)):
+                if value is not None and not 1 <= value <= MAX_SIDE:
+                    raise EngineError(f"{source}: {kind}[{i}].{name} {value} is not 1 to {MAX_SIDE}; rebuild it")
+    if m.device.sm is not None and not 0 <= m.device.sm <= 1000:
+        raise EngineError(f"{source}: device.sm {m.device.sm} is not 0 to 1000; rebuild the engine")
+    for rel, entry in m.files.items():
+        if entry.bytes < 0:
+            raise EngineError(f"{source}: files.{rel}.bytes {entry.bytes} is negative; rebuild the engine")
+
+
+def check_runnable(m: Manifest, source: str) -> None:
+    """A graph of each kind `runtime.Pipeline` runs, for every bucket the folder lists (what runs depends
+    on the status: `targets.read_engine` calls this once the status is known good for the target)."""
+    for h, w in m.resolutions:
+        for name in (g.format(steps=m.steps) for g in REQUIRED_GRAPHS):
+            if not any(r.graph == name and r.height in (None, h) and r.width in (None, w) for r in m.runnable):
+                raise EngineError(
+                    f"{source}: graphs: no {name} graph for the bucket {h}x{w} it lists in resolutions; "
+                    "rebuild the engine"
+                )
+
+
+def check_json_values(data, source: str) -> None:
+    """What JSON parsers disagree on, refused the same way in both runtimes: nesting deeper than
+    MAX_JSON_DEPTH, integers beyond 64 bits, strings that are not valid UTF-8 (lone surrogates)."""
+    stack = [(data, 0, "")]
+    while stack:
+        value, depth, where = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise EngineError(f"{source}: JSON nested deeper than {MAX_JSON_DEPTH} levels; rebuild the engine")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((key, depth + 1, where))
+                stack.append((item, depth + 1, f"{where}.{key}" if where else key))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1, f"{where}[{i}]") for i, item in enumerate(value))
+        elif isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
+            raise EngineError(f"{source}: {where}: integer {value} is beyond 64 bits; rebuild the engine")
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise EngineError(f"{source}: {where}: a string that is not valid UTF-8; rebuild the engine") from None
+
+
 # -- files ---------------------------------------------------------------------------------------------------
+def read_regular(path: Path, limit: int, error=UserError) -> bytes:
+    """The bytes of the regular file `path` (symbolic links followed), at most `limit` of them. A FIFO,
+    device or socket is refused by its type before it is opened (opening a FIFO would wait for a
+    writer; a device may never end), a file over `limit` before it is read. FileNotFoundError passes."""
+    path = Path(path)
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{path}: not a regular file ({_file_kind(st.st_mode)}); give a file")
+    if st.st_size > limit:
+        raise error(f"{path}: {st.st_size} bytes, more than the {limit} this reads; give a smaller file")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        now = os.fstat(fd)
+        if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise error(f"{path}: replaced while it was read; try again")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise error(f"{path}: more than the {limit} bytes this reads; give a smaller file")
+    return data
+
+
+def engine_folder_around(path: Path) -> Path | None:
+    """The engine folder that holds `path` (a parent with a manifest.json of ours), if any: a file written
+    there would break its file list, a folder installed there would be an unlisted file of it."""
+    for parent in Path(path).resolve().parents:
+        try:
+            data = json.loads(read_regular(parent / MANIFEST, MAX_MANIFEST_BYTES).decode("utf-8"))
+        except (OSError, UserError, ValueError, RecursionError):
+            continue
+        if isinstance(data, dict) and "schema_version" in data and "build_key" in data:
+            return parent
+    return None
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a plain file"
+
+
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -490,9 +659,15 @@ def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
     """The one writer of manifest.json: validates `manifest` as a reader would, then writes it atomically.
 
     The parity record is sealed with the target and backend it was measured for, so a folder whose
-    target or backend is edited afterwards no longer matches what was verified (`targets.read_engine`)."""
+    target or backend is edited afterwards no longer matches what was verified (`targets.read_engine`);
+    `build["sealed_for"]` holds the same pair for every folder, parity or not (an `export` folder has none
+    until `parity` runs), so a relabelled target is refused either way."""
+    seal = {"target": manifest.target, "backend": manifest.backend.name}
+    sealed = manifest.build.get(SEAL)
+    if sealed is not None and sealed != seal:
+        raise ValueError(f"a folder sealed for {sealed} cannot be written as a {seal} manifest")
+    manifest = dataclasses.replace(manifest, build={**manifest.build, SEAL: seal})
     if manifest.parity is not None:
-        seal = {"target": manifest.target, "backend": manifest.backend.name}
         measured = manifest.parity.measured_with
         if any(measured.get(k, v) != v for k, v in seal.items()):
             raise ValueError(f"parity measured for {measured} cannot be written into a {seal} manifest")
@@ -510,13 +685,16 @@ def read_manifest(folder: Path) -> Manifest:
     if not folder.is_dir():
         raise EngineError(f"{folder}: no such engine folder (build one with `pixart-export build`)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_regular(path, MAX_MANIFEST_BYTES, EngineError).decode("utf-8"))
     except FileNotFoundError:
         raise EngineError(
             f"{path}: missing; this is not an engine folder (build one with `pixart-export build`)"
         ) from None
+    except RecursionError:
+        raise EngineError(f"{path}: JSON nested deeper than {MAX_JSON_DEPTH} levels; rebuild the engine") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EngineError(f"{path}: not readable JSON ({exc}); rebuild the engine") from None
+    check_json_values(data, str(path))
     return manifest_from_json(data, str(path))
 
 
@@ -528,31 +706,103 @@ def version_tuple(v: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def check_files(folder: Path, manifest: Manifest, hashes: bool = True) -> None:
-    """Every listed file present with its recorded size (and sha256); nothing unlisted beside them."""
-    folder = Path(folder)
-    for rel, entry in manifest.files.items():
-        path = folder / rel
-        parts = PurePosixPath(rel).parts
-        if any(folder.joinpath(*parts[: i + 1]).is_symlink() for i in range(len(parts))):
+class HeldFiles:
+    """The listed files of a checked folder, opened at check time and held open: a runner reads a graph
+    through `read(rel)`, from the very file that was checked, so a folder renamed or replaced after the
+    check cannot feed it other files; with `hashes`, the bytes are hashed again as they are read, so a
+    file rewritten in place after the check is refused too. What runs is what was hashed."""
+
+    def __init__(self, folder: Path, manifest: Manifest, hashes: bool):
+        self.folder, self.manifest, self.hashes = Path(folder), manifest, hashes
+        self._fds: dict[str, int] = {}
+
+    def read(self, rel: str) -> bytes:
+        fd, entry = self._fds[rel], self.manifest.files[rel]
+        data = os.pread(fd, entry.bytes + 1, 0)
+        while len(data) < entry.bytes + 1:
+            more = os.pread(fd, entry.bytes + 1 - len(data), len(data))
+            if not more:
+                break
+            data += more
+        if len(data) != entry.bytes or (self.hashes and hashlib.sha256(data).hexdigest() != entry.sha256):
             raise EngineError(
-                f"{path}: a symbolic link; an engine folder holds its own files (copy them in, or rebuild)"
+                f"{self.folder / rel}: changed after the folder was checked; rebuild the engine or copy it again"
             )
-        if not path.is_file():
-            raise EngineError(f"{path}: missing (listed in the manifest); rebuild the engine or copy it again")
-        if path.stat().st_size != entry.bytes:
+        return data
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __del__(self):
+        self.close()
+
+
+def _open_listed(folder: Path, rel: str, entry: FileEntry, hashes: bool) -> int:
+    """An open descriptor of a listed file that is a regular file of its own (no symbolic link on the way,
+    no second hard link: a link to a file outside the folder would let that file change what runs), with
+    its recorded size and sha256."""
+    path = folder / rel
+    parts = PurePosixPath(rel).parts
+    if any(folder.joinpath(*parts[: i + 1]).is_symlink() for i in range(len(parts))):
+        raise EngineError(f"{path}: a symbolic link; an engine folder holds its own files (copy them in, or rebuild)")
+    try:
+        st = os.lstat(path)
+    except OSError:
+        st = None
+    if st is None or stat.S_ISDIR(st.st_mode):
+        raise EngineError(f"{path}: missing (listed in the manifest); rebuild the engine or copy it again")
+    if not stat.S_ISREG(st.st_mode):
+        raise EngineError(f"{path}: not a regular file ({_file_kind(st.st_mode)}); rebuild the engine or copy it again")
+    if st.st_nlink != 1:
+        raise EngineError(
+            f"{path}: has {st.st_nlink} hard links; an engine folder holds its own files (copy it in, "
+            "e.g. cp without -l, or rebuild)"
+        )
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or now.st_nlink != 1:
+            raise EngineError(f"{path}: replaced while it was checked; try again")
+        if now.st_size != entry.bytes:
             raise EngineError(
-                f"{path}: size {path.stat().st_size} != {entry.bytes} in the manifest (changed "
+                f"{path}: size {now.st_size} != {entry.bytes} in the manifest (changed "
                 "or truncated); rebuild the engine or copy it again"
             )
-        if hashes and sha256_file(path) != entry.sha256:
-            raise EngineError(
-                f"{path}: sha256 differs from the manifest (file changed after the build); "
-                "rebuild the engine or copy it again"
-            )
-    extra = sorted(rel for rel in file_table_names(folder) if rel not in manifest.files and rel != MANIFEST)
-    if extra:
-        raise EngineError(f"{folder}: files not in the manifest: {', '.join(extra[:5])}; remove them or rebuild")
+        if hashes:
+            digest = hashlib.sha256()
+            offset = 0
+            while block := os.pread(fd, 1 << 22, offset):
+                digest.update(block)
+                offset += len(block)
+            if digest.hexdigest() != entry.sha256:
+                raise EngineError(
+                    f"{path}: sha256 differs from the manifest (file changed after the build); "
+                    "rebuild the engine or copy it again"
+                )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_files(folder: Path, manifest: Manifest, hashes: bool = True) -> HeldFiles:
+    """Every listed file present with its recorded size (and sha256); nothing unlisted beside them.
+    Returns the files held open (`HeldFiles`), for the runner to load exactly what was checked."""
+    folder = Path(folder)
+    held = HeldFiles(folder, manifest, hashes)
+    try:
+        for rel, entry in manifest.files.items():
+            held._fds[rel] = _open_listed(folder, rel, entry, hashes)
+        extra = sorted(rel for rel in file_table_names(folder) if rel not in manifest.files and rel != MANIFEST)
+        if extra:
+            raise EngineError(f"{folder}: files not in the manifest: {', '.join(extra[:5])}; remove them or rebuild")
+    except BaseException:
+        held.close()
+        raise
+    return held
 
 
 def unloadable(file: str, backend: str, exc: BaseException) -> EngineError:

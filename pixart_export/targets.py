@@ -14,7 +14,7 @@ from .backends.onnxruntime import OnnxRuntime
 from .backends.openvino import OpenVino
 from .backends.tensorrt import TensorRT
 from .errors import UserError
-from .manifest import EngineError, Manifest, Precision, read_manifest
+from .manifest import SEAL, EngineError, Manifest, Precision, check_runnable, read_manifest
 
 
 @dataclass(frozen=True)
@@ -208,9 +208,53 @@ def read_engine(folder) -> tuple[Manifest, Target]:
             f"{source}: says target {manifest.target} on {manifest.backend.name}, but its parity was "
             f"verified for {verified[0]} on {verified[1]}; the folder was edited: rebuild it"
         )
+    sealed = manifest.build.get(SEAL)
+    sealed = (sealed.get("target"), sealed.get("backend")) if isinstance(sealed, dict) else (None, None)
+    if sealed != (manifest.target, manifest.backend.name):
+        raise EngineError(
+            f"{source}: says target {manifest.target} on {manifest.backend.name}, but build.{SEAL} says "
+            f"{sealed[0]} on {sealed[1]}; the folder was edited or written by an older pixart-export: rebuild it"
+        )
+    check_runtime_settings(manifest, target.backend, source)
     if manifest.status not in target.backend.statuses:
         raise EngineError(
             f"{source}: status {manifest.status!r} is not one of {', '.join(target.backend.statuses)} "
             f"for {manifest.target}; rebuild the engine"
         )
+    check_runnable(manifest, source)
     return manifest, target
+
+
+def check_runtime_settings(manifest: Manifest, backend, source: str) -> None:
+    """Every graph record's `runtime` holds only what its backend allows (`backend.runtime_settings`):
+    a key maps to a type, or to {property: allowed values} for backend properties (OpenVINO's compile
+    configuration). A cache folder or any other path a backend would read or write (OpenVINO CACHE_DIR)
+    is refused here, before anything is loaded."""
+    allowed = backend.runtime_settings
+    for kind, records in (("graphs", manifest.graphs), ("engines", manifest.engines)):
+        for i, rec in enumerate(records):
+            for key, value in rec.runtime.items():
+                where = f"{source}: {kind}[{i}].runtime.{key}"
+                rule = allowed.get(key)
+                if rule is None:
+                    raise EngineError(
+                        f"{where}: not a setting {backend.name} folders carry "
+                        f"({', '.join(allowed) or 'none'}); the folder was edited: rebuild it"
+                    )
+                if not isinstance(rule, dict):
+                    if not isinstance(value, rule):
+                        raise EngineError(f"{where}: expected {rule.__name__}; the folder was edited: rebuild it")
+                    continue
+                if not isinstance(value, dict):
+                    raise EngineError(f"{where}: expected an object; the folder was edited: rebuild it")
+                for prop, setting in value.items():
+                    if prop not in rule:
+                        raise EngineError(
+                            f"{where}.{prop}: not a property {backend.name} engines are run with (allowed: "
+                            f"{', '.join(rule)}); the folder was edited: rebuild it"
+                        )
+                    if setting not in rule[prop]:
+                        raise EngineError(
+                            f"{where}.{prop}: {setting!r} is not one of {', '.join(map(str, rule[prop]))}; "
+                            "the folder was edited: rebuild it"
+                        )

@@ -35,7 +35,12 @@ def snapshot(root: Path) -> dict[str, str]:
     out = {}
     for p in sorted(Path(root).rglob("*")):
         rel = p.relative_to(root).as_posix()
-        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        if p.is_symlink():  # never followed: a link to /dev/zero must not be read
+            out[rel] = f"link to {os.readlink(p)}"
+        elif p.is_dir() or not p.is_file():
+            out[rel] = "dir" if p.is_dir() else "special"
+        else:
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 
 
@@ -362,16 +367,46 @@ def test_interrupted_build_leaves_nothing_behind(tmp_path):
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f".engine.building-{dead.pid}-abc"
-    live = tmp_path / f".engine.building-{os.getpid()}-abc"
-    theirs = tmp_path / ".engine.mine"
-    for p in (stale, live, theirs):
-        p.mkdir()
-        (p / "f").write_text("x")
-    from pixart_export.engine_folder import clean_leftovers
+    from pixart_export.engine_folder import OWNER, clean_leftovers
 
-    assert clean_leftovers(out) == [stale]
-    assert live.exists() and theirs.exists() and not stale.exists()
+    def leftover(name: str, marker: dict | None) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        (path / "f").write_text("x")
+        if marker is not None:
+            (path / OWNER).write_text(json.dumps(marker))
+        return path
+
+    def mark(pid: int, kind: str) -> dict:
+        return {"pid": pid, "out": "engine", "kind": kind}
+
+    stale = leftover(f".engine.building-{dead.pid}-abc", mark(dead.pid, "building"))
+    stale_old = leftover(f".engine.old-{dead.pid}-123", mark(dead.pid, "old"))
+    live = leftover(f".engine.building-{os.getpid()}-abc", mark(os.getpid(), "building"))
+    kept = [
+        live,
+        leftover(".engine.mine", None),
+        # issue 26: a user's folder that only looks like a leftover is never deleted
+        leftover(f".engine.old-{dead.pid}-456", None),
+        leftover(f".engine.building-{dead.pid}-def", None),
+        leftover(f".engine.scratch-{dead.pid}-ghi", mark(dead.pid + 1, "scratch")),  # another pid's marker
+        leftover(f".engine.building-{dead.pid}-jkl", {**mark(dead.pid, "building"), "out": "other"}),
+    ]
+    assert sorted(clean_leftovers(out)) == sorted([stale, stale_old])
+    assert all(p.exists() and (p / "f").read_text() == "x" for p in kept)
+    assert not stale.exists() and not stale_old.exists()
+
+
+def test_staging_folders_carry_their_marker(tmp_path):
+    """What the clean-up relies on: every folder a build makes beside --out is marked with its pid."""
+    from pixart_export.engine_folder import OWNER, staging
+
+    with staging(tmp_path / "engine") as tmp, staging(tmp_path / "engine", "scratch") as scratch:
+        for path, kind in ((tmp, "building"), (scratch, "scratch")):
+            marker = json.loads((path / OWNER).read_text())
+            assert marker == {"pid": os.getpid(), "out": "engine", "kind": kind}
+            assert path.name.startswith(f".engine.{kind}-{os.getpid()}-")
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- 6. loading models -----------------------------------------------------------------------------------
@@ -451,3 +486,344 @@ def test_symlinked_graph_is_refused(tmp_path, capsys):
     (folder / name).rename(tmp_path / "outside" / name)
     (folder / name).symlink_to(tmp_path / "outside" / name)
     refused(capsys, run_argv(folder, tmp_path / "x.png"), r"symbolic link", root=tmp_path)
+
+
+# == issue 26: the third pass, with the C++ runtime beside the Python one where the case applies =========
+# The C++ runtime is built as tests/test_cpp.py builds it (cpp/build, or $PIXART_CPP_BUILD); its cases skip,
+# naming the missing tool, where cmake or a compiler is missing. Its folder-level checks run on the shared
+# ort-cpu engine (the manifest is read and checked before a backend is needed); the backend-level ones on
+# the shared tiny ov-cpu engine.
+@pytest.fixture(scope="module")
+def cpp():
+    from tests.test_cpp import _build
+
+    folder, why = _build()
+    if folder is None:
+        pytest.skip(why)
+    return folder
+
+
+def cpp_refused(build: Path, argv: list, match: str, root: Path | None = None, tool: str = "pixart_run", **kw) -> str:
+    """The C++ counterpart of `refused`: exit 2, one line on stderr (`error: ...`) matching `match`, and
+    `root` unchanged."""
+    before = snapshot(root) if root is not None else None
+    proc = subprocess.run([str(build / tool), *map(str, argv)], capture_output=True, text=True, timeout=120, **kw)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(match, lines[0]), proc.stderr
+    if root is not None:
+        assert snapshot(root) == before, "the file system changed"
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def ov_folder():
+    pytest.importorskip("openvino")
+    from tests._openvino_engine import ov_engine
+
+    return ov_engine()[0]
+
+
+# -- 1. data loss -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["build", "export"])
+def test_out_inside_an_engine_folder_is_refused_by_build_and_export(tmp_path, capsys, command):
+    folder = copy_engine(tmp_path / "engine")
+    argv = [command, "--model", "tiny", "--out", folder / "inner"] + (["--target", "ort-cpu"] * (command == "build"))
+    refused(capsys, argv, r"inside the engine folder .*engine", root=tmp_path)
+
+
+def test_cpp_out_inside_an_engine_folder_is_refused(tmp_path, cpp):
+    folder = copy_engine(tmp_path / "engine")
+    for out in (folder / "in.png", folder / "tokenizer" / "x.png"):
+        cpp_refused(cpp, [folder, "--prompt", "a red circle", "--out", out], r"inside the engine folder", root=tmp_path)
+    # another engine folder than the one run
+    cpp_refused(
+        cpp, [tiny_engine()[0], "--prompt", "a red circle", "--out", folder / "x.png"], r"inside", root=tmp_path
+    )
+
+
+# -- 3. one argument contract: the same table of bad arguments through both CLIs -------------------------
+BAD_ARGUMENTS = [
+    (["--seed", "-1"], r"seed.*from 0 to"),
+    (["--seed", "abc"], r"seed.*'abc' is not an integer|'abc' is not an integer"),
+    (["--seed", "1.5"], r"not an integer"),
+    (["--seed", "12abc"], r"not an integer"),
+    (["--seed", "99999999999999999999"], r"seed.*from 0 to"),
+    (["--num-images", "0"], r"num-images.*from 1 to 256"),
+    (["--num-images", "100000"], r"num-images.*from 1 to 256"),
+    (["--conditioning-scale", "11"], r"conditioning-scale.*from 0 to 10"),
+    (["--conditioning-scale", "abc"], r"not a number"),
+    (["--conditioning-scale", "nan"], r"finite"),
+    (["--conditioning-scale", "0x10"], r"not a number"),
+    (["--conditioning-scale", "1e400"], r"finite"),
+    (["--threads", "-1"], r"threads.*from 1 to 1024"),
+    (["--threads", "2x"], r"not an integer"),
+    (["--memory-budget", "0"], r"memory-budget.*from 0.01"),
+    (["--out", "{tmp}/x.jpg"], r"PNG"),
+    (["--out", "{tmp}/missing/x.png"], r"no such folder"),
+    (["--out", "{tmp}/d.png"], r"is a folder"),
+    (["--out", "{engine}/x.png"], r"inside the engine folder"),
+    (["--prompt", "   "], r"empty prompt"),
+]
+
+
+@pytest.mark.parametrize("extra,match", BAD_ARGUMENTS, ids=[" ".join(a) for a, _ in BAD_ARGUMENTS])
+def test_both_clis_refuse_the_same_bad_arguments(tmp_path, capsys, cpp, extra, match):
+    folder = copy_engine(tmp_path / "engine")
+    (tmp_path / "d.png").mkdir()
+    extra = [a.format(tmp=tmp_path, engine=folder) for a in extra]
+    base = ["--prompt", "a red circle", "--out", tmp_path / "x.png"]
+    refused(capsys, ["run", folder, *base, *extra], match, root=tmp_path)
+    cpp_refused(cpp, [folder, *base, *extra], match, root=tmp_path)
+
+
+def test_cpp_usage_line(cpp):
+    line = cpp_refused(cpp, [], r"ENGINE_DIR and --prompt are required")
+    assert "usage: pixart_run ENGINE_DIR --prompt" in line
+
+
+# -- 2 and 5. integrity and tampered manifests, refused at read time by both loaders ---------------------
+def _set(path: str, value):
+    """An edit that sets the dotted `path` of the manifest (list indices as numbers)."""
+
+    def change(data):
+        *parents, last = path.split(".")
+        node = data
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+        node[int(last) if isinstance(node, list) else last] = value
+
+    return change
+
+
+TAMPERED = [
+    ("resolutions empty", _set("resolutions", []), r"resolutions: empty"),
+    ("a 2147483640-pixel bucket", _set("resolutions", [[2147483640, 8]]), r"resolutions holds 2147483640x8"),
+    ("a bucket with no graphs", _set("resolutions", [[128, 128], [64, 64]]), r"no \w+ graph for the bucket 64x64"),
+    ("patch_size 0", _set("model.configs.transformer.patch_size", 0), r"model.configs.transformer.patch_size: 0"),
+    (
+        "num_attention_heads a string",
+        _set("model.configs.transformer.num_attention_heads", "2"),
+        r"num_attention_heads",
+    ),
+    ("vae widths empty", _set("model.configs.vae.block_out_channels", []), r"vae.block_out_channels"),
+    ("steps beyond 32 bits", _set("steps", 4294967300), r"steps 4294967300 is not 1 to 8"),
+    ("latent_channels beyond 32 bits", _set("latent_channels", 2**32 + 4), r"latent_channels 4294967300"),
+    ("max_length beyond 32 bits", _set("tokenizer.max_length", 2**32 + 120), r"tokenizer.max_length"),
+    ("a file size below 0", lambda d: next(iter(d["files"].values())).update(bytes=-1), r"bytes -1"),
+    ("an integer beyond 64 bits", _set("build.note", 2**70), r"1180591620717411303424|64-bit|64 bits"),
+    ("relabelled, parity null", lambda d: d.update(parity=None, target="ort-cuda"), r"sealed_for"),
+    ("seal removed", lambda d: d["build"].pop("sealed_for"), r"sealed_for"),
+    ("a cache folder for onnxruntime", _set("graphs.0.runtime", {"config": {"CACHE_DIR": "/tmp"}}), r"runtime.config"),
+]
+
+
+@pytest.mark.parametrize("name,edit,match", TAMPERED, ids=[t[0] for t in TAMPERED])
+def test_tampered_manifest_refused_by_both(tmp_path, capsys, cpp, name, edit, match):
+    folder = copy_engine(tmp_path / "engine")
+    edit_manifest(folder, edit)
+    refused(capsys, run_argv(folder, tmp_path / "x.png"), match, root=tmp_path)
+    cpp_refused(cpp, ["validate", folder], match, root=tmp_path, tool="pixart_tool")
+
+
+def _raw_manifest(folder: Path, text: bytes) -> None:
+    (folder / MANIFEST).write_bytes(text)
+
+
+@pytest.mark.parametrize(
+    "name,make,match",
+    [
+        ("100000-deep array", lambda m: m[:-1] + b', "deep": ' + b"[" * 100000 + b"]" * 100000 + b"}", r"nested"),
+        ("65 deep", lambda m: m[:-1] + b', "deep": ' + b"[" * 65 + b"]" * 65 + b"}", r"nested deeper than 64"),
+        # the boundary, the same in both: 64 levels pass the depth check (and the schema then names the field)
+        ("64 deep", lambda m: m[:-1] + b', "deep": ' + b"[" * 64 + b"]" * 64 + b"}", r"unknown field\(s\) deep"),
+        ("invalid UTF-8", lambda m: m.replace(b'"ort-cpu"', b'"ort-\xff-cpu"', 1), r"UTF-8|utf-8|not readable JSON"),
+        ("a lone surrogate", lambda m: m.replace(b'"ort-cpu"', b'"ort-\\ud800"', 1), r"UTF-8|surrogate"),
+        ("over 16 MiB", lambda m: m[:-1] + b', "pad": "' + b"x" * (16 * 2**20) + b'"}', r"more than the 16777216"),
+    ],
+)
+def test_unbounded_or_undecodable_manifest_refused_by_both(tmp_path, capsys, cpp, name, make, match):
+    folder = copy_engine(tmp_path / "engine")
+    text = json.dumps(json.loads((folder / MANIFEST).read_text())).encode()
+    _raw_manifest(folder, make(text))
+    refused(capsys, run_argv(folder, tmp_path / "x.png"), match, root=tmp_path)
+    cpp_refused(cpp, ["validate", folder], match, root=tmp_path, tool="pixart_tool")
+
+
+def test_manifest_that_is_a_device_or_fifo_is_refused_by_both(tmp_path, capsys, cpp):
+    folder = copy_engine(tmp_path / "engine")
+    (folder / MANIFEST).unlink()
+    (folder / MANIFEST).symlink_to("/dev/zero")
+    refused(capsys, run_argv(folder, tmp_path / "x.png"), r"not a regular file \(a character device\)", root=tmp_path)
+    cpp_refused(
+        cpp, ["validate", folder], r"not a regular file \(a character device\)", root=tmp_path, tool="pixart_tool"
+    )
+    (folder / MANIFEST).unlink()
+    os.mkfifo(folder / MANIFEST)
+    refused(capsys, run_argv(folder, tmp_path / "x.png"), r"not a regular file \(a FIFO\)", root=tmp_path)
+    cpp_refused(cpp, ["validate", folder], r"not a regular file \(a FIFO\)", root=tmp_path, tool="pixart_tool")
+
+
+def test_hard_link_to_a_file_outside_is_refused_by_both(tmp_path, capsys, cpp, ov_folder):
+    for folder in (copy_engine(tmp_path / "engine"), shutil.copytree(ov_folder, tmp_path / "ov")):
+        name = graph_file(folder, "vae_decoder")
+        outside = tmp_path / f"outside-{folder.name}"
+        os.link(folder / name, outside)  # the same bytes: the hash matches, the link count does not
+        refused(capsys, run_argv(folder, tmp_path / "x.png"), r"has 2 hard links", root=tmp_path)
+        if folder.name == "ov":
+            cpp_refused(cpp, ["validate", folder], r"has 2 hard links", root=tmp_path, tool="pixart_tool")
+
+
+@pytest.mark.parametrize(
+    "config,match",
+    [
+        ({"INFERENCE_PRECISION_HINT": "f32", "CACHE_DIR": "{tmp}/cache"}, r"config.CACHE_DIR: not a property"),
+        ({"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT"}, r"PERFORMANCE_HINT: 'THROUGHPUT'"),
+        ({"INFERENCE_PRECISION_HINT": 32}, r"INFERENCE_PRECISION_HINT: '?32'? is not one of"),
+    ],
+)
+def test_openvino_runtime_config_is_an_allow_list_in_both(tmp_path, capsys, cpp, ov_folder, config, match):
+    """A manifest cannot make OpenVINO write compiled blobs outside the folder (and then import them in
+    place of the checked graphs): every compile property is allow-listed, with its values."""
+    folder = shutil.copytree(ov_folder, tmp_path / "ov")
+    config = {k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in config.items()}
+    edit_manifest(folder, _set("graphs.0.runtime", {"config": config}))
+    refused(capsys, run_argv(folder, tmp_path / "x.png"), match, root=tmp_path)
+    cpp_refused(cpp, ["validate", folder], match, root=tmp_path, tool="pixart_tool")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_what_runs_is_what_was_hashed(tmp_path):
+    """The graph files are held open from the check on: a folder replaced after `load` does not feed the
+    running pipeline other files, and a file rewritten in place is refused when it is read."""
+    from pixart_export import runtime
+    from pixart_export.manifest import EngineError
+
+    folder = copy_engine(tmp_path / "engine")
+    pipe = runtime.load(folder)
+    name = graph_file(folder, "vae_decoder")
+    folder.rename(tmp_path / "moved")
+    swapped = copy_engine(tmp_path / "engine")
+    data = (swapped / name).read_bytes()
+    (swapped / name).write_bytes(data[: len(data) // 3])  # what a later open of the path would load
+    rehash(swapped, name)
+    expected = runtime.load(tmp_path / "moved")("a red circle", seed=1, output="np")
+    np.testing.assert_array_equal(pipe("a red circle", seed=1, output="np"), expected)
+
+    pipe = runtime.load(tmp_path / "moved")
+    path = tmp_path / "moved" / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))  # the same inode, rewritten in place after the check
+    with pytest.raises(EngineError, match=rf"{name}: changed after the folder was checked"):
+        pipe("a red circle", seed=1)
+
+
+def test_cpp_wraps_openvino_load_errors_in_one_line(tmp_path, cpp, ov_folder):
+    folder = shutil.copytree(ov_folder, tmp_path / "ov")
+    xml = graph_file(folder, "text_encoder")
+    data = (folder / xml).read_bytes()
+    (folder / xml).write_bytes(data[: len(data) // 2])
+    rehash(folder, xml)
+    cpp_refused(
+        cpp, [folder, "--prompt", "a red circle", "--out", tmp_path / "x.png"], rf"{xml}: not loadable by OpenVINO"
+    )
+    assert not (tmp_path / "x.png").exists()
+
+
+# -- 4. bounded reads of control images ------------------------------------------------------------------
+def test_control_image_that_is_a_fifo_or_device_is_refused_by_both(tmp_path, capsys, cpp):
+    folder = tiny_engine()[0]
+    os.mkfifo(tmp_path / "c.ppm")
+    (tmp_path / "z.ppm").symlink_to("/dev/zero")
+    for path, kind in ((tmp_path / "c.ppm", "a FIFO"), (tmp_path / "z.ppm", "a character device")):
+        argv = ["--prompt", "a red circle", "--out", tmp_path / "x.png", "--control-image", path]
+        refused(capsys, ["run", folder, *argv], rf"not a regular file \({kind}\)", root=tmp_path)
+        cpp_refused(cpp, [folder, *argv], rf"not a regular file \({kind}\)", root=tmp_path)
+
+
+def test_huge_image_header_refused_before_allocation_by_both(tmp_path, capsys, cpp):
+    """A 100000x100000 PPM header (30 GB of pixels) on a few bytes: refused from the header."""
+    folder = tiny_engine()[0]
+    (tmp_path / "c.ppm").write_bytes(b"P6\n100000 100000\n255\n" + bytes(64))
+    argv = ["--prompt", "a red circle", "--out", tmp_path / "x.png", "--control-image", tmp_path / "c.ppm"]
+    refused(capsys, ["run", folder, *argv], r"too large", root=tmp_path)
+    cpp_refused(cpp, [folder, *argv], r"too large", root=tmp_path)
+    (tmp_path / "t.ppm").write_bytes(b"P6\n4000 4000\n255\n" + bytes(64))  # within the limit, but truncated
+    argv[-1] = tmp_path / "t.ppm"
+    refused(capsys, ["run", folder, *argv], r"not a readable image|truncated", root=tmp_path)
+    cpp_refused(cpp, [folder, *argv], r"truncated PPM", root=tmp_path)
+
+
+# -- 7. one rule for control images of more than 8 bits a sample ----------------------------------------
+def test_16_bit_control_images_are_refused_by_both(tmp_path, capsys, cpp):
+    folder = tiny_engine()[0]
+    gray16 = tmp_path / "g16.png"
+    Image.fromarray((np.arange(128 * 128).reshape(128, 128) * 3).astype(np.uint16)).save(gray16)
+    ppm16 = tmp_path / "c16.ppm"
+    ppm16.write_bytes(b"P6\n128 128\n65535\n" + (np.arange(128 * 128 * 3, dtype=">u2")).tobytes())
+    for path in (gray16, ppm16):
+        argv = ["--prompt", "a red circle", "--out", tmp_path / "x.png", "--control-image", path]
+        refused(capsys, ["run", folder, *argv], r"more than 8 bits|not 8 bits", root=tmp_path)
+    argv = ["--prompt", "a red circle", "--out", tmp_path / "x.png", "--control-image", ppm16]
+    cpp_refused(cpp, [folder, *argv], r"maxval 65535, not 8 bits", root=tmp_path)
+
+
+# -- 6. environment errors: exit 2, one line, before the inference, nothing left -------------------------
+def test_deleted_working_folder_with_a_relative_out(tmp_path, capsys, cpp, monkeypatch):
+    folder = tiny_engine()[0]
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    refused(capsys, ["run", folder, "--prompt", "a red circle", "--out", "x.png"], r"working folder no longer exists")
+    cpp_refused(cpp, [folder, "--prompt", "a red circle", "--out", "x.png"], r"working folder no longer exists")
+
+
+def test_read_only_output_folder_is_refused_before_the_inference(tmp_path, capsys, monkeypatch):
+    """EROFS (a read-only file system; root ignores permission bits, so it is simulated at os.open)."""
+    import errno
+
+    from pixart_export import runtime
+
+    folder = tiny_engine()[0]
+    real_open = os.open
+
+    def read_only(path, flags, *args, **kwargs):
+        if str(path).startswith(str(tmp_path)) and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    monkeypatch.setattr(runtime, "load", lambda *a, **k: pytest.fail("the engine was loaded before the check"))
+    refused(capsys, run_argv(folder, tmp_path / "x.png"), r"not writable \(Read-only file system\)", root=tmp_path)
+
+
+def test_full_disk_is_refused_before_the_inference(tmp_path, capsys, monkeypatch):
+    from pixart_export.runtime.pipeline import Pipeline
+
+    folder = tiny_engine()[0]
+    real = os.statvfs
+
+    def full(path):
+        st = real(path)
+        return os.statvfs_result((st.f_bsize, st.f_frsize, st.f_blocks, 0, 0, *tuple(st)[5:]))
+
+    monkeypatch.setattr(os, "statvfs", full)
+    monkeypatch.setattr(Pipeline, "chunks", lambda *a, **k: pytest.fail("the inference ran before the check"))
+    refused(capsys, run_argv(folder, tmp_path / "x.png"), r"0 bytes free.*need up to", root=tmp_path)
+
+
+def test_disk_full_while_writing_leaves_nothing(tmp_path, capsys, monkeypatch):
+    import errno
+
+    folder = tiny_engine()[0]
+
+    def no_space(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"\x89PNG partial")  # what a write cut short leaves
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Image.Image, "save", no_space)
+    refused(
+        capsys, run_argv(folder, tmp_path / "x.png"), r"cannot be written \(No space left on device\)", root=tmp_path
+    )

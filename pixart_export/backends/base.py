@@ -33,7 +33,12 @@ if TYPE_CHECKING:  # pragma: no cover
 class GraphRunner(Protocol):
     """Runs one graph file of an engine folder (a session, a compiled model or an engine per file)."""
 
-    def run(self, record: GraphRecord, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+    def run(self, record: GraphRecord, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs of the graph file `record` on `feeds`; what runs it is loaded here, on first use."""
+
+    def release(self, graph_names) -> None:
+        """Drop what `run` loaded for the graphs named (manifest graph names, e.g. "text_encoder"): sessions,
+        compiled models, engines. A graph released loads again on its next run (`Pipeline(low_memory=True)`)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class Backend(Protocol):
     extra: str  # the pip extra that installs it
     statuses: tuple[str, ...]  # manifest statuses a folder of this backend may have
     code: tuple[str, ...]  # repository paths (files or folders) that enter its build key
+    runtime_settings: dict  # what a graph record's `runtime` may hold (targets.check_runtime_settings)
 
     def installed_version(self) -> str:
         """The installed runtime's version; EngineError naming the pip extra when it is missing."""
@@ -95,15 +101,15 @@ class BackendBase:
     them `check_request(backend, ctx)` and `finish(backend, target, folder, manifest, log)`."""
 
     package: str  # the backend's package, e.g. "pixart_export.backends.onnxruntime"
+    #: converts a text encoder too large for the fp32 export straight from its weights
+    #: (`export/t5_direct.py`; the exporter then writes no `text_encoder` ONNX)
+    direct_text_encoder: bool = False
 
     def _module(self, name: str):
         import importlib
 
         return importlib.import_module(f"{self.package}.{name}")
 
-    #: converts a text encoder too large for the fp32 export straight from its weights
-    #: (`export/t5_direct.py`; the exporter then writes no `text_encoder` ONNX)
-    direct_text_encoder: bool = False
     def add_options(self, parser) -> None:
         self._module("options").add_options(parser)
 

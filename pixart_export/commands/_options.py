@@ -6,13 +6,19 @@ One resolution syntax everywhere: `512` (square) or `512x768` (HEIGHTxWIDTH).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
 
 from ..errors import UserError
+from ..manifest import engine_folder_around, read_regular
+
+#: The largest control image file read (PIL then also refuses more than Image.MAX_IMAGE_PIXELS pixels).
+MAX_CONTROL_BYTES = 256 * 2**20
 
 
 def resolution(value: str) -> tuple[int, int]:
@@ -159,6 +165,13 @@ def check_png_out(path: Path, engine: Path | None = None) -> Path:
     folder (an unlisted file there would make the engine refuse to load)."""
     if path.suffix.lower() != ".png":
         raise UserError(f"--out {path}: the output is a PNG, name it *.png")
+    if not path.is_absolute():
+        try:
+            os.getcwd()
+        except FileNotFoundError:
+            raise UserError(
+                f"--out {path}: the working folder no longer exists; cd to a folder or give an absolute --out"
+            ) from None
     if path.is_dir():
         raise UserError(f"--out {path}: is a folder; give a file name ending in .png")
     if not path.parent.is_dir():
@@ -169,7 +182,29 @@ def check_png_out(path: Path, engine: Path | None = None) -> Path:
             f"--out {path}: inside the engine folder {folder or engine}; writing there would break its "
             "file list: write the image elsewhere"
         )
+    probe = path.with_name(f".{path.name}.probe-{os.getpid()}")
+    try:  # writable (permissions, a read-only file system), before any inference runs
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"--out {path}: {path.parent} is not writable ({exc.strerror or exc})") from None
     return path
+
+
+def check_free_space(paths: list[Path], height: int, width: int) -> None:
+    """Room for the images on the file system of `paths` (a PNG is at most its raw pixels plus a little),
+    checked before the inference runs."""
+    need = len(paths) * (height * width * 3 + height + 4096)
+    try:
+        st = os.statvfs(paths[0].parent)
+    except (OSError, AttributeError):  # no statvfs (Windows): the write itself will say
+        return
+    free = st.f_bavail * st.f_frsize
+    if free < need:
+        raise UserError(
+            f"--out {paths[0]}: {free} bytes free on its file system, {len(paths)} PNG(s) of {height}x{width} "
+            f"need up to {need}: free some space or choose another --out"
+        )
 
 
 def _within(path: Path, folder: Path) -> bool:
@@ -178,19 +213,6 @@ def _within(path: Path, folder: Path) -> bool:
     except ValueError:
         return False
     return True
-
-
-def engine_folder_around(path: Path) -> Path | None:
-    """The engine folder that holds `path` (a parent with a manifest.json of ours), if any."""
-    for parent in path.resolve().parents:
-        manifest = parent / "manifest.json"
-        try:
-            data = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else None
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and "schema_version" in data and "build_key" in data:
-            return parent
-    return None
 
 
 def check_out(path: Path) -> Path:
@@ -207,11 +229,18 @@ def read_control_image(path: Path | None):
 
     from PIL import Image
 
+    data = read_regular(path, MAX_CONTROL_BYTES, lambda m: UserError(f"--control-image {m}")) if path.exists() else b""
     try:
         with warnings.catch_warnings():
-            # PIL only warns between its pixel limit and twice that; both are refused here
+            # PIL only warns between its pixel limit and twice that; both are refused here. Image.open
+            # reads the header only, so the pixel count is checked before any pixel memory is allocated.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(io.BytesIO(data) if data else path)
+            if more_than_8_bits(image):
+                raise UserError(
+                    f"--control-image {path}: {image.mode} with more than 8 bits a sample; control images are "
+                    "8-bit (convert it first, e.g. PIL: image.convert('RGB') after scaling to 0..255)"
+                )
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise UserError(f"--control-image {path}: too large ({exc}); give an image near the output size") from None
@@ -220,15 +249,35 @@ def read_control_image(path: Path | None):
     return image
 
 
+def more_than_8_bits(image) -> bool:
+    """Whether an opened (not yet loaded) PIL image has more than 8 bits a sample: 16-bit and 32-bit
+    modes, a 16-bit PNG that PIL would narrow to RGB, a PPM whose maxval is not 255. One rule with the C++
+    runtime (which reads 8-bit PPMs only): such images are refused, never clipped or narrowed silently."""
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        return True
+    for tile in image.tile:
+        args = tile[3]
+        raw = args[0] if isinstance(args, tuple) and args else args
+        if (isinstance(raw, str) and ";16" in raw) or tile[0] == "ppm":
+            return True
+    return False
+
+
 def save_png(image, path: Path) -> None:
-    """Write `image` to `path` through a temporary file beside it (never a half-written PNG)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `image` to `path` through a temporary file beside it (never a half-written PNG); a full disk
+    or a read-only file system is the user's to fix (exit 2, the errno text)."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         image.save(tmp, format="PNG")
         tmp.replace(path)
+    except OSError as exc:
+        raise UserError(f"--out {path}: cannot be written ({exc.strerror or exc}); nothing was left there") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def subcommand(sub: argparse._SubParsersAction, doc: str, name: str, help: str) -> argparse.ArgumentParser:

@@ -22,6 +22,9 @@ class OnnxRuntime(BackendBase):
     package = __name__
     name = "onnxruntime"
     statuses = ("ready",)
+    #: What a graph record's `runtime` may hold: ort-cuda's fp16 graphs keep the TensorRT preparation's
+    #: shape profile (read by nothing here); no session option comes from the manifest.
+    runtime_settings = {"profile": dict}
 
     def __init__(self, device: str):
         if device not in ("cpu", "cuda"):
@@ -79,9 +82,10 @@ class OnnxRuntime(BackendBase):
                 )
 
     # -- runtime -----------------------------------------------------------------------------------------------
-    def runner(self, folder: Path, manifest: Manifest, providers=None, threads: int | None = None):
+    def runner(self, folder: Path, manifest: Manifest, providers=None, threads: int | None = None, files=None):
+        """`files`: the folder's checked files held open (`manifest.HeldFiles`), which graphs load from."""
         from .runner import OrtRunner
 
         if providers is None and self.device_kind == "cuda":
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        return OrtRunner(folder, providers=providers, threads=threads)
+        return OrtRunner(folder, providers=providers, threads=threads, files=files)

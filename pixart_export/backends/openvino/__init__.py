@@ -27,18 +27,22 @@ class OpenVino(BackendBase):
     name = "openvino"
     extra = "openvino"
     statuses = ("ready",)
+    #: What a graph record's `runtime` may hold (`targets.check_runtime_settings`): the compile properties
+    #: the build writes, with the values it writes. No CACHE_DIR or other path: the manifest cannot make
+    #: OpenVINO read or write outside the folder (and no compiled-model cache is kept).
+    runtime_settings = {"config": {"INFERENCE_PRECISION_HINT": ("f32", "bf16"), "PERFORMANCE_HINT": ("LATENCY",)}}
     # the prompt files decide the int8 calibration and the quality gate
     code = (_HERE, "pixart_export/data/calibration_prompts.txt", "pixart_export/data/quality_prompts.txt")
 
     def __init__(self, int8: bool = False):
         self.int8 = bool(int8)
+        # a T5 too large for the fp32 export (T5-XXL) is converted from bf16 weights and compressed to
+        # int8 weights: only where the target quantises those weights anyway (`prepare.convert_direct`)
+        self.direct_text_encoder = self.int8
 
     def __repr__(self) -> str:
         return f"OpenVino(int8={self.int8})"
 
-        # a T5 too large for the fp32 export (T5-XXL) is converted from bf16 weights and compressed to
-        # int8 weights: only where the target quantises those weights anyway (`prepare.convert_direct`)
-        self.direct_text_encoder = self.int8
     # -- versions and host ------------------------------------------------------------------------------
     def installed_version(self) -> str:
         try:
@@ -88,9 +92,17 @@ class OpenVino(BackendBase):
         threads: int | None = None,
         inference_precision: str | None = None,
         static_shapes: bool = True,
+        files=None,
     ):
         """`threads`: INFERENCE_NUM_THREADS; `inference_precision` ("f32" | "bf16"): override every graph's
-        recorded inference precision, for measurements; `static_shapes=False`: compile the dynamic IR."""
+        recorded inference precision, for measurements; `static_shapes=False`: compile the dynamic IR;
+        `files`: the folder's checked files held open (`manifest.HeldFiles`), which graphs load from."""
         from .runner import OvRunner
 
-        return OvRunner(folder, threads=threads, inference_precision=inference_precision, static_shapes=static_shapes)
+        return OvRunner(
+            folder,
+            threads=threads,
+            inference_precision=inference_precision,
+            static_shapes=static_shapes,
+            files=files,
+        )

@@ -13,6 +13,10 @@ tiny it fuses the elementwise chains it leaves unfused in the dynamic model). Me
 int8 step (512 px, 2-core AVX-512 VNNI CPU, idle): 2.19 s static vs 2.25 s dynamic; the VAE decoder
 the same (12.4 s). A small gain, kept. `static_shapes=False` compiles the dynamic model once instead.
 
+`release(graph_names)` drops every compiled model of those graphs (`--low-memory`: the pipeline releases
+the text encoder before the denoiser compiles, and the denoiser before the decoder); a graph released
+is compiled again on its next run.
+
 Torch-free, and nothing from the build (prepare, quantise, export): the runtime imports this.
 """
 
@@ -104,6 +108,7 @@ class OvRunner:
         threads: int | None = None,
         inference_precision: str | None = None,
         static_shapes: bool = True,
+        files=None,
     ):
         if inference_precision not in (None, "f32", "bf16"):
             raise ValueError(f"inference_precision {inference_precision!r}: 'f32' or 'bf16'")
@@ -111,9 +116,11 @@ class OvRunner:
         self.threads = threads
         self.inference_precision = inference_precision
         self.static_shapes = static_shapes
+        self.files = files  # manifest.HeldFiles: the checked files, held open since the check
         self._core = None
         self._cpu = cpu_info()
         self._compiled: dict[tuple, object] = {}
+        self._graph_of: dict[str, str] = {}  # graph file -> its graph name, for `release`
 
     def graph_config(self, record: GraphRecord) -> dict:
         """The compile properties for one graph: as built, with the thread count and override applied."""
@@ -133,14 +140,36 @@ class OvRunner:
 
             self._core = self._core or ov.Core()
             try:
-                model = self._core.read_model(str(self.folder / record.file))
+                model = self._read(record)
                 if shapes:
                     model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes})
                 self._compiled[key] = compile_graph(model, self.graph_config(record), self._core)
             except RuntimeError as exc:  # OpenVINO reports unreadable IR / weights as RuntimeError
                 raise unloadable(record.file, "OpenVINO", exc) from None
+            self._graph_of[record.file] = record.graph
         return self._compiled[key]
+
+    def _read(self, record: GraphRecord):
+        """The IR of `record`: from the bytes of the checked files where they are held, else by path."""
+        if self.files is None:
+            return self._core.read_model(str(self.folder / record.file))
+        weights = [rel for rel in record.files if rel != record.file]
+        return self._core.read_model(
+            model=self.files.read(record.file), weights=self.files.read(weights[0]) if weights else b""
+        )
 
     def run(self, record: GraphRecord, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         feeds = {t.name: feeds[t.name] for t in record.inputs}
         return run_compiled(self.compiled(record, feeds), feeds)
+
+    def release(self, graph_names) -> None:
+        """Drop the compiled models of the graphs named (manifest graph names, e.g. "text_encoder"), every
+        shape set of each."""
+        names = set(graph_names)
+        for key in [k for k in self._compiled if self._graph_of[k[0]] in names]:
+            del self._compiled[key]
+
+    @property
+    def loaded(self) -> set[str]:
+        """The graphs that hold a compiled model now."""
+        return {self._graph_of[file] for file, _ in self._compiled}

@@ -25,6 +25,11 @@ class TensorRT(BackendBase):
     name = "tensorrt"
     extra = "tensorrt-cu12"
     statuses = ("bundle", "compiled")
+    #: What a record's `runtime` may hold: the shape profile `compile` applies, and on engine records the
+    #: graph it was built from and its timing-cache key (a hash; the cache folder is the host's, never
+    #: the manifest's); on a K-step loop's denoiser record, the two engine files that run it (listed
+    #: engines of the folder: `compile.loop_records`, issue #23).
+    runtime_settings = {"profile": dict, "source": str, "timing_cache": str, "k_step_loop": dict}
     code = (_HERE,)
 
     def __repr__(self) -> str:
@@ -104,8 +109,11 @@ class TensorRT(BackendBase):
             )
 
     # -- runtime -----------------------------------------------------------------------------------------------
-    def runner(self, folder: Path, manifest: Manifest, cuda_graph: bool = False, threads: int | None = None):
-        """`threads` (the CPU backends' option, `run --threads`) does not apply to engines on a GPU."""
+    def runner(
+        self, folder: Path, manifest: Manifest, cuda_graph: bool = False, threads: int | None = None, files=None
+    ):
+        """`threads` (the CPU backends' option, `run --threads`) does not apply to engines on a GPU. `files`
+        (the checked files held open) is not used yet: engines are read by path when first run."""
         from .runner import TrtRunner
 
         return TrtRunner(folder, cuda_graph=cuda_graph, manifest=manifest)
