@@ -1,13 +1,24 @@
 // PNG writer with no library: 8-bit RGB, filter 0 on every row, zlib stream of stored (uncompressed)
 // deflate blocks, CRC-32 and Adler-32 computed here. Files are larger than a compressing encoder's but
-// every PNG reader takes them. PPM (P6) reader for control images.
+// every PNG reader takes them; written through a temporary file beside the destination and renamed, so a
+// full disk or a read-only folder leaves nothing (exit 2, the errno text). PPM (P6, maxval 255) reader for
+// control images, bounded: a regular file only (a FIFO or device is refused by its type before it is
+// opened), the header's pixel count checked against PIL's limit and the file's size before any pixel
+// memory is allocated; a maxval other than 255 (16-bit samples) is refused, as the Python runtime does.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
+#include "manifest.hpp"
 #include "pixart/runtime.hpp"
 
 namespace pixart {
@@ -87,12 +98,44 @@ void write_png(const std::string& path, const Image& image) {
     chunk(out, "IHDR", ihdr);
     chunk(out, "IDAT", z);
     chunk(out, "IEND", {});
-    std::ofstream f(path, std::ios::binary);
-    f.write(reinterpret_cast<const char*>(out.data()), static_cast<std::streamsize>(out.size()));
-    if (!f) throw Error(Error::kUser, path + ": cannot be written");
+    const std::size_t slash = path.rfind('/');
+    const std::string tmp = (slash == std::string::npos ? std::string() : path.substr(0, slash + 1)) + "." +
+                            path.substr(slash == std::string::npos ? 0 : slash + 1) + ".tmp";
+    auto fail = [&](int err) {
+        ::unlink(tmp.c_str());
+        throw Error(Error::kUser, "--out " + path + ": cannot be written (" + std::strerror(err) + "); nothing was left there");
+    };
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) throw Error(Error::kUser, "--out " + path + ": cannot be written (" + std::strerror(errno) + ")");
+    std::size_t done = 0;
+    while (done < out.size()) {
+        const ssize_t n = ::write(fd, out.data() + done, out.size() - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            const int err = n < 0 ? errno : ENOSPC;
+            ::close(fd);
+            fail(err);
+        }
+        done += static_cast<std::size_t>(n);
+    }
+    if (::fsync(fd) != 0 && errno != EINVAL) {
+        const int err = errno;
+        ::close(fd);
+        fail(err);
+    }
+    if (::close(fd) != 0) fail(errno);
+    if (::rename(tmp.c_str(), path.c_str()) != 0) fail(errno);
 }
 
+// PIL's Image.MAX_IMAGE_PIXELS: the Python runtime refuses larger control images (a decompression bomb)
+constexpr long long kMaxImagePixels = 89478485;
+
 Image read_ppm(const std::string& path) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0)
+        throw Error(Error::kUser, "--control-image " + path + ": not a readable image (" + std::strerror(errno) + ")");
+    if (!S_ISREG(st.st_mode))
+        throw Error(Error::kUser, "--control-image " + path + ": not a regular file (" + file_kind(st.st_mode) + "); give a file");
     std::ifstream f(path, std::ios::binary);
     if (!f) throw Error(Error::kUser, path + ": cannot be read");
     auto token = [&f]() {
@@ -109,22 +152,36 @@ Image read_ppm(const std::string& path) {
                 continue;
             }
             t += c;
+            if (t.size() > 32) break;  // no header field is longer: never read an unbounded "token"
         }
         return t;
     };
     Image img;
     const std::string magic = token();
     const std::string w = token(), h = token(), maxval = token();
-    try {
-        img.width = std::stoi(w);
-        img.height = std::stoi(h);
-    } catch (const std::exception&) {
-        img.width = img.height = 0;
+    long long width = 0, height = 0;
+    const bool numeric = !w.empty() && !h.empty() && w.size() < 12 && h.size() < 12 &&
+                         std::all_of(w.begin(), w.end(), ::isdigit) && std::all_of(h.begin(), h.end(), ::isdigit);
+    if (numeric) {
+        width = std::stoll(w);
+        height = std::stoll(h);
     }
-    if (magic != "P6" || maxval != "255" || img.width <= 0 || img.height <= 0)
-        throw Error(Error::kUser, path + ": not a binary PPM (P6, maxval 255); convert the control image, e.g. "
-                                         "PIL's Image.save(path, 'PPM')");
-    img.rgb.resize(static_cast<std::size_t>(img.width) * img.height * 3);
+    if (magic != "P6" || !numeric || width <= 0 || height <= 0 || maxval.empty() ||
+        !std::all_of(maxval.begin(), maxval.end(), ::isdigit))
+        throw Error(Error::kUser, "--control-image " + path + ": not a binary PPM (P6, maxval 255); convert the control image, "
+                                                              "e.g. PIL's Image.save(path, 'PPM')");
+    if (maxval != "255")
+        throw Error(Error::kUser, "--control-image " + path + ": maxval " + maxval + ", not 8 bits a sample; control images "
+                                                              "are 8-bit (convert it first)");
+    if (width * height > kMaxImagePixels)
+        throw Error(Error::kUser, "--control-image " + path + ": too large (" + std::to_string(width * height) +
+                                      " pixels, more than " + std::to_string(kMaxImagePixels) + "); give an image near the output size");
+    const long long need = width * height * 3;
+    if (static_cast<long long>(f.tellg()) < 0 || static_cast<long long>(st.st_size) - static_cast<long long>(f.tellg()) < need)
+        throw Error(Error::kUser, path + ": truncated PPM");
+    img.width = static_cast<int>(width);
+    img.height = static_cast<int>(height);
+    img.rgb.resize(static_cast<std::size_t>(need));
     f.read(reinterpret_cast<char*>(img.rgb.data()), static_cast<std::streamsize>(img.rgb.size()));
     if (f.gcount() != static_cast<std::streamsize>(img.rgb.size())) throw Error(Error::kUser, path + ": truncated PPM");
     return img;

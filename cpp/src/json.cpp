@@ -64,7 +64,7 @@ class Parser {
     }
 
     Value value(int depth) {
-        if (depth > 200) fail("nested too deeply");
+        if (depth > kMaxDepth) fail("nested deeper than " + std::to_string(kMaxDepth) + " levels");
         if (p_ >= t_.size()) fail("unexpected end of input");
         Value v;
         const char c = t_[p_];
@@ -182,6 +182,24 @@ class Parser {
         return u;
     }
 
+    // one UTF-8 sequence starting at t_[p_ - 1] (its lead byte c, already taken), appended to out; the
+    // shortest form only, no surrogates, at most U+10FFFF (what Python's bytes.decode("utf-8") accepts)
+    void take_utf8(std::string& out, unsigned char c) {
+        const std::size_t n = (c >> 5) == 0x6 ? 1 : (c >> 4) == 0xe ? 2 : (c >> 3) == 0x1e ? 3 : 0;
+        if (n == 0 || p_ + n > t_.size()) fail("invalid UTF-8 in a string");
+        std::uint32_t cp = n == 1 ? (c & 0x1fu) : n == 2 ? (c & 0x0fu) : (c & 0x07u);
+        for (std::size_t k = 0; k < n; ++k) {
+            const unsigned char d = static_cast<unsigned char>(t_[p_ + k]);
+            if ((d & 0xc0) != 0x80) fail("invalid UTF-8 in a string");
+            cp = (cp << 6) | (d & 0x3fu);
+        }
+        static const std::uint32_t min_cp[] = {0, 0x80, 0x800, 0x10000};
+        if (cp < min_cp[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) fail("invalid UTF-8 in a string");
+        out += static_cast<char>(c);
+        out.append(t_, p_, n);
+        p_ += n;
+    }
+
     static void put_utf8(std::string& out, unsigned cp) {
         if (cp < 0x80) {
             out += static_cast<char>(cp);
@@ -208,6 +226,10 @@ class Parser {
             const unsigned char c = static_cast<unsigned char>(t_[p_++]);
             if (c == '"') return out;
             if (c < 0x20) fail("control character in a string");
+            if (c >= 0x80) {
+                take_utf8(out, c);
+                continue;
+            }
             if (c != '\\') {
                 out += static_cast<char>(c);
                 continue;
@@ -230,8 +252,10 @@ class Parser {
                         p_ += 2;
                         const unsigned lo = hex4();
                         if (lo >= 0xdc00 && lo < 0xe000) cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-                        else p_ = save;  // a lone high surrogate, as Python keeps it
+                        else p_ = save;
                     }
+                    // a lone surrogate is no UTF-8 text (Python keeps it in a str; manifest.py refuses it)
+                    if (cp >= 0xd800 && cp < 0xe000) fail("a lone surrogate escape: not valid UTF-8");
                     put_utf8(out, cp);
                     break;
                 }

@@ -1,6 +1,8 @@
 // A small strict JSON reader (RFC 8259, plus what Python's json.loads also accepts: NaN, Infinity,
 // -Infinity; a repeated key keeps its last value). Integers and floats stay apart, as in Python: the
-// manifest schema checks `int` and `float` fields the way pixart_export/manifest.py does.
+// manifest schema checks `int` and `float` fields the way pixart_export/manifest.py does. Bounds, the
+// same as manifest.py's (MAX_JSON_DEPTH, INT64, UTF-8): at most kMaxDepth containers around a value,
+// integers within 64 bits, strings valid UTF-8 (raw bytes and \u escapes; a lone surrogate is refused).
 #pragma once
 
 #include <cstdint>
@@ -12,6 +14,8 @@
 #include <vector>
 
 namespace pixart::json {
+
+constexpr int kMaxDepth = 64;
 
 class ParseError : public std::runtime_error {
   public:

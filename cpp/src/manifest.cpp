@@ -1,6 +1,12 @@
 #include "manifest.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -114,6 +120,37 @@ const TargetRow kTargets[] = {
     {"trt-t4", "tensorrt", "bundle,compiled"}, {"trt-v100", "tensorrt", "bundle,compiled"},
     {"trt-a100", "tensorrt", "bundle,compiled"}, {"trt-h100", "tensorrt", "bundle,compiled"},
 };
+
+// graph records' `runtime` settings each backend allows (the Python backends' `runtime_settings`): a key
+// with its JSON kind, and for OpenVINO's compile configuration each property with its allowed values. No
+// cache folder or other path: the manifest cannot make a backend read or write outside the folder.
+struct RuntimeRule {
+    const char* backend;
+    const char* key;
+    const char* kind;      // "dict" | "str"
+    const char* property;  // a property of the dict with its allowed values, or nullptr (any content)
+    const char* values;
+};
+const RuntimeRule kRuntimeRules[] = {
+    {"openvino", "config", "dict", "INFERENCE_PRECISION_HINT", "f32,bf16"},
+    {"openvino", "config", "dict", "PERFORMANCE_HINT", "LATENCY"},
+    {"onnxruntime", "profile", "dict", nullptr, nullptr},
+    {"tensorrt", "profile", "dict", nullptr, nullptr},
+    {"tensorrt", "source", "str", nullptr, nullptr},
+    {"tensorrt", "timing_cache", "str", nullptr, nullptr},
+    {"tensorrt", "k_step_loop", "dict", nullptr, nullptr},
+    {"tensorrt", "k_step_loop", "dict", nullptr, nullptr},  // the loop's two engine files (compile.loop_records)
+};
+
+// manifest.py's bounds: MAX_MANIFEST_BYTES, MAX_SIDE, RANGES, CONFIG_RANGES, REQUIRED_GRAPHS
+constexpr std::int64_t kMaxManifestBytes = 16 << 20;
+constexpr std::int64_t kMaxSide = 16384;
+struct ConfigRange {
+    const char* name;
+    std::int64_t lo, hi;
+};
+const ConfigRange kTransformerRanges[] = {
+    {"patch_size", 1, 64}, {"num_attention_heads", 1, 1024}, {"attention_head_dim", 1, 1024}, {"sample_size", 1, 4096}};
 
 struct Invalid {
     std::string message;
@@ -279,14 +316,65 @@ GraphRecord graph_from(const Value& v) {
     g.width = opt_int(v.find("width"));
     for (const auto& t : v.at("inputs").items) g.inputs.push_back(tensor_from(t));
     for (const auto& t : v.at("outputs").items) g.outputs.push_back(tensor_from(t));
-    if (const Value* rt = v.find("runtime"))
+    if (const Value* rt = v.find("runtime")) {
+        for (const auto& m : rt->members) g.runtime.emplace_back(m.first, kind_name(m.second));
         if (const Value* config = rt->find("config"); config && config->is_object())
             for (const auto& m : config->members) {
                 const Value& x = m.second;
                 std::string s = x.is_string() ? x.s : x.is_int() ? std::to_string(x.i) : json::repr(x);
                 g.config.emplace_back(m.first, s);
+                if (!x.is_string()) g.config_not_str.push_back(m.first);
             }
+    }
     return g;
+}
+
+std::int64_t in_range(std::int64_t v, std::int64_t lo, std::int64_t hi, const std::string& name,
+                      const std::string& source) {
+    if (v < lo || v > hi)
+        engine_error(source + ": " + name + " " + std::to_string(v) + " is not " + std::to_string(lo) + " to " +
+                     std::to_string(hi) + "; rebuild the engine");
+    return v;
+}
+
+// model.configs: the fields runtime/budget.py reads, as manifest.py's _check_ranges; returns the bucket
+// side limit (twice the native size where the transformer's sample_size is known)
+std::int64_t check_configs(const Value& data, Manifest& m, const std::string& source) {
+    const std::int64_t vae_scale_factor = m.vae_scale_factor;
+    const Value* configs = data.at("model").find("configs");
+    std::int64_t limit = kMaxSide;
+    const Value* transformer = configs ? configs->find("transformer") : nullptr;
+    if (transformer && !transformer->is_object())
+        engine_error(source + ": model.configs.transformer: expected an object; rebuild the engine");
+    for (const auto& r : kTransformerRanges) {
+        const Value* v = transformer ? transformer->find(r.name) : nullptr;
+        if (!v) continue;
+        if (!v->is_int() || v->i < r.lo || v->i > r.hi)
+            engine_error(source + ": model.configs.transformer." + r.name + ": " + json::repr(*v) +
+                         " is not an integer from " + std::to_string(r.lo) + " to " + std::to_string(r.hi) +
+                         "; rebuild the engine");
+        const std::string name = r.name;
+        if (name == "sample_size") limit = std::min(kMaxSide, 2 * v->i * vae_scale_factor);
+        if (name == "patch_size") m.patch_size = v->i;
+        if (name == "num_attention_heads") m.num_heads = v->i;
+        if (name == "attention_head_dim") m.head_dim = v->i;
+    }
+    const Value* vae = configs ? configs->find("vae") : nullptr;
+    const Value* widths = vae && vae->is_object() ? vae->find("block_out_channels") : nullptr;
+    bool ok = !(vae && !vae->is_object());
+    if (widths) {
+        ok = ok && widths->is_array() && !widths->items.empty();
+        if (ok)
+            for (const auto& w : widths->items) ok = ok && w.is_int() && w.i >= 1 && w.i <= 65536;
+    }
+    if (ok && widths) {
+        m.vae_widths.clear();
+        for (const auto& w : widths->items) m.vae_widths.push_back(w.i);
+    }
+    if (!ok)
+        engine_error(source + ": model.configs.vae.block_out_channels: " + (widths ? json::repr(*widths) : std::string("None")) +
+                     " is not a list of integers from 1 to 65536; rebuild the engine");
+    return limit;
 }
 
 }  // namespace
@@ -345,23 +433,48 @@ Manifest manifest_from_json(const Value& data, const std::string& source) {
     const Value& device = data.at("device");
     m.device_kind = device.at("kind").s;
     m.device_arch = device.at("arch").s;
+    // every integer range-checked at its JSON width (64 bits) before it is narrowed
+    if (const Value* sm = device.find("sm"); sm && sm->is_int()) in_range(sm->i, 0, 1000, "device.sm", source);
     m.device_sm = opt_int(device.find("sm"));
     m.controlnet = data.at("model").at("controlnet").b;
-    m.steps = static_cast<int>(data.at("steps").i);
-    m.latent_channels = static_cast<int>(data.at("latent_channels").i);
-    m.vae_scale_factor = static_cast<int>(data.at("vae_scale_factor").i);
-    for (const auto& r : data.at("resolutions").items)
-        m.resolutions.emplace_back(static_cast<int>(r.items[0].i), static_cast<int>(r.items[1].i));
+    m.steps = static_cast<int>(in_range(data.at("steps").i, 1, 8, "steps", source));
+    m.latent_channels = static_cast<int>(in_range(data.at("latent_channels").i, 1, 64, "latent_channels", source));
+    m.vae_scale_factor = static_cast<int>(in_range(data.at("vae_scale_factor").i, 1, 64, "vae_scale_factor", source));
     const Value& tok = data.at("tokenizer");
+    m.max_length = static_cast<int>(in_range(tok.at("max_length").i, 2, 4096, "tokenizer.max_length", source));
+    m.pad_id = static_cast<int>(in_range(tok.at("pad_id").i, 0, 2147483647, "tokenizer.pad_id", source));
+    const std::int64_t side_limit = check_configs(data, m, source);
+    if (data.at("resolutions").items.empty())
+        engine_error(source + ": resolutions: empty (an engine has at least one bucket); rebuild the engine");
+    for (const auto& r : data.at("resolutions").items) {
+        const std::int64_t h = r.items[0].i, w = r.items[1].i;
+        if (h <= 0 || w <= 0 || h % m.vae_scale_factor || w % m.vae_scale_factor)
+            engine_error(source + ": resolutions holds " + std::to_string(h) + "x" + std::to_string(w) +
+                         ", not a bucket of this model; rebuild the engine");
+        if (h > side_limit || w > side_limit)
+            engine_error(source + ": resolutions holds " + std::to_string(h) + "x" + std::to_string(w) + ", beyond this model's " +
+                         std::to_string(side_limit) + " px a side; rebuild the engine");
+        m.resolutions.emplace_back(static_cast<int>(h), static_cast<int>(w));
+    }
     m.tokenizer_kind = tok.at("kind").s;
     m.tokenizer_dir = tok.at("dir").s;
-    m.max_length = static_cast<int>(tok.at("max_length").i);
-    m.pad_id = static_cast<int>(tok.at("pad_id").i);
-    for (const auto& g : data.at("graphs").items) m.graphs.push_back(graph_from(g));
-    if (const Value* e = data.find("engines"))
-        for (const auto& g : e->items) m.engines.push_back(graph_from(g));
+    for (const auto* kind : {"graphs", "engines"}) {
+        const Value* records = data.find(kind);
+        if (!records) continue;
+        for (std::size_t i = 0; i < records->items.size(); ++i)
+            for (const auto* side : {"height", "width"})
+                if (const Value* v = records->items[i].find(side); v && v->is_int())
+                    in_range(v->i, 1, kMaxSide, std::string(kind) + "[" + std::to_string(i) + "]." + side, source);
+        for (const auto& g : records->items) (std::string(kind) == "graphs" ? m.graphs : m.engines).push_back(graph_from(g));
+    }
     for (const auto& f : data.at("files").members)
-        m.files[f.first] = FileEntry{f.second.at("sha256").s, f.second.at("bytes").i};
+        m.files[f.first] = FileEntry{f.second.at("sha256").s,
+                                     in_range(f.second.at("bytes").i, 0, INT64_MAX, "files." + f.first + ".bytes", source)};
+    if (const Value* build = data.find("build"))
+        if (const Value* seal = build->find("sealed_for"); seal && seal->is_object()) {
+            if (const Value* t = seal->find("target"); t && t->is_string()) m.sealed_target = t->s;
+            if (const Value* b = seal->find("backend"); b && b->is_string()) m.sealed_backend = b->s;
+        }
     const Value& parity = data.at("parity");
     if (!parity.is_null()) {
         m.has_parity = true;
@@ -389,14 +502,6 @@ Manifest manifest_from_json(const Value& data, const std::string& source) {
             }
         }
     }
-    if (m.steps < 1 || m.steps > 8)
-        engine_error(source + ": steps " + std::to_string(m.steps) + " is not 1 to 8; rebuild the engine");
-    for (const auto& [h, w] : m.resolutions)
-        if (h <= 0 || w <= 0 || m.vae_scale_factor <= 0 || h % m.vae_scale_factor || w % m.vae_scale_factor)
-            engine_error(source + ": resolutions holds " + std::to_string(h) + "x" + std::to_string(w) +
-                         ", not a bucket of this model; rebuild the engine");
-    if (m.latent_channels <= 0 || m.max_length < 2)
-        engine_error(source + ": latent_channels / tokenizer.max_length out of range; rebuild the engine");
     if (m.tokenizer_kind != "byt5" && m.tokenizer_kind != "tokenizers")
         engine_error(source + ": unknown tokenizer kind '" + m.tokenizer_kind +
                      "' (this version reads byt5, tokenizers); rebuild the engine with this version");
@@ -411,18 +516,55 @@ Manifest manifest_from_json(const Value& data, const std::string& source) {
     return m;
 }
 
+std::string file_kind(unsigned mode) {
+    if (S_ISDIR(mode)) return "a folder";
+    if (S_ISFIFO(mode)) return "a FIFO";
+    if (S_ISCHR(mode)) return "a character device";
+    if (S_ISBLK(mode)) return "a block device";
+    if (S_ISSOCK(mode)) return "a socket";
+    return "not a plain file";
+}
+
+std::string read_regular(const std::string& path, std::int64_t limit, const std::string& when_missing) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) {
+        if (errno == ENOENT) throw Error(Error::kUser, path + ": " + when_missing);
+        throw Error(Error::kUser, path + ": cannot be read (" + std::strerror(errno) + ")");
+    }
+    if (!S_ISREG(st.st_mode)) throw Error(Error::kUser, path + ": not a regular file (" + file_kind(st.st_mode) + "); give a file");
+    if (st.st_size > limit)
+        throw Error(Error::kUser, path + ": " + std::to_string(st.st_size) + " bytes, more than the " + std::to_string(limit) +
+                                      " this reads; give a smaller file");
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) throw Error(Error::kUser, path + ": cannot be read (" + std::strerror(errno) + ")");
+    struct stat now {};
+    std::string data;
+    bool ok = ::fstat(fd, &now) == 0 && S_ISREG(now.st_mode) && now.st_dev == st.st_dev && now.st_ino == st.st_ino;
+    if (ok) {
+        data.resize(static_cast<std::size_t>(limit) + 1);
+        std::size_t got = 0;
+        for (;;) {
+            const ssize_t n = ::read(fd, &data[got], data.size() - got);
+            if (n <= 0 || (got += static_cast<std::size_t>(n)) == data.size()) break;
+        }
+        data.resize(got);
+    }
+    ::close(fd);
+    if (!ok) throw Error(Error::kUser, path + ": replaced while it was read; try again");
+    if (static_cast<std::int64_t>(data.size()) > limit)
+        throw Error(Error::kUser, path + ": more than the " + std::to_string(limit) + " bytes this reads; give a smaller file");
+    return data;
+}
+
 Manifest read_manifest(const std::string& folder) {
     const std::string path = (fs::path(folder) / "manifest.json").string();
     if (!fs::is_directory(folder))
         engine_error(folder + ": no such engine folder (build one with `pixart-export build`)");
-    std::ifstream in(path, std::ios::binary);
-    if (!in)
-        engine_error(path + ": missing; this is not an engine folder (build one with `pixart-export build`)");
-    std::stringstream ss;
-    ss << in.rdbuf();
+    const std::string text = read_regular(path, kMaxManifestBytes, "missing; this is not an engine folder (build one "
+                                                                   "with `pixart-export build`)");
     json::Value data;
     try {
-        data = json::parse(ss.str());
+        data = json::parse(text);
     } catch (const json::ParseError& e) {
         engine_error(path + ": not readable JSON (" + e.what() + "); rebuild the engine");
     }
@@ -447,6 +589,51 @@ void check_registry(const Manifest& m, const std::string& folder) {
         engine_error(source + ": says target " + m.target + " on " + m.backend_name + ", but its parity was verified for " +
                      m.verified_target.value_or("None") + " on " + m.verified_backend.value_or("None") +
                      "; the folder was edited: rebuild it");
+    if (m.sealed_target.value_or("None") != m.target || m.sealed_backend.value_or("None") != m.backend_name)
+        engine_error(source + ": says target " + m.target + " on " + m.backend_name + ", but build.sealed_for says " +
+                     m.sealed_target.value_or("None") + " on " + m.sealed_backend.value_or("None") +
+                     "; the folder was edited or written by an older pixart-export: rebuild it");
+    for (const auto* kind : {"graphs", "engines"}) {
+        const auto& records = std::string(kind) == "graphs" ? m.graphs : m.engines;
+        for (std::size_t i = 0; i < records.size(); ++i) {
+            const std::string where = source + ": " + kind + "[" + std::to_string(i) + "].runtime.";
+            for (const auto& [key, json_kind] : records[i].runtime) {
+                const RuntimeRule* rule = nullptr;
+                std::string keys;
+                for (const auto& r : kRuntimeRules)
+                    if (m.backend_name == r.backend) {
+                        if (keys.find(std::string(r.key)) == std::string::npos) keys += (keys.empty() ? "" : ", ") + std::string(r.key);
+                        if (key == r.key) rule = &r;
+                    }
+                if (!rule)
+                    engine_error(where + key + ": not a setting " + m.backend_name + " folders carry (" +
+                                 (keys.empty() ? std::string("none") : keys) + "); the folder was edited: rebuild it");
+                if (json_kind != rule->kind)
+                    engine_error(where + key + ": expected " + rule->kind + "; the folder was edited: rebuild it");
+            }
+            for (const auto& [prop, value] : records[i].config) {
+                const RuntimeRule* rule = nullptr;
+                std::string allowed;
+                for (const auto& r : kRuntimeRules)
+                    if (m.backend_name == r.backend && std::string(r.key) == "config" && r.property) {
+                        allowed += (allowed.empty() ? "" : ", ") + std::string(r.property);
+                        if (prop == r.property) rule = &r;
+                    }
+                if (!rule)
+                    engine_error(where + "config." + prop + ": not a property " + m.backend_name + " engines are run with (allowed: " +
+                                 allowed + "); the folder was edited: rebuild it");
+                const auto values = split_top(rule->values, ',');
+                const bool is_str = std::find(records[i].config_not_str.begin(), records[i].config_not_str.end(), prop) ==
+                                    records[i].config_not_str.end();
+                if (!is_str || std::find(values.begin(), values.end(), value) == values.end()) {
+                    std::string list;
+                    for (const auto& v : values) list += (list.empty() ? "" : ", ") + v;
+                    engine_error(where + "config." + prop + ": '" + value + "' is not one of " + list +
+                                 "; the folder was edited: rebuild it");
+                }
+            }
+        }
+    }
     const auto statuses = split_top(row->statuses, ',');
     if (std::find(statuses.begin(), statuses.end(), m.status) == statuses.end()) {
         std::string list;
@@ -454,6 +641,16 @@ void check_registry(const Manifest& m, const std::string& folder) {
         engine_error(source + ": status '" + m.status + "' is not one of " + list + " for " + m.target +
                      "; rebuild the engine");
     }
+    // a graph of each kind runtime.Pipeline runs, for every bucket (manifest.py REQUIRED_GRAPHS)
+    for (const auto& [h, w] : m.resolutions)
+        for (const auto& name : std::vector<std::string>{"text_encoder", "denoiser_lcm" + std::to_string(m.steps), "vae_decoder"}) {
+            bool found = false;
+            for (const auto& r : m.runnable())
+                found = found || (r.graph == name && (!r.height || *r.height == h) && (!r.width || *r.width == w));
+            if (!found)
+                engine_error(source + ": graphs: no " + name + " graph for the bucket " + std::to_string(h) + "x" +
+                             std::to_string(w) + " it lists in resolutions; rebuild the engine");
+        }
 }
 
 namespace {
@@ -466,27 +663,75 @@ bool hidden(const fs::path& rel) {
 
 }  // namespace
 
-void check_files(const std::string& folder, const Manifest& m, bool hashes) {
-    for (const auto& [rel, entry] : m.files) {
-        const fs::path path = fs::path(folder) / rel;
-        const std::string shown = path.string();
-        std::error_code ec;
-        fs::path prefix = folder;  // no component of a listed path may be a symbolic link
-        for (const auto& part : fs::path(rel)) {
-            prefix /= part;
-            if (fs::is_symlink(prefix, ec))
-                engine_error(shown + ": a symbolic link; an engine folder holds its own files (copy them in, or rebuild)");
-        }
-        if (!fs::is_regular_file(path, ec))
-            engine_error(shown + ": missing (listed in the manifest); rebuild the engine or copy it again");
-        const auto size = static_cast<std::int64_t>(fs::file_size(path));
-        if (size != entry.bytes)
-            engine_error(shown + ": size " + std::to_string(size) + " != " + std::to_string(entry.bytes) +
+HeldFiles::~HeldFiles() {
+    for (const auto& [rel, fd] : fds_) ::close(fd);
+}
+
+std::string HeldFiles::read(const std::string& rel) const {
+    const auto fd = fds_.find(rel);
+    const auto entry = files_.find(rel);
+    if (fd == fds_.end() || entry == files_.end()) throw Error(Error::kInternal, rel + ": not a held file of " + folder_);
+    std::string data(static_cast<std::size_t>(entry->second.bytes) + 1, '\0');
+    std::size_t got = 0;
+    for (;;) {
+        const ssize_t n = ::pread(fd->second, &data[got], data.size() - got, static_cast<off_t>(got));
+        if (n <= 0 || (got += static_cast<std::size_t>(n)) == data.size()) break;
+    }
+    const bool changed = static_cast<std::int64_t>(got) != entry->second.bytes ||
+                         (hashes_ && sha256_bytes(data.substr(0, got)) != entry->second.sha256);
+    if (changed)
+        throw Error(Error::kUser, (fs::path(folder_) / rel).string() +
+                                      ": changed after the folder was checked; rebuild the engine or copy it again");
+    data.resize(got);
+    return data;
+}
+
+namespace {
+
+// manifest.py's _open_listed: a regular file of its own (no symbolic link on the way, one hard link), with
+// its recorded size and sha256, opened and returned open
+int open_listed(const std::string& folder, const std::string& rel, const FileEntry& entry, bool hashes) {
+    const fs::path path = fs::path(folder) / rel;
+    const std::string shown = path.string();
+    std::error_code ec;
+    fs::path prefix = folder;  // no component of a listed path may be a symbolic link
+    for (const auto& part : fs::path(rel)) {
+        prefix /= part;
+        if (fs::is_symlink(prefix, ec))
+            engine_error(shown + ": a symbolic link; an engine folder holds its own files (copy them in, or rebuild)");
+    }
+    struct stat st {};
+    if (::lstat(shown.c_str(), &st) != 0 || S_ISDIR(st.st_mode))
+        engine_error(shown + ": missing (listed in the manifest); rebuild the engine or copy it again");
+    if (!S_ISREG(st.st_mode))
+        engine_error(shown + ": not a regular file (" + file_kind(st.st_mode) + "); rebuild the engine or copy it again");
+    if (st.st_nlink != 1)
+        engine_error(shown + ": has " + std::to_string(st.st_nlink) + " hard links; an engine folder holds its own files "
+                             "(copy it in, e.g. cp without -l, or rebuild)");
+    const int fd = ::open(shown.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) engine_error(shown + ": cannot be read (" + std::strerror(errno) + ")");
+    try {
+        struct stat now {};
+        if (::fstat(fd, &now) != 0 || now.st_dev != st.st_dev || now.st_ino != st.st_ino || now.st_nlink != 1)
+            engine_error(shown + ": replaced while it was checked; try again");
+        if (static_cast<std::int64_t>(now.st_size) != entry.bytes)
+            engine_error(shown + ": size " + std::to_string(now.st_size) + " != " + std::to_string(entry.bytes) +
                          " in the manifest (changed or truncated); rebuild the engine or copy it again");
-        if (hashes && sha256_file(shown) != entry.sha256)
+        if (hashes && sha256_fd(fd) != entry.sha256)
             engine_error(shown + ": sha256 differs from the manifest (file changed after the build); rebuild the "
                                  "engine or copy it again");
+    } catch (...) {
+        ::close(fd);
+        throw;
     }
+    return fd;
+}
+
+}  // namespace
+
+std::shared_ptr<HeldFiles> check_files(const std::string& folder, const Manifest& m, bool hashes) {
+    auto held = std::make_shared<HeldFiles>(folder, m.files, hashes);
+    for (const auto& [rel, entry] : m.files) held->hold(rel, open_listed(folder, rel, entry, hashes));
     std::vector<std::string> extra;
     for (auto it = fs::recursive_directory_iterator(folder); it != fs::recursive_directory_iterator(); ++it) {
         const fs::path rel = fs::relative(it->path(), folder);
@@ -501,6 +746,7 @@ void check_files(const std::string& folder, const Manifest& m, bool hashes) {
         for (std::size_t i = 0; i < extra.size() && i < 5; ++i) list += (i ? ", " : "") + extra[i];
         engine_error(folder + ": files not in the manifest: " + list + "; remove them or rebuild");
     }
+    return held;
 }
 
 std::vector<int> version_tuple(const std::string& v) {

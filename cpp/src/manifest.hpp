@@ -4,12 +4,18 @@
 //   - every path the manifest names is a plain relative path inside the folder, listed in `files`;
 //     the tokenizer folder is inside with its files listed;
 //   - target known, served by the backend the manifest names, in a status that backend writes;
-//   - no listed path runs through a symbolic link; every listed file present with its size and sha256,
-//     nothing unlisted beside them (dot-files ignored).
+//   - no listed path runs through a symbolic link; every listed file a regular file with one hard link,
+//     present with its size and sha256, nothing unlisted beside them (dot-files ignored); the checked
+//     files stay open (HeldFiles) and backends load graphs from them, so what runs is what was hashed;
+//   - bounds as manifest.py's: manifest.json a regular file of at most 16 MiB (json.hpp: depth, 64-bit
+//     integers, UTF-8), integers in the ranges the runtime computes with, a graph of each needed kind for
+//     every bucket, build.sealed_for equal to the target and backend, graphs' runtime settings only those
+//     their backend allows (no cache folder or other path).
 #pragma once
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -32,11 +38,33 @@ struct GraphRecord {
     std::optional<int> height, width;
     std::vector<TensorRecord> inputs, outputs;
     std::vector<std::pair<std::string, std::string>> config;  // runtime.config, values as strings
+    std::vector<std::pair<std::string, std::string>> runtime;  // runtime's keys and their JSON kinds
+    std::vector<std::string> config_not_str;                   // runtime.config properties not a string
 };
 
 struct FileEntry {
     std::string sha256;
     std::int64_t bytes = 0;
+};
+
+// the listed files of a checked folder, held open from the check on (manifest.py's HeldFiles)
+class HeldFiles {
+  public:
+    HeldFiles(std::string folder, std::map<std::string, FileEntry> files, bool hashes)
+        : folder_(std::move(folder)), files_(std::move(files)), hashes_(hashes) {}
+    ~HeldFiles();
+    HeldFiles(const HeldFiles&) = delete;
+    HeldFiles& operator=(const HeldFiles&) = delete;
+    void hold(const std::string& rel, int fd) { fds_[rel] = fd; }
+    // the bytes of a listed file, read through the held descriptor; with hashes, checked again against
+    // the manifest's sha256 (a file rewritten in place after the check is refused)
+    std::string read(const std::string& rel) const;
+
+  private:
+    std::string folder_;
+    std::map<std::string, FileEntry> files_;
+    bool hashes_;
+    std::map<std::string, int> fds_;
 };
 
 struct Manifest {
@@ -54,6 +82,11 @@ struct Manifest {
     std::map<std::string, FileEntry> files;
     bool has_parity = false;  // parity.measured_with: the target and backend the parity was verified for
     std::optional<std::string> verified_target, verified_backend;
+    std::optional<std::string> sealed_target, sealed_backend;  // build.sealed_for
+    // model.configs fields runtime/budget.py's estimate reads (its defaults where absent)
+    std::int64_t patch_size = 2, num_heads = 16, head_dim = 72;
+    std::vector<std::int64_t> vae_widths{128, 256, 512, 512};
+    std::shared_ptr<const HeldFiles> held;  // set by check_files' caller (Engine::open): graphs load from it
 
     const std::vector<GraphRecord>& runnable() const { return status == "compiled" ? engines : graphs; }
     // the file that runs `graph` for the bucket at the default precision (with manifest.FALLBACK)
@@ -69,9 +102,13 @@ std::string target_table();
 Manifest read_manifest(const std::string& folder);
 Manifest manifest_from_json(const json::Value& data, const std::string& source);
 void check_registry(const Manifest& m, const std::string& folder);  // targets.read_engine's rules
-void check_files(const std::string& folder, const Manifest& m, bool hashes);
+std::shared_ptr<HeldFiles> check_files(const std::string& folder, const Manifest& m, bool hashes);
 
 bool safe_rel(const std::string& rel);
+// the bytes of a regular file (symbolic links followed) of at most `limit` bytes: a FIFO, device or socket
+// refused by its type before it is opened; Error(kUser) "<path>: <when_missing>" when it does not exist
+std::string read_regular(const std::string& path, std::int64_t limit, const std::string& when_missing);
+std::string file_kind(unsigned mode);  // "a FIFO", "a character device", ... for messages
 std::vector<int> version_tuple(const std::string& v);
 void check_backend_version(const Manifest& m, const std::string& installed);
 

@@ -7,6 +7,8 @@
 #include <stdexcept>
 #include <vector>
 
+#include <unistd.h>
+
 #ifdef PIXART_WITH_OPENSSL
 #include <openssl/evp.h>
 #endif
@@ -140,6 +142,26 @@ std::string sha256_file(const std::string& path) {
     std::size_t n;
     while ((n = std::fread(buf.data(), 1, buf.size(), fh.get())) > 0) h.update(buf.data(), n);
     if (std::ferror(fh.get())) throw std::runtime_error(path + ": read error");
+    return h.hexdigest();
+}
+
+std::string sha256_fd(int fd) {
+    FileHasher h;
+    std::vector<char> buf(1 << 20);
+    off_t offset = 0;
+    for (;;) {
+        const ssize_t n = ::pread(fd, buf.data(), buf.size(), offset);
+        if (n < 0) throw std::runtime_error("read error");
+        if (n == 0) break;
+        h.update(buf.data(), static_cast<std::size_t>(n));
+        offset += n;
+    }
+    return h.hexdigest();
+}
+
+std::string sha256_bytes(const std::string& data) {
+    FileHasher h;
+    h.update(data.data(), data.size());
     return h.hexdigest();
 }
 

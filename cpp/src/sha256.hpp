@@ -25,5 +25,7 @@ class Sha256 {
 
 std::string sha256_hex(const std::string& data);
 std::string sha256_file(const std::string& path);  // std::runtime_error when unreadable
+std::string sha256_fd(int fd);                      // an open file from its start (pread); the faster hasher
+std::string sha256_bytes(const std::string& data);  // the same hasher as sha256_file, over bytes in memory
 
 }  // namespace pixart
