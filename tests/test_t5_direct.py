@@ -141,15 +141,23 @@ def direct_ir(xxl_layer, tmp_path_factory):
     return xml, json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_direct_conversion_stays_below_the_fp32_weights(xxl_layer, direct_ir):
-    """An fp32 load alone would add the fp32 size; the fp32 ONNX export ~2.3x it (export_xl.md). The bf16
-    model is half of it; tracing and OpenVINO's conversion share its tensors."""
+#: what tracing and OpenVINO's conversion hold beyond the weights, at any T5 size: measured 0.46 GiB for one
+#: XXL-width layer and 0.47 GiB for four (and 11.3 GiB peak for all 24 layers, whose bf16 weights are 8.9 GiB)
+CONVERSION_OVERHEAD = 0.6 * 2**30
+
+
+def test_direct_conversion_holds_the_bf16_weights_once(xxl_layer, direct_ir):
+    """The process grows by the bf16 weights plus a fixed overhead: an fp32 load (as transformers'
+    `from_pretrained` makes while it casts) would add the fp32 size again, a copy made by the
+    conversion the bf16 size again; either fails this."""
     from reference.t5_streamed import fp32_bytes
 
     _, rss = direct_ir
-    fp32 = fp32_bytes(xxl_layer)
+    bf16 = fp32_bytes(xxl_layer) // 2
     grew = rss["peak"] - rss["before"]
-    assert grew < 0.9 * fp32, f"conversion grew the process by {grew / 2**30:.2f} GiB; fp32 weights {fp32 / 2**30:.2f}"
+    assert grew < bf16 + CONVERSION_OVERHEAD, (
+        f"conversion grew the process by {grew / 2**30:.2f} GiB; bf16 weights {bf16 / 2**30:.2f} GiB"
+    )
 
 
 def test_direct_ir_holds_bf16_weights_only(direct_ir):
