@@ -72,6 +72,11 @@ def _tensors(prompts=(b"a cat",), seeds=(1,), **extra):
         (_tensors(conditioning_scale=np.array([[np.nan]], np.float32)), _FakePipe(), "conditioning_scale nan"),
         (_tensors(height=np.array([[64]]), width=np.array([[64]])), _FakePipe(), "resolution 64x64 is not in"),
         (_tensors(height=np.array([[128]])), _FakePipe(), "both 'height' and 'width'"),
+        (
+            _tensors((b"a", b"b"), (1, 2), height=np.array([[128], [128]]), width=np.array([[128], [256]])),
+            _FakePipe(resolutions=((128, 128), (128, 256))),
+            "share one resolution",
+        ),
     ],
 )
 def test_bad_request_is_one_line(tensors, pipe, message):
@@ -86,17 +91,17 @@ def test_items_keep_their_seeds_and_group_by_call():
     from pixart_export.serve.requests import parse
 
     pipe = _FakePipe(resolutions=((128, 128), (128, 256)))
-    items = parse(
-        _tensors(
-            prompts=(b"a", "é".encode()),
-            seeds=(2**63 - 1, 0),
-            height=np.array([[128], [128]]),
-            width=np.array([[256], [128]]),
-        ),
+    wide = parse(
+        _tensors((b"a", "é".encode()), (2**63 - 1, 0), height=np.array([[128], [128]]), width=np.array([[256], [256]])),
         pipe,
     )
-    assert [(i.prompt, i.seed, i.height, i.width) for i in items] == [("a", 2**63 - 1, 128, 256), ("é", 0, 128, 128)]
-    assert items[0].group() != items[1].group()
+    square = parse(_tensors((b"b",), (3,)), pipe)  # no height/width: the first bucket
+    assert [(i.prompt, i.seed, i.height, i.width) for i in wide + square] == [
+        ("a", 2**63 - 1, 128, 256),
+        ("é", 0, 128, 256),
+        ("b", 3, 128, 128),
+    ]
+    assert wide[0].group() == wide[1].group() != square[0].group()
 
 
 def test_model_config_declares_what_the_folder_supports():

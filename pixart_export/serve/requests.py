@@ -101,6 +101,8 @@ def parse(tensors: dict[str, np.ndarray], pipe: Pipeline) -> list[Item]:
     sizes = [buckets[0]] * rows
     if heights is not None:
         sizes = [(int(h), int(w)) for h, w in zip(heights.reshape(rows), widths.reshape(rows))]
+        if len(set(sizes)) > 1:
+            raise RequestError("the rows of one request share one resolution: send other sizes as other requests")
         for h, w in sizes:
             if (h, w) not in buckets:
                 raise RequestError(
