@@ -112,8 +112,8 @@ class TensorRT(BackendBase):
     def runner(
         self, folder: Path, manifest: Manifest, cuda_graph: bool = False, threads: int | None = None, files=None
     ):
-        """`threads` (the CPU backends' option, `run --threads`) does not apply to engines on a GPU. `files`
-        (the checked files held open) is not used yet: engines are read by path when first run."""
+        """`threads` (the CPU backends' option, `run --threads`) does not apply to engines on a GPU. `files`:
+        the folder's checked files held open (`manifest.HeldFiles`), which engine plans load from."""
         from .runner import TrtRunner
 
-        return TrtRunner(folder, cuda_graph=cuda_graph, manifest=manifest)
+        return TrtRunner(folder, cuda_graph=cuda_graph, manifest=manifest, files=files)

@@ -234,8 +234,9 @@ class _Engine:
     """One deserialized engine, its execution context, and device buffers for its profile's largest shapes,
     allocated and bound once (so CUDA graphs captured at any batch stay valid)."""
 
-    def __init__(self, runtime, path: Path, record: GraphRecord, stream, cuda_graph: bool):
-        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
+    def __init__(self, runtime, path: Path, record: GraphRecord, stream, cuda_graph: bool, plan: bytes | None = None):
+        # `plan`: the bytes of the checked file (manifest.HeldFiles), else read from `path`
+        self.engine = runtime.deserialize_cuda_engine(path.read_bytes() if plan is None else plan)
         if self.engine is None:
             raise EngineError(
                 f"{path}: TensorRT could not deserialize it (another TensorRT version or GPU?); "
@@ -340,10 +341,11 @@ class TrtRunner:
     as the `transformer` and `lcm_update` engines K times in one CUDA graph (`loop.StepLoop`), not as the
     unrolled engine; without a manifest every record runs its own engine."""
 
-    def __init__(self, folder: Path, cuda_graph: bool = False, manifest=None):
+    def __init__(self, folder: Path, cuda_graph: bool = False, manifest=None, files=None):
         import tensorrt as trt
 
         self.folder = Path(folder)
+        self.files = files  # manifest.HeldFiles: the checked files, held open since the check
         self.cuda_graph = cuda_graph
         self.manifest = manifest
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -370,6 +372,7 @@ class TrtRunner:
                 record,
                 self._stream,
                 self.cuda_graph and record.graph.startswith("denoiser"),
+                None if self.files is None else self.files.read(record.file),
             )
         return self._engines[record.file]
 
