@@ -48,6 +48,7 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -328,9 +329,9 @@ def plan(env: dict, out: Path, groups: set[str], toy: bool) -> list[Stage]:
                 [
                     "sh",
                     "-c",
-                    " ".join(cli("build", "--target", "ort-cuda", "--model", "tiny", "--out", str(ort_dir)))
+                    shlex.join(cli("build", "--target", "ort-cuda", "--model", "tiny", "--out", str(ort_dir)))
                     + " && "
-                    + " ".join(cli("parity", str(ort_dir), "--json")),
+                    + shlex.join(cli("parity", str(ort_dir), "--json")),
                 ],
             ),
         ]

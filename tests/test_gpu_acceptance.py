@@ -113,6 +113,9 @@ def test_dry_run_plans_within_the_budget_by_priority_on_an_h100_with_tensorrt(tm
         "--xl-engine" in stages["xl int8 engine"]["command"]
         and "--precision int8" in stages["xl int8 engine"]["command"]
     )
+    ort = next(s for s in ga.plan(result["environment"], tmp_path, {"ort"}, False) if s.name == "ort-cuda tiny")
+    quoted = "'import sys; from pixart_export.cli import main; sys.exit(main())'"  # the shell sees one argument
+    assert ort.argv[:2] == ["sh", "-c"] and quoted in ort.argv[2]
     assert result["rows"] == []  # nothing measured in a dry run
     md = (tmp_path / "gpu_acceptance.md").read_text()
     assert "dry run: nothing was measured" in md and "| xl fp8 engine | 90 | yes |" in md

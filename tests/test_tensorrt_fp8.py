@@ -259,3 +259,40 @@ def test_fp8_attention_at_4096_tokens(tmp_path):
 def _save(model, path):
     onnx.save(model, str(path))
     return path
+
+
+@pytest.mark.slow
+def test_fp8_attention_chosen_on_the_unrolled_denoiser_at_4096_tokens(tmp_path):
+    """The choice as the build makes it (`quantize_fp8.choose` at 0.8 x the fp8 gate), on the unrolled
+    4-step denoiser of the narrow DiT at 4096 tokens (sharp heads): the candidates with and without fp8
+    attention measured on held-out inputs; prints every figure."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from fp16_casts import narrow_dit
+
+    from pixart_export.export.exporter import default_num_copies, export_graph
+    from pixart_export.export.wrappers import DenoiserGraph
+    from pixart_export.graphs import Dims, denoiser_spec, fixed_inputs
+    from pixart_export.verify import tolerance
+    from reference.schedules import lcm_timesteps
+
+    dit = narrow_dit(128, sharpen=3.0)
+    c = dit.config
+    dims = Dims(L=120, C=c.caption_channels, D=c.inner_dim, N=default_num_copies(c.num_layers), h=128, w=128)
+    spec = denoiser_spec(4, False)
+    src = tmp_path / "denoiser_lcm4.onnx"
+    export_graph(DenoiserGraph(dit, None, lcm_timesteps(4)), spec, dims, src, batch=1)
+    calib = [fixed_inputs(spec, dims, batch=1, seed=s) for s in (11, 12)]
+    held = fixed_inputs(spec, dims, batch=1, seed=7)
+    ranges = fp16.activation_ranges(src, calib, chunk=48)  # few [1, 2, 4096, 4096] maps at a time
+    want = _session(src).run(None, held)[0]
+    names = ("feed-forward + attention", "feed-forward")
+    errors = {}
+    for cand in (c for c in quantize_fp8.CANDIDATES if c.name in names):
+        dst = tmp_path / f"d.{cand.attention}.fp8.onnx"
+        quantize_fp8.quantize(src, dst, spec.name, calib, ranges, cand)
+        errors[cand.name] = rel_l2(_session(dst).run(None, held)[0], want)
+    limit = quantize_fp8.SELECT_FRACTION * tolerance(spec.name, Precision.FP8).rel_l2
+    chosen = names[quantize_fp8.choose([errors[n] for n in names], limit)]
+    print(f"unrolled denoiser at 4096 tokens, fp8 rel L2 vs fp32: {errors}; limit {limit:.2g}; chosen: {chosen}")
+    assert all(np.isfinite(e) for e in errors.values())
+    assert errors["feed-forward + attention"] < tolerance(spec.name, Precision.FP8).rel_l2, errors
