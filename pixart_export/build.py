@@ -36,7 +36,7 @@ from .manifest import (
     write_manifest,
 )
 from .progress import log as default_log
-from .resources import StageMeter, format_stage
+from .resources import StageMeter, format_stage, release_freed_memory
 from .targets import Target, get_target
 
 Log = Callable[[str], None]
@@ -288,6 +288,7 @@ def run_stages(stages: list[Stage], ctx: BuildContext, first: int, total: int) -
         record, ctx.stage_meter = ctx.stage_meter.record(), None
         ctx.stages.append(record)
         ctx.log(f"      [{i}/{total}] {format_stage(record)}")
+        release_freed_memory()  # the next stage starts from what is still in use, not the heap's high mark
 
 
 def build(request: BuildRequest, log: Log = default_log) -> tuple[Path, Manifest, bool]:

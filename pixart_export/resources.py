@@ -59,6 +59,27 @@ def reset_peak() -> bool:
     return True
 
 
+def release_freed_memory() -> bool:
+    """Give memory the stage freed back to the OS: collect garbage, then glibc's `malloc_trim(0)`.
+
+    glibc raises its mmap threshold after large blocks are freed, so the exporter's and converters'
+    later large buffers come from the heap, and the heap keeps what they free: measured on the
+    full-size build, the process stayed at 12 GiB after exporting and converting graphs that hold
+    3 GiB, into the stage that adds 13 GiB for T5. False where there is no glibc (nothing to do)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL(name).malloc_trim(0))
+    except (OSError, AttributeError):  # musl and other libcs have no malloc_trim
+        return False
+
+
 class StageMeter:
     """Measures from construction: `record()` gives {"name", "seconds", "peak_rss_bytes", ...} so far."""
 
