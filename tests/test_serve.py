@@ -104,6 +104,22 @@ def test_items_keep_their_seeds_and_group_by_call():
     assert wide[0].group() == wide[1].group() != square[0].group()
 
 
+def test_generate_one_image_per_call_where_batches_change_pixels():
+    from pixart_export.serve.requests import Item, generate
+
+    calls = []
+
+    def pipe(prompts, seeds, resolution, output, **options):
+        calls.append(list(seeds))
+        return np.zeros((len(prompts), 3, 8, 8), np.float32)
+
+    items = [Item("a", 1, 8, 8), Item("b", 2, 8, 8)]
+    assert [x.shape for x in generate(pipe, items)] == [(8, 8, 3)] * 2 and calls == [[1, 2]]
+    calls.clear()
+    generate(pipe, items, one_at_a_time=True)
+    assert calls == [[1], [2]]
+
+
 def test_model_config_declares_what_the_folder_supports():
     from types import SimpleNamespace
 

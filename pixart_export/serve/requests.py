@@ -145,16 +145,23 @@ def parse(tensors: dict[str, np.ndarray], pipe: Pipeline) -> list[Item]:
     ]
 
 
-def generate(pipe: Pipeline, items: list[Item], on_error: Callable[[Exception], None] | None = None) -> list:
+def generate(
+    pipe: Pipeline,
+    items: list[Item],
+    on_error: Callable[[Exception], None] | None = None,
+    one_at_a_time: bool = False,
+) -> list:
     """uint8 [H, W, 3] images (or the exception of the group that failed) for `items`, in order.
 
-    Items that can share a call of the graphs run together (the runtime chunks them to its memory budget);
-    each image is what `run --seed S` writes for its prompt, seed and options."""
+    Items that can share a call of the graphs run together (the runtime chunks them to its memory budget),
+    or each alone with `one_at_a_time` (for graphs whose pixels depend on the batch size, see
+    `model.batch_invariant`); each image is what `run --seed S` writes for its prompt, seed and options."""
     out: list = [None] * len(items)
     groups: dict[tuple, list[int]] = {}
     for i, item in enumerate(items):
-        groups.setdefault(item.group(), []).append(i)
-    for (height, width, has_control, scale), index in groups.items():
+        groups.setdefault((i,) if one_at_a_time else item.group(), []).append(i)
+    for index in groups.values():
+        height, width, has_control, scale = items[index[0]].group()
         chosen = [items[i] for i in index]
         options = {}
         if has_control:
