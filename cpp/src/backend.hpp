@@ -42,7 +42,14 @@ using Feeds = std::vector<std::pair<std::string, const Tensor*>>;  // in the rec
 class GraphRunner {
   public:
     virtual ~GraphRunner() = default;
-    virtual std::vector<Tensor> run(const GraphRecord& record, const Feeds& feeds) = 0;
+    virtual std::vector<Tensor> run(const GraphRecord& record, const Feeds& feeds) = 0;  // loads on first use
+    // drops what run() loaded for these graphs (manifest graph names, e.g. "text_encoder"): compiled models,
+    // engines and their buffers; a graph released loads again on its next run (LoadOptions::low_memory)
+    virtual void release(const std::vector<std::string>& graphs) = 0;
+    // the graphs that hold loaded objects now (Engine::loaded_graphs); a backend that does not say throws
+    virtual std::vector<std::string> loaded() const {
+        throw Error(Error::kInternal, "this backend does not report which graphs it holds");
+    }
 };
 
 struct Backend {

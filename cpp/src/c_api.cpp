@@ -53,6 +53,13 @@ int pixart_open_with(const char* engine_dir, int threads, int verify_hashes, pix
 
 void pixart_close(pixart_engine* engine) { delete engine; }
 
+int pixart_set_low_memory(pixart_engine* engine, int low_memory) {
+    return guarded([&] {
+        need(engine, "engine");
+        engine->engine->set_low_memory(low_memory != 0);
+    });
+}
+
 int pixart_generate(pixart_engine* engine, const char* prompt, uint64_t seed, int num_images, const pixart_image* control,
                     float conditioning_scale, pixart_image** images) {
     return guarded([&] {

@@ -1,7 +1,8 @@
 // Engine: pixart_export/runtime (load + Pipeline) in C++. open() validates as runtime.load does
 // (manifest and registry, the backend's host check, every file's size and sha256); generate() is
 // Pipeline.__call__: tokenizer -> text_encoder -> denoiser_lcm{K} (or its _controlnet form, after
-// vae_encoder on the control image) -> vae_decoder -> x255, round half to even, uint8.
+// vae_encoder on the control image) -> vae_decoder -> x255, round half to even, uint8. With low_memory,
+// each graph is released (GraphRunner::release) once its output is taken, before the next one loads.
 #include <algorithm>
 #include <cmath>
 
@@ -36,6 +37,11 @@ struct Engine::Impl {
     Manifest manifest;
     std::unique_ptr<GraphRunner> runner;
     std::unique_ptr<Tokenizer> tokenizer;
+    bool low_memory = false;
+
+    void release(const std::string& graph) {  // low-memory mode: drop the graph; it loads again on next use
+        if (low_memory) runner->release({graph});
+    }
 
     std::vector<Tensor> run(const std::string& graph, const std::vector<std::pair<std::string, const Tensor*>>& feeds,
                             int height, int width) {
@@ -78,6 +84,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& folder, const LoadOption
     check_files(folder, m, options.verify_hashes);
     impl->tokenizer = load_tokenizer(folder + "/" + m.tokenizer_dir, m.tokenizer_kind, m.max_length, m.pad_id);
     impl->runner = backend->runner(folder, m, options);
+    impl->low_memory = options.low_memory;
     return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
@@ -85,6 +92,12 @@ const std::string& Engine::target() const { return impl_->manifest.target; }
 const std::string& Engine::backend() const { return impl_->manifest.backend_name; }
 std::vector<std::pair<int, int>> Engine::resolutions() const { return impl_->manifest.resolutions; }
 bool Engine::has_controlnet() const { return impl_->manifest.controlnet; }
+std::vector<std::string> Engine::loaded_graphs() const { return impl_->runner->loaded(); }
+
+void Engine::set_low_memory(bool on) {
+    impl_->low_memory = on;
+    if (on) impl_->runner->release(impl_->runner->loaded());
+}
 
 std::pair<std::vector<std::int64_t>, std::vector<std::int64_t>> Engine::tokenize(const std::string& prompt) const {
     return (*impl_->tokenizer)({prompt});
@@ -168,6 +181,7 @@ std::vector<Image> Engine::generate(const std::string& prompt, std::uint64_t see
     const Tensor attention_mask = Tensor::i64({B, L}, std::move(mask));
     const Tensor embeds = std::move(
         impl_->run("text_encoder", {{"input_ids", &input_ids}, {"attention_mask", &attention_mask}}, height, width).at(0));
+    impl_->release("text_encoder");
 
     const std::int64_t K = std::max(m.steps, 1);
     std::vector<float> noise = standard_normal(seed, static_cast<std::size_t>(K * per));
@@ -201,6 +215,7 @@ std::vector<Image> Engine::generate(const std::string& prompt, std::uint64_t see
                         static_cast<float>(img.rgb[(static_cast<std::size_t>(y) * width + x) * 3 + c]) / 255.0f;
         const Tensor image = Tensor::f32({1, 3, height, width}, std::move(chw));
         const Tensor control = std::move(impl_->run("vae_encoder", {{"image", &image}}, height, width).at(0));
+        impl_->release("vae_encoder");
         std::vector<float> tiled;
         for (std::int64_t b = 0; b < B; ++b) tiled.insert(tiled.end(), control.f.begin(), control.f.end());
         std::vector<std::int64_t> shape = control.shape;
@@ -212,7 +227,9 @@ std::vector<Image> Engine::generate(const std::string& prompt, std::uint64_t see
         graph += "_controlnet";
     }
     const Tensor denoised = std::move(impl_->run(graph, feeds, height, width).at(0));
+    impl_->release(graph);
     const Tensor images = std::move(impl_->run("vae_decoder", {{"denoised", &denoised}}, height, width).at(0));
+    impl_->release("vae_decoder");
 
     // [B,3,H,W] in [0,1] -> HWC uint8: x * 255 in float32, round half to even, clip (runtime.pipeline.to_pil)
     const std::int64_t H = images.shape.at(2), W = images.shape.at(3);

@@ -3,6 +3,7 @@
 // back to f32 on CPUs without native bf16), plus the thread count; compiled for the concrete input
 // shapes of the call (Model::reshape, then compile; one compiled model per (file, shapes), kept, with
 // one infer request each, reused: the inputs are set as tensors over the caller's memory, no copy).
+// release() drops a graph's compiled models and requests (every shape set); it compiles again on next use.
 #include <openvino/openvino.hpp>
 
 #include <algorithm>
@@ -67,6 +68,22 @@ class OvRunner : public GraphRunner {
         return out;
     }
 
+    void release(const std::vector<std::string>& graphs) override {
+        for (auto it = compiled_.begin(); it != compiled_.end();) {
+            if (std::find(graphs.begin(), graphs.end(), it->second.graph) == graphs.end()) {
+                ++it;
+                continue;
+            }
+            it = compiled_.erase(it);
+        }
+    }
+
+    std::vector<std::string> loaded() const override {
+        std::set<std::string> names;
+        for (const auto& [key, c] : compiled_) names.insert(c.graph);
+        return {names.begin(), names.end()};
+    }
+
   private:
     ov::AnyMap config(const GraphRecord& record) const {
         ov::AnyMap config;
@@ -84,6 +101,7 @@ class OvRunner : public GraphRunner {
     struct Compiled {
         ov::CompiledModel model;
         ov::InferRequest request;  // one per compiled model, reused (Python makes one per call)
+        std::string graph;         // the record's graph name, for release()
     };
 
     Compiled& compiled(const GraphRecord& record, const Feeds& feeds) {
@@ -100,7 +118,7 @@ class OvRunner : public GraphRunner {
         std::map<std::string, ov::PartialShape> shapes;
         for (const auto& [name, t] : sorted) shapes[name] = ov::PartialShape(std::vector<ov::Dimension>(t->shape.begin(), t->shape.end()));
         model->reshape(shapes);
-        Compiled c{core_.compile_model(model, "CPU", config(record)), {}};
+        Compiled c{core_.compile_model(model, "CPU", config(record)), {}, record.graph};
         c.request = c.model.create_infer_request();
         return compiled_.emplace(key, std::move(c)).first->second;
     }

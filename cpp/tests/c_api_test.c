@@ -16,6 +16,7 @@
 int main(int argc, char** argv) {
     pixart_engine* engine = NULL;
     pixart_image* images = NULL;
+    pixart_image* again = NULL;
     int64_t ids[256], mask[256];
     size_t length = 0;
     float noise[4];
@@ -44,6 +45,16 @@ int main(int argc, char** argv) {
           "two images of one seed differ (fresh noise each)");
     CHECK(pixart_write_png(argv[2], &images[0]) == PIXART_OK, "write_png");
     printf("ok generate %dx%d\n", images[0].width, images[0].height);
+
+    CHECK(pixart_set_low_memory(engine, 1) == PIXART_OK, "set_low_memory");
+    CHECK(pixart_generate(engine, "a red circle above a blue square", 0, 2, NULL, 1.0f, &again) == PIXART_OK,
+          "generate in low-memory mode");
+    CHECK(memcmp(images[0].rgb, again[0].rgb, (size_t)images[0].width * images[0].height * 3) == 0 &&
+              memcmp(images[1].rgb, again[1].rgb, (size_t)images[1].width * images[1].height * 3) == 0,
+          "low-memory mode draws the same images");
+    CHECK(pixart_set_low_memory(NULL, 1) == PIXART_ERROR_USER, "set_low_memory refuses NULL");
+    printf("ok low-memory same images\n");
+    pixart_images_free(again, 2);
     pixart_images_free(images, 2);
 
     CHECK(pixart_standard_normal(0, noise, 4) == PIXART_OK, "standard_normal");

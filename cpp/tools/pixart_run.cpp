@@ -1,5 +1,5 @@
 // pixart_run ENGINE_DIR --prompt TEXT [--seed N] [--num-images N] [--control IMAGE.ppm] [--scale S]
-//            [--threads N] --out image.png
+//            [--threads N] [--low-memory] --out image.png
 // The usage sample of pixart_runtime: one engine folder, one prompt, PNG files out (with --num-images N
 // > 1: image.png, image_1.png, ...). Exit codes as pixart-export: 0 ok, 2 bad input, 3 internal error.
 #include <cstdio>
@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
         else if (a == "--scale" && has_value) gen.conditioning_scale = std::strtof(argv[++i], nullptr);
         else if (a == "--threads" && has_value) load.threads = std::atoi(argv[++i]);
         else if (a == "--out" && has_value) out = argv[++i];
+        else if (a == "--low-memory") load.low_memory = true;  // one graph held at a time
         else if (dir.empty() && a.rfind("--", 0) != 0) dir = a;
         else {
             std::fprintf(stderr, "pixart_run: unknown or incomplete argument %s\n", a.c_str());
@@ -31,7 +32,7 @@ int main(int argc, char** argv) {
     }
     if (dir.empty() || prompt.empty() || out.empty()) {
         std::fprintf(stderr, "usage: pixart_run ENGINE_DIR --prompt TEXT [--seed N] [--num-images N] "
-                             "[--control IMAGE.ppm] [--scale S] [--threads N] --out image.png\n");
+                             "[--control IMAGE.ppm] [--scale S] [--threads N] [--low-memory] --out image.png\n");
         return 2;
     }
     try {

@@ -6,6 +6,8 @@
 //   pixart_tool schema | targets | backends       the manifest field table, target registry, compiled backends
 //   pixart_tool sha256 [--builtin] FILE...        one hex digest per file
 //   pixart_tool bench ENGINE_DIR PROMPT REPEATS   one JSON line: open_s, first_s (compiles), warm_s (each run)
+//   pixart_tool loaded ENGINE_DIR PROMPT [--low-memory]   the graphs held after open and after each of 2 runs
+//                                                 (seeds 0, 1), with the FNV-1a 64 hash of each run's RGB bytes
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -71,6 +73,30 @@ int main(int argc, char** argv) {
             std::printf("{\"open_s\": %f, \"first_s\": %f, \"warm_s\": [%s]}\n", open_s, first_s, warm.c_str());
             return 0;
         }
+        if (cmd == "loaded" && (argc == 4 || (argc == 5 && std::string(argv[4]) == "--low-memory"))) {
+            pixart::LoadOptions options;
+            options.low_memory = argc == 5;
+            auto engine = pixart::Engine::open(argv[2], options);
+            auto show = [&](const char* when) {
+                std::string names;
+                for (const auto& g : engine->loaded_graphs()) names += (names.empty() ? "" : ",") + g;
+                std::printf("%s: %s\n", when, names.c_str());
+            };
+            show("open");
+            for (int k = 0; k < 2; ++k) {
+                std::uint64_t hash = 14695981039346656037ull;
+                for (const auto& image : engine->generate(argv[3], static_cast<std::uint64_t>(k)))
+                    for (const auto byte : image.rgb) hash = (hash ^ byte) * 1099511628211ull;
+                char when[64];
+                std::snprintf(when, sizeof when, "run %016llx", static_cast<unsigned long long>(hash));
+                show(when);
+            }
+            if (!options.low_memory) {  // switching on releases what is held
+                engine->set_low_memory(true);
+                show("set_low_memory");
+            }
+            return 0;
+        }
         if (cmd == "sha256" && argc >= 3) {  // --builtin: this project's SHA-256 even where OpenSSL is used
             const bool builtin = std::string(argv[2]) == "--builtin";
             for (int k = builtin ? 3 : 2; k < argc; ++k) {
@@ -104,6 +130,6 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "internal error: %s\n", e.what());
         return 3;
     }
-    std::fprintf(stderr, "usage: pixart_tool noise|tokenize|tokenize-dir|validate|schema|targets|backends|sha256|bench ...\n");
+    std::fprintf(stderr, "usage: pixart_tool noise|tokenize|tokenize-dir|validate|schema|targets|backends|sha256|bench|loaded ...\n");
     return 2;
 }

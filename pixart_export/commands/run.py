@@ -46,6 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="activation memory one chunk of images may use, in GiB (default %g; larger batches are split)"
         % DEFAULT_BUDGET_GIB,
     )
+    p.add_argument(
+        "--low-memory",
+        action="store_true",
+        help="hold one graph in memory at a time: the text encoder is released before the denoiser loads, the "
+        "denoiser before the VAE decoder (the same images; lower peak memory, slower: graphs load on every call)",
+    )
     p.set_defaults(func=run)
 
 
@@ -62,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
     control = _options.read_control_image(args.control_image)
     options = {"threads": args.threads} if args.threads else {}
     budget = None if args.memory_budget is None else int(args.memory_budget * 2**30)
-    pipe = runtime.load(args.engine, precision=args.precision, memory_budget=budget, **options)
+    pipe = runtime.load(
+        args.engine, precision=args.precision, memory_budget=budget, low_memory=args.low_memory, **options
+    )
     chunks = pipe.chunks(
         args.prompt,
         seed=args.seed,

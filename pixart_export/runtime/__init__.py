@@ -26,6 +26,7 @@ def load(
     precision: str | Precision | None = None,
     verify_hashes: bool = True,
     memory_budget: int | None = None,
+    low_memory: bool = False,
     **runner_options,
 ) -> Pipeline:
     """Validate `engine_dir` and return its pipeline: `pipe(prompt, seed=0, num_images=1, control_image=None)`.
@@ -33,7 +34,8 @@ def load(
     `precision`: one of the folder's `choosable_precisions` (default: the one it was built to run in).
     `runner_options` go to the backend's runner (e.g. `threads=2`; onnxruntime `providers=[...]`;
     tensorrt `cuda_graph=True`). `memory_budget`: bytes of activations one call of the graphs may use;
-    larger batches run in chunks (default `budget.DEFAULT_BUDGET_GIB`).
+    larger batches run in chunks (default `budget.DEFAULT_BUDGET_GIB`). `low_memory`: hold one graph at a
+    time (each is released before the next loads; the same images, loaded again on every call).
     """
     from ..targets import read_engine
 
@@ -43,4 +45,4 @@ def load(
     backend.check_host(folder, manifest)
     check_files(folder, manifest, hashes=verify_hashes)
     runner = backend.runner(folder, manifest, **runner_options)
-    return Pipeline(folder, manifest, runner, precision, memory_budget=memory_budget)
+    return Pipeline(folder, manifest, runner, precision, memory_budget=memory_budget, low_memory=low_memory)

@@ -7,6 +7,11 @@ resize, /255; x255, round half to even, uint8). Graph names, files and shapes co
 never spelled here; *how* one graph file runs is the runner's business (a backend's `GraphRunner`:
 an onnxruntime session, an OpenVINO compiled model, a TensorRT engine).
 
+`low_memory=True` holds one graph at a time: the runner loads each graph on its first run anyway, and
+the pipeline releases (`runner.release`) the text encoder before the denoiser loads, the denoiser
+before the VAE decoder loads, the decoder (and the control image's encoder) after use. The same images;
+each call loads every graph again (the latency cost).
+
 `precision` picks among the precisions the folder carries (`Manifest.choosable_precisions`, e.g. a
 TensorRT bundle's fp16 and int8 engines); each graph falls back as `manifest.FALLBACK` says.
 """
@@ -48,8 +53,10 @@ class Pipeline:
         runner,
         precision: str | Precision | None = None,
         memory_budget: int | None = None,
+        low_memory: bool = False,
     ):
         self.folder = Path(folder)
+        self.low_memory = low_memory
         self.memory_budget = memory_budget
         self.manifest = manifest
         self.runner = runner
@@ -89,6 +96,11 @@ class Pipeline:
         """One graph of the folder on `feeds` (extra feeds are dropped: graphs declare their inputs)."""
         rec = self.manifest.record(graph, height, width, self.precision)
         return self.runner.run(rec, {t.name: feeds[t.name] for t in rec.inputs})
+
+    def _release(self, graph: str) -> None:
+        """In low-memory mode, drop what the runner holds for `graph` (it loads again on its next run)."""
+        if self.low_memory:
+            self.runner.release([graph])
 
     def encode(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         for p in prompts:
@@ -159,6 +171,7 @@ class Pipeline:
             control = np.concatenate(  # one image at a time: each as `run` encodes it alone
                 [self.run("vae_encoder", {"image": image_to_array(c, height, width)}, height, width)[0] for c in images]
             )
+            self._release("vae_encoder")
         size = self._chunk(height, width)
         for start in range(0, len(prompts), size):
             stop = min(start + size, len(prompts))
@@ -177,6 +190,7 @@ class Pipeline:
 
     def _generate(self, prompts, noise, control, conditioning_scale, height, width, output):
         embeds, mask = self.encode(prompts)
+        self._release("text_encoder")
         n = len(prompts)
         feeds = {
             "latents": np.ascontiguousarray(noise[0]),
@@ -193,9 +207,11 @@ class Pipeline:
             feeds["conditioning_scale"] = np.array([conditioning_scale], np.float32)
             graph += "_controlnet"
         denoised = self.run(graph, feeds, height, width)[0]
+        self._release(graph)
         if output == "latent":
             return denoised
         images = self.run("vae_decoder", {"denoised": denoised}, height, width)[0]
+        self._release("vae_decoder")
         return images if output == "np" else to_pil(images)
 
 

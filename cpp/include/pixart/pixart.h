@@ -39,6 +39,9 @@ int pixart_open(const char* engine_dir, pixart_engine** engine);
 /* threads: backend threads (0: the backend's choice); verify_hashes: 0 checks sizes only. */
 int pixart_open_with(const char* engine_dir, int threads, int verify_hashes, pixart_engine** engine);
 void pixart_close(pixart_engine* engine);
+/* low_memory != 0: hold one graph at a time (the text encoder is released before the denoiser loads, the
+ * denoiser before the VAE decoder; the same images, each call loads the graphs again); 0: keep them loaded. */
+int pixart_set_low_memory(pixart_engine* engine, int low_memory);
 
 /* num_images images of `prompt` (UTF-8); control: an RGB image at the output size, or NULL.
  * *images receives an array of num_images to release with pixart_images_free. */

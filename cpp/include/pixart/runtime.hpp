@@ -43,6 +43,8 @@ struct LoadOptions {
     bool verify_hashes = true;  // sha256 of every listed file (sizes are always checked)
     int threads = 0;            // backend threads (OpenVINO INFERENCE_NUM_THREADS); 0: the backend's choice
     bool cuda_graph = false;    // TensorRT: capture the denoiser's enqueue in a CUDA graph per batch
+    bool low_memory = false;    // hold one graph at a time: the text encoder is released before the denoiser
+                                // loads, the denoiser before the VAE decoder (same images; graphs load per call)
 };
 
 struct GenerateOptions {
@@ -65,6 +67,8 @@ class Engine {
     const std::string& backend() const;
     std::vector<std::pair<int, int>> resolutions() const;
     bool has_controlnet() const;
+    void set_low_memory(bool on);                   // LoadOptions::low_memory after open; on releases every graph
+    std::vector<std::string> loaded_graphs() const;  // graphs the backend holds now (loaded on first use)
 
     struct Impl;
 
