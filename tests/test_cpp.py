@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import types
 import typing
 from pathlib import Path
@@ -142,12 +143,15 @@ def test_noise_equals_numpy_bit_for_bit(build, tmp_path, seed):
 
 
 def test_noise_is_the_runtimes_draw_noise(build, tmp_path):
-    """The runtime's [K, B, C, h, w] noise is one stream of draws in C order, as the C++ engine slices it."""
+    """The runtime's [K, B, C, h, w] noise: image b is one stream of K*C*h*w draws of its own seed, in C
+    order, as the C++ engine slices it (seeds 7 and 8 for --seed 7 --num-images 2)."""
     from pixart_export.runtime.noise import draw_noise
 
     expected = draw_noise(7, 2, (4, 16, 16), 4)
-    tool(build, "noise", 7, expected.size, tmp_path / "noise.f32")
-    assert np.array_equal(np.fromfile(tmp_path / "noise.f32", np.float32), expected.ravel())
+    for b in range(2):
+        tool(build, "noise", 7 + b, expected[:, b].size, tmp_path / "noise.f32")
+        own = np.fromfile(tmp_path / "noise.f32", np.float32).reshape(expected[:, b].shape)
+        assert np.array_equal(own, expected[:, b])
 
 
 # -- the manifest rules --------------------------------------------------------------------------------------
@@ -249,9 +253,9 @@ def test_image_equals_python(openvino_build, engines, tmp_path, target, mode):
         control.save(tmp_path / "control.ppm")
         cmd += ["--control", str(tmp_path / "control.ppm"), "--scale", "0.8"]
         kwargs = {"control_image": control, "conditioning_scale": 0.8}
-    if mode == "two images":  # one batch of 2: x_T and the step noise of both images from one stream
+    if mode == "two images":  # one batch of 2: image b's x_T and step noise from seed 5 + b alone
         cmd += ["--num-images", "2"]
-        kwargs = {"num_images": 2}
+        kwargs = {"seeds": [5, 6]}
     python = np.stack([np.asarray(im, dtype=np.int16) for im in pipe(PROMPT, seed=5, **kwargs)])
     proc = subprocess.run([*cmd, "--out", str(tmp_path / "cpp.png")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -359,6 +363,45 @@ def test_c_api_from_c(openvino_build, engines, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ok generate 128x128" in proc.stdout
     assert Image.open(tmp_path / "c.png").size == (128, 128)
+
+
+SEEDS_VIA_C_API = textwrap.dedent("""
+    import ctypes, sys
+    import numpy as np
+    class Image(ctypes.Structure):
+        _fields_ = [("width", ctypes.c_int), ("height", ctypes.c_int), ("rgb", ctypes.POINTER(ctypes.c_uint8))]
+    lib = ctypes.CDLL(sys.argv[1])
+    lib.pixart_last_error.restype = ctypes.c_char_p
+    lib.pixart_generate_seeds.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint64),
+                                          ctypes.c_int, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p]
+    engine = ctypes.c_void_p()
+    assert lib.pixart_open(sys.argv[2].encode(), ctypes.byref(engine)) == 0, lib.pixart_last_error()
+    seeds = [int(s) for s in sys.argv[4].split(",")]
+    images = ctypes.POINTER(Image)()
+    rc = lib.pixart_generate_seeds(engine, sys.argv[3].encode(), (ctypes.c_uint64 * len(seeds))(*seeds), len(seeds),
+                                   None, ctypes.c_float(1.0), ctypes.byref(images))
+    assert rc == 0, lib.pixart_last_error()
+    shape = (images[0].height, images[0].width, 3)
+    out = [np.ctypeslib.as_array(images[i].rgb, shape).copy() for i in range(len(seeds))]
+    np.save(sys.argv[5], np.stack(out))
+    lib.pixart_images_free(images, len(seeds))
+    lib.pixart_close(engine)
+""")
+
+
+def test_c_api_seeds_one_image_per_seed(openvino_build, engines, tmp_path):
+    """pixart_generate_seeds: image i from seeds[i] alone, as Python's `seeds=[...]` (0 levels apart)."""
+    from pixart_export import runtime
+
+    folder = engines["ov-cpu"]
+    lib = openvino_build / "libpixart_runtime.so"
+    args = [sys.executable, "-c", SEEDS_VIA_C_API, str(lib), str(folder), PROMPT, "6,5", str(tmp_path / "c.npy")]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cpp = np.load(tmp_path / "c.npy")
+    python = np.stack([np.asarray(im) for im in runtime.load(folder)(PROMPT, seeds=[6, 5])])
+    assert cpp.shape == python.shape and np.array_equal(cpp, python)
+    assert not np.array_equal(cpp[0], cpp[1])
 
 
 # -- TensorRT (GPU hosts only; not run in CI, never run so far: no host with TensorRT was available) -------

@@ -60,15 +60,15 @@ int pixart_set_low_memory(pixart_engine* engine, int low_memory) {
     });
 }
 
-int pixart_generate(pixart_engine* engine, const char* prompt, uint64_t seed, int num_images, const pixart_image* control,
-                    float conditioning_scale, pixart_image** images) {
+namespace {
+// pixart_generate and pixart_generate_seeds: `options` holds the images' seeds (or their count)
+int generate(pixart_engine* engine, const char* prompt, uint64_t seed, pixart::GenerateOptions options,
+             const pixart_image* control, float conditioning_scale, pixart_image** images) {
     return guarded([&] {
         need(engine, "engine");
         need(prompt, "prompt");
         need(images, "images");
         *images = nullptr;
-        pixart::GenerateOptions options;
-        options.num_images = num_images;
         options.conditioning_scale = conditioning_scale;
         pixart::Image control_image;
         if (control) {
@@ -93,6 +93,23 @@ int pixart_generate(pixart_engine* engine, const char* prompt, uint64_t seed, in
         }
         *images = array;
     });
+}
+}  // namespace
+
+int pixart_generate(pixart_engine* engine, const char* prompt, uint64_t seed, int num_images, const pixart_image* control,
+                    float conditioning_scale, pixart_image** images) {
+    pixart::GenerateOptions options;
+    options.num_images = num_images;
+    return generate(engine, prompt, seed, options, control, conditioning_scale, images);
+}
+
+int pixart_generate_seeds(pixart_engine* engine, const char* prompt, const uint64_t* seeds, int count,
+                          const pixart_image* control, float conditioning_scale, pixart_image** images) {
+    if (count > 0 && !seeds) return guarded([&] { need(seeds, "seeds"); });
+    pixart::GenerateOptions options;
+    options.num_images = count;
+    if (count > 0) options.seeds.assign(seeds, seeds + count);
+    return generate(engine, prompt, 0, options, control, conditioning_scale, images);
 }
 
 void pixart_images_free(pixart_image* images, int count) {

@@ -156,7 +156,11 @@ bool valid_utf8(const std::string& s) {
 
 std::vector<Image> Engine::generate(const std::string& prompt, std::uint64_t seed, const GenerateOptions& options) {
     const Manifest& m = impl_->manifest;
-    if (options.num_images < 1) throw Error(Error::kUser, "no prompt given (num_images < 1)");
+    std::vector<std::uint64_t> seeds = options.seeds;  // noise contract: image b from its own seed alone
+    if (seeds.empty()) {
+        if (options.num_images < 1) throw Error(Error::kUser, "no prompt given (num_images < 1)");
+        for (int b = 0; b < options.num_images; ++b) seeds.push_back(seed + static_cast<std::uint64_t>(b));
+    }
     if (blank(prompt)) throw Error(Error::kUser, "empty prompt: give the text to draw");
     if (!valid_utf8(prompt)) throw Error(Error::kUser, "the prompt is not valid UTF-8 text");
     if (!std::isfinite(options.conditioning_scale))
@@ -171,7 +175,7 @@ std::vector<Image> Engine::generate(const std::string& prompt, std::uint64_t see
         throw Error(Error::kUser, "resolution " + std::to_string(height) + "x" + std::to_string(width) +
                                       " is not in this engine (built for " + buckets + "); rebuild with --resolution");
     }
-    const std::int64_t B = options.num_images, C = m.latent_channels, f = m.vae_scale_factor;
+    const std::int64_t B = static_cast<std::int64_t>(seeds.size()), C = m.latent_channels, f = m.vae_scale_factor;
     const std::int64_t h = height / f, w = width / f, L = m.max_length;
     const std::int64_t per = B * C * h * w;
 
@@ -184,9 +188,17 @@ std::vector<Image> Engine::generate(const std::string& prompt, std::uint64_t see
     impl_->release("text_encoder");
 
     const std::int64_t K = std::max(m.steps, 1);
-    std::vector<float> noise = standard_normal(seed, static_cast<std::size_t>(K * per));
-    const Tensor latents = Tensor::f32({B, C, h, w}, std::vector<float>(noise.begin(), noise.begin() + per));
-    const Tensor step_noise = Tensor::f32({K - 1, B, C, h, w}, std::vector<float>(noise.begin() + per, noise.end()));
+    // [K, B, C, h, w] as runtime/noise.py: image b's K*C*h*w draws from default_rng(seeds[b]), step k at [k, b]
+    const std::size_t chw = static_cast<std::size_t>(C * h * w);
+    std::vector<float> x_t(static_cast<std::size_t>(per)), steps_noise(static_cast<std::size_t>((K - 1) * per));
+    for (std::int64_t b = 0; b < B; ++b) {
+        const std::vector<float> own = standard_normal(seeds[static_cast<std::size_t>(b)], static_cast<std::size_t>(K) * chw);
+        std::copy(own.begin(), own.begin() + chw, x_t.begin() + b * chw);
+        for (std::int64_t k = 1; k < K; ++k)
+            std::copy(own.begin() + k * chw, own.begin() + (k + 1) * chw, steps_noise.begin() + ((k - 1) * B + b) * chw);
+    }
+    const Tensor latents = Tensor::f32({B, C, h, w}, std::move(x_t));
+    const Tensor step_noise = Tensor::f32({K - 1, B, C, h, w}, std::move(steps_noise));
     std::vector<float> res, aspect;
     for (std::int64_t b = 0; b < B; ++b) {
         res.push_back(static_cast<float>(height));

@@ -47,6 +47,9 @@ int pixart_set_low_memory(pixart_engine* engine, int low_memory);
  * *images receives an array of num_images to release with pixart_images_free. */
 int pixart_generate(pixart_engine* engine, const char* prompt, uint64_t seed, int num_images,
                     const pixart_image* control, float conditioning_scale, pixart_image** images);
+/* count images of `prompt`, image i from seeds[i] alone (pixart_generate(seed, n) is seeds seed..seed+n-1). */
+int pixart_generate_seeds(pixart_engine* engine, const char* prompt, const uint64_t* seeds, int count,
+                          const pixart_image* control, float conditioning_scale, pixart_image** images);
 void pixart_images_free(pixart_image* images, int count);
 
 /* input_ids and attention_mask of `prompt` (max_length values each); *length receives max_length.

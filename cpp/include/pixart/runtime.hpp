@@ -48,7 +48,9 @@ struct LoadOptions {
 };
 
 struct GenerateOptions {
-    int num_images = 1;
+    int num_images = 1;                    // images seed, seed+1, ..., seed+num_images-1
+    std::vector<std::uint64_t> seeds;      // or one seed per image (then num_images is ignored); an image's
+                                           // noise comes from its own seed alone, in any batch
     const Image* control_image = nullptr;  // ControlNet engines; RGB at the output resolution
     float conditioning_scale = 1.0f;
     int height = 0, width = 0;  // a resolution bucket of the engine; 0: the first it was built for
