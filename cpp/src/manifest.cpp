@@ -139,7 +139,6 @@ const RuntimeRule kRuntimeRules[] = {
     {"tensorrt", "source", "str", nullptr, nullptr},
     {"tensorrt", "timing_cache", "str", nullptr, nullptr},
     {"tensorrt", "k_step_loop", "dict", nullptr, nullptr},
-    {"tensorrt", "k_step_loop", "dict", nullptr, nullptr},  // the loop's two engine files (compile.loop_records)
 };
 
 // manifest.py's bounds: MAX_MANIFEST_BYTES, MAX_SIDE, RANGES, CONFIG_RANGES, REQUIRED_GRAPHS
