@@ -435,17 +435,25 @@ class TrtRunner : public GraphRunner {
         return Tensor::f32(shape, std::move(values));
     }
 
-    // the plan file read once into one buffer (its size from the file), then deserialized
+    // the plan read once into one buffer: through the checked files held open at load (Manifest::held,
+    // re-hashed as read: what runs is what was checked), else from the path (its size from the file)
+    std::string plan_bytes(const std::string& file) const {
+        if (manifest_.held) return manifest_.held->read(file);
+        const std::string path = folder_ + "/" + file;
+        std::ifstream in(path, std::ios::binary | std::ios::ate);
+        if (!in) throw Error(Error::kUser, path + ": cannot be read; recompile the bundle");
+        std::string plan(static_cast<std::size_t>(in.tellg()), '\0');
+        in.seekg(0);
+        if (!in.read(plan.data(), static_cast<std::streamsize>(plan.size())))
+            throw Error(Error::kUser, path + ": cannot be read; recompile the bundle");
+        return plan;
+    }
+
     TrtEngine& engine(const GraphRecord& record) {
         auto it = engines_.find(record.file);
         if (it != engines_.end()) return *it->second;
         const std::string path = folder_ + "/" + record.file;
-        std::ifstream in(path, std::ios::binary | std::ios::ate);
-        if (!in) throw Error(Error::kUser, path + ": cannot be read; recompile the bundle");
-        std::vector<char> plan(static_cast<std::size_t>(in.tellg()));
-        in.seekg(0);
-        if (!in.read(plan.data(), static_cast<std::streamsize>(plan.size())))
-            throw Error(Error::kUser, path + ": cannot be read; recompile the bundle");
+        std::string plan = plan_bytes(record.file);
         auto e = std::make_unique<TrtEngine>();
         e->graph = record.graph;
         e->file = record.file;

@@ -14,6 +14,7 @@
 //   events                  prints the fake's engine/context lifecycle, one "event ..." line each
 // An error prints "error <message>" and exits 2.
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -55,7 +56,8 @@ int main(int argc, char** argv) {
     }
     try {
         const std::string folder = argv[1];
-        const Manifest m = read_manifest(folder);
+        Manifest m = read_manifest(folder);
+        if (std::getenv("FAKE_TRT_HELD")) m.held = check_files(folder, m, true);  // as Engine::open does
         LoadOptions options;
         options.cuda_graph = std::string(argv[2]) == "graph";
         std::unique_ptr<GraphRunner> runner = tensorrt_backend().runner(folder, m, options);
