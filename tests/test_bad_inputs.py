@@ -577,6 +577,21 @@ def test_both_clis_refuse_the_same_bad_arguments(tmp_path, capsys, cpp, extra, m
     cpp_refused(cpp, [folder, *base, *extra], match, root=tmp_path)
 
 
+def test_cpp_num_images_in_chunks_of_the_memory_budget(tmp_path, cpp, ov_folder):
+    """--memory-budget 0.01 GiB holds one tiny image per chunk (runtime/budget.py's estimate, mirrored in
+    C++): two chunks, the same pixels as Python's one batch of 2 (image k's noise from seed + k alone)."""
+    from pixart_export import runtime
+
+    pipe = runtime.load(ov_folder, memory_budget=int(0.01 * 2**30))
+    assert pipe.max_batch == 1  # the budget that splits both runtimes' batches
+    python = np.stack([np.asarray(im, dtype=np.int16) for im in runtime.load(ov_folder)("a red circle", 7, 2)])
+    argv = [ov_folder, "--prompt", "a red circle", "--seed", "7", "--num-images", "2", "--memory-budget", "0.01"]
+    proc = subprocess.run([str(cpp / "pixart_run"), *map(str, argv), "--out", str(tmp_path / "c.png")], timeout=300)
+    assert proc.returncode == 0
+    cpp_images = [np.asarray(Image.open(tmp_path / n).convert("RGB"), dtype=np.int16) for n in ("c.png", "c_1.png")]
+    assert int(np.abs(np.stack(cpp_images) - python).max()) <= 1
+
+
 def test_cpp_usage_line(cpp):
     line = cpp_refused(cpp, [], r"ENGINE_DIR and --prompt are required")
     assert "usage: pixart_run ENGINE_DIR --prompt" in line

@@ -56,7 +56,15 @@ struct Engine::Impl {
                                               "', which this runtime does not make; rebuild the engine with this version");
             picked.emplace_back(input.name, t);
         }
-        return runner->run(rec, picked);
+        try {
+            return runner->run(rec, picked);
+        } catch (const Error&) {
+            throw;
+        } catch (const std::exception& e) {  // a backend's own exception (OpenVINO, TensorRT): one line
+            std::string first = e.what();
+            first = first.substr(0, std::min(first.find('\n'), std::size_t{200}));
+            throw Error(Error::kInternal, rec.file + ": " + manifest.backend_name + " failed: " + first);
+        }
     }
 };
 
@@ -81,7 +89,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& folder, const LoadOption
                                       "); run it with the Python runtime (`pixart-export run`) or rebuild cpp/ with that backend");
     }
     backend->check_host(folder, m);
-    check_files(folder, m, options.verify_hashes);
+    impl->manifest.held = check_files(folder, m, options.verify_hashes);  // held open: graphs load from these
     impl->tokenizer = load_tokenizer(folder + "/" + m.tokenizer_dir, m.tokenizer_kind, m.max_length, m.pad_id);
     impl->runner = backend->runner(folder, m, options);
     impl->low_memory = options.low_memory;
@@ -92,6 +100,19 @@ const std::string& Engine::target() const { return impl_->manifest.target; }
 const std::string& Engine::backend() const { return impl_->manifest.backend_name; }
 std::vector<std::pair<int, int>> Engine::resolutions() const { return impl_->manifest.resolutions; }
 bool Engine::has_controlnet() const { return impl_->manifest.controlnet; }
+
+int Engine::max_batch(int height, int width, std::int64_t budget_bytes) const {
+    // runtime/budget.py bytes_per_image: 4 bytes x LIVE_FACTOR (4) x the larger of the transformer's and the
+    // VAE decoder's largest live activations per image
+    const Manifest& m = impl_->manifest;
+    const std::int64_t f = m.vae_scale_factor, patch = m.patch_size;
+    const std::int64_t tokens = (height / f / patch) * (width / f / patch);
+    const std::int64_t transformer = tokens * m.num_heads * m.head_dim * 5 + m.num_heads * tokens * tokens;
+    const std::int64_t w0 = m.vae_widths.at(0), w1 = m.vae_widths.at(std::min<std::size_t>(1, m.vae_widths.size() - 1));
+    const std::int64_t decoder = static_cast<std::int64_t>(height) * width * w0 * 2 + (height / 2) * (width / 2) * w1;
+    const std::int64_t per_image = 4 * 4 * std::max(transformer, decoder);
+    return static_cast<int>(std::min<std::int64_t>(1 << 20, std::max<std::int64_t>(1, budget_bytes / std::max<std::int64_t>(1, per_image))));
+}
 std::vector<std::string> Engine::loaded_graphs() const { return impl_->runner->loaded(); }
 
 void Engine::set_low_memory(bool on) {
@@ -153,6 +174,11 @@ bool valid_utf8(const std::string& s) {
 }
 
 }  // namespace
+
+void check_prompt(const std::string& prompt) {
+    if (blank(prompt)) throw Error(Error::kUser, "empty prompt: give the text to draw");
+    if (!valid_utf8(prompt)) throw Error(Error::kUser, "the prompt is not valid UTF-8 text");
+}
 
 std::vector<Image> Engine::generate(const std::string& prompt, std::uint64_t seed, const GenerateOptions& options) {
     const Manifest& m = impl_->manifest;

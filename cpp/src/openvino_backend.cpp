@@ -38,7 +38,8 @@ std::string installed_version() {
 
 class OvRunner : public GraphRunner {
   public:
-    OvRunner(std::string folder, int threads) : folder_(std::move(folder)), threads_(threads) {
+    OvRunner(std::string folder, int threads, std::shared_ptr<const HeldFiles> held)
+        : folder_(std::move(folder)), threads_(threads), held_(std::move(held)) {
         const auto flags = cpu_flags();
         bf16_ = flags.count("avx512_bf16") || flags.count("amx_bf16");
     }
@@ -74,6 +75,7 @@ class OvRunner : public GraphRunner {
                 ++it;
                 continue;
             }
+            weights_bytes_.erase(it->first.substr(0, it->first.find('|')));  // the key starts with the file
             it = compiled_.erase(it);
         }
     }
@@ -114,18 +116,44 @@ class OvRunner : public GraphRunner {
         }
         auto it = compiled_.find(key);
         if (it != compiled_.end()) return it->second;
-        std::shared_ptr<ov::Model> model = core_.read_model(folder_ + "/" + record.file);
-        std::map<std::string, ov::PartialShape> shapes;
-        for (const auto& [name, t] : sorted) shapes[name] = ov::PartialShape(std::vector<ov::Dimension>(t->shape.begin(), t->shape.end()));
-        model->reshape(shapes);
-        Compiled c{core_.compile_model(model, "CPU", config(record)), {}, record.graph};
-        c.request = c.model.create_infer_request();
-        return compiled_.emplace(key, std::move(c)).first->second;
+        try {
+            std::shared_ptr<ov::Model> model = read(record);
+            std::map<std::string, ov::PartialShape> shapes;
+            for (const auto& [name, t] : sorted) shapes[name] = ov::PartialShape(std::vector<ov::Dimension>(t->shape.begin(), t->shape.end()));
+            model->reshape(shapes);
+            Compiled c{core_.compile_model(model, "CPU", config(record)), {}, record.graph};
+            c.request = c.model.create_infer_request();
+            return compiled_.emplace(key, std::move(c)).first->second;
+        } catch (const Error&) {
+            throw;
+        } catch (const std::exception& e) {  // manifest.unloadable: one line, the first of OpenVINO's message
+            std::string first = e.what();
+            first = first.substr(0, std::min(first.find('\n'), std::size_t{200}));
+            throw Error(Error::kUser, record.file + ": not loadable by OpenVINO (" + first + "); rebuild the engine or copy it again");
+        }
+    }
+
+    // the IR from the bytes of the files checked at open (held open since; what runs is what was hashed)
+    std::shared_ptr<ov::Model> read(const GraphRecord& record) {
+        if (!held_) return core_.read_model(folder_ + "/" + record.file);
+        const std::string xml = held_->read(record.file);
+        std::string weights_file;
+        for (const auto& f : record.files)
+            if (f != record.file) weights_file = f;
+        ov::Tensor weights;
+        if (!weights_file.empty()) {
+            weights_bytes_[record.file] = held_->read(weights_file);
+            std::string& bytes = weights_bytes_[record.file];
+            weights = ov::Tensor(ov::element::u8, ov::Shape{bytes.size()}, bytes.data());
+        }
+        return core_.read_model(xml, weights);
     }
 
     ov::Core core_;
     std::string folder_;
     int threads_;
+    std::shared_ptr<const HeldFiles> held_;
+    std::map<std::string, std::string> weights_bytes_;  // a graph's .bin bytes, kept while its model may use them
     bool bf16_ = false;
     std::map<std::string, Compiled> compiled_;
 };
@@ -144,8 +172,8 @@ Backend openvino_backend() {
         (void)folder;
 #endif
     };
-    b.runner = [](const std::string& folder, const Manifest&, const LoadOptions& options) -> std::unique_ptr<GraphRunner> {
-        return std::make_unique<OvRunner>(folder, options.threads);
+    b.runner = [](const std::string& folder, const Manifest& m, const LoadOptions& options) -> std::unique_ptr<GraphRunner> {
+        return std::make_unique<OvRunner>(folder, options.threads, m.held);
     };
     return b;
 }

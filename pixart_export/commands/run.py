@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     pipe = runtime.load(
         args.engine, precision=args.precision, memory_budget=budget, low_memory=args.low_memory, **options
     )
+    _options.check_free_space(paths, *(args.resolution or pipe.resolutions[0]))  # before the inference
     chunks = pipe.chunks(
         args.prompt,
         seed=args.seed,

@@ -43,6 +43,7 @@ def load(
     manifest, target = read_engine(folder)
     backend = target.backend
     backend.check_host(folder, manifest)
-    check_files(folder, manifest, hashes=verify_hashes)
-    runner = backend.runner(folder, manifest, **runner_options)
+    # the checked files stay open; the runner loads them through these handles (what runs is what was hashed)
+    held = check_files(folder, manifest, hashes=verify_hashes)
+    runner = backend.runner(folder, manifest, files=held, **runner_options)
     return Pipeline(folder, manifest, runner, precision, memory_budget=memory_budget, low_memory=low_memory)

@@ -69,6 +69,9 @@ class Engine {
     const std::string& backend() const;
     std::vector<std::pair<int, int>> resolutions() const;
     bool has_controlnet() const;
+    // images per generate() call whose estimated activations fit `budget_bytes` at a bucket (at least 1):
+    // runtime/budget.py's chunk_size, the same estimate
+    int max_batch(int height, int width, std::int64_t budget_bytes) const;
     void set_low_memory(bool on);                   // LoadOptions::low_memory after open; on releases every graph
     std::vector<std::string> loaded_graphs() const;  // graphs the backend holds now (loaded on first use)
 
@@ -84,6 +87,9 @@ std::vector<float> standard_normal(std::uint64_t seed, std::size_t count);
 
 void write_png(const std::string& path, const Image& image);
 Image read_ppm(const std::string& path);  // binary PPM (P6, maxval 255), for control images
+
+// Error(kUser) for a prompt generate() refuses (blank, or not valid UTF-8): a CLI checks it before open()
+void check_prompt(const std::string& prompt);
 
 // the backends this build carries ("openvino", "tensorrt")
 std::vector<std::string> compiled_backends();

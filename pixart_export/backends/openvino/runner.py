@@ -117,6 +117,7 @@ class OvRunner:
         self.inference_precision = inference_precision
         self.static_shapes = static_shapes
         self.files = files  # manifest.HeldFiles: the checked files, held open since the check
+        self._weights: dict[str, np.ndarray] = {}  # graph file -> its weights buffer, while compiled from it
         self._core = None
         self._cpu = cpu_info()
         self._compiled: dict[tuple, object] = {}
@@ -153,10 +154,17 @@ class OvRunner:
         """The IR of `record`: from the bytes of the checked files where they are held, else by path."""
         if self.files is None:
             return self._core.read_model(str(self.folder / record.file))
+        import openvino as ov
+
         weights = [rel for rel in record.files if rel != record.file]
-        return self._core.read_model(
-            model=self.files.read(record.file), weights=self.files.read(weights[0]) if weights else b""
-        )
+        # the weights as a tensor over the buffer they were read into: no second copy of a 4.4 GB file
+        if not weights:
+            return self._core.read_model(model=self.files.read(record.file), weights=b"")
+        data = np.frombuffer(self.files.read_buffer(weights[0]), np.uint8)
+        # kept while the graph is loaded: the model's constants (and the CPU plugin's, which may share them)
+        # point into this buffer (measured: freed after compile, the images came out wrong)
+        self._weights[record.file] = data
+        return self._core.read_model(model=self.files.read(record.file), weights=ov.Tensor(data, shared_memory=True))
 
     def run(self, record: GraphRecord, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         feeds = {t.name: feeds[t.name] for t in record.inputs}
@@ -168,6 +176,7 @@ class OvRunner:
         names = set(graph_names)
         for key in [k for k in self._compiled if self._graph_of[k[0]] in names]:
             del self._compiled[key]
+            self._weights.pop(key[0], None)
 
     @property
     def loaded(self) -> set[str]:
