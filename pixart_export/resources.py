@@ -89,6 +89,13 @@ class StageMeter:
         self._children_peak = _maxrss_bytes(resource.RUSAGE_CHILDREN)
         self._children_cpu = _children_cpu()
         self._start = time.perf_counter()
+        self._at_once: list[int] = []
+
+    def child_ran(self, child_peak: int, parent_rss: int) -> None:
+        """A child process of this stage ran to its `child_peak` (its own VmHWM, reported by the child)
+        while this process held `parent_rss`, waiting on it: their sum is the memory in use at once
+        then, exactly, instead of the bound that adding the two peaks gives."""
+        self._at_once.append(int(child_peak) + int(parent_rss))
 
     def _own_peak(self) -> int:
         if self.method == "clear_refs":
@@ -107,17 +114,39 @@ class StageMeter:
         elif _children_cpu() > self._children_cpu:  # a child ran; its peak is at most the earlier high
             rec["children_peak_rss_bytes"] = children
             rec["children_peak_is_bound"] = True
-        rec["peak_rss_bytes"] = own + rec.get("children_peak_rss_bytes", 0)
+        if self._at_once:  # the children said their peaks, and what this process held meanwhile
+            rec["children_peak_rss_bytes"] = max(self._at_once)
+            rec.pop("children_peak_is_bound", None)
+            rec["children_measured_with_parent"] = True
+            rec["peak_rss_bytes"] = max(own, max(self._at_once))
+        elif rec.get("children_peak_is_bound"):
+            # only an earlier child's high is known (e.g. a short `lscpu`): not added to the stage's
+            # figure, which would then be a sum of peaks that never coexisted; recorded beside it
+            rec["peak_rss_bytes"] = own
+        else:
+            rec["peak_rss_bytes"] = own + rec.get("children_peak_rss_bytes", 0)
         return rec
+
+
+def current_rss() -> int:
+    """This process's resident memory now, bytes (VmRSS), 0 where it cannot be read."""
+    try:
+        match = re.search(r"^VmRSS:\s+(\d+)\s+kB", STATUS.read_text(), re.MULTILINE)
+    except OSError:
+        return 0
+    return int(match.group(1)) * 1024 if match else 0
 
 
 def format_stage(rec: dict) -> str:
     """One line for a stage record: '12.3 s, peak RSS 1.42 GiB' (with what the figure includes)."""
     line = f"{rec['seconds']:.1f} s, peak RSS {rec['peak_rss_bytes'] / 2**30:.2f} GiB"
     notes = []
-    if "children_peak_rss_bytes" in rec:
+    if rec.get("children_measured_with_parent"):
+        notes.append(f"with a child process: {rec['children_peak_rss_bytes'] / 2**30:.2f} GiB at once")
+    elif "children_peak_rss_bytes" in rec:
         bound = "at most " if rec.get("children_peak_is_bound") else ""
-        notes.append(f"child processes {bound}{rec['children_peak_rss_bytes'] / 2**30:.2f} GiB")
+        added = ", not added" if rec.get("children_peak_is_bound") else ""
+        notes.append(f"child processes {bound}{rec['children_peak_rss_bytes'] / 2**30:.2f} GiB{added}")
     if rec.get("in_progress"):
         notes.append("until the manifest was written")
     if rec.get("rss_method") == "getrusage":

@@ -97,3 +97,16 @@ def test_build_prints_each_stage_as_it_ends(engine):  # noqa: F811
     )
     assert reused and lines[0].startswith("[1/5] load model tiny")
     assert lines[1].strip().startswith("[1/5] ") and " s, peak RSS " in lines[1] and "GiB" in lines[1], lines
+
+
+def test_a_child_that_reports_its_peak_counts_with_what_the_parent_held():
+    """Parent and child peaks added are a bound on memory that may never have coexisted (a child run
+    while the parent held little); a child that reports its peak, with the parent's RSS while it ran,
+    gives the memory in use at once."""
+    from pixart_export.resources import StageMeter
+
+    meter = StageMeter("convert")
+    meter.child_ran(child_peak=40 * 2**30, parent_rss=2 * 2**30)
+    rec = meter.record()
+    assert rec["peak_rss_bytes"] == max(42 * 2**30, rec["peak_rss_bytes"]) == 42 * 2**30
+    assert rec["children_measured_with_parent"] and "children_peak_is_bound" not in rec

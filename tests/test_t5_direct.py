@@ -117,19 +117,20 @@ sys.path.insert(0, sys.argv[1])
 def hwm():
     return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
 import openvino, torch, transformers  # the libraries' own memory is not the conversion's
-from pixart_export.backends.openvino.prepare import convert_direct
+from pixart_export.backends.openvino.prepare import _convert_in_process
 signature = {"inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["B", 120]},
                         {"name": "attention_mask", "dtype": "int64", "shape": ["B", 120]}],
              "outputs": [{"name": "prompt_embeds", "dtype": "float32", "shape": ["B", 120, 4096]}]}
 before = hwm()
-convert_direct(Path(sys.argv[2]), Path(sys.argv[3]), signature)
+_convert_in_process(Path(sys.argv[2]), Path(sys.argv[3]), signature)
 print(json.dumps({"before": before, "peak": hwm()}))
 """
 
 
 @pytest.fixture(scope="module")
 def direct_ir(xxl_layer, tmp_path_factory):
-    """The layer converted in a child process (its peak memory is the conversion's alone)."""
+    """The layer converted in a child process (its peak memory is the conversion's alone): the body of
+    `convert_direct`, which the build runs in a process of its own the same way."""
     xml = tmp_path_factory.mktemp("ir") / "text_encoder.xml"
     out = subprocess.run(
         [sys.executable, "-c", _CONVERT, str(ROOT), str(xxl_layer), str(xml)],

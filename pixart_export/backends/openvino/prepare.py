@@ -46,7 +46,7 @@ def convert_graph(onnx_path: Path, xml_path: Path) -> list[str]:
     return [xml_path.name, xml_path.with_suffix(".bin").name]
 
 
-def convert_direct(t5_dir: Path, xml_path: Path, signature: dict) -> list[str]:
+def convert_direct(t5_dir: Path, xml_path: Path, signature: dict, meter=None) -> list[str]:
     """A T5 too large for the fp32 export -> IR with bf16 weights computed in fp32 (`export/t5_direct.py`),
     named and shaped as the `text_encoder` contract says; the int8 stage then compresses its weights.
 
@@ -57,11 +57,26 @@ def convert_direct(t5_dir: Path, xml_path: Path, signature: dict) -> list[str]:
     import concurrent.futures
     import multiprocessing
 
+    from ...resources import current_rss, release_freed_memory
+
+    release_freed_memory()  # what this process holds while the child runs is what it still uses
+    parent = current_rss()
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_convert_direct, Path(t5_dir), Path(xml_path), signature).result()
+        files, child_peak = pool.submit(_convert_direct, Path(t5_dir), Path(xml_path), signature).result()
+    if meter is not None:  # the stage's figure: parent + child at once (`StageMeter.child_ran`)
+        meter.child_ran(child_peak, parent)
+    return files
 
 
-def _convert_direct(t5_dir: Path, xml_path: Path, signature: dict) -> list[str]:
+def _convert_direct(t5_dir: Path, xml_path: Path, signature: dict) -> tuple[list[str], int]:
+    """In the child: convert, save; (files, this process's peak RSS)."""
+    from ...resources import _vm_hwm
+
+    files = _convert_in_process(t5_dir, xml_path, signature)
+    return files, _vm_hwm() or 0
+
+
+def _convert_in_process(t5_dir: Path, xml_path: Path, signature: dict) -> list[str]:
     import openvino as ov
     import torch
 
@@ -110,7 +125,8 @@ def _convert(backend, ctx) -> None:
         if rec.get("direct_from"):  # no fp32 ONNX: converted from the weights (`exporter.direct_record`)
             xml = f"{rec['graph']}.xml"
             ctx.log(f"      {rec['direct_from']} (bf16 weights, fp32 compute) -> {xml}")
-            rec["file"], rec["files"] = xml, convert_direct(Path(rec["direct_from"]), ir_dir / xml, rec)
+            meter = getattr(ctx, "stage_meter", None)
+            rec["file"], rec["files"] = xml, convert_direct(Path(rec["direct_from"]), ir_dir / xml, rec, meter)
             rec["source_weights"] = "bf16"
             rec.pop("direct_from")
         else:
