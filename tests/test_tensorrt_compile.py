@@ -133,9 +133,10 @@ class FakeTrt:
             return b"PLAN"
 
 
-def _bundle(tmp_path) -> Path:
+def _bundle(tmp_path, complete: bool = False) -> Path:
     """A minimal trt-t4 bundle: one fp16 graph (a small real ONNX graph), a tokenizer file, a manifest
-    written by the one writer."""
+    written by the one writer. `complete`: also the text_encoder, denoiser_lcm4 and vae_decoder graphs a
+    folder must list for its bucket to load (the same small graph in files of their own)."""
     folder = tmp_path / "bundle"
     (folder / "tokenizer").mkdir(parents=True)
     (folder / "tokenizer" / "tokenizer.json").write_text("{}")
@@ -159,6 +160,12 @@ def _bundle(tmp_path) -> Path:
         outputs=(M.TensorRecord("y", "float32", ("B", 8, 16)),),
         runtime={"profile": profile},
     )
+    graphs = [graph]
+    if complete:
+        for name in ("text_encoder", "denoiser_lcm4", "vae_decoder"):
+            file = f"{name}.fp16.onnx"
+            onnx.save(linear_residual(), str(folder / file))
+            graphs.append(dataclasses.replace(graph, graph=name, file=file, files=(file,)))
     manifest = M.Manifest(
         schema_version=M.SCHEMA_VERSION,
         toolchain={},
@@ -174,7 +181,7 @@ def _bundle(tmp_path) -> Path:
         latent_channels=4,
         vae_scale_factor=8,
         tokenizer=M.TokenizerRecord("tokenizers", "tokenizer", 120, 0, "T5"),
-        graphs=(graph,),
+        graphs=tuple(graphs),
         default_precision=Precision.FP16,
         parity=None,
         files=M.file_table(folder),
@@ -244,14 +251,16 @@ def test_compile_refuses_other_folders(tmp_path):
     with pytest.raises(UserError, match="no such folder"):
         C.compile_bundle(tmp_path / "nope", T4, trt=FakeTrt, device=T4_GPU)
     folder = _bundle(tmp_path)
-    write_manifest(
+    bundle = read_manifest(folder)
+    write_manifest(  # another kind of folder written afresh (not a relabelled bundle: its seal goes too)
         folder,
         dataclasses.replace(
-            read_manifest(folder),
+            bundle,
             target="ort-cpu",
             status="ready",
             backend=BackendInfo("onnxruntime", "1.18.0"),
             device=Device(kind="cpu", arch="any"),
+            build={k: v for k, v in bundle.build.items() if k != "sealed_for"},
         ),
     )
     with pytest.raises(UserError, match="onnxruntime engine folder, not a TensorRT bundle"):
@@ -301,7 +310,7 @@ def test_check_host(tmp_path, monkeypatch):
 def test_runtime_load_checks_the_host(tmp_path, monkeypatch):
     from pixart_export import runtime
 
-    folder = _bundle(tmp_path)
+    folder = _bundle(tmp_path, complete=True)
     _host(monkeypatch)
     with pytest.raises(EngineError, match="without engines"):
         runtime.load(folder)
