@@ -122,13 +122,19 @@ def test_interrupted_build_leaves_old_engine(tmp_path, monkeypatch):
 
 
 def test_leftovers_of_a_killed_build_are_removed(tmp_path):
+    """Only folders whose name and owner marker prove a build of this `--out` made them, and whose process
+    is gone; an unmarked folder of the same name shape is the user's (issue 26)."""
     out = tmp_path / "e"
     dead = tmp_path / ".e.building-999999999-abc"  # no such process
     dead.mkdir()
+    (dead / F.OWNER).write_text(json.dumps({"pid": 999999999, "out": "e", "kind": "building"}))
     alive = tmp_path / f".e.building-{os.getpid()}-abc"  # a build still running (this process)
     alive.mkdir()
+    (alive / F.OWNER).write_text(json.dumps({"pid": os.getpid(), "out": "e", "kind": "building"}))
+    unmarked = tmp_path / ".e.building-999999998-abc"  # the same shape of name, no marker: not ours
+    unmarked.mkdir()
     assert F.clean_leftovers(out) == [dead]
-    assert alive.exists() and not dead.exists()
+    assert alive.exists() and unmarked.exists() and not dead.exists()
 
 
 def test_refuses_to_replace_what_it_did_not_write(tmp_path):
