@@ -129,16 +129,7 @@ def write_t5(out: Path, cfg: dict, dtype: str = "fp32", seed: int = 0, log=print
 
 def make_full_size(out: Path, seed: int = 0, t5_layers: int | None = None, t5_dtype: str = "fp32", log=print) -> Path:
     """The full-size folder (DiT and VAE as `xl_model.make_xl`, T5 at XXL size); made once, reused."""
-    import torch
-    from diffusers import AutoencoderKL
-    from transformers import ByT5Tokenizer
-
-    from benchmarks.xl_model import SD_VAE
-    from reference.config import DiTConfig
-    from reference.dit import PixArtDiT
-    from reference.loading import save_dit
-    from reference.text import MAX_TEXT_LEN
-    from reference.tiny import write_pipeline_files
+    from benchmarks.xl_model import write_tokenizer_vae_scheduler, write_xl_dit
 
     out = Path(out)
     if (out / "model_index.json").exists():
@@ -151,18 +142,8 @@ def make_full_size(out: Path, seed: int = 0, t5_layers: int | None = None, t5_dt
     log(f"text_encoder: T5 {cfg['num_layers']} layers x d_model {cfg['d_model']}, {t5_dtype}")
     params = write_t5(tmp / "text_encoder", cfg, t5_dtype, seed, log)
     log(f"  {params:,} parameters")
-    torch.manual_seed(seed)
-    dit = PixArtDiT(DiTConfig(), text_len=None)
-    with torch.no_grad():  # as if trained: no all-zero (zero-initialised) projections
-        for p in dit.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0.0, 0.02)
-    save_dit(dit, tmp / "transformer")
-    log(f"transformer: PixArt-XL-2 512 px, {sum(p.numel() for p in dit.parameters()):,} parameters")
-    del dit
-    ByT5Tokenizer(model_max_length=MAX_TEXT_LEN).save_pretrained(str(tmp / "tokenizer"))
-    AutoencoderKL(**SD_VAE).save_pretrained(str(tmp / "vae"), safe_serialization=True)
-    write_pipeline_files(tmp)
+    log(f"transformer: PixArt-XL-2 512 px, {write_xl_dit(tmp / 'transformer', seed):,} parameters")
+    write_tokenizer_vae_scheduler(tmp)
     tmp.rename(out)
     log(f"wrote {out} in {time.perf_counter() - started:.0f} s")
     return out

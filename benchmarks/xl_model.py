@@ -38,34 +38,48 @@ SD_VAE = {
 def make_xl(out: Path, seed: int = 0) -> Path:
     import shutil
 
-    import torch
-    from diffusers import AutoencoderKL
-    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
-
-    from reference.config import DiTConfig
-    from reference.dit import PixArtDiT
-    from reference.loading import save_dit
-    from reference.text import MAX_TEXT_LEN
+    from transformers import T5Config, T5EncoderModel
 
     out = Path(out)
     if (out / "model_index.json").exists():
         return out
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    write_xl_dit(tmp / "transformer", seed)
+    T5EncoderModel(T5Config(**XL_T5_STANDIN)).eval().save_pretrained(str(tmp / "text_encoder"), safe_serialization=True)
+    write_tokenizer_vae_scheduler(tmp)
+    tmp.rename(out)
+    return out
+
+
+def write_xl_dit(folder: Path, seed: int = 0) -> int:
+    """PixArt-XL-2's DiT at 512 px with random weights (seeded), saved to `folder`; its parameter count."""
+    import torch
+
+    from reference.config import DiTConfig
+    from reference.dit import PixArtDiT
+    from reference.loading import save_dit
+
     torch.manual_seed(seed)
     dit = PixArtDiT(DiTConfig(), text_len=None)
     with torch.no_grad():  # as if trained: no all-zero (zero-initialised) projections
         for p in dit.parameters():
             if p.abs().sum() == 0:
                 p.normal_(0.0, 0.02)
-    save_dit(dit, tmp / "transformer")
-    del dit
-    T5EncoderModel(T5Config(**XL_T5_STANDIN)).eval().save_pretrained(str(tmp / "text_encoder"), safe_serialization=True)
-    ByT5Tokenizer(model_max_length=MAX_TEXT_LEN).save_pretrained(str(tmp / "tokenizer"))
-    AutoencoderKL(**SD_VAE).save_pretrained(str(tmp / "vae"), safe_serialization=True)
-    write_pipeline_files(tmp)
-    tmp.rename(out)
-    return out
+    save_dit(dit, folder)
+    return sum(p.numel() for p in dit.parameters())
+
+
+def write_tokenizer_vae_scheduler(folder: Path) -> None:
+    """ByT5's tokenizer, the SD VAE (random weights) and the LCM scheduler + model_index of a model folder."""
+    from diffusers import AutoencoderKL
+    from transformers import ByT5Tokenizer
+
+    from reference.text import MAX_TEXT_LEN
+
+    ByT5Tokenizer(model_max_length=MAX_TEXT_LEN).save_pretrained(str(folder / "tokenizer"))
+    AutoencoderKL(**SD_VAE).save_pretrained(str(folder / "vae"), safe_serialization=True)
+    write_pipeline_files(folder)
 
 
 def main() -> None:
