@@ -126,7 +126,7 @@ class StreamedT5Encoder(torch.nn.Module):
         self._materialise(self.model.encoder.final_layer_norm, "encoder.final_layer_norm.")
         for i, block in enumerate(self.model.encoder.block):
             block.register_forward_pre_hook(lambda m, args, i=i: self._materialise(m, f"encoder.block.{i}."))
-            block.register_forward_hook(lambda m, args, out: m.to_empty(device="meta") and None)
+            block.register_forward_hook(lambda m, args, out: self._drop(m))
 
     def _read(self, name: str) -> torch.Tensor:
         if name not in self.offsets:
@@ -144,6 +144,11 @@ class StreamedT5Encoder(torch.nn.Module):
                     f"{self.folder}: {prefix + k} has shape {tuple(v.shape)}, the config says {tuple(own[k].shape)}"
                 )
         module.load_state_dict(state, strict=True)
+
+    @staticmethod
+    def _drop(module: torch.nn.Module) -> None:
+        """Back to the meta device: the block's weights are freed until its next call."""
+        module.to_empty(device="meta")
 
     @property
     def device(self) -> torch.device:
