@@ -325,7 +325,7 @@ def measure(args) -> dict:
     }
     stages = result["build_stages"]
     if stages:
-        result["build_peak_rss_gib"] = round(max(s["peak_rss_bytes"] for s in stages) / 2**30, 2)
+        result["build_peak_rss_gib"] = round(build_peak(stages) / 2**30, 2)
     rows = [r for r in args.rows.split(",") if r]
     if "commands" in rows:
         log("run commands")
@@ -420,12 +420,47 @@ def render(data: dict) -> str:
         ]
     stages = data.get("build_stages")
     if stages:
-        lines += ["## Build stages (`manifest.build.stages`)", "", "| stage | seconds | peak RSS (GiB) |"]
-        lines.append("|---|---|---|")
+        lines += ["## Build stages (`manifest.build.stages`)", ""]
+        lines += [
+            "| stage | seconds | recorded peak RSS (GiB) | the process's own | a child's |",
+            "|---|---|---|---|---|",
+        ]
         for s in stages:
-            lines.append(f"| {s['name']} | {s['seconds']:.0f} | {s['peak_rss_bytes'] / gib:.2f} |")
+            own, child = own_and_child(s)
+            child_text = f"{child / gib:.2f}" + (
+                " (an earlier child: a bound)" if s.get("children_peak_is_bound") else ""
+            )
+            lines.append(
+                f"| {s['name']} | {s['seconds']:.0f} | {s['peak_rss_bytes'] / gib:.2f} | {own / gib:.2f} | "
+                + (child_text if child else "")
+                + " |"
+            )
+        lines.append("")
+        lines.append(
+            "A manifest written before parent-plus-child-at-once accounting (`StageMeter.child_ran`) recorded "
+            "the process's peak and the largest child's peak added, which is a bound: the own column is "
+            "that figure less the child's."
+        )
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def own_and_child(stage: dict) -> tuple[int, int]:
+    """(the build process's own peak, the child's peak) of a stage record, bytes. Records written before
+    `StageMeter.child_ran` added every child's peak, a bound among them; later ones add only an exact
+    child and leave a bound beside (then the figure is below the bound, which tells the two apart)."""
+    child = stage.get("children_peak_rss_bytes", 0)
+    if stage.get("children_measured_with_parent"):
+        return stage["peak_rss_bytes"], child
+    added = child and (not stage.get("children_peak_is_bound") or stage["peak_rss_bytes"] >= child)
+    return (stage["peak_rss_bytes"] - child if added else stage["peak_rss_bytes"]), child
+
+
+def build_peak(stages: list[dict]) -> int:
+    """The largest stage's memory: its own peak, or parent + child at once where that was measured."""
+    return max(
+        own_and_child(s)[0] if not s.get("children_measured_with_parent") else s["peak_rss_bytes"] for s in stages
+    )
 
 
 def main() -> None:
