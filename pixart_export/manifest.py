@@ -713,6 +713,12 @@ class HeldFiles:
     def __init__(self, folder: Path, manifest: Manifest, hashes: bool):
         self.folder, self.manifest, self.hashes = Path(folder), manifest, hashes
         self._fds: dict[str, int] = {}
+        self._stats: dict[str, tuple] = {}  # (size, mtime_ns, ctime_ns) of each file before it was hashed
+
+    def hold(self, rel: str, fd: int, st: os.stat_result) -> None:
+        """Hold `fd` open for `rel`; `st` is its fstat from before the check read it."""
+        self._fds[rel] = fd
+        self._stats[rel] = _identity(st)
 
     def read(self, rel: str) -> bytes:
         """The file's bytes (for small files: graphs and engines a runtime wants as `bytes`)."""
@@ -736,6 +742,23 @@ class HeldFiles:
             )
         return buf
 
+    def map(self, rel: str):
+        """The file mapped (`mapped.MappedFile`), for a weights file too large to hold twice: its pages are
+        borrowed from the file rather than read and hashed again, so `check_unchanged(rel)` is what
+        keeps what runs equal to what was hashed; call it after each compile and before each run."""
+        from .mapped import MappedFile
+
+        self.check_unchanged(rel)
+        return MappedFile(self._fds[rel], self.manifest.files[rel].bytes)
+
+    def check_unchanged(self, rel: str) -> None:
+        """The file's size, mtime and ctime as they were before the check hashed it: any write since
+        moves the ctime (only root can set it back), so unchanged means the bytes are the hashed ones."""
+        if _identity(os.fstat(self._fds[rel])) != self._stats[rel]:
+            raise EngineError(
+                f"{self.folder / rel}: changed after the folder was checked; rebuild the engine or copy it again"
+            )
+
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
@@ -745,10 +768,14 @@ class HeldFiles:
         self.close()
 
 
-def _open_listed(folder: Path, rel: str, entry: FileEntry, hashes: bool) -> int:
+def _identity(st: os.stat_result) -> tuple:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _open_listed(folder: Path, rel: str, entry: FileEntry, hashes: bool) -> tuple[int, os.stat_result]:
     """An open descriptor of a listed file that is a regular file of its own (no symbolic link on the way,
     no second hard link: a link to a file outside the folder would let that file change what runs), with
-    its recorded size and sha256."""
+    its recorded size and sha256; and its fstat from before the hash was read."""
     path = folder / rel
     parts = PurePosixPath(rel).parts
     if any(folder.joinpath(*parts[: i + 1]).is_symlink() for i in range(len(parts))):
@@ -791,7 +818,7 @@ def _open_listed(folder: Path, rel: str, entry: FileEntry, hashes: bool) -> int:
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, now
 
 
 def check_files(folder: Path, manifest: Manifest, hashes: bool = True) -> HeldFiles:
@@ -801,7 +828,7 @@ def check_files(folder: Path, manifest: Manifest, hashes: bool = True) -> HeldFi
     held = HeldFiles(folder, manifest, hashes)
     try:
         for rel, entry in manifest.files.items():
-            held._fds[rel] = _open_listed(folder, rel, entry, hashes)
+            held.hold(rel, *_open_listed(folder, rel, entry, hashes))
         extra = sorted(rel for rel in file_table_names(folder) if rel not in manifest.files and rel != MANIFEST)
         if extra:
             raise EngineError(f"{folder}: files not in the manifest: {', '.join(extra[:5])}; remove them or rebuild")

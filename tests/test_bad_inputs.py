@@ -734,6 +734,27 @@ def test_what_runs_is_what_was_hashed(tmp_path):
         pipe("a red circle", seed=1)
 
 
+def test_openvino_weights_are_mapped_and_a_rewrite_is_refused(tmp_path, ov_folder):
+    """OpenVINO's weights are mapped from the held files (not read again and hashed): the image equals a
+    load by path, and a weights file rewritten in place after the compile, with the same bytes, is
+    refused before the next run."""
+    import time
+
+    from pixart_export import runtime
+    from pixart_export.manifest import EngineError
+
+    folder = shutil.copytree(ov_folder, tmp_path / "ov")
+    pipe = runtime.load(folder)
+    image = pipe("a red circle", seed=1, output="np")
+    assert pipe.runner._weights, "no weights were mapped"
+    np.testing.assert_array_equal(image, runtime.load(ov_folder)("a red circle", seed=1, output="np"))
+    name = graph_file(folder, "vae_decoder").removesuffix(".xml") + ".bin"
+    time.sleep(0.05)  # past the file system's timestamp tick
+    (folder / name).write_bytes((folder / name).read_bytes())
+    with pytest.raises(EngineError, match=rf"{name}: changed after the folder was checked"):
+        pipe("a red circle", seed=1)
+
+
 def test_cpp_wraps_openvino_load_errors_in_one_line(tmp_path, cpp, ov_folder):
     folder = shutil.copytree(ov_folder, tmp_path / "ov")
     xml = graph_file(folder, "text_encoder")

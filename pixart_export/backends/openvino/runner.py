@@ -13,6 +13,12 @@ tiny it fuses the elementwise chains it leaves unfused in the dynamic model). Me
 int8 step (512 px, 2-core AVX-512 VNNI CPU, idle): 2.19 s static vs 2.25 s dynamic; the VAE decoder
 the same (12.4 s). A small gain, kept. `static_shapes=False` compiles the dynamic model once instead.
 
+Weights are read from the engine folder's held files mapped, not copied (`HeldFiles.map`): the CPU
+plugin copies every weight it compiles, and from a buffer the full-size T5's int8 weights were held twice
+(8.8 GiB); from the mapping, whose pages are handed back while the compile copies them, once (4.55 GiB;
+`pixart_export/mapped.py`). The file is checked unchanged since its hash after each compile and before
+each run.
+
 `release(graph_names)` drops every compiled model of those graphs (`--low-memory`: the pipeline releases
 the text encoder before the denoiser compiles, and the denoiser before the decoder); a graph released
 is compiled again on its next run.
@@ -22,6 +28,7 @@ Torch-free, and nothing from the build (prepare, quantise, export): the runtime 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from pathlib import Path
@@ -117,7 +124,7 @@ class OvRunner:
         self.inference_precision = inference_precision
         self.static_shapes = static_shapes
         self.files = files  # manifest.HeldFiles: the checked files, held open since the check
-        self._weights: dict[str, np.ndarray] = {}  # graph file -> its weights buffer, while compiled from it
+        self._weights: dict[str, tuple] = {}  # graph file -> (weights file, its mapping), while compiled from it
         self._core = None
         self._cpu = cpu_info()
         self._compiled: dict[tuple, object] = {}
@@ -144,31 +151,46 @@ class OvRunner:
                 model = self._read(record)
                 if shapes:
                     model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes})
-                self._compiled[key] = compile_graph(model, self.graph_config(record), self._core)
+                with self._paged_out(record.file):
+                    self._compiled[key] = compile_graph(model, self.graph_config(record), self._core)
+                del model
+                self._check_unchanged(record.file)
             except RuntimeError as exc:  # OpenVINO reports unreadable IR / weights as RuntimeError
                 raise unloadable(record.file, "OpenVINO", exc) from None
             self._graph_of[record.file] = record.graph
         return self._compiled[key]
 
     def _read(self, record: GraphRecord):
-        """The IR of `record`: from the bytes of the checked files where they are held, else by path."""
+        """The IR of `record`: from the checked files where they are held (the weights mapped), else by path."""
         if self.files is None:
             return self._core.read_model(str(self.folder / record.file))
         import openvino as ov
 
         weights = [rel for rel in record.files if rel != record.file]
-        # the weights as a tensor over the buffer they were read into: no second copy of a 4.4 GB file
-        if not weights:
+        if not weights or not self.files.manifest.files[weights[0]].bytes:
             return self._core.read_model(model=self.files.read(record.file), weights=b"")
-        data = np.frombuffer(self.files.read_buffer(weights[0]), np.uint8)
-        # kept while the graph is loaded: the model's constants (and the CPU plugin's, which may share them)
-        # point into this buffer (measured: freed after compile, the images came out wrong)
-        self._weights[record.file] = data
-        return self._core.read_model(model=self.files.read(record.file), weights=ov.Tensor(data, shared_memory=True))
+        if record.file not in self._weights:  # one mapping per file, shared by its shape sets
+            self._weights[record.file] = (weights[0], self.files.map(weights[0]))
+        mapped = self._weights[record.file][1]
+        return self._core.read_model(
+            model=self.files.read(record.file), weights=ov.Tensor(mapped.array, shared_memory=True)
+        )
+
+    def _paged_out(self, file: str):
+        """While `file`'s graph compiles, its mapped weights are handed back as the plugin copies them."""
+        held = self._weights.get(file)
+        return held[1].paged_out() if held else contextlib.nullcontext()
+
+    def _check_unchanged(self, file: str) -> None:
+        held = self._weights.get(file)
+        if held:
+            self.files.check_unchanged(held[0])
 
     def run(self, record: GraphRecord, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         feeds = {t.name: feeds[t.name] for t in record.inputs}
-        return run_compiled(self.compiled(record, feeds), feeds)
+        compiled = self.compiled(record, feeds)
+        self._check_unchanged(record.file)
+        return run_compiled(compiled, feeds)
 
     def release(self, graph_names) -> None:
         """Drop the compiled models of the graphs named (manifest graph names, e.g. "text_encoder"), every
