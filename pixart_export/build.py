@@ -233,6 +233,22 @@ def _export(ctx: BuildContext) -> None:
                 ctx.model, ctx.fp32_dir, ctx.resolutions, ctx.request.steps, on_graph=on_graph
             )
     ctx.tokenizer = export_tokenizer(ctx.model, ctx.staging, MAX_TEXT_LEN, ctx.log)
+    _copy_control_convention(ctx)
+
+
+def _copy_control_convention(ctx: BuildContext) -> None:
+    """The ControlNet's control-image convention (`control_check`), where its folder records one, into the
+    engine folder: `run` and the C++ runtime check control images against it."""
+    from reference.loading import resolve_controlnet
+
+    from .control_check import CONVENTION_FILE
+
+    if ctx.request.controlnet_spec is None:
+        return
+    source = resolve_controlnet(ctx.request.controlnet_spec)
+    if (source / CONVENTION_FILE).is_file():
+        (ctx.staging / CONVENTION_FILE).write_bytes((source / CONVENTION_FILE).read_bytes())
+        ctx.log(f"      {CONVENTION_FILE}")
 
 
 def fp32_dict(rec: GraphRecord, source: Manifest) -> dict:

@@ -127,6 +127,12 @@ def add_image_options(p: argparse.ArgumentParser, what: str) -> None:
     )
     p.add_argument("--control-image", type=Path, default=None, help="condition image (needs a ControlNet)")
     p.add_argument(
+        "--invert-control",
+        action="store_true",
+        help="invert the control image's levels first (white-on-black edges such as HED's, for a ControlNet "
+        "trained on black on white; the ControlNet's control_convention.json says which it expects)",
+    )
+    p.add_argument(
         "--conditioning-scale",
         type=float_range(*CONDITIONING_SCALE),
         default=1.0,
@@ -246,6 +252,23 @@ def read_control_image(path: Path | None):
         raise UserError(f"--control-image {path}: too large ({exc}); give an image near the output size") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise UserError(f"--control-image {path}: not a readable image ({exc})") from None
+    return image
+
+
+def read_checked_control(args: argparse.Namespace, convention_folder: Path | None):
+    """`read_control_image`, inverted with --invert-control, then checked against the convention recorded
+    in `convention_folder` (`control_check`): one warning line naming the fix when it looks inverted."""
+    image = read_control_image(args.control_image)
+    if image is None:
+        return None
+    from .. import control_check
+    from ..progress import LOGGER
+
+    if args.invert_control:
+        image = control_check.invert(image)
+    if convention_folder is not None and convention_folder.is_dir():
+        if warning := control_check.check(image, control_check.read_convention(convention_folder)):
+            LOGGER.warning(f"--control-image {args.control_image}: {warning}")
     return image
 
 

@@ -45,13 +45,14 @@ def run(args: argparse.Namespace) -> int:
     _options.check_png_out(args.out)
     if args.control_image is not None and args.controlnet is None:
         raise UserError("--control-image needs --controlnet")
-    from reference.loading import load_model, model_for_sampler
+    from reference.loading import load_model, model_for_sampler, resolve_controlnet
     from reference.pipeline import ReferencePipeline
     from reference.vocab import tiny_prompt_warning
 
     if warning := tiny_prompt_warning(args.model, args.prompt):
         LOGGER.warning(warning)
-    control = _options.read_control_image(args.control_image)
+    folder = resolve_controlnet(args.controlnet) if args.control_image is not None else None
+    control = _options.read_checked_control(args, folder)
     # `tiny` with ddim: the guided teacher where it is shipped (the student's weights otherwise)
     model = load_model(
         model_for_sampler(args.model, args.sampler), controlnet=args.controlnet, lcm_spacing=args.lcm_spacing

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         _options.check_png_out(path, engine=args.engine)
     from .. import runtime
 
-    control = _options.read_control_image(args.control_image)
+    control = _options.read_checked_control(args, args.engine)  # build copies the ControlNet's convention
     options = {"threads": args.threads} if args.threads else {}
     budget = None if args.memory_budget is None else int(args.memory_budget * 2**30)
     pipe = runtime.load(
