@@ -14,6 +14,7 @@ of the 32128 rows: the cost of the embedding lookup is the same, the text is not
 
     .venv/bin/python benchmarks/full_size_model.py runs/full-size            # ~19 GB on disk
     .venv/bin/python benchmarks/full_size_model.py runs/t5-2l --t5-layers 2  # a narrow test copy
+    .venv/bin/python benchmarks/full_size_model.py runs/full-size-1024 --size 1024 --text-encoder-from runs/full-size
 """
 
 from __future__ import annotations
@@ -127,8 +128,18 @@ def write_t5(out: Path, cfg: dict, dtype: str = "fp32", seed: int = 0, log=print
     return params
 
 
-def make_full_size(out: Path, seed: int = 0, t5_layers: int | None = None, t5_dtype: str = "fp32", log=print) -> Path:
-    """The full-size folder (DiT and VAE as `xl_model.make_xl`, T5 at XXL size); made once, reused."""
+def make_full_size(
+    out: Path,
+    seed: int = 0,
+    t5_layers: int | None = None,
+    t5_dtype: str = "fp32",
+    log=print,
+    size: int = 512,
+    text_encoder_from: Path | None = None,
+) -> Path:
+    """The full-size folder (DiT and VAE as `xl_model.make_xl`, T5 at XXL size); made once, reused.
+    `size` 1024: the DiT is PixArt-XL-2-1024-MS. `text_encoder_from`: hard-link that folder's
+    text_encoder/ files instead of drawing a T5 (the same 17.7 GiB are not written twice)."""
     from benchmarks.xl_model import write_tokenizer_vae_scheduler, write_xl_dit
 
     out = Path(out)
@@ -138,11 +149,17 @@ def make_full_size(out: Path, seed: int = 0, t5_layers: int | None = None, t5_dt
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     started = time.perf_counter()
-    cfg = dict(T5_XXL, **({"num_layers": t5_layers} if t5_layers else {}))
-    log(f"text_encoder: T5 {cfg['num_layers']} layers x d_model {cfg['d_model']}, {t5_dtype}")
-    params = write_t5(tmp / "text_encoder", cfg, t5_dtype, seed, log)
-    log(f"  {params:,} parameters")
-    log(f"transformer: PixArt-XL-2 512 px, {write_xl_dit(tmp / 'transformer', seed):,} parameters")
+    if text_encoder_from:
+        (tmp / "text_encoder").mkdir(parents=True)
+        for f in sorted((Path(text_encoder_from) / "text_encoder").iterdir()):
+            (tmp / "text_encoder" / f.name).hardlink_to(f)
+        log(f"text_encoder: hard links to {text_encoder_from}/text_encoder")
+    else:
+        cfg = dict(T5_XXL, **({"num_layers": t5_layers} if t5_layers else {}))
+        log(f"text_encoder: T5 {cfg['num_layers']} layers x d_model {cfg['d_model']}, {t5_dtype}")
+        params = write_t5(tmp / "text_encoder", cfg, t5_dtype, seed, log)
+        log(f"  {params:,} parameters")
+    log(f"transformer: PixArt-XL-2 {size} px, {write_xl_dit(tmp / 'transformer', seed, size):,} parameters")
     write_tokenizer_vae_scheduler(tmp)
     tmp.rename(out)
     log(f"wrote {out} in {time.perf_counter() - started:.0f} s")
@@ -155,8 +172,12 @@ def main() -> None:
     parser.add_argument("--t5-layers", type=int, default=None, help="fewer T5 layers (tests); default 24")
     parser.add_argument("--t5-dtype", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, choices=(512, 1024), default=512, help="the DiT: XL-2-512 or XL-2-1024-MS")
+    parser.add_argument("--text-encoder-from", type=Path, help="hard-link the T5 of this full-size folder")
     args = parser.parse_args()
-    make_full_size(args.out, args.seed, args.t5_layers, args.t5_dtype)
+    make_full_size(
+        args.out, args.seed, args.t5_layers, args.t5_dtype, size=args.size, text_encoder_from=args.text_encoder_from
+    )
 
 
 if __name__ == "__main__":

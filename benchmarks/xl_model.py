@@ -52,16 +52,20 @@ def make_xl(out: Path, seed: int = 0) -> Path:
     return out
 
 
-def write_xl_dit(folder: Path, seed: int = 0) -> int:
-    """PixArt-XL-2's DiT at 512 px with random weights (seeded), saved to `folder`; its parameter count."""
+def write_xl_dit(folder: Path, seed: int = 0, size: int = 512) -> int:
+    """PixArt-XL-2's DiT with random weights (seeded), saved to `folder`; its parameter count. `size`
+    512: PixArt-XL-2-512x512; 1024: PixArt-XL-2-1024-MS (sample size 128, with the resolution and
+    aspect-ratio conditions)."""
     import torch
 
     from reference.config import DiTConfig
     from reference.dit import PixArtDiT
     from reference.loading import save_dit
 
+    if size not in (512, 1024):
+        raise ValueError(f"size {size}: 512 or 1024")
     torch.manual_seed(seed)
-    dit = PixArtDiT(DiTConfig(), text_len=None)
+    dit = PixArtDiT(DiTConfig(sample_size=size // 8), text_len=None)
     with torch.no_grad():  # as if trained: no all-zero (zero-initialised) projections
         for p in dit.parameters():
             if p.abs().sum() == 0:

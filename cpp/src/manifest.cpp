@@ -666,6 +666,40 @@ HeldFiles::~HeldFiles() {
     for (const auto& [rel, fd] : fds_) ::close(fd);
 }
 
+namespace {
+
+std::array<std::int64_t, 5> identity(const struct stat& st) {
+    return {static_cast<std::int64_t>(st.st_size), static_cast<std::int64_t>(st.st_mtim.tv_sec),
+            static_cast<std::int64_t>(st.st_mtim.tv_nsec), static_cast<std::int64_t>(st.st_ctim.tv_sec),
+            static_cast<std::int64_t>(st.st_ctim.tv_nsec)};
+}
+
+}  // namespace
+
+void HeldFiles::hold(const std::string& rel, int fd, const struct stat& st) {
+    fds_[rel] = fd;
+    stats_[rel] = identity(st);
+}
+
+void HeldFiles::check_unchanged(const std::string& rel) const {
+    const auto fd = fds_.find(rel);
+    if (fd == fds_.end()) throw Error(Error::kInternal, rel + ": not a held file of " + folder_);
+    struct stat now {};
+    if (::fstat(fd->second, &now) != 0 || identity(now) != stats_.at(rel))
+        throw Error(Error::kUser, (fs::path(folder_) / rel).string() +
+                                      ": changed after the folder was checked; rebuild the engine or copy it again");
+}
+
+std::shared_ptr<MappedFile> HeldFiles::map(const std::string& rel) const {
+    check_unchanged(rel);
+    const auto entry = files_.find(rel);
+    try {
+        return std::make_shared<MappedFile>(fds_.at(rel), static_cast<std::size_t>(entry->second.bytes));
+    } catch (const std::runtime_error& e) {
+        throw Error(Error::kUser, (fs::path(folder_) / rel).string() + ": cannot be mapped (" + e.what() + ")");
+    }
+}
+
 std::string HeldFiles::read(const std::string& rel) const {
     const auto fd = fds_.find(rel);
     const auto entry = files_.find(rel);
@@ -689,7 +723,8 @@ namespace {
 
 // manifest.py's _open_listed: a regular file of its own (no symbolic link on the way, one hard link), with
 // its recorded size and sha256, opened and returned open
-int open_listed(const std::string& folder, const std::string& rel, const FileEntry& entry, bool hashes) {
+std::pair<int, struct stat> open_listed(const std::string& folder, const std::string& rel, const FileEntry& entry,
+                                        bool hashes) {
     const fs::path path = fs::path(folder) / rel;
     const std::string shown = path.string();
     std::error_code ec;
@@ -709,8 +744,8 @@ int open_listed(const std::string& folder, const std::string& rel, const FileEnt
                              "(copy it in, e.g. cp without -l, or rebuild)");
     const int fd = ::open(shown.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) engine_error(shown + ": cannot be read (" + std::strerror(errno) + ")");
+    struct stat now {};
     try {
-        struct stat now {};
         if (::fstat(fd, &now) != 0 || now.st_dev != st.st_dev || now.st_ino != st.st_ino || now.st_nlink != 1)
             engine_error(shown + ": replaced while it was checked; try again");
         if (static_cast<std::int64_t>(now.st_size) != entry.bytes)
@@ -723,14 +758,17 @@ int open_listed(const std::string& folder, const std::string& rel, const FileEnt
         ::close(fd);
         throw;
     }
-    return fd;
+    return {fd, now};
 }
 
 }  // namespace
 
 std::shared_ptr<HeldFiles> check_files(const std::string& folder, const Manifest& m, bool hashes) {
     auto held = std::make_shared<HeldFiles>(folder, m.files, hashes);
-    for (const auto& [rel, entry] : m.files) held->hold(rel, open_listed(folder, rel, entry, hashes));
+    for (const auto& [rel, entry] : m.files) {
+        const auto [fd, st] = open_listed(folder, rel, entry, hashes);
+        held->hold(rel, fd, st);
+    }
     std::vector<std::string> extra;
     for (auto it = fs::recursive_directory_iterator(folder); it != fs::recursive_directory_iterator(); ++it) {
         const fs::path rel = fs::relative(it->path(), folder);

@@ -13,6 +13,9 @@
 //     their backend allows (no cache folder or other path).
 #pragma once
 
+#include <sys/stat.h>
+
+#include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -22,6 +25,7 @@
 #include <vector>
 
 #include "json.hpp"
+#include "mapped.hpp"
 #include "pixart/runtime.hpp"
 
 namespace pixart {
@@ -55,16 +59,23 @@ class HeldFiles {
     ~HeldFiles();
     HeldFiles(const HeldFiles&) = delete;
     HeldFiles& operator=(const HeldFiles&) = delete;
-    void hold(const std::string& rel, int fd) { fds_[rel] = fd; }
+    // `st`: the file's fstat from before the check read it
+    void hold(const std::string& rel, int fd, const struct stat& st);
     // the bytes of a listed file, read through the held descriptor; with hashes, checked again against
     // the manifest's sha256 (a file rewritten in place after the check is refused)
     std::string read(const std::string& rel) const;
+    // the file mapped (for weights too large to hold twice): its pages are borrowed from the file, not
+    // read and hashed again, so check_unchanged(rel) is what keeps what runs equal to what was hashed
+    std::shared_ptr<MappedFile> map(const std::string& rel) const;
+    // the file's size, mtime and ctime as before the check hashed it: any write since moves the ctime
+    void check_unchanged(const std::string& rel) const;
 
   private:
     std::string folder_;
     std::map<std::string, FileEntry> files_;
     bool hashes_;
     std::map<std::string, int> fds_;
+    std::map<std::string, std::array<std::int64_t, 5>> stats_;  // size, mtime s/ns, ctime s/ns
 };
 
 struct Manifest {

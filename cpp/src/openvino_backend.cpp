@@ -9,10 +9,12 @@
 #include <algorithm>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 
 #include "backend.hpp"
+#include "mapped.hpp"
 
 namespace pixart {
 namespace {
@@ -46,6 +48,7 @@ class OvRunner : public GraphRunner {
 
     std::vector<Tensor> run(const GraphRecord& record, const Feeds& feeds) override {
         Compiled& c = compiled(record, feeds);
+        check_unchanged(record.file);
         ov::CompiledModel& model = c.model;
         ov::InferRequest& request = c.request;
         for (const auto& [name, t] : feeds) {
@@ -75,7 +78,7 @@ class OvRunner : public GraphRunner {
                 ++it;
                 continue;
             }
-            weights_bytes_.erase(it->first.substr(0, it->first.find('|')));  // the key starts with the file
+            weights_.erase(it->first.substr(0, it->first.find('|')));  // the key starts with the file
             it = compiled_.erase(it);
         }
     }
@@ -121,9 +124,16 @@ class OvRunner : public GraphRunner {
             std::map<std::string, ov::PartialShape> shapes;
             for (const auto& [name, t] : sorted) shapes[name] = ov::PartialShape(std::vector<ov::Dimension>(t->shape.begin(), t->shape.end()));
             model->reshape(shapes);
-            Compiled c{core_.compile_model(model, "CPU", config(record)), {}, record.graph};
-            c.request = c.model.create_infer_request();
-            return compiled_.emplace(key, std::move(c)).first->second;
+            const auto w = weights_.find(record.file);
+            std::optional<Compiled> c;
+            {
+                PagedOut paged(w == weights_.end() ? nullptr : w->second.second.get());
+                c = Compiled{core_.compile_model(model, "CPU", config(record)), {}, record.graph};
+            }
+            model.reset();
+            check_unchanged(record.file);
+            c->request = c->model.create_infer_request();
+            return compiled_.emplace(key, std::move(*c)).first->second;
         } catch (const Error&) {
             throw;
         } catch (const std::exception& e) {  // manifest.unloadable: one line, the first of OpenVINO's message
@@ -133,7 +143,8 @@ class OvRunner : public GraphRunner {
         }
     }
 
-    // the IR from the bytes of the files checked at open (held open since; what runs is what was hashed)
+    // the IR from the files checked at open (held open since; what runs is what was hashed): the XML read,
+    // the weights mapped (mapped.hpp: the CPU plugin copies them as it compiles, so they are held once)
     std::shared_ptr<ov::Model> read(const GraphRecord& record) {
         if (!held_) return core_.read_model(folder_ + "/" + record.file);
         const std::string xml = held_->read(record.file);
@@ -142,18 +153,25 @@ class OvRunner : public GraphRunner {
             if (f != record.file) weights_file = f;
         ov::Tensor weights;
         if (!weights_file.empty()) {
-            weights_bytes_[record.file] = held_->read(weights_file);
-            std::string& bytes = weights_bytes_[record.file];
-            weights = ov::Tensor(ov::element::u8, ov::Shape{bytes.size()}, bytes.data());
+            auto& w = weights_[record.file];  // one mapping per file, shared by its shape sets
+            if (!w.second) w = {weights_file, held_->map(weights_file)};
+            if (w.second->size()) weights = ov::Tensor(ov::element::u8, ov::Shape{w.second->size()}, w.second->data());
         }
         return core_.read_model(xml, weights);
+    }
+
+    // the graph's mapped weights file unchanged since its hash (after each compile, before each run)
+    void check_unchanged(const std::string& file) const {
+        const auto w = weights_.find(file);
+        if (w != weights_.end() && w->second.second) held_->check_unchanged(w->second.first);
     }
 
     ov::Core core_;
     std::string folder_;
     int threads_;
     std::shared_ptr<const HeldFiles> held_;
-    std::map<std::string, std::string> weights_bytes_;  // a graph's .bin bytes, kept while its model may use them
+    // a graph file's weights file and its mapping, kept while its compiled models may point into it
+    std::map<std::string, std::pair<std::string, std::shared_ptr<MappedFile>>> weights_;
     bool bf16_ = false;
     std::map<std::string, Compiled> compiled_;
 };
