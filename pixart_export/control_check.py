@@ -66,11 +66,13 @@ def write_convention(folder: Path, convention: Convention) -> Path:
 
 def measure(image) -> tuple[float, float, float]:
     """(mean brightness 0..1, share of pixels darker than mid-grey, edge density of the marks) of a control
-    image (PIL image or uint8 array [H, W] / [H, W, C]). Marks: the minority side of mid-grey."""
-    arr = np.asarray(image.convert("L") if hasattr(image, "convert") else image, dtype=np.float32)
-    grey = arr.mean(axis=-1) if arr.ndim == 3 else arr
-    brightness = float(grey.mean() / 255.0)
-    dark = grey < 128
+    image (PIL image or uint8 array [H, W] / [H, W, C]; grey: the mean of R, G, B). Marks: the minority side
+    of mid-grey; edge density: the share of mark pixels with a 4-neighbour that is not a mark (the border
+    repeats its pixels)."""
+    arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.int32)
+    total = arr[..., :3].sum(axis=-1) if arr.ndim == 3 else arr * 3  # grey = total / 3, exact in integers
+    brightness = float(total.mean() / (3 * 255.0))
+    dark = total < 3 * 128
     dark_share = float(dark.mean())
     marks = dark if dark_share <= 0.5 else ~dark
     padded = np.pad(marks, 1, mode="edge")

@@ -92,3 +92,38 @@ def test_build_copies_the_convention_and_run_checks_against_it(tmp_path, capsys)
     assert len(warned) == 1 and "--invert-control" in warned[0]
     assert main([*argv, "--out", str(tmp_path / "b.png"), "--invert-control"]) == 0
     assert _warnings(capsys) == []
+
+
+@pytest.fixture(scope="module")
+def cpp_tool():
+    from tests.test_cpp import _build
+
+    folder, why = _build()
+    if folder is None:
+        pytest.skip(why)
+    return folder / "pixart_tool"
+
+
+def _ppm(path, image: np.ndarray):
+    path.write_bytes(b"P6\n%d %d\n255\n" % (image.shape[1], image.shape[0]) + image.astype(np.uint8).tobytes())
+    return path
+
+
+def test_cpp_gives_pythons_warning_on_the_same_images(tmp_path, cpp_tool):
+    """One rule: pixart_tool check-control (cpp/src/control_check.cpp) prints check()'s line, or nothing."""
+    import subprocess
+
+    scene = data.sample(0, 1)[0]
+    images = [*_edge_maps()[:3], 255 - _edge_maps()[3], control.condition(scene, "mask"), np.full((64, 96, 3), 255)]
+    for conv in (cc.Convention(), cc.Convention("edge", "light-on-dark", 128), cc.Convention("mask")):
+        cc.write_convention(tmp_path, conv)
+        for k, image in enumerate(images):
+            ppm = _ppm(tmp_path / f"c{k}.ppm", image)
+            out = subprocess.run(
+                [str(cpp_tool), "check-control", str(tmp_path), str(ppm)], capture_output=True, text=True
+            )
+            assert out.returncode == 0, out.stderr
+            assert out.stdout.rstrip("\n") == (cc.check(image.astype(np.uint8), conv) or ""), (conv, k)
+    (tmp_path / cc.CONVENTION_FILE).unlink()  # no record: no warning
+    out = subprocess.run([str(cpp_tool), "check-control", str(tmp_path), str(tmp_path / "c3.ppm")], capture_output=True)
+    assert out.stdout == b"\n"

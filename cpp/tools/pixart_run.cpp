@@ -1,5 +1,6 @@
 // pixart_run ENGINE_DIR --prompt TEXT [--seed N] [--num-images N] [--control-image IMAGE.ppm]
-//            [--conditioning-scale S] [--threads N] [--memory-budget GIB] [--low-memory] --out image.png
+//            [--invert-control] [--conditioning-scale S] [--threads N] [--memory-budget GIB] [--low-memory]
+//            --out image.png
 // The usage sample of pixart_runtime: one engine folder, one prompt, PNG files out (with --num-images N
 // > 1: image.png, image_1.png, ...). Exit codes as pixart-export: 0 ok, 2 bad input, 3 internal error.
 // The argument contract is `pixart-export run`'s (commands/_options.py): the same names (--control and
@@ -165,14 +166,15 @@ void check_free_space(const std::vector<std::string>& paths, int height, int wid
 
 const char* const kUsage =
     "usage: pixart_run ENGINE_DIR --prompt TEXT [--seed N] [--num-images N] [--control-image IMAGE.ppm] "
-    "[--conditioning-scale S] [--threads N] [--memory-budget GIB] [--low-memory] --out image.png";
+    "[--invert-control] [--conditioning-scale S] [--threads N] [--memory-budget GIB] [--low-memory] "
+    "--out image.png";
 
 }  // namespace
 
 int main(int argc, char** argv) {
     try {
         std::string dir, prompt, out = "image.png", control;
-        bool has_prompt = false;
+        bool has_prompt = false, invert_control = false;
         std::uint64_t seed = 0;
         long long num_images = 1;
         double budget_gib = kDefaultBudgetGib;
@@ -193,6 +195,8 @@ int main(int argc, char** argv) {
                 num_images = integer(a, value(), 1, kMaxImages, "an integer");
             } else if (a == "--control-image" || a == "--control") {
                 control = value();
+            } else if (a == "--invert-control") {
+                invert_control = true;  // white-on-black edges (HED's) for a black-on-white ControlNet
             } else if (a == "--conditioning-scale" || a == "--scale") {
                 gen.conditioning_scale = static_cast<float>(number("--conditioning-scale", value(), 0.0, kMaxScale));
             } else if (a == "--threads") {
@@ -220,7 +224,12 @@ int main(int argc, char** argv) {
         pixart::Image control_image;  // read (bounded) before the folder is opened, as run does
         if (!control.empty()) control_image = pixart::read_ppm(control);
         auto engine = pixart::Engine::open(dir, load);
-        if (!control.empty()) gen.control_image = &control_image;
+        if (!control.empty()) {
+            if (invert_control) pixart::invert_control_image(control_image);
+            const std::string warning = pixart::check_control_image(control_image, dir);
+            if (!warning.empty()) std::fprintf(stderr, "warning: --control-image %s: %s\n", control.c_str(), warning.c_str());
+            gen.control_image = &control_image;
+        }
         const auto [height, width] = engine->resolutions().at(0);
         check_free_space(paths, height, width);
         // chunks that fit the budget (runtime/budget.py); image k's noise comes from seed + k alone

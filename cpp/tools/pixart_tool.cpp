@@ -8,6 +8,7 @@
 //   pixart_tool bench ENGINE_DIR PROMPT REPEATS   one JSON line: open_s, first_s (compiles), warm_s (each run)
 //   pixart_tool loaded ENGINE_DIR PROMPT [--low-memory]   the graphs held after open and after each of 2 runs
 //                                                 (seeds 0, 1), with the FNV-1a 64 hash of each run's RGB bytes
+//   pixart_tool check-control ENGINE_DIR IMAGE.ppm  the control-image warning line for that engine (empty: none)
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -23,6 +24,10 @@
 int main(int argc, char** argv) {
     const std::string cmd = argc > 1 ? argv[1] : "";
     try {
+        if (cmd == "check-control" && argc == 4) {
+            std::printf("%s\n", pixart::check_control_image(pixart::read_ppm(argv[3]), argv[2]).c_str());
+            return 0;
+        }
         if (cmd == "noise" && argc == 5) {
             const auto v = pixart::standard_normal(std::strtoull(argv[2], nullptr, 10), std::strtoull(argv[3], nullptr, 10));
             std::ofstream(argv[4], std::ios::binary).write(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));

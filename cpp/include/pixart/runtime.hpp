@@ -88,6 +88,13 @@ std::vector<float> standard_normal(std::uint64_t seed, std::size_t count);
 void write_png(const std::string& path, const Image& image);
 Image read_ppm(const std::string& path);  // binary PPM (P6, maxval 255), for control images
 
+// One warning line ("" when none) when a control image looks unlike the convention the engine folder's
+// control_convention.json records (inverted polarity, or filled shapes for an edge ControlNet): the rule
+// and text of pixart_export/control_check.py. "" when the folder records none.
+std::string check_control_image(const Image& image, const std::string& engine_dir,
+                                const std::string& invert_flag = "--invert-control");
+void invert_control_image(Image& image);  // 255 - v on every sample (--invert-control)
+
 // Error(kUser) for a prompt generate() refuses (blank, or not valid UTF-8): a CLI checks it before open()
 void check_prompt(const std::string& prompt);
 
