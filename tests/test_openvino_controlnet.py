@@ -18,6 +18,7 @@ def int8_cn():
 
 
 def test_int8_controlnet_engine(int8_cn):
+    from pixart_export.backends.openvino.decoder import PRECISION
     from pixart_export.manifest import Precision
     from pixart_export.verify import CONTROL_GATE_SEED, CONTROL_IOU_TOLERANCE
 
@@ -30,7 +31,8 @@ def test_int8_controlnet_engine(int8_cn):
         "controlnet": Precision.INT8,
         "denoiser_lcm4": Precision.INT8,
         "denoiser_lcm4_controlnet": Precision.INT8,
-        "vae_decoder": Precision.FP32,
+        # the decoder's precision is chosen by measurement (backends/openvino/decoder.py, test_openvino_decoder)
+        "vae_decoder": PRECISION[manifest.quantisation["vae_decoder"]["chosen"]][0],
         "vae_encoder": Precision.FP32,
     }
     q = manifest.quantisation

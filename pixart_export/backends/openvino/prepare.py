@@ -105,7 +105,14 @@ def stages(backend, ctx) -> list[Stage]:
     out = [Stage(f"convert to OpenVINO IR (fp32 weights), openvino {version}", lambda c: _convert(backend, c))]
     if backend.int8:
         out.append(Stage("int8: calibrate on the reference pipeline, NNCF quantise, measure", _quantise))
+        out.append(Stage("VAE decoder precision: fp32, bf16, int8 measured, the fastest that passes", _decoder))
     return out
+
+
+def _decoder(ctx) -> None:
+    from .decoder import stage
+
+    stage(ctx)
 
 
 def _ir_dir(backend, ctx) -> Path:
