@@ -11,6 +11,9 @@ The options are a JSON-able dict (they enter the build key and are what `prepare
      "control_scenes": 16,               # with a ControlNet: control scenes its graphs are calibrated on
      "control_held_out": 2,              # and the next scenes, held out: score its graphs
      "candidates": [{"name", "smooth_quant_alpha", "ignored_patterns"}, ...],  # NNCF settings tried
+     "bf16_groups": true,                # on a bf16 CPU: measure bf16 per op group on the unrolled
+                                         # denoiser (`precision.py`); false: all or nothing, as for the
+                                         # one-step graph (a quicker build: the tests' engines)
      "gate": {"min_mean_psnr_db", "min_image_psnr_db", "min_mean_ssim", "pairs"},  # verify.QualityGate
      "cpu": [model, [isa flags]]}        # int8/bf16 choices are measured on this CPU: another rebuilds
 
@@ -100,6 +103,7 @@ def int8_options(
     control_held_out: int = 2,
     candidates=None,
     gate: QualityGate | None = None,
+    bf16_groups: bool = True,
 ) -> dict:
     """The ov-cpu-int8 options dict (see the module docstring); UserError for values the build cannot use.
 
@@ -123,6 +127,7 @@ def int8_options(
         "control_scenes": int(control_scenes),
         "control_held_out": int(control_held_out),
         "candidates": [_settings_dict(c) for c in (CANDIDATES if candidates is None else candidates)],
+        "bf16_groups": bool(bf16_groups),
         "gate": dataclasses.asdict(gate),
         "cpu": [cpu["model"], cpu["isa"]],
     }

@@ -209,6 +209,18 @@ def _fixed_input_error(xml: Path, reference_xml: Path, rec: dict, model, steps: 
     return rel_l2(outs[1], outs[0])
 
 
+def _bf16_ops(xml: Path, reference_xml: Path, samples: list[dict], rec: dict, model, steps: int, log) -> dict:
+    """The bf16 op groups of the quantised graph `xml` (rewritten with their marks), `precision.choose`."""
+    from .precision import choose
+
+    limit = tolerance(rec["graph"], Precision.INT8).rel_l2
+
+    def fixed(variant: Path) -> tuple[float, float]:
+        return _fixed_input_error(variant, reference_xml, rec, model, steps, "bf16"), limit
+
+    return choose(xml, reference_xml, samples, fixed, log)
+
+
 def _calibrate(model, options: dict, resolution: tuple[int, int], steps: int, log) -> tuple[dict, dict]:
     """Calibration and held-out samples of the one-step and the unrolled graph at `resolution`."""
     from ...calibration import collect
@@ -379,7 +391,13 @@ def choose_and_quantize(
                 **({"controlnet_fallback": fallback} if fallback else {}),
             }
             precision = "f32"
-            if bf16_ok:
+            if bf16_ok and options.get("bf16_groups", True) and rec["graph"].startswith("denoiser_lcm"):
+                # the unrolled graph `run` executes: bf16 per op group, chosen by measurement (`precision.py`)
+                entry["bf16_ops"] = _bf16_ops(
+                    Path(folder) / rec["file"], fp32_dir / rec["file"], held_out[kind], rec, model, steps, log
+                )
+                precision = entry["bf16_ops"]["inference_precision"]
+            elif bf16_ok:
                 bf16 = score(Path(folder) / rec["file"], fp32_dir / rec["file"], held_out[kind], "bf16", repeats=2)
                 entry["bf16_rest"] = bf16
                 # bf16 for the non-int8 ops only where it adds at most 10% to the int8 error and is faster,
@@ -392,7 +410,9 @@ def choose_and_quantize(
                     precision = "bf16" if fixed <= tolerance(rec["graph"], Precision.INT8).rel_l2 else "f32"
             entry["inference_precision"] = precision
             entry["why"] = (
-                "bf16 for the non-int8 ops: adds <= 10% to the int8 error, is faster and meets the int8 gate on "
+                entry["bf16_ops"]["why"]
+                if "bf16_ops" in entry
+                else "bf16 for the non-int8 ops: adds <= 10% to the int8 error, is faster and meets the int8 gate on "
                 "the parity's fixed inputs (measured)"
                 if precision == "bf16"
                 else "f32 for the non-int8 ops: bf16 "
@@ -403,7 +423,11 @@ def choose_and_quantize(
                 )
             )
             rec["precision"] = Precision.INT8.value
-            rec["quantised"] = f"NNCF PTQ int8 ({used.name}), {precision} for the other ops"
+            rec["quantised"] = f"NNCF PTQ int8 ({used.name}), {precision} for the other ops" + (
+                f" ({', '.join(entry['bf16_ops']['chosen'])}; the rest f32)"
+                if precision == "bf16" and "bf16_ops" in entry
+                else ""
+            )
             rec["runtime"] = {"config": compile_config(precision)}
             section["graphs"][rec["file"]] = entry
             log(
