@@ -83,7 +83,7 @@ def arm_model(run: Path, arm: str, base):
 def read_curve(run: Path, arm: str) -> tuple[np.ndarray, np.ndarray]:
     with (run / arm / "eval.csv").open() as f:
         rows = list(csv.reader(f))[1:]
-    arr = np.asarray(rows, dtype=np.float64).reshape(-1, 2)
+    arr = np.asarray([r[:2] for r in rows], dtype=np.float64).reshape(-1, 2)  # step, control IoU (then placement)
     return arr[:, 0], arr[:, 1]
 
 

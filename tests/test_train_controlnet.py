@@ -217,3 +217,20 @@ def test_shipped_controlnet_is_trained_and_scale_zero_is_the_plain_image():
     controlled = pipe(captions, seed=3, control_image=images, output="pt")
     assert torch.equal(zero, plain)
     assert float((controlled - plain).abs().max()) > 0.1  # trained: the control moves pixels
+
+
+def test_free_layout_scenes_join_the_training_set_and_the_curve_reads_placement(tmp_path, teacher):
+    """--free-layout 0.5: half the fixed set are layout.py scenes (their captions appended to the caption
+    table), and eval.csv gains a placement column measured on held-out layouts."""
+    from safetensors.torch import load_file as load_tensors
+
+    from reference.train import data
+
+    run(tmp_path / "run", 2, "--free-layout", "0.5", "--cache-dir", str(tmp_path / "cache"))
+    (cache,) = (tmp_path / "cache").glob("cache-*-free0.5.safetensors")
+    ids = load_tensors(str(cache))["caption_ids"]
+    known = len(data.training_captions())
+    assert (ids[:8] < known).all() and (ids[8:] >= known).any()  # relation scenes first, then free layouts
+    rows = (tmp_path / "run" / "eval.csv").read_text().splitlines()
+    assert rows[0] == "step,control_iou,placement" and len(rows) == 2
+    assert 0.0 <= float(rows[1].split(",")[2]) <= 1.0

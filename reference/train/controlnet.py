@@ -12,12 +12,16 @@ Designs (`--design`): `transformer`, PixArt-delta's ControlNet-Transformer with 
 (`reference.controlnet_unet`, half the blocks copied, outputs into the mirrored "decoder" blocks).
 
 Data: a fixed set of `--num-images` scenes of data set `--seed` (latents, condition latents, caption
-ids), cached under `--cache-dir` with a key over the VAE and T5 weights, this stage's data code and
+ids); with `--free-layout P`, that share of them are free-layout scenes (`reference.train.layout`: one
+to three objects anywhere in the frame, captions that mostly name the objects but not their places, so
+only the control carries the layout; issue #24), the rest `data.py`'s captioned relations. Cached
+under `--cache-dir` with a key over the VAE and T5 weights, this stage's data code and
 the data arguments, so arms of an ablation train on exactly the same data. Batches are drawn from
 `step_rng(seed, step)`, so every design sees the same scenes, timesteps and noise at every step.
 
 Every `--eval-every` steps the main process measures control IoU (`control.control_iou`) on a fixed
-set of `--eval-scenes` scenes of another data seed, sampling the base with the teacher's sampler
+set of `--eval-scenes` scenes of another data seed, and placement (`layout.placement`) on as many
+held-out free-layout scenes, sampling the base with the teacher's sampler
 (DDIM `--eval-steps`, trailing spacing, guidance `--eval-cfg`, conditioning scale 1), into
 `<out>/eval.csv`: the curve the ablation plots. Data-parallel and resumable like the other stages:
 
@@ -47,7 +51,7 @@ from ..loading import load_model, save_controlnet
 from ..sampling import add_noise, ddim_sample, guided, lcm_sample
 from ..schedules import NUM_TRAIN_TIMESTEPS, alphas_cumprod, ddim_timesteps, draw_noise, lcm_timesteps
 from ..text import encode_prompts
-from . import common, control, data
+from . import common, control, data, layout
 from .teacher import snr_weight
 
 DESIGNS = ("transformer", "unet")
@@ -69,7 +73,7 @@ def build(base_dit, design: str, copies: int) -> tuple[torch.nn.Module, torch.nn
 def code_digest() -> str:
     """What made the cached data besides the weights: the scene, condition and VAE-boundary code."""
     h = hashlib.sha256()
-    for module in (data, control, vae_io):
+    for module in (data, control, layout, vae_io):
         h.update(Path(module.__file__).read_bytes())
     return h.hexdigest()[:12]
 
@@ -102,20 +106,36 @@ def training_set(args, acc, model) -> dict[str, torch.Tensor]:
         ]
     )
     key = f"control-{key}-{code_digest()}-{args.condition}-s{args.seed}-n{args.num_images}"
+    if args.free_layout:
+        key += f"-free{args.free_layout:g}"
 
     def make():
         latents, controls, ids = [], [], []
-        index = {c: i for i, c in enumerate(data.training_captions())}
+        texts = data.training_captions()
+        index = {c: i for i, c in enumerate(texts)}
+        free = int(round(args.num_images * args.free_layout))
         bar = common.progress(args.num_images, 0, "encode scenes", not args.no_progress)
-        for start in range(0, args.num_images, 256):
-            count = min(256, args.num_images - start)
+        for start in range(0, args.num_images - free, 256):
+            count = min(256, args.num_images - free - start)
             cond, scenes, captions, _ = control.control_set(args.seed, count, args.condition, start=start)
             latents.append(encode_images(model.vae, scenes))
             controls.append(encode_images(model.vae, cond))
             ids += [index[c] for c in captions]
             bar.update(count)
+        for start in range(0, free, 256):
+            count = min(256, free - start)
+            samples = [layout.sample(args.seed, i) for i in range(start, start + count)]
+            scenes = np.stack([s[0] for s in samples])
+            latents.append(encode_images(model.vae, scenes))
+            controls.append(encode_images(model.vae, np.stack([control.condition(s, args.condition) for s in scenes])))
+            for _, text, _ in samples:
+                if text not in index:  # free-layout captions ("a red circle and a blue square") after data.py's
+                    index[text] = len(texts)
+                    texts.append(text)
+                ids.append(index[text])
+            bar.update(count)
         bar.close()
-        embeds, masks = encode_captions(model, data.training_captions())
+        embeds, masks = encode_captions(model, texts)
         return torch.cat(latents), torch.cat(controls), torch.tensor(ids), embeds, masks
 
     names = ("latents", "controls", "caption_ids", "embeds", "masks")
@@ -129,6 +149,19 @@ class EvalSet:
         self.controls, self.scenes, self.captions, self.labels = control.control_set(
             EVAL_SEED, count, condition, start=start, heldout=heldout
         )
+        self.control_latents = encode_images(model.vae, self.controls)
+        self.embeds, self.masks = encode_captions(model, self.captions)
+
+
+class LayoutEvalSet:
+    """Held-out free-layout scenes of `EVAL_SEED` (`layout.heldout`): objects, edge controls, captions."""
+
+    def __init__(self, model, condition: str, count: int, start: int = 0):
+        samples = [layout.sample(EVAL_SEED, i, heldout=True) for i in range(start, start + count)]
+        self.scenes = np.stack([s[0] for s in samples])
+        self.captions = [s[1] for s in samples]
+        self.things = [s[2] for s in samples]
+        self.controls = np.stack([control.condition(s, condition) for s in self.scenes])
         self.control_latents = encode_images(model.vae, self.controls)
         self.embeds, self.masks = encode_captions(model, self.captions)
 
@@ -196,6 +229,9 @@ def parse_args(argv=None):
     )
     parser.add_argument("--condition", choices=control.CONDITIONS, default="edge", help="condition (default edge)")
     parser.add_argument("--num-images", type=int, default=8192, help="scenes in the fixed training set (default 8192)")
+    parser.add_argument(
+        "--free-layout", type=float, default=0.0, help="share of free-layout scenes (layout.py; default 0)"
+    )
     parser.add_argument("--cache-dir", type=Path, default=None, help="where the encoded set is cached (default --out)")
     parser.add_argument("--cfg-drop", type=float, default=0.1, help="share of captions dropped to null (default 0.1)")
     parser.add_argument(
@@ -211,7 +247,8 @@ def parse_args(argv=None):
 
 
 class EvalLog:
-    """`<out>/eval.csv`: step, mean control IoU (the training curve), truncated to the resumed step."""
+    """`<out>/eval.csv`: step, mean control IoU and placement (the training curves), truncated to the
+    resumed step."""
 
     def __init__(self, out: Path, resume_step: int, enabled: bool):
         self.path, self.enabled = out / "eval.csv", enabled
@@ -222,12 +259,12 @@ class EvalLog:
             with self.path.open() as f:
                 rows = [r for r in list(csv.reader(f))[1:] if int(r[0]) <= resume_step]
         with self.path.open("w", newline="") as f:
-            csv.writer(f).writerows([["step", "control_iou"], *rows])
+            csv.writer(f).writerows([["step", "control_iou", "placement"], *rows])
 
-    def log(self, step: int, iou: float) -> None:
+    def log(self, step: int, iou: float, placement: float = float("nan")) -> None:
         if self.enabled:
             with self.path.open("a", newline="") as f:
-                csv.writer(f).writerow([step, f"{iou:.6g}"])
+                csv.writer(f).writerow([step, f"{iou:.6g}", f"{placement:.6g}"])
 
 
 def main(argv=None) -> None:
@@ -252,25 +289,32 @@ def main(argv=None) -> None:
     log = common.LossLog(args.out, ["loss"], start, acc.is_main_process)
     evals = EvalLog(args.out, start, acc.is_main_process)
     eval_set = EvalSet(model, args.condition, args.eval_scenes) if acc.is_main_process and args.eval_every else None
+    eval_layout = (
+        LayoutEvalSet(model, args.condition, args.eval_scenes) if acc.is_main_process and args.eval_every else None
+    )
 
     def evaluate(step: int) -> None:
         if eval_set is None:
             return
         fused.eval()
-        images = sample(
-            fused,
-            model.vae,
-            eval_set.embeds,
-            eval_set.masks,
-            eval_set.control_latents,
-            1.0,
-            "ddim",
-            args.eval_steps,
-            seed=0,
-            guidance=args.eval_cfg,
-            null=null,
+        images, placed = (
+            sample(
+                fused,
+                model.vae,
+                s.embeds,
+                s.masks,
+                s.control_latents,
+                1.0,
+                "ddim",
+                args.eval_steps,
+                seed=0,
+                guidance=args.eval_cfg,
+                null=null,
+            )
+            for s in (eval_set, eval_layout)
         )
-        evals.log(step, float(control.control_iou(images, eval_set.scenes).mean()))
+        iou = float(control.control_iou(images, eval_set.scenes).mean())
+        evals.log(step, iou, float(layout.placement(placed, eval_layout.things).mean()))
         fused.train()
         base.eval()
 

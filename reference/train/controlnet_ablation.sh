@@ -7,7 +7,9 @@
 # arms ("t3 u3 t1 t2"; a trailing m, as in t3m, trains on the silhouette condition instead of edges).
 # LAUNCH runs each (default: one process; on 2+ cores or GPUs use
 # LAUNCH=".venv/bin/torchrun --standalone --nproc_per_node 2 -m").
-# Then: .venv/bin/python benchmarks/controlnet_tiny.py --runs runs/cn
+# FREE_LAYOUT (default 0) is the share of free-layout scenes (reference/train/layout.py, issue #24):
+#   FREE_LAYOUT=0.5 STEPS=400 reference/train/controlnet_ablation.sh runs/cnl
+# Then: .venv/bin/python benchmarks/controlnet_tiny.py --runs runs/cn (placement: benchmarks/controlnet_layout.py)
 set -euo pipefail
 RUN=${1:-runs/cn}
 LAUNCH=${LAUNCH:-.venv/bin/python -m}
@@ -16,6 +18,8 @@ BATCH=${BATCH:-32}
 LR=${LR:-5e-4}
 NUM_IMAGES=${NUM_IMAGES:-4096}
 THREADS=${THREADS:-1}
+FREE_LAYOUT=${FREE_LAYOUT:-0}
+EVAL_EVERY=${EVAL_EVERY:-50}
 ARMS=${ARMS:-t3 u3 t1 t2}
 mkdir -p "$RUN"
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
@@ -33,6 +37,6 @@ for arm in $ARMS; do
     stamp "$arm: $design, $copies copies, $condition"
     $LAUNCH reference.train.controlnet --design "$design" --copies "$copies" --condition "$condition" --out "$RUN/$arm" \
         --steps "$STEPS" --batch-size "$BATCH" --lr "$LR" --num-images "$NUM_IMAGES" --cache-dir "$RUN/cache" \
-        --threads "$THREADS" --ckpt-every 100 --eval-every 50 --no-progress
+        --threads "$THREADS" --ckpt-every 50 --eval-every "$EVAL_EVERY" --free-layout "$FREE_LAYOUT" --no-progress
 done
 stamp done
