@@ -6,6 +6,9 @@ latency and memory side by side with diffusers, each row in a process of its own
     .venv/bin/python benchmarks/full_size.py build   --model runs/full-size --out runs/full-size-engines/ov-cpu-int8
     .venv/bin/python benchmarks/full_size.py measure --model runs/full-size --engine runs/full-size-engines/ov-cpu-int8
     .venv/bin/python benchmarks/full_size.py render      # results/full_size.json -> results/full_size.md
+    .venv/bin/python benchmarks/full_size_model.py runs/full-size-1024 --size 1024 --text-encoder-from runs/full-size
+    .venv/bin/python benchmarks/full_size.py check --build --model runs/full-size-1024 \
+        --engine runs/full-size-engines-1024/ov-cpu-int8 --cpp   # the 1024 px build-and-run check
 
 `build` runs `pixart-export build --target ov-cpu-int8` in a child process with the calibration planned
 for XL on this machine (as `latency.py` does: 2 prompts x 4 steps for the one-step graph, 2 for the
@@ -347,6 +350,22 @@ def measure(args) -> dict:
     return result
 
 
+def check(args) -> dict:
+    """The build-and-run check of one more bucket (the 1024 px model: `full_size_model.py --size 1024`):
+    `--build` builds it first as `build` does; then `run` and `run --low-memory` (and the C++ runtime's
+    with `--cpp`) as `measure`'s commands rows, with the manifest's stage records."""
+    from pixart_export.manifest import read_manifest
+
+    out = {"build": build(args.model, args.engine)} if args.build else {}
+    manifest = read_manifest(args.engine)
+    out["resolution"] = list(manifest.resolutions[0])
+    out["build_stages"] = manifest.build.get("stages", [])
+    out["engine_bytes"] = folder_bytes(args.engine)
+    log(f"run commands at {out['resolution'][0]}x{out['resolution'][1]}")
+    out["commands"] = run_commands(args)
+    return out
+
+
 def _numel(shape) -> int:
     n = 1
     for d in shape:
@@ -406,6 +425,8 @@ def render(data: dict) -> str:
             lines.append("")
             lines.append(f"Images against `run`'s, max uint8 difference: {cmds['max_level_difference_vs_run']}.")
         lines.append("")
+    for key in sorted(k for k in data if k.startswith("check_")):
+        lines += _render_check(data[key])
     t5 = data.get("t5")
     if t5 and "rel_l2" in t5:
         lines += [
@@ -445,6 +466,33 @@ def render(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _render_check(check: dict) -> list[str]:
+    gib = 2**30
+    h, w = check["resolution"]
+    lines = [f"## Build-and-run check at {h}x{w} px (`full_size.py check`)", ""]
+    build_record = check.get("build")
+    if build_record:
+        lines.append(
+            f"Build: {build_record['seconds'] / 60:.0f} min, engine folder {check['engine_bytes'] / gib:.2f} GiB. "
+            "Stages (seconds, the process's own peak RSS GiB): "
+            + ", ".join(
+                f"{st['name'].split(' ')[0]} {st['seconds']:.0f} s / {own_and_child(st)[0] / gib:.2f}"
+                + (f" (+ child {own_and_child(st)[1] / gib:.2f})" if own_and_child(st)[1] else "")
+                for st in check["build_stages"]
+            )
+            + "."
+        )
+        lines.append("")
+    lines += ["| command | exit | seconds | peak RSS (GiB) |", "|---|---|---|---|"]
+    cmds = check["commands"]
+    for name, r in cmds.items():
+        if isinstance(r, dict) and "exit" in r:
+            lines.append(f"| {name} | {r['exit']} | {r['seconds']:.1f} | {r['peak_rss_bytes'] / gib:.2f} |")
+    if "max_level_difference_vs_run" in cmds:
+        lines += ["", f"Images against `run`'s, max uint8 difference: {cmds['max_level_difference_vs_run']}."]
+    return lines + [""]
+
+
 def own_and_child(stage: dict) -> tuple[int, int]:
     """(the build process's own peak, the child's peak) of a stage record, bytes. Records written before
     `StageMeter.child_ran` added every child's peak, a bound among them; later ones add only an exact
@@ -479,6 +527,11 @@ def main() -> None:
         p.add_argument("--diffusers-dtype", choices=("fp32", "bf16"), default="bf16")
         p.add_argument("--rows", default="commands,t5,ours,diffusers")
         p.add_argument("--cpp", action="store_true", help="also time cpp/build/pixart_run")
+    c = sub.add_parser("check", help="build (--build) and run one more bucket: the 1024 px model")
+    c.add_argument("--model", type=Path, required=True)
+    c.add_argument("--engine", type=Path, required=True)
+    c.add_argument("--build", action="store_true")
+    c.add_argument("--cpp", action="store_true", help="also run cpp/build/pixart_run")
     sub.add_parser("render")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -497,6 +550,13 @@ def main() -> None:
     elif args.cmd == "measure":
         data = json.loads(out.read_text()) if out.exists() else {}
         data.update(measure(args))
+        out.write_text(json.dumps(data, indent=1))
+        (RESULTS / "full_size.md").write_text(render(data))
+        log(f"wrote {out} and full_size.md")
+    elif args.cmd == "check":
+        result = check(args)
+        data = json.loads(out.read_text()) if out.exists() else {}
+        data[f"check_{result['resolution'][0]}"] = result
         out.write_text(json.dumps(data, indent=1))
         (RESULTS / "full_size.md").write_text(render(data))
         log(f"wrote {out} and full_size.md")
