@@ -78,6 +78,23 @@ def ensure_serve_venv() -> None:
     stamp.write_text(key)
 
 
+def start_cpp_build() -> subprocess.Popen | None:
+    """Build cpp/ in the background, as tests/test_cpp.py builds it first (`_build`: configure once,
+    `cmake --build -j2`, under its lock), so that the compile overlaps the serving environment's install
+    and the first tests instead of following them; the C++ tests wait on the lock and report a failed
+    build themselves. Output: cpp/build/background-build.log. Only for the default suite (no arguments)."""
+    import shutil
+
+    if not shutil.which("cmake"):
+        return None  # tests/test_cpp.py skips and says so
+    log = ROOT / "cpp" / "build" / "background-build.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    code = "import sys; sys.path.insert(0, '.'); from tests.test_cpp import _build; _build()"
+    print(f"building cpp/ in the background (log: {log.relative_to(ROOT)})", flush=True)
+    with log.open("w") as out:
+        return subprocess.Popen([str(PY), "-c", code], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help"} or argv[0] not in {"demo", "test"}:
         print(__doc__)
@@ -86,8 +103,13 @@ def main(argv: list[str]) -> int:
     ensure_venv()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if task == "test":
+        cpp = start_cpp_build() if not rest else None
         ensure_serve_venv()
-        return subprocess.run([str(PY), "-m", "pytest", *rest], cwd=ROOT, env=env).returncode
+        try:
+            return subprocess.run([str(PY), "-m", "pytest", *rest], cwd=ROOT, env=env).returncode
+        finally:
+            if cpp is not None:
+                cpp.wait()
     out = ROOT / "out"
     out.mkdir(exist_ok=True)
     cli = [str(VENV / "bin" / "pixart-export")]
