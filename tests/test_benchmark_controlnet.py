@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -38,3 +39,32 @@ def test_curves_and_grid_from_the_run_records():
     grid = bench.grid([("a", images), ("b", images)], rows=2)
     assert grid.size == (256, 14 + 256)
     assert bench.condition_of("t3m") == "mask" and bench.condition_of("u3") == "edge"
+
+
+def _layout_module():
+    spec = importlib.util.spec_from_file_location("controlnet_layout", ROOT / "benchmarks" / "controlnet_layout.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow  # samples 8 rows of images on the student: minutes on 2 shared cores
+def test_layout_benchmark_measures_the_shipped_controlnet_end_to_end(tmp_path):
+    """benchmarks/controlnet_layout.py on a few scenes: every metric in its table, contradiction controls
+    drawn the other way up from their captions, the renderer's own scenes at the metric's ceiling."""
+    import json
+
+    bench = _layout_module()
+    labels = np.asarray([[1, 0, 0, 1, 2]])
+    assert bench.flipped(labels).tolist() == [[1, 1, 2, 0, 0]]
+    argv = ["--scenes", "2", "--seeds", "1", "--scales", "0,1", "--bootstrap", "20", "--classifier-steps", "2"]
+    bench.main([*argv, "--classifier-images", "32", "--out", str(tmp_path), "--name", "t"])
+    result = json.loads((tmp_path / "t.json").read_text())
+    assert [r["key"] for r in result["rows"]] == ["none", "shipped@1"]
+    assert result["meta"]["ceiling"]["mean"] == 1.0
+    for row in result["rows"]:
+        for metric in bench.METRICS:
+            assert 0.0 <= row[metric]["lo"] <= row[metric]["mean"] <= row[metric]["hi"] <= 1.0
+    assert result["rows"][0]["probe"]["mean"] == 0.0  # no control: nothing drawn off-centre
+    text = (tmp_path / "t.md").read_text()
+    assert "| shipped | 1 |" in text and (tmp_path / "t_grid.png").exists()
