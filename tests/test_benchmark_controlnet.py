@@ -68,3 +68,20 @@ def test_layout_benchmark_measures_the_shipped_controlnet_end_to_end(tmp_path):
     assert result["rows"][0]["probe"]["mean"] == 0.0  # no control: nothing drawn off-centre
     text = (tmp_path / "t.md").read_text()
     assert "| shipped | 1 |" in text and (tmp_path / "t_grid.png").exists()
+
+
+def test_the_shipped_card_is_written_from_the_committed_records():
+    """MODEL_CARD.md of the shipped ControlNet is package_controlnet.card() of the committed JSONs: its
+    placement, contradiction and gate lines are the measured ones, and a regenerated card is identical."""
+    import json
+
+    from reference.loading import TINY_DIR
+    from reference.train import package_controlnet as package
+
+    summary = json.loads((RESULTS / "controlnet_tiny_run" / "t3" / "summary.json").read_text())
+    layout = json.loads((RESULTS / "controlnet_layout_shipped.json").read_text())
+    text = package.card("t3", summary, json.loads((RESULTS / "controlnet_tiny.json").read_text()), layout, "shipped")
+    assert text == (TINY_DIR / "controlnet" / "MODEL_CARD.md").read_text()
+    at1 = next(r for r in layout["rows"] if r["key"] == "shipped@1")
+    assert f"placement {at1['held-out']['mean']:.3f}" in text and "gate" in text
+    assert "## Control convention" in text and "--invert-control" in text

@@ -26,6 +26,7 @@ from ..loading import TINY_DIR, load_controlnet, load_dit, save_controlnet
 from .common import replacing
 
 ROOT = Path(__file__).resolve().parents[2]
+GATE_PLACEMENT, GATE_ADHERENCE = 0.80, 0.05  # issue #24's gate for a ControlNet that carries the layout
 RECORDS = ("loss.csv", "eval.csv", "summary.json", "replicas.json", "loss.png")
 
 
@@ -59,6 +60,16 @@ def layout_section(layout: dict, name: str) -> list[str]:
         winner = "the caption" if cap > ctl else "the control" if ctl > cap else "neither"
         verdicts.append(f"scale {r['scale']:g}: {winner} ({cap:.2f} caption, {ctl:.2f} control)")
     lines += ["", "Which wins when they disagree: " + "; ".join(verdicts) + "."]
+    at1 = next((r for r in rows if r["scale"] == 1.0), None)
+    if at1 is not None:
+        placed, drop = at1["held-out"]["mean"], at1["vs none"]["adherence"]["mean"]
+        met = placed >= GATE_PLACEMENT and drop >= -GATE_ADHERENCE
+        lines += [
+            "",
+            f"Issue #24's gate (held-out placement at scale 1 >= {GATE_PLACEMENT:.2f}, adherence within "
+            f"{GATE_ADHERENCE:.2f} of no control): {'met' if met else 'not met'} (placement {placed:.3f}, "
+            f"adherence {drop:+.3f}).",
+        ]
     return lines
 
 
