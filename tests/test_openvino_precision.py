@@ -45,17 +45,23 @@ def test_groups_of_each_op():
 
 
 def test_marks_are_written_and_cleared(tmp_path):
-    from pixart_export.backends.openvino.precision import GROUPS, PRECISE, mark, write_marked
+    from pixart_export.backends.openvino.precision import GROUPS, is_marked, mark, write_marked
 
     model = small_int8_model()
     assert mark(model, ["elementwise", "normalisation"]) == 3  # the two MatMuls and the softmax stay f32
     with pytest.raises(ValueError, match="unknown op groups"):
         mark(model, ["norms"])
     ov.save_model(model, str(tmp_path / "marked.xml"), compress_to_fp16=False)
-    # the marks survive the IR (the runtime reads them from the shipped file) and are cleared by a new mark
+    # the marks survive the IR (the runtime reads them from the shipped file) ...
+    read = ov.Core().read_model(str(tmp_path / "marked.xml"))
+    assert sorted(o.get_friendly_name() for o in read.get_ordered_ops() if is_marked(o)) == [
+        "float_matmul",
+        "int8_matmul",
+        "softmax",
+    ]
+    # ... and a new mark of the IR as read clears them
     assert write_marked(tmp_path / "marked.xml", tmp_path / "all.xml", GROUPS) == 0
-    read = ov.Core().read_model(str(tmp_path / "all.xml"))
-    assert not [o for o in read.get_ordered_ops() if PRECISE in o.get_rt_info()]
+    assert not [o for o in ov.Core().read_model(str(tmp_path / "all.xml")).get_ordered_ops() if is_marked(o)]
 
 
 def _run(xml, precision: str, x: np.ndarray) -> np.ndarray:
@@ -130,3 +136,27 @@ def test_choose_falls_back_to_f32_when_the_gate_fails(tmp_path):
     assert "within the int8 gate on the parity's fixed inputs" in record["why"]
     assert (tmp_path / "int8.xml").read_bytes() == before
     assert not list(tmp_path.glob(".bf16-variant-*"))
+
+
+@pytest.mark.slow
+def test_build_records_the_bf16_groups(tmp_path):
+    """An int8 build with the per-group choice on a bf16 CPU (minutes): the unrolled denoiser's figures for
+    every group in the manifest, its compile precision as chosen, marks in the shipped IR exactly when it
+    runs bf16."""
+    from pixart_export.backends.openvino.precision import GROUPS, is_marked
+    from pixart_export.backends.openvino.runner import has_bf16
+    from tests._openvino_engine import build_from_onnx, small_int8_options
+
+    if not has_bf16():
+        pytest.skip("this CPU has no native bf16 (AVX-512 BF16 or AMX): the build does not measure bf16")
+    options = {**small_int8_options(), "bf16_groups": True}
+    folder, manifest, _ = build_from_onnx("ov-cpu-int8", tmp_path / "ov-cpu-int8-tiny", options=options)
+    rec = next(r for r in manifest.graphs if r.graph == "denoiser_lcm4")
+    entry = manifest.quantisation["graphs"][rec.file]
+    record = entry["bf16_ops"]
+    assert set(record["groups"]) <= set(GROUPS) and record["f32_rel_l2"] > 0
+    assert all(row["rel_l2"] > 0 and row["ops"] > 0 for row in record["groups"].values())
+    assert rec.runtime["config"]["INFERENCE_PRECISION_HINT"] == record["inference_precision"]
+    assert entry["why"] == record["why"]
+    marked = [o for o in ov.Core().read_model(str(folder / rec.file)).get_ordered_ops() if is_marked(o)]
+    assert bool(marked) == (record["inference_precision"] == "bf16")
