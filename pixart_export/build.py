@@ -58,6 +58,7 @@ class BuildRequest:
     force: bool = False
     options: dict | None = None
     onnx_from: Path | None = None
+    preview_decoder: str | Path | None = None  # a diffusers AutoencoderTiny folder, or "tiny" (`preview.py`)
 
 
 @dataclass
@@ -176,7 +177,40 @@ def _load(ctx: BuildContext) -> None:
     }
     if req.onnx_from is not None:
         key_options["onnx_from"] = _onnx_source(ctx).build_key
+    if req.preview_decoder is not None:
+        key_options["preview_decoder"] = _load_preview(ctx)
     ctx.key = engine_folder.build_key(ctx.identity["identity"], key_options, ctx.versions, backend.code)
+
+
+def _load_preview(ctx: BuildContext) -> str:
+    """Attach the `--preview-decoder` folder's AutoencoderTiny to the model; its digest (for the build key).
+    The check that it reads this VAE's latents runs in the export stage (`_check_preview`), after reuse."""
+    from . import preview
+
+    folder = preview.resolve(ctx.request.preview_decoder)
+    ctx.model.vae_preview = preview.load(folder)
+    digest = preview.digest(folder)
+    ctx.build_info["preview_decoder"] = {
+        "source": str(ctx.request.preview_decoder),
+        "folder": str(folder),
+        "class": "diffusers.AutoencoderTiny",
+        "digest": digest,
+    }
+    return digest
+
+
+def _check_preview(ctx: BuildContext) -> None:
+    from . import preview
+    from .calibration import CALIBRATION_PROMPTS, read_prompts
+
+    figures = preview.check(
+        ctx.model, ctx.model.vae_preview, ctx.resolutions[0], ctx.request.steps, read_prompts(CALIBRATION_PROMPTS)
+    )
+    ctx.build_info["preview_decoder"]["check"] = figures
+    ctx.log(
+        f"      preview decoder vs the full decoder on {figures['images']} calibration latents: mean PSNR "
+        f"{figures['mean_psnr_db']:.2f} dB (>= {figures['min_mean_psnr_db']:g}), SSIM {figures['mean_ssim']:.4f}"
+    )
 
 
 def _onnx_source(ctx: BuildContext) -> Manifest:
@@ -214,13 +248,23 @@ def _export(ctx: BuildContext) -> None:
 
     from .export import exporter
     from .export.tokenizer import export_tokenizer
+    from .preview import GRAPH as PREVIEW
     from .progress import step_bar
 
+    if ctx.model.vae_preview is not None:
+        _check_preview(ctx)
     ctx.fp32_dir = ctx.scratch / "onnx"
     if ctx.request.onnx_from is not None:
         source = _onnx_source(ctx)
         ctx.fp32_dir = Path(ctx.request.onnx_from)
-        ctx.fp32_records = [fp32_dict(r, source) for r in source.graphs]
+        # the preview decoder's graph only where this build asks for it
+        ctx.fp32_records = [
+            fp32_dict(r, source) for r in source.graphs if r.graph != PREVIEW or ctx.model.vae_preview is not None
+        ]
+        if ctx.model.vae_preview is not None and not any(r["graph"] == PREVIEW for r in ctx.fp32_records):
+            raise UserError(
+                f"{ctx.fp32_dir} has no {PREVIEW} graph: export it with --preview-decoder, or build without --onnx-from"
+            )
         ctx.log(f"      fp32 graphs of {ctx.fp32_dir} (exported and hashed by its build)")
     else:
         with step_bar(_graph_count(ctx), "export", "graph") as bar:
@@ -273,7 +317,7 @@ def fp32_dict(rec: GraphRecord, source: Manifest) -> dict:
 def _graph_count(ctx: BuildContext) -> int:
     from .graphs import graph_specs
 
-    specs = graph_specs(ctx.request.steps, ctx.model.controlnet is not None)
+    specs = graph_specs(ctx.request.steps, ctx.model.controlnet is not None, preview=ctx.model.vae_preview is not None)
     return sum(len(ctx.resolutions) if s.spatial else 1 for s in specs)
 
 

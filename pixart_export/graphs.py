@@ -146,6 +146,11 @@ CONTROLNET = GraphSpec(
 )
 VAE_DECODER = GraphSpec("vae_decoder", (_f("denoised", "B", 4, "h", "w"),), (_f("image", "B", 3, "H", "W"),))
 VAE_ENCODER = GraphSpec("vae_encoder", (_f("image", "B", 3, "H", "W"),), (_f("latents", "B", 4, "h", "w"),))
+#: The optional preview decoder (a diffusers AutoencoderTiny reading the same latents; `preview.py`): exported
+#: only where the model carries one (`build --preview-decoder DIR`).
+VAE_DECODER_PREVIEW = GraphSpec(
+    "vae_decoder_preview", (_f("denoised", "B", 4, "h", "w"),), (_f("image", "B", 3, "H", "W"),)
+)
 #: The LCM update between two one-step transformer calls, x_next = a x + b eps + c noise with coef = (a, b, c)
 #: of the step (backends/tensorrt/loop.py): what the TensorRT K-step loop runs beside the `transformer`
 #: engine. Not exported from PyTorch: the TensorRT build writes it (fp32) per bucket and checks it in
@@ -186,10 +191,11 @@ def takes_size_conditions(name: str) -> bool:
     return name in ("transformer", "controlnet") or name.startswith("denoiser_lcm")
 
 
-def graph_specs(steps: int, control: bool, multi_aspect: bool = False) -> list[GraphSpec]:
+def graph_specs(steps: int, control: bool, multi_aspect: bool = False, preview: bool = False) -> list[GraphSpec]:
     """Every graph a build makes, in export order. `multi_aspect`: the DiT graphs take
-    `resolution` and `aspect_ratio` too (ARCHITECTURE.md, multi-aspect 1024 px models)."""
-    specs = _base_specs(steps, control)
+    `resolution` and `aspect_ratio` too (ARCHITECTURE.md, multi-aspect 1024 px models); `preview`: the
+    model carries a preview decoder (`vae_decoder_preview`)."""
+    specs = _base_specs(steps, control) + ([VAE_DECODER_PREVIEW] if preview else [])
     return [with_size_conditions(s) if multi_aspect and takes_size_conditions(s.name) else s for s in specs]
 
 
@@ -199,7 +205,9 @@ def spec_for_record(record, steps: int, control: bool) -> GraphSpec:
     inputs = record["inputs"] if isinstance(record, dict) else record.inputs
     graph = record["graph"] if isinstance(record, dict) else record.graph
     multi_aspect = any((t["name"] if isinstance(t, dict) else t.name) == RESOLUTION.name for t in inputs)
-    return next(s for s in (*graph_specs(steps, control, multi_aspect), *BACKEND_SPECS) if s.name == graph)
+    return next(
+        s for s in (*graph_specs(steps, control, multi_aspect, preview=True), *BACKEND_SPECS) if s.name == graph
+    )
 
 
 def _base_specs(steps: int, control: bool) -> list[GraphSpec]:

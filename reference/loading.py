@@ -54,6 +54,9 @@ class PixArtModel:
     lcm_spacing: str
     controlnet: PixArtControlNet | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    #: An optional small decoder of the same latents (a diffusers AutoencoderTiny; the export's
+    #: `vae_decoder_preview` graph), attached by the caller (`pixart_export.preview`), never loaded here.
+    vae_preview: torch.nn.Module | None = None
 
     @property
     def vae_scale_factor(self) -> int:

@@ -7,6 +7,7 @@
 
 struct pixart_engine {
     std::unique_ptr<pixart::Engine> engine;
+    bool preview_decoder = false;  // pixart_set_decoder
 };
 
 namespace {
@@ -60,6 +61,17 @@ int pixart_set_low_memory(pixart_engine* engine, int low_memory) {
     });
 }
 
+int pixart_set_decoder(pixart_engine* engine, int preview) {
+    return guarded([&] {
+        need(engine, "engine");
+        if (preview && !engine->engine->has_preview_decoder())
+            throw pixart::Error(pixart::Error::kUser,
+                                "this engine folder has no preview decoder (vae_decoder_preview); rebuild it with "
+                                "--preview-decoder DIR");
+        engine->preview_decoder = preview != 0;
+    });
+}
+
 namespace {
 // pixart_generate and pixart_generate_seeds: `options` holds the images' seeds (or their count)
 int generate(pixart_engine* engine, const char* prompt, uint64_t seed, pixart::GenerateOptions options,
@@ -70,6 +82,7 @@ int generate(pixart_engine* engine, const char* prompt, uint64_t seed, pixart::G
         need(images, "images");
         *images = nullptr;
         options.conditioning_scale = conditioning_scale;
+        options.preview_decoder = engine->preview_decoder;
         pixart::Image control_image;
         if (control) {
             need(control->rgb, "control->rgb");

@@ -100,6 +100,11 @@ const std::string& Engine::target() const { return impl_->manifest.target; }
 const std::string& Engine::backend() const { return impl_->manifest.backend_name; }
 std::vector<std::pair<int, int>> Engine::resolutions() const { return impl_->manifest.resolutions; }
 bool Engine::has_controlnet() const { return impl_->manifest.controlnet; }
+bool Engine::has_preview_decoder() const {
+    for (const auto& r : impl_->manifest.runnable())
+        if (r.graph == "vae_decoder_preview") return true;
+    return false;
+}
 
 int Engine::max_batch(int height, int width, std::int64_t budget_bytes) const {
     // runtime/budget.py bytes_per_image: 4 bytes x LIVE_FACTOR (4) x the larger of the transformer's and the
@@ -266,8 +271,9 @@ std::vector<Image> Engine::generate(const std::string& prompt, std::uint64_t see
     }
     const Tensor denoised = std::move(impl_->run(graph, feeds, height, width).at(0));
     impl_->release(graph);
-    const Tensor images = std::move(impl_->run("vae_decoder", {{"denoised", &denoised}}, height, width).at(0));
-    impl_->release("vae_decoder");
+    const std::string decoder = options.preview_decoder ? "vae_decoder_preview" : "vae_decoder";
+    const Tensor images = std::move(impl_->run(decoder, {{"denoised", &denoised}}, height, width).at(0));
+    impl_->release(decoder);
 
     // [B,3,H,W] in [0,1] -> HWC uint8: x * 255 in float32, round half to even, clip (runtime.pipeline.to_pil)
     const std::int64_t H = images.shape.at(2), W = images.shape.at(3);

@@ -1,6 +1,6 @@
 // pixart_run ENGINE_DIR --prompt TEXT [--seed N] [--num-images N] [--control-image IMAGE.ppm]
 //            [--invert-control] [--conditioning-scale S] [--threads N] [--memory-budget GIB] [--low-memory]
-//            --out image.png
+//            [--decoder full|preview] --out image.png
 // The usage sample of pixart_runtime: one engine folder, one prompt, PNG files out (with --num-images N
 // > 1: image.png, image_1.png, ...). Exit codes as pixart-export: 0 ok, 2 bad input, 3 internal error.
 // The argument contract is `pixart-export run`'s (commands/_options.py): the same names (--control and
@@ -166,7 +166,7 @@ void check_free_space(const std::vector<std::string>& paths, int height, int wid
 
 const char* const kUsage =
     "usage: pixart_run ENGINE_DIR --prompt TEXT [--seed N] [--num-images N] [--control-image IMAGE.ppm] "
-    "[--invert-control] [--conditioning-scale S] [--threads N] [--memory-budget GIB] [--low-memory] "
+    "[--invert-control] [--conditioning-scale S] [--threads N] [--memory-budget GIB] [--low-memory] [--decoder full|preview] "
     "--out image.png";
 
 }  // namespace
@@ -205,6 +205,10 @@ int main(int argc, char** argv) {
                 budget_gib = number(a, value(), kMinBudgetGib, kMaxBudgetGib);
             } else if (a == "--out") {
                 out = value();
+            } else if (a == "--decoder") {
+                const std::string d = value();
+                if (d != "full" && d != "preview") usage_error("--decoder " + d + ": choose full or preview");
+                gen.preview_decoder = d == "preview";
             } else if (a == "--low-memory") {
                 load.low_memory = true;  // one graph held at a time
             } else if (dir.empty() && a.rfind("--", 0) != 0) {
@@ -230,6 +234,8 @@ int main(int argc, char** argv) {
             if (!warning.empty()) std::fprintf(stderr, "warning: --control-image %s: %s\n", control.c_str(), warning.c_str());
             gen.control_image = &control_image;
         }
+        if (gen.preview_decoder && !engine->has_preview_decoder())
+            usage_error(dir + " has no preview decoder (vae_decoder_preview); rebuild it with --preview-decoder DIR");
         const auto [height, width] = engine->resolutions().at(0);
         check_free_space(paths, height, width);
         // chunks that fit the budget (runtime/budget.py); image k's noise comes from seed + k alone

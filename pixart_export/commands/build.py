@@ -39,6 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="take the fp32 graphs from this `export` folder of the same model instead of exporting "
         "again (XL exports take long); its files are checked against its manifest",
     )
+    g.add_argument(
+        "--preview-decoder",
+        default=None,
+        metavar="DIR",
+        help="add the vae_decoder_preview graph: a diffusers AutoencoderTiny folder made for this VAE (TAESD for "
+        "the SD VAE; 'tiny' for the built-in's); the build checks that it reads this VAE's latents",
+    )
     _options.add_json_option(g)
     seen = set()
     for backend in backends():  # one option group per backend, listed under its name
@@ -66,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         options=target.backend.options(target, args),
         onnx_from=args.onnx_from,
+        preview_decoder=args.preview_decoder,
     )
     out, manifest, reused = build(request)
     if args.json:

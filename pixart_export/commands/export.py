@@ -23,6 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     _options.add_graph_options(p)
     p.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
     p.add_argument("--force", action="store_true", help="export again even if an identical folder exists")
+    p.add_argument(
+        "--preview-decoder",
+        default=None,
+        metavar="DIR",
+        help="also export vae_decoder_preview from this diffusers AutoencoderTiny folder ('tiny' for the built-in's)",
+    )
     _options.add_json_option(p)
     p.set_defaults(func=run)
 
@@ -44,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         verify=False,
         force=args.force,
         options={"optimise": False},
+        preview_decoder=args.preview_decoder,
     )
     out, manifest, reused = build(request)
     if args.json:

@@ -36,6 +36,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=4.5,
         help="CFG scale for --sampler ddim, %g to %g (default 4.5)" % _options.GUIDANCE_SCALE,
     )
+    p.add_argument(
+        "--decoder",
+        choices=("full", "preview"),
+        default="full",
+        help="full: the model's VAE decoder (default); preview: a small AutoencoderTiny decoder (--preview-decoder)",
+    )
+    p.add_argument(
+        "--preview-decoder",
+        default=None,
+        metavar="DIR",
+        help="the diffusers AutoencoderTiny folder --decoder preview uses (default for --model tiny: the built-in's)",
+    )
     p.set_defaults(func=run)
 
 
@@ -45,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     _options.check_png_out(args.out)
     if args.control_image is not None and args.controlnet is None:
         raise UserError("--control-image needs --controlnet")
+    import torch
+
     from reference.loading import load_model, model_for_sampler, resolve_controlnet
     from reference.pipeline import ReferencePipeline
     from reference.vocab import tiny_prompt_warning
@@ -57,6 +71,14 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(
         model_for_sampler(args.model, args.sampler), controlnet=args.controlnet, lcm_spacing=args.lcm_spacing
     )
+    preview = None
+    if args.decoder == "preview":
+        from .. import preview as preview_decoder
+
+        spec = args.preview_decoder or ("tiny" if args.model == "tiny" else None)
+        if spec is None:
+            raise UserError("--decoder preview needs --preview-decoder DIR (a diffusers AutoencoderTiny folder)")
+        preview = preview_decoder.load(preview_decoder.resolve(spec))
     with step_bar(args.steps, f"{args.sampler} sampling") as bar:
         image = ReferencePipeline(model)(
             args.prompt,
@@ -68,7 +90,16 @@ def run(args: argparse.Namespace) -> int:
             control_image=control,
             conditioning_scale=args.conditioning_scale,
             progress=lambda i: bar.update(1),
-        )[0]
+            output="pil" if preview is None else "latent",
+        )
+    if preview is None:
+        image = image[0]
+    else:
+        from reference import vae as vae_io
+        from reference.pipeline import to_pil
+
+        with torch.no_grad():
+            image = to_pil(vae_io.decode(preview, image))[0]
     _options.save_png(image, args.out)
     print(f"wrote {args.out} ({image.width}x{image.height})")
     return 0

@@ -52,6 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="hold one graph in memory at a time: the text encoder is released before the denoiser loads, the "
         "denoiser before the VAE decoder (the same images; lower peak memory, slower: graphs load on every call)",
     )
+    p.add_argument(
+        "--decoder",
+        choices=("full", "preview"),
+        default="full",
+        help="full: the model's VAE decoder (default); preview: the folder's small AutoencoderTiny decoder "
+        "(built with --preview-decoder), faster and softer",
+    )
     p.set_defaults(func=run)
 
 
@@ -69,7 +76,12 @@ def run(args: argparse.Namespace) -> int:
     options = {"threads": args.threads} if args.threads else {}
     budget = None if args.memory_budget is None else int(args.memory_budget * 2**30)
     pipe = runtime.load(
-        args.engine, precision=args.precision, memory_budget=budget, low_memory=args.low_memory, **options
+        args.engine,
+        precision=args.precision,
+        memory_budget=budget,
+        low_memory=args.low_memory,
+        decoder=args.decoder,
+        **options,
     )
     _options.check_free_space(paths, *(args.resolution or pipe.resolutions[0]))  # before the inference
     chunks = pipe.chunks(

@@ -88,6 +88,10 @@ def wrapper_for(spec: GraphSpec, model, steps: int):
         return W.VaeDecoderGraph(model.vae)
     if spec.name == "vae_encoder":
         return W.VaeEncoderGraph(model.vae)
+    if spec.name == "vae_decoder_preview":
+        if model.vae_preview is None:
+            raise UserError("this model carries no preview decoder: give its folder with --preview-decoder DIR")
+        return W.VaeDecoderGraph(model.vae_preview)
     raise KeyError(spec.name)
 
 
@@ -263,7 +267,10 @@ def export_model(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     specs = graph_specs(
-        steps, control=model.controlnet is not None, multi_aspect=model.dit.config.resolved_additional_conditions
+        steps,
+        control=model.controlnet is not None,
+        multi_aspect=model.dit.config.resolved_additional_conditions,
+        preview=model.vae_preview is not None,
     )
     records = []
     for spec in specs:

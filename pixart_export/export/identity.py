@@ -100,4 +100,14 @@ def load_recorded_model(manifest, model_spec: str | None = None, controlnet_spec
             f"{model_spec}: not the model this engine was built from (identity "
             f"{identity['identity'][:12]} != {recorded.identity[:12]}); pass --model/--controlnet"
         )
+    built = (manifest.build or {}).get("preview_decoder")
+    if built:  # the preview decoder the folder was built with, where it still is as it was
+        from .. import preview
+
+        folder = preview.resolve(built["source"])
+        if preview.digest(folder) != built["digest"]:
+            raise UserError(
+                f"{folder}: not the preview decoder this engine was built with (its files changed since the build)"
+            )
+        model.vae_preview = preview.load(folder)
     return model, model_spec

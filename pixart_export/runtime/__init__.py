@@ -27,6 +27,7 @@ def load(
     verify_hashes: bool = True,
     memory_budget: int | None = None,
     low_memory: bool = False,
+    decoder: str = "full",
     **runner_options,
 ) -> Pipeline:
     """Validate `engine_dir` and return its pipeline: `pipe(prompt, seed=0, num_images=1, control_image=None)`.
@@ -36,6 +37,7 @@ def load(
     tensorrt `cuda_graph=True`). `memory_budget`: bytes of activations one call of the graphs may use;
     larger batches run in chunks (default `budget.DEFAULT_BUDGET_GIB`). `low_memory`: hold one graph at a
     time (each is released before the next loads; the same images, loaded again on every call).
+    `decoder`: "full" (default) or "preview" (the folder's `vae_decoder_preview`, where it was built with one).
     """
     from ..targets import read_engine
 
@@ -46,4 +48,6 @@ def load(
     # the checked files stay open; the runner loads them through these handles (what runs is what was hashed)
     held = check_files(folder, manifest, hashes=verify_hashes)
     runner = backend.runner(folder, manifest, files=held, **runner_options)
-    return Pipeline(folder, manifest, runner, precision, memory_budget=memory_budget, low_memory=low_memory)
+    return Pipeline(
+        folder, manifest, runner, precision, memory_budget=memory_budget, low_memory=low_memory, decoder=decoder
+    )

@@ -14,6 +14,9 @@ each call loads every graph again (the latency cost).
 
 `precision` picks among the precisions the folder carries (`Manifest.choosable_precisions`, e.g. a
 TensorRT bundle's fp16 and int8 engines); each graph falls back as `manifest.FALLBACK` says.
+
+`decoder="preview"` decodes with the folder's `vae_decoder_preview` graph (built with `--preview-decoder`:
+a small AutoencoderTiny reading the same latents) instead of `vae_decoder`; the full decoder is the default.
 """
 
 from __future__ import annotations
@@ -54,8 +57,10 @@ class Pipeline:
         precision: str | Precision | None = None,
         memory_budget: int | None = None,
         low_memory: bool = False,
+        decoder: str = "full",
     ):
         self.folder = Path(folder)
+        self.decoder_graph = self._check_decoder(manifest, decoder)
         self.low_memory = low_memory
         self.memory_budget = memory_budget
         self.manifest = manifest
@@ -72,6 +77,20 @@ class Pipeline:
 
     def _chunk(self, height: int, width: int) -> int:
         return chunk_size(self.manifest, height, width, self.memory_budget, getattr(self.runner, "max_batch", None))
+
+    @staticmethod
+    def _check_decoder(manifest: Manifest, decoder: str) -> str:
+        """The graph that decodes for `decoder` ("full" | "preview"); UserError where the folder has none."""
+        if decoder == "full":
+            return "vae_decoder"
+        if decoder != "preview":
+            raise UserError(f"decoder {decoder!r}: choose 'full' or 'preview'")
+        if not any(r.graph == "vae_decoder_preview" for r in manifest.runnable):
+            raise UserError(
+                "this engine folder has no preview decoder (vae_decoder_preview); rebuild it with "
+                "--preview-decoder DIR (a diffusers AutoencoderTiny folder for this VAE)"
+            )
+        return "vae_decoder_preview"
 
     def _check_precision(self, precision) -> Precision:
         if precision is None:
@@ -210,8 +229,8 @@ class Pipeline:
         self._release(graph)
         if output == "latent":
             return denoised
-        images = self.run("vae_decoder", {"denoised": denoised}, height, width)[0]
-        self._release("vae_decoder")
+        images = self.run(self.decoder_graph, {"denoised": denoised}, height, width)[0]
+        self._release(self.decoder_graph)
         return images if output == "np" else to_pil(images)
 
 

@@ -42,6 +42,9 @@ void pixart_close(pixart_engine* engine);
 /* low_memory != 0: hold one graph at a time (the text encoder is released before the denoiser loads, the
  * denoiser before the VAE decoder; the same images, each call loads the graphs again); 0: keep them loaded. */
 int pixart_set_low_memory(pixart_engine* engine, int low_memory);
+/* preview != 0: decode with the folder's vae_decoder_preview (built with --preview-decoder; a small
+ * AutoencoderTiny, faster and softer; PIXART_ERROR_USER where the folder has none); 0: the full VAE decoder. */
+int pixart_set_decoder(pixart_engine* engine, int preview);
 
 /* num_images images of `prompt` (UTF-8); control: an RGB image at the output size, or NULL.
  * *images receives an array of num_images to release with pixart_images_free. */

@@ -54,6 +54,8 @@ struct GenerateOptions {
     const Image* control_image = nullptr;  // ControlNet engines; RGB at the output resolution
     float conditioning_scale = 1.0f;
     int height = 0, width = 0;  // a resolution bucket of the engine; 0: the first it was built for
+    bool preview_decoder = false;  // decode with the folder's vae_decoder_preview (build --preview-decoder):
+                                   // a small AutoencoderTiny, faster and softer; false: the full VAE decoder
 };
 
 class Engine {
@@ -69,6 +71,7 @@ class Engine {
     const std::string& backend() const;
     std::vector<std::pair<int, int>> resolutions() const;
     bool has_controlnet() const;
+    bool has_preview_decoder() const;  // the folder carries vae_decoder_preview
     // images per generate() call whose estimated activations fit `budget_bytes` at a bucket (at least 1):
     // runtime/budget.py's chunk_size, the same estimate
     int max_batch(int height, int width, std::int64_t budget_bytes) const;
