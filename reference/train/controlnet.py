@@ -154,7 +154,8 @@ class EvalSet:
 
 
 class LayoutEvalSet:
-    """Held-out free-layout scenes of `EVAL_SEED` (`layout.heldout`): objects, edge controls, captions."""
+    """Held-out free-layout scenes of `EVAL_SEED` (every object in `layout.HELDOUT_CELLS`): objects, controls,
+    captions."""
 
     def __init__(self, model, condition: str, count: int, start: int = 0):
         samples = [layout.sample(EVAL_SEED, i, heldout=True) for i in range(start, start + count)]
