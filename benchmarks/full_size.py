@@ -280,7 +280,7 @@ def run_commands(args) -> dict:
     import numpy as np
     from PIL import Image
 
-    out = {}
+    out = {"measured_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "load_average": os.getloadavg()[0]}
     tmp = Path(tempfile.mkdtemp(prefix="full-size-run-"))
     cli = [str(ROOT / ".venv" / "bin" / "pixart-export"), "run", str(args.engine), "--prompt", PROMPT]
     cli += ["--seed", str(SEED)]
@@ -414,9 +414,19 @@ def render(data: dict) -> str:
             "`end_to_end`: prompt -> image in memory (tokenise, encode, 4 steps, decode)."
         )
         lines.append("")
-    cmds = data.get("commands")
-    if cmds:
-        lines += ["## `run` as a user runs it (wall time includes loading and compiling every graph)", ""]
+    titles = {
+        "commands": "`run` as a user runs it (wall time includes loading and compiling every graph)",
+        "commands_buffered_weights": "`run` before the weights were mapped (read into a buffer)",
+    }
+    for key, title in titles.items():
+        cmds = data.get(key)
+        if not cmds:
+            continue
+        lines += [f"## {title}", ""]
+        if cmds.get("measured_utc"):
+            lines += [f"Measured {cmds['measured_utc']} UTC, load average {cmds['load_average']}.", ""]
+        if cmds.get("note"):
+            lines += [cmds["note"][0].upper() + cmds["note"][1:] + ".", ""]
         lines += ["| command | exit | seconds | peak RSS (GiB) |", "|---|---|---|---|"]
         for name, r in cmds.items():
             if isinstance(r, dict) and "exit" in r:
