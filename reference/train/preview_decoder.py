@@ -17,7 +17,8 @@ Like `AutoencoderTiny` for SD (TAESD, `scaling_factor` 1.0), the student reads t
 the DiT produces: `reference.vae.decode(student, latents)` is the graph contract for either decoder.
 
     nohup nice -n 5 .venv/bin/python -m reference.train.preview_decoder --out runs/preview > runs/preview.log 2>&1 &
-Resumable (re-run the same command); writes `<out>/preview/` (diffusers folder, safetensors),
+One thread (`--threads`, default 1): on the shared 2-core VM two threads stepped ~3x slower than one
+(measured, load average 10-20). Resumable (re-run the same command); writes `<out>/preview/` (diffusers folder, safetensors),
 `<out>/loss.csv`, `<out>/eval.csv` (PSNR vs the full decoder on held-out latents), `<out>/loss.png`,
 `<out>/summary.json`.
 """
@@ -53,7 +54,7 @@ TINY_PREVIEW = {
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(parser, steps=3000, batch_size=16, lr=2e-3)
+    common.add_common_args(parser, steps=1200, batch_size=16, lr=2e-3)
     parser.add_argument("--model", default="tiny", help="the model whose VAE is distilled (default tiny)")
     parser.add_argument("--encoded", type=int, default=1536, help="scene images encoded by the VAE (default 1536)")
     parser.add_argument("--generated", type=int, default=320, help="latents drawn by the reference (default 320)")
