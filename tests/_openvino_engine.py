@@ -2,7 +2,7 @@
 int8 (`ov-cpu-int8`, with a reduced calibration and a single quantisation candidate so it builds in about a
 minute; the quality gate keeps its 16 prompt/seed pairs; no preview decoder). Both convert the fp32 graphs
 of one ort-cpu export (`onnx_from`).
-And one int8 engine with a ControlNet (`int8_controlnet_engine`), from its own export."""
+And one int8 engine with a ControlNet (`int8_controlnet_engine`), from the shared ort-cpu engine's export."""
 
 from __future__ import annotations
 
@@ -29,21 +29,11 @@ def _root() -> Path:
     return root
 
 
-@functools.lru_cache(maxsize=None)
 def onnx_folder() -> Path:
-    """One export for both engines: an ort-cpu folder (no optimisation, no parity) they convert."""
-    from pixart_export.build import build_target
+    """One export for both engines (`_exports.fp32_export`, shared with the TensorRT tests)."""
+    from tests._exports import fp32_export
 
-    out, _, _ = build_target(
-        "ort-cpu",
-        "tiny",
-        out=_root() / "ort-cpu-tiny",
-        options={"optimise": False},
-        verify=False,
-        preview_decoder="tiny",  # the ov-cpu engine takes it; the int8 one does not ask for it
-        log=quiet,
-    )
-    return out
+    return fp32_export()
 
 
 def build_from_onnx(target: str, out: Path, **kwargs):
@@ -92,20 +82,14 @@ def int8_engine():
 
 @functools.lru_cache(maxsize=None)
 def int8_controlnet_engine():
-    """ov-cpu-int8 with `controlnet_under_test()`: its own fp32 export (the ControlNet graphs), the test-size
-    options (the ControlNet graphs keep their default 16 calibration scenes), every gate as built."""
+    """ov-cpu-int8 with `controlnet_under_test()`, converted from the session's one ControlNet export (the
+    shared ort-cpu engine of `_tiny_engine`: fp32 graphs, not optimised), the test-size options (the
+    ControlNet graphs keep their default 16 calibration scenes), every gate as built."""
     from pixart_export.build import build_target
     from tests._controlnet import controlnet_under_test
+    from tests._exports import controlnet_export
 
-    onnx, _, _ = build_target(
-        "ort-cpu",
-        "tiny",
-        out=_root() / "ort-cpu-tiny-controlnet",
-        controlnet_spec=controlnet_under_test(),
-        options={"optimise": False},
-        verify=False,
-        log=quiet,
-    )
+    onnx = controlnet_export()
     out, manifest, reused = build_target(
         "ov-cpu-int8",
         "tiny",

@@ -15,6 +15,7 @@ import pytest
 from pixart_export.cli import main
 from pixart_export.errors import GateFailed, UserError
 from pixart_export.manifest import BackendInfo, Device, Manifest, Parity, Precision, check_files, read_manifest
+from tests._exports import fp32_export
 
 
 @functools.lru_cache(maxsize=None)
@@ -25,7 +26,9 @@ def tiny_bundle() -> tuple[Path, Manifest]:
 
     root = Path(tempfile.mkdtemp(prefix="pixart-export-trt-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    out, manifest, reused = build_target("trt-t4", "tiny", out=root / "trt-t4-tiny", log=lambda m: None)
+    out, manifest, reused = build_target(
+        "trt-t4", "tiny", out=root / "trt-t4-tiny", onnx_from=fp32_export(), log=lambda m: None
+    )
     assert not reused
     return out, manifest
 
@@ -120,7 +123,7 @@ def test_rebuild_is_reused():
     from pixart_export.build import build_target
 
     folder, manifest = tiny_bundle()
-    out, again, reused = build_target("trt-t4", "tiny", out=folder, log=lambda m: None)
+    out, again, reused = build_target("trt-t4", "tiny", out=folder, onnx_from=fp32_export(), log=lambda m: None)
     assert reused and again.build_key == manifest.build_key
 
 
@@ -229,7 +232,12 @@ def test_ort_cuda_ships_the_fp16_preparation(tmp_path):
     from pixart_export.build import build_target
 
     out, manifest, _ = build_target(
-        "ort-cuda", "tiny", out=tmp_path / "ort-cuda", log=lambda m: None, options={"fp16": True, "calib_prompts": 2}
+        "ort-cuda",
+        "tiny",
+        out=tmp_path / "ort-cuda",
+        onnx_from=fp32_export(),
+        log=lambda m: None,
+        options={"fp16": True, "calib_prompts": 2},
     )
     assert manifest.status == "ready" and manifest.default_precision == Precision.FP16
     assert manifest.backend.name == "onnxruntime" and manifest.device.kind == "gpu"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pixart_export.manifest import Manifest, Precision
+from tests._exports import controlnet_export
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +31,12 @@ def controlnet_bundle() -> tuple[Path, Manifest]:
     root = Path(tempfile.mkdtemp(prefix="pixart-export-trt-cn-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     out, manifest, reused = build_target(
-        "trt-t4", "tiny", controlnet_spec=controlnet_under_test(), out=root / "trt-t4-tiny-cn", log=lambda m: None
+        "trt-t4",
+        "tiny",
+        controlnet_spec=controlnet_under_test(),
+        out=root / "trt-t4-tiny-cn",
+        onnx_from=controlnet_export(),
+        log=lambda m: None,
     )
     assert not reused
     return out, manifest

@@ -19,6 +19,7 @@ from pixart_export.backends.tensorrt import check, fp16, quantize_fp8
 from pixart_export.manifest import Precision
 from pixart_export.metrics import rel_l2
 from pixart_export.targets import TARGETS
+from tests._exports import fp32_export
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -167,7 +168,9 @@ def test_h100_bundle_ships_verified_fp8_graphs(tmp_path):
     from pixart_export.targets import TENSORRT
 
     options = {**TENSORRT.options(TARGETS["trt-h100"], None), "int8": False}
-    out, manifest, _ = build_target("trt-h100", "tiny", out=tmp_path / "b", options=options, log=lambda m: None)
+    out, manifest, _ = build_target(
+        "trt-h100", "tiny", out=tmp_path / "b", options=options, onnx_from=fp32_export(), log=lambda m: None
+    )
     fp8 = [r for r in manifest.graphs if r.precision == Precision.FP8]
     assert sorted(r.graph for r in fp8) == ["denoiser_lcm4", "transformer"]
     rows = [r for r in manifest.parity.graphs if r.get("precision") == "fp8"]

@@ -16,6 +16,7 @@ import torch
 from pixart_export.backends.tensorrt import bf16, t5_plan
 from pixart_export.manifest import Precision
 from pixart_export.targets import TARGETS
+from tests._exports import fp32_export
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,7 +117,9 @@ def test_a100_bundle_records_the_t5_plan(tmp_path):
     from pixart_export.targets import TENSORRT
 
     options = {**TENSORRT.options(TARGETS["trt-a100"], None), "int8": False}
-    _out, manifest, _ = build_target("trt-a100", "tiny", out=tmp_path / "b", options=options, log=lambda m: None)
+    _out, manifest, _ = build_target(
+        "trt-a100", "tiny", out=tmp_path / "b", options=options, onnx_from=fp32_export(), log=lambda m: None
+    )
     te = next(r for r in manifest.graphs if r.graph == "text_encoder")
     rows = [r for r in manifest.parity.graphs if r.get("file", "").startswith("text_encoder.bf16")]
     assert rows and all("cast simulation" in r["simulated"] for r in rows)
