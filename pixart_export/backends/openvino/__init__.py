@@ -1,8 +1,10 @@
 """The OpenVINO backend: `ov-cpu` runs fp32 IR converted from the exported graphs, with the inference
-precision set explicitly (f32); `ov-cpu-int8` runs NNCF int8 transformer graphs, an int8-weight T5
-and the fp32 VAE, with the choices measured on the build host's CPU.
+precision set explicitly (f32); `ov-cpu-int8` runs NNCF int8 transformer graphs, an int8-weight T5,
+the VAE decoder in the precision measured fastest within its image gate (`decoder.py`) and the fp32 VAE
+encoder, with the choices measured on the build host's CPU.
 
-Parts, as every backend has them: `prepare.py` (build stages: convert to IR, int8; verification),
+Parts, as every backend has them: `prepare.py` (build stages: convert to IR, int8, the decoder's
+precision (`decoder.py`); verification),
 `quantize.py` (NNCF), `runner.py` (the runtime's graph runner: one compiled model per graph file and
 input shapes), `options.py` (the ov-cpu-int8 `build` options). Heavy imports happen inside methods,
 so the registry and `--help` work without OpenVINO installed.
