@@ -315,15 +315,18 @@ def measure(model, runner, pipeline, manifest: Manifest, log: Log, versions: dic
 
 
 # -- int8 image quality --------------------------------------------------------------------------------------
-#: int8 engine vs the fp32 reference, uint8 images, same prompt and seed. Measured with the default
-#: options over the 16 held-out pairs: on the trained `tiny`, mean PSNR 34.7 dB (worst image 21.5 dB),
-#: mean SSIM 0.986. A broken quantisation (a wrong scale, a quantised normalisation) gives images
-#: unrelated to the fp32 ones: PSNR < 15 dB, SSIM < 0.5. 25 dB mean is the usual "same picture, small
-#: texture differences" mark for int8 diffusion models; the per-image minimum (18 dB) catches one
-#: prompt going off while the mean still looks fine.
+#: int8 engine vs the fp32 reference, uint8 images, same prompt and seed, over the 16 held-out pairs. A
+#: broken quantisation (a wrong scale, a quantised normalisation) gives images unrelated to the fp32 ones:
+#: PSNR < 15 dB, SSIM < 0.5; 25 dB mean is the usual "same picture, small texture differences" mark for
+#: int8 diffusion models. The mean must reach 30 dB (issue #22: the int8 images as close to fp32 as better
+#: quantisation gets them, never by a lower gate): on the trained `tiny` the default options before that
+#: issue gave 28.65 dB (worst image 21.83, SSIM 0.966); with the edge blocks float and 16 calibration
+#: prompts 30.8 dB (worst 21.9), `benchmarks/int8_quality.py`. The per-image minimum (18 dB) catches one
+#: prompt going off while the mean still looks fine (tiny's worst pair stayed at 21.7-22.3 dB under every
+#: int8 setting tried).
 @dataclass(frozen=True)
 class QualityGate:
-    min_mean_psnr_db: float = 25.0
+    min_mean_psnr_db: float = 30.0
     min_image_psnr_db: float = 18.0
     min_mean_ssim: float = 0.80
     pairs: int = 16

@@ -68,8 +68,10 @@ def small_int8_options(**gate) -> dict:
         gate=QualityGate(**gate),
         bf16_groups=False,
     )
-    # the VAE decoder's precision chosen on fewer latents (the build's default: 16 calibration, 16 held out)
-    options["decoder"] = decoder_options(calibration_images=2, held_out_images=4, repeats=3)
+    # the VAE decoder's precision chosen on fewer held-out latents (the build's default: 16 calibration, 16 held
+    # out); its int8 candidate calibrated as the build calibrates it: on 2 latents the int8 images measured
+    # 29.45 dB end to end against the fp32 reference, below the 30 dB quality gate (16: 30.41, the build)
+    options["decoder"] = decoder_options(calibration_images=16, held_out_images=4, repeats=3)
     return options
 
 
