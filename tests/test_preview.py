@@ -38,10 +38,10 @@ def test_check_passes_the_distilled_decoder_and_refuses_a_random_one(model):  # 
     from pixart_export.errors import UserError
     from reference.train.preview_decoder import make_student
 
-    prompts = read_prompts(CALIBRATION_PROMPTS)
+    prompts = read_prompts(CALIBRATION_PROMPTS)[:2]  # the build's check takes CHECK_PROMPTS; 2 keep this fast
     shipped = preview.load(preview.resolve("tiny"))
     figures = preview.check(model, shipped, (128, 128), 4, prompts)
-    assert figures["images"] == preview.CHECK_PROMPTS and figures["mean_psnr_db"] >= preview.MIN_PSNR_DB
+    assert figures["images"] == 2 and figures["mean_psnr_db"] >= preview.MIN_PSNR_DB
     torch.manual_seed(0)
     with pytest.raises(UserError, match=r"mean PSNR [0-9.]+ dB < 20 dB") as info:
         preview.check(model, make_student().eval(), (128, 128), 4, prompts)
