@@ -86,7 +86,9 @@ def test_int8_engine(ov_int8, ov_cpu):  # noqa: F811
 
     fp32 = {r.graph: weights(ov_cpu[0], r) for r in ov_cpu[1].graphs}
     int8 = {r.graph: weights(folder, r) for r in manifest.graphs}
-    assert int8["transformer"] < 0.5 * fp32["transformer"]
+    # (tiny keeps 2 of its 6 blocks float since issue #22, `quantize.EDGE_BLOCKS`: measured 0.56 of fp32, where
+    # every block int8 was < 0.5; an int8 copy not stored int8 would be ~1.0; XL keeps 2 of 28 blocks float)
+    assert int8["transformer"] < 0.6 * fp32["transformer"]
     assert int8["denoiser_lcm4"] < 1.2 * int8["transformer"]
 
 
