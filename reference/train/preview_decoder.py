@@ -18,9 +18,9 @@ the DiT produces: `reference.vae.decode(student, latents)` is the graph contract
 
     nohup nice -n 5 .venv/bin/python -m reference.train.preview_decoder --out runs/preview > runs/preview.log 2>&1 &
 One thread (`--threads`, default 1): on the shared 2-core VM two threads stepped ~3x slower than one
-(measured, load average 10-20). Resumable (re-run the same command); writes `<out>/preview/` (diffusers folder, safetensors),
-`<out>/loss.csv`, `<out>/eval.csv` (PSNR vs the full decoder on held-out latents), `<out>/loss.png`,
-`<out>/summary.json`.
+(measured, load average 10-20). Resumable (re-run the same command); writes `<out>/preview/` (diffusers
+folder, safetensors), `<out>/loss.csv`, `<out>/eval.csv` (PSNR vs the full decoder on held-out
+latents), `<out>/loss.png`, `<out>/summary.json`.
 """
 
 from __future__ import annotations
