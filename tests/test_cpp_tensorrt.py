@@ -27,7 +27,14 @@ from pixart_export.backends.tensorrt import loop
 
 ROOT = Path(__file__).resolve().parent.parent
 CPP = ROOT / "cpp"
-SOURCES = ["tests/trt_fake_run.cpp", "src/tensorrt_backend.cpp", "src/manifest.cpp", "src/json.cpp", "src/sha256.cpp"]
+SOURCES = [
+    "tests/trt_fake_run.cpp",
+    "src/tensorrt_backend.cpp",
+    "src/manifest.cpp",
+    "src/mapped.cpp",  # HeldFiles::map
+    "src/json.cpp",
+    "src/sha256.cpp",
+]
 MAX_BATCH = 2
 LATENT = (4, 4, 4)
 
@@ -40,7 +47,7 @@ def _binary(out_dir: str) -> Path:
     exe = Path(out_dir) / "trt_fake_run"
     cmd = [cxx, "-std=c++17", "-O0", "-Wall", "-Wextra", "-Werror", "-DPIXART_WITH_TENSORRT"]
     cmd += ["-I" + str(CPP / d) for d in ("tests/fake_tensorrt", "src", "include")]
-    cmd += [str(CPP / s) for s in SOURCES] + ["-o", str(exe)]
+    cmd += [str(CPP / s) for s in SOURCES] + ["-pthread", "-o", str(exe)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return exe
 

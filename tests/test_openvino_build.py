@@ -26,7 +26,15 @@ def test_manifest_records_backend_and_explicit_precision(ov_cpu):  # noqa: F811
     assert "built and measured on" in manifest.device.note
     assert manifest.default_precision == Precision.FP32 and manifest.quantisation is None
     names = {r.graph for r in manifest.graphs}
-    assert names == {"text_encoder", "transformer", "denoiser_lcm4", "vae_decoder", "vae_encoder"}
+    # the shared ov-cpu engine carries tiny's preview decoder (`tests/_openvino_engine.ov_engine`)
+    assert names == {
+        "text_encoder",
+        "transformer",
+        "denoiser_lcm4",
+        "vae_decoder",
+        "vae_encoder",
+        "vae_decoder_preview",
+    }
     for rec in manifest.graphs:
         assert rec.file.endswith(".xml") and rec.files == (rec.file, rec.file[:-4] + ".bin")
         assert rec.runtime["config"]["INFERENCE_PRECISION_HINT"] == "f32"
@@ -107,7 +115,7 @@ def test_rebuild_is_reused(ov_cpu):  # noqa: F811
     from tests._openvino_engine import build_from_onnx
 
     folder, manifest = ov_cpu
-    out, again, reused = build_from_onnx("ov-cpu", folder)
+    out, again, reused = build_from_onnx("ov-cpu", folder, preview_decoder="tiny")  # as ov_engine built it
     assert reused and again.build_key == manifest.build_key
     assert manifest.graphs[0].details["onnx_file"].endswith(".onnx")  # converted from the ort-cpu folder's graphs
 
@@ -123,7 +131,7 @@ def test_int8_is_a_parameter_of_the_backend_not_a_target_name():
     assert [s.name.split(":")[0] for s in OpenVino(int8=False).stages(None)] == [
         f"convert to OpenVINO IR (fp32 weights), openvino {fp32.installed_version()}"
     ]
-    assert [s.name.split(":")[0] for s in OpenVino(int8=True).stages(None)][1:] == ["int8"]
+    assert [s.name.split(":")[0] for s in OpenVino(int8=True).stages(None)][1:] == ["int8", "VAE decoder precision"]
     assert fp32.options(None, None) == {} and int8.options(None, None)["gate"]["pairs"] == 16
     assert "nncf" in int8.versions() and "nncf" not in fp32.versions()
 
@@ -200,12 +208,15 @@ def test_cli_build_errors_are_one_line():
     ]
 
 
-def test_remeasure_gives_the_build_figures(ov_cpu, model):  # noqa: F811
-    """`pixart-export parity`'s measurement of an OpenVINO folder: the same rows as the build's."""
+def test_remeasure_gives_the_build_figures(ov_cpu):  # noqa: F811
+    """`pixart-export parity`'s measurement of an OpenVINO folder: the same rows as the build's, against the
+    model the manifest records (with its preview decoder), as `parity` loads it."""
+    from pixart_export.export.identity import load_recorded_model
     from pixart_export.targets import get_target
 
     folder, manifest = ov_cpu
-    parity = get_target("ov-cpu").backend.remeasure(folder, manifest, model, log=lambda m: None)
+    recorded, _ = load_recorded_model(manifest)
+    parity = get_target("ov-cpu").backend.remeasure(folder, manifest, recorded, log=lambda m: None)
     assert parity.ok and [r["file"] for r in parity.graphs] == [r["file"] for r in manifest.parity.graphs]
     for new, old in zip(parity.graphs, manifest.parity.graphs):
         assert new["rel_l2"] == pytest.approx(old["rel_l2"], rel=1e-3, abs=1e-9)
