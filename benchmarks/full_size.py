@@ -94,8 +94,17 @@ def cpu() -> dict:
 
 
 # -- build -------------------------------------------------------------------------------------------------
-def build(model: Path, out: Path) -> dict:
-    """`pixart-export build --target ov-cpu-int8` in a child; its manifest's stage records and sizes."""
+def build(model: Path, out: Path, quick: bool = False) -> dict:
+    """`pixart-export build --target ov-cpu-int8` in a child; its manifest's stage records and sizes.
+
+    Calibration is planned for the time of one run on 2 cores, as `latency.py --xl` plans it: 2 prompts for
+    each int8 graph, the candidate measured best on tiny; the VAE decoder's gate on 2 calibration and 2
+    held-out latents (each a reference pipeline run with the streamed T5-XXL), 2 timed repeats. The
+    16-image decoder gate and the full int8 trial run on tiny, where they decide; here they only have to
+    run and record. `quick` (the 1024 px build-and-run check, where each reference step is ~4x the 512 px
+    one): the decoder stays fp32 without trial and the bf16 op groups are not tried (both decided at 512 px
+    and on tiny), so the check measures what it is for: that the build and the runs complete within
+    memory at 4096 tokens."""
     from pixart_export.manifest import read_manifest
 
     code = (
@@ -103,13 +112,17 @@ def build(model: Path, out: Path) -> dict:
         "from pathlib import Path;"
         "from pixart_export.build import build_target;"
         "from pixart_export.backends.openvino import quantize;"
+        "from pixart_export.backends.openvino.decoder import decoder_options;"
         "from pixart_export.backends.openvino.options import int8_options;"
         "opts = int8_options(candidates=quantize.CANDIDATES[:1], transformer_prompts=2, denoiser_prompts=2,"
-        " held_out_prompts=1);"
+        " held_out_prompts=1, bf16_groups=sys.argv[4] == 'full');"
+        "opts['decoder'] = decoder_options(calibration_images=2, held_out_images=2, repeats=2) if sys.argv[4] == 'full'"
+        " else decoder_options(candidates=['fp32'], calibration_images=1, held_out_images=1, repeats=1);"
         "build_target('ov-cpu-int8', sys.argv[2], out=Path(sys.argv[3]), options=opts, verify=False, force=True)"
     )
     log(f"build ov-cpu-int8 of {model} -> {out}")
-    rc, seconds, rss, text = run_child([sys.executable, "-c", code, str(ROOT), str(model), str(out)])
+    argv = [sys.executable, "-c", code, str(ROOT), str(model), str(out), "quick" if quick else "full"]
+    rc, seconds, rss, text = run_child(argv)
     log_file = out.parent / f"{out.name}.build.log"
     log_file.write_text(text)
     if rc != 0:
@@ -356,7 +369,7 @@ def check(args) -> dict:
     with `--cpp`) as `measure`'s commands rows, with the manifest's stage records."""
     from pixart_export.manifest import read_manifest
 
-    out = {"build": build(args.model, args.engine)} if args.build else {}
+    out = {"build": build(args.model, args.engine, quick=True)} if args.build else {}
     manifest = read_manifest(args.engine)
     out["resolution"] = list(manifest.resolutions[0])
     out["build_stages"] = manifest.build.get("stages", [])

@@ -11,8 +11,18 @@ all cores vs 1 for the transformer step. Batch 1.
 Backends: `diffusers` (PixArtAlphaPipeline + LCMScheduler, 4 steps, guidance 0, eager fp32, the same
 weights folder), `eager-fp32` (our reference), `eager-bf16` (reference under torch.autocast bf16,
 step and denoiser), `ort-cpu`, `ov-cpu` (f32 explicitly), `ov-cpu@bf16` (the same IR with OpenVINO's
-own default precision on this CPU, step only, where the CPU has bf16), `ov-cpu-int8`. Engines are
-built with `pixart-export`'s own `build` into runs/bench-engines/ (reused when up to date).
+own default precision on this CPU, step only, where the CPU has bf16), `ov-cpu-int8` (its VAE decoder
+in the precision its build chose by the decoder gate, `quantisation.vae_decoder`). With a preview
+decoder (issue 22): `diffusers+tiny-vae` (the same diffusers pipeline with diffusers' `AutoencoderTiny`
+as its VAE: what a user would try first) and `ov-cpu-int8+preview` (our engine decoding with its
+`vae_decoder_preview` graph). On tiny both use the shipped distilled preview decoder
+(`reference/assets/tiny/vae_preview`), and the engine is built with `--preview-decoder tiny`. For XL no
+preview decoder of this random-weight VAE exists (no download, and none can pass the build's check that
+it reads this VAE's latents), so both rows use a TAESD-architecture `AutoencoderTiny` with random
+weights (`runs/taesd-random`): their times are what TAESD costs, their images are noise, and the
+engine row runs our engine's text encoder and unrolled denoiser and then the preview decoder converted
+by the build's own export and conversion functions, compiled as the build compiles float graphs.
+Engines are built with `pixart-export`'s own `build` into runs/bench-engines/ (reused when up to date).
 
     .venv/bin/python benchmarks/latency.py            # tiny, a few minutes
     flock /tmp/pixart-heavy.lock nice -n 5 .venv/bin/python benchmarks/latency.py --xl   # XL, slow
@@ -58,7 +68,11 @@ XL_PLAN = {
     "ov-cpu": ["text_encoder", "transformer_step", "denoiser_lcm4", "vae_decoder"],
     "ov-cpu@bf16": ["transformer_step"],
     "ov-cpu-int8": STAGES,
+    "diffusers+tiny-vae": ["vae_decoder", "end_to_end"],
+    "ov-cpu-int8+preview": ["vae_decoder", "end_to_end"],
 }
+#: Where the XL run keeps its TAESD-architecture decoder with random weights (see the docstring).
+XL_TAESD = ROOT / "runs" / "taesd-random"
 
 
 def log(msg: str) -> None:
@@ -120,6 +134,7 @@ def build_engines(spec: str, name: str, xl: bool, root: Path, rebuild: bool = Fa
     they are (the runtime still checks every file against its manifest) unless `rebuild`; missing
     ones, and ones built from other weights (e.g. before `tiny` was retrained), are built."""
     from pixart_export.backends.openvino import quantize
+    from pixart_export.backends.openvino.decoder import decoder_options
     from pixart_export.backends.openvino.options import int8_options
     from pixart_export.export.identity import model_identity
     from pixart_export.manifest import EngineError, read_manifest
@@ -131,7 +146,11 @@ def build_engines(spec: str, name: str, xl: bool, root: Path, rebuild: bool = Fa
         existing = root / f"{target}-{name}" / "manifest.json"
         if existing.exists() and not rebuild:
             try:
-                recorded = read_manifest(existing.parent).model.identity
+                recorded_manifest = read_manifest(existing.parent)
+                recorded = recorded_manifest.model.identity
+                # tiny's engines carry the preview decoder; a folder built before that is built again
+                if not xl and not any(r.graph == "vae_decoder_preview" for r in recorded_manifest.graphs):
+                    recorded = None
             except EngineError as exc:  # e.g. a schema-1 folder from before the manifest redesign
                 recorded = None
                 log(f"== engine {target} for {name}: {exc}")
@@ -157,6 +176,9 @@ def build_engines(spec: str, name: str, xl: bool, root: Path, rebuild: bool = Fa
             options = int8_options(
                 candidates=quantize.CANDIDATES[:1], transformer_prompts=2, denoiser_prompts=2, held_out_prompts=1
             )
+            # the decoder's precision gate at SD-VAE size: 4 calibration and 4 held-out latents (each one a
+            # reference pipeline run, ~30 s here), 3 timed repeats; the 16-image gate runs on tiny
+            options["decoder"] = decoder_options(calibration_images=4, held_out_images=4, repeats=3)
         started = time.perf_counter()
         try:
             folder, reused = _build_one(target, spec, name, xl, root, out, options, force=rebuild_this)
@@ -183,6 +205,8 @@ def _build_one(target, spec, name, xl, root, out, options, force=False):
         log=lambda m: log("   " + m),
         options=options,
         onnx_from=onnx_from,
+        # tiny's shipped preview decoder passes the build's check; XL has none (module docstring)
+        preview_decoder=None if xl else "tiny",
     )
     return folder, reused
 
@@ -263,13 +287,31 @@ class Reference:
         return self.pipe([PROMPT], steps=4, seed=SEED, resolution=self.inp.resolution, output="pt").numpy()
 
 
+def make_taesd(out: Path, seed: int = 0) -> Path:
+    """A diffusers `AutoencoderTiny` at TAESD's configuration (the class defaults) with random weights,
+    saved to `out` once: what the XL rows time a preview decoder with (module docstring)."""
+    if (out / "config.json").exists():
+        return out
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    AutoencoderTiny().save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
 class Diffusers:
-    def __init__(self, folder: Path, inputs: Inputs):
+    def __init__(self, folder: Path, inputs: Inputs, tiny_vae: Path | None = None):
         import torch
-        from diffusers import LCMScheduler, PixArtAlphaPipeline
+        from diffusers import AutoencoderTiny, LCMScheduler, PixArtAlphaPipeline
 
         self.torch, self.inp = torch, inputs
-        self.pipe = PixArtAlphaPipeline.from_pretrained(str(folder), local_files_only=True, torch_dtype=torch.float32)
+        extra = {}
+        if tiny_vae is not None:  # as diffusers' docs swap TAESD in: the pipeline's `vae` component
+            extra["vae"] = AutoencoderTiny.from_pretrained(str(tiny_vae), torch_dtype=torch.float32)
+        self.pipe = PixArtAlphaPipeline.from_pretrained(
+            str(folder), local_files_only=True, torch_dtype=torch.float32, **extra
+        )
         self.pipe.scheduler = LCMScheduler.from_config(self.pipe.scheduler.config)
         self.pipe.set_progress_bar_config(disable=True)
         t = {k: torch.from_numpy(v) for k, v in inputs.step.items()}
@@ -321,15 +363,23 @@ class Diffusers:
 class Engine:
     """An engine folder through `pixart_export.runtime.load` (onnxruntime or OpenVINO)."""
 
-    def __init__(self, folder: Path, inputs: Inputs, threads: int | None = None, precision: str | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        inputs: Inputs,
+        threads: int | None = None,
+        precision: str | None = None,
+        decoder: str = "full",
+    ):
         from pixart_export import runtime
 
         if precision is None:
-            self.pipe = runtime.load(folder, threads=threads)
+            self.pipe = runtime.load(folder, threads=threads, decoder=decoder)
         else:  # OpenVINO's inference precision ("f32" | "bf16") for every graph, overriding the build's
-            self.pipe = runtime.load(folder, threads=threads, inference_precision=precision)
+            self.pipe = runtime.load(folder, threads=threads, inference_precision=precision, decoder=decoder)
         self.inp = inputs
         self.h, self.w = inputs.resolution
+        self.decoder_graph = "vae_decoder_preview" if decoder == "preview" else "vae_decoder"
 
     def _run(self, graph, feeds):
         return self.pipe.run(graph, feeds, self.h, self.w)[0]
@@ -359,10 +409,56 @@ class Engine:
         )
 
     def vae_decoder(self):
-        return self._run("vae_decoder", {"denoised": self.inp.noise[0]})
+        return self._run(self.decoder_graph, {"denoised": self.inp.noise[0]})
 
     def end_to_end(self):
         return self.pipe([PROMPT], seed=SEED, resolution=self.inp.resolution, output="np")
+
+
+class ComposedPreview(Engine):
+    """XL: our ov-cpu-int8 engine's text encoder and unrolled denoiser, then a TAESD-architecture decoder
+    with random weights (no preview decoder of the stand-in's random VAE exists: module docstring),
+    exported and converted by the build's own functions and compiled as the build compiles float graphs
+    (`compile_config`, f32). Timing only: its images are noise."""
+
+    def __init__(self, model, folder: Path, inputs: Inputs, taesd: Path, scratch: Path):
+        import openvino as ov
+
+        from pixart_export.backends.openvino.prepare import convert_graph
+        from pixart_export.backends.openvino.runner import compile_config, compile_graph
+        from pixart_export.export import wrappers as W
+        from pixart_export.export.exporter import export_graph, model_dims
+        from pixart_export.graphs import VAE_DECODER_PREVIEW
+        from pixart_export.preview import load
+
+        super().__init__(folder, inputs)
+        h, w = inputs.resolution
+        scratch.mkdir(parents=True, exist_ok=True)
+        onnx_path, xml = scratch / f"vae_decoder_preview_{h}x{w}.onnx", scratch / f"vae_decoder_preview_{h}x{w}.xml"
+        export_graph(W.VaeDecoderGraph(load(taesd)), VAE_DECODER_PREVIEW, model_dims(model, h, w), onnx_path, batch=1)
+        convert_graph(onnx_path, xml)
+        ir = ov.Core().read_model(str(xml))
+        ir.reshape({"denoised": list(inputs.noise[0].shape)})  # static shapes, as the runner compiles
+        self.preview = compile_graph(ir, compile_config("f32"))
+
+    def vae_decoder(self, latents=None):
+        from pixart_export.backends.openvino.runner import run_compiled
+
+        return run_compiled(self.preview, {"denoised": self.inp.noise[0] if latents is None else latents})[0]
+
+    def end_to_end(self):
+        embeds = self.text_encoder()
+        s = self.inp.step
+        latents = self._run(
+            "denoiser_lcm4",
+            {
+                "latents": self.inp.noise[0],
+                "step_noise": self.inp.noise[1:],
+                "prompt_embeds": embeds,
+                "prompt_attention_mask": self.inp.mask.astype(s["prompt_attention_mask"].dtype),
+            },
+        )
+        return self.vae_decoder(latents)
 
 
 # -- the run ---------------------------------------------------------------------------------------------
@@ -383,17 +479,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="with --xl: every stage for every backend (slow)")
     args = parser.parse_args(argv)
     repeats = args.repeats or (2 if args.xl else 10)
+    try:  # the plot is written at the end: a missing matplotlib must stop the run now, not after it
+        import matplotlib  # noqa: F401
+    except ImportError:
+        parser.error("matplotlib is missing (the results' plot needs it): pip install -e '.[bench]' or matplotlib")
 
     from pixart_export.backends.openvino.runner import cpu_info, has_bf16
     from pixart_export.targets import get_target
+    from reference.loading import TINY_DIR
 
     if args.xl:
         from benchmarks.xl_model import make_xl
 
         spec, name = str(make_xl(ROOT / "runs" / "xl-random")), "xl-random"
     else:
-        from reference.loading import TINY_DIR
-
         spec, name = "tiny", "tiny"
     engines = build_engines(spec, name, args.xl, args.engines, args.rebuild)
     if args.build_only:
@@ -450,9 +549,38 @@ def main(argv: list[str] | None = None) -> int:
     backends.append(
         ("ov-cpu-int8", "OpenVINO int8 (NNCF)", lambda: Engine(engines["ov-cpu-int8"], inputs), None, STAGES)
     )
+    # the preview decoder rows (module docstring): tiny's shipped one, or TAESD's architecture at XL
+    tiny_vae = make_taesd(XL_TAESD) if args.xl else TINY_DIR / "vae_preview"
+    tiny_vae_bytes = folder_bytes([tiny_vae])
+    backends.append(
+        (
+            "diffusers+tiny-vae",
+            "diffusers eager fp32, AutoencoderTiny as its VAE"
+            + (" (TAESD architecture, random weights: time only)" if args.xl else " (tiny's preview decoder)"),
+            lambda: Diffusers(model_dir, inputs, tiny_vae=tiny_vae),
+            eager_bytes - folder_bytes([model_dir / "vae"]) + tiny_vae_bytes,
+            ["vae_decoder", "end_to_end"],
+        )
+    )
+    if args.xl:
+        preview = (
+            "ov-cpu-int8+preview",
+            "OpenVINO int8, then a TAESD-architecture decoder (random weights: time only)",
+            lambda: ComposedPreview(model, engines["ov-cpu-int8"], inputs, tiny_vae, args.engines / "preview-xl"),
+        )
+    else:
+        preview = (
+            "ov-cpu-int8+preview",
+            "OpenVINO int8, run --decoder preview (tiny's preview decoder)",
+            lambda: Engine(engines["ov-cpu-int8"], inputs, decoder="preview"),
+        )
+    backends.append((*preview, None, ["vae_decoder", "end_to_end"]))
 
     backends = [
-        b for b in backends if b[0] in ("eager-fp32", "diffusers", "eager-bf16") or b[0].split("@")[0] in engines
+        b
+        for b in backends
+        if b[0] in ("eager-fp32", "diffusers", "eager-bf16", "diffusers+tiny-vae")
+        or b[0].split("@")[0].split("+")[0] in engines
     ]
     if args.xl and not args.full:
         backends = [(k, label, make, size, XL_PLAN[k]) for k, label, make, size, _ in backends]
@@ -472,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "prompt": PROMPT,
         "seed": SEED,
+        "vae_decoder_choice": _decoder_choice(engines.get("ov-cpu-int8")),
         "backends": {},
     }
     log(f"CPU: {cpu['model']}, {cores} logical cores, ISA: {' '.join(cpu['isa'])}")
@@ -509,7 +638,11 @@ def main(argv: list[str] | None = None) -> int:
                         # eager fp32 to ~1e-6 (parity), far below the int8 errors measured against it
                         reference_out[stage] = out
                         row["reference_for"] = row.get("reference_for", []) + [stage]
-                    elif stage in reference_out and not (key == "diffusers" and stage == "end_to_end"):
+                    elif (
+                        stage in reference_out
+                        and not (key.startswith("diffusers") and stage == "end_to_end")
+                        and not (args.xl and "+" in key)  # XL's preview decoders have random weights
+                    ):
                         # (diffusers draws its own x_T and step noise: its image is another sample, so
                         # a PSNR against ours would measure the noise, not the backend)
                         row["errors"][stage] = (
@@ -533,10 +666,39 @@ def main(argv: list[str] | None = None) -> int:
                 del one
             del backend
         row["peak_rss_gib"] = round(mem.peak / 2**30, 2)
-        row["disk_bytes"] = size if size is not None else folder_bytes([engines[key.split("@")[0]]])
+        row["disk_bytes"] = size if size is not None else folder_bytes([engines[key.split("@")[0].split("+")[0]]])
         results["backends"][key] = row
+    results.update(speedups(results["backends"]))
     write_results(results, args.results)
     return 0
+
+
+def _decoder_choice(folder: Path | None) -> dict | None:
+    """The ov-cpu-int8 build's VAE decoder choice (`quantisation.vae_decoder`: every candidate's figures)."""
+    if folder is None:
+        return None
+    from pixart_export.manifest import read_manifest
+
+    return (read_manifest(folder).quantisation or {}).get("vae_decoder")
+
+
+def speedups(b: dict) -> dict:
+    """Issue 22's figures: diffusers eager fp32 over ov-cpu-int8 end to end with the full decoder
+    (`e2e_speedup_full`), with the preview decoder (`e2e_speedup_preview`), and one step (`step_speedup`);
+    and diffusers' own preview-decoder pipeline against the same baseline, for comparison."""
+
+    def ratio(base, row, stage):
+        try:
+            return round(b[base]["stages"][stage]["median_s"] / b[row]["stages"][stage]["median_s"], 2)
+        except KeyError:
+            return None
+
+    return {
+        "e2e_speedup_full": ratio("diffusers", "ov-cpu-int8", "end_to_end"),
+        "e2e_speedup_preview": ratio("diffusers", "ov-cpu-int8+preview", "end_to_end"),
+        "step_speedup": ratio("diffusers", "ov-cpu-int8", "transformer_step"),
+        "diffusers_tiny_vae_e2e_speedup": ratio("diffusers", "diffusers+tiny-vae", "end_to_end"),
+    }
 
 
 def _fmt(row: dict, stage: str) -> str:
@@ -596,11 +758,43 @@ def write_results(results: dict, out: Path) -> None:
         "memory is released first but the interpreter, torch and the reference model stay resident). "
         "Disk: the model's weight folders for eager rows, the engine folder otherwise.",
     ]
+    fig = {k: results.get(k) for k in ("e2e_speedup_full", "e2e_speedup_preview", "step_speedup")}
+    lines += [
+        "",
+        "Speed-ups over diffusers eager fp32 (issue 22's figures): ov-cpu-int8 end to end "
+        f"**{_x(fig['e2e_speedup_full'])}** with the full decoder, **{_x(fig['e2e_speedup_preview'])}** with the "
+        f"preview decoder; one step **{_x(fig['step_speedup'])}**. diffusers with `AutoencoderTiny` as its VAE: "
+        f"{_x(results.get('diffusers_tiny_vae_e2e_speedup'))}.",
+    ]
+    choice = results.get("vae_decoder_choice")
+    if choice:
+        lines += [
+            "",
+            f"ov-cpu-int8's VAE decoder: **{choice['chosen']}**, the fastest candidate that passes the decoder gate "
+            f"(mean PSNR >= {choice['gate']['min_mean_psnr_db']:g} dB, every image >= "
+            f"{choice['gate']['min_image_psnr_db']:g} dB against the fp32 decoder, on {choice['held_out']['images']} "
+            f"held-out latents; {choice['timing']}; measured by the build):",
+            "",
+            "| candidate | mean PSNR (dB) | worst (dB) | mean SSIM | median s | passes |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in choice["candidates"]:
+            if "skipped" in c:
+                lines.append(f"| {c['name']} | skipped: {c['skipped']} | | | | |")
+            else:
+                lines.append(
+                    f"| {c['name']} | {c['mean_psnr_db']:.2f} | {c['min_psnr_db']:.2f} | {c['mean_ssim']:.4f} | "
+                    f"{c['seconds_median']:.3f} | {'yes' if c['passes'] else 'no'} |"
+                )
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, stem.with_suffix(".png"))
     print("\n".join(lines))
     log(f"wrote {stem}.md/.json/.png")
+
+
+def _x(v) -> str:
+    return "-" if v is None else f"{v:.2f}x"
 
 
 def plot(results: dict, path: Path) -> None:
