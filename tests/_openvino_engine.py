@@ -2,17 +2,18 @@
 int8 (`ov-cpu-int8`, with a reduced calibration and a single quantisation candidate so it builds in about a
 minute; the quality gate keeps its 16 prompt/seed pairs; no preview decoder). Both convert the fp32 graphs
 of one ort-cpu export (`onnx_from`).
-And one int8 engine with a ControlNet (`int8_controlnet_engine`), from the shared ort-cpu engine's export."""
+And one int8 engine with a ControlNet (`int8_controlnet_engine`), from the shared ort-cpu engine's export.
+Each engine is made once per session across processes (`tests/_shared.py`): conftest.py builds them in the
+background while the tests that do not need them run."""
 
 from __future__ import annotations
 
-import atexit
 import functools
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
+
+from tests._shared import once
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -20,13 +21,6 @@ pytest.importorskip("nncf")
 
 def quiet(message: str) -> None:
     pass
-
-
-@functools.lru_cache(maxsize=None)
-def _root() -> Path:
-    root = Path(tempfile.mkdtemp(prefix="pixart-export-ov-tests-"))
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
-    return root
 
 
 def onnx_folder() -> Path:
@@ -44,9 +38,14 @@ def build_from_onnx(target: str, out: Path, **kwargs):
 
 @functools.lru_cache(maxsize=None)
 def ov_engine():
-    out, manifest, reused = build_from_onnx("ov-cpu", _root() / "ov-cpu-tiny", preview_decoder="tiny")
-    assert not reused
-    return out, manifest
+    """Made once per session (`tests/_shared.py`; conftest.py starts it in the background)."""
+
+    def build(out: Path):
+        _, manifest, reused = build_from_onnx("ov-cpu", out, preview_decoder="tiny")
+        assert not reused
+        return manifest
+
+    return once("ov-cpu-tiny", build)
 
 
 def small_int8_options(**gate) -> dict:
@@ -77,9 +76,14 @@ def small_int8_options(**gate) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def int8_engine():
-    out, manifest, reused = build_from_onnx("ov-cpu-int8", _root() / "ov-cpu-int8-tiny", options=small_int8_options())
-    assert not reused
-    return out, manifest
+    """Made once per session (`tests/_shared.py`; conftest.py starts it in the background)."""
+
+    def build(out: Path):
+        _, manifest, reused = build_from_onnx("ov-cpu-int8", out, options=small_int8_options())
+        assert not reused
+        return manifest
+
+    return once("ov-cpu-int8-tiny", build)
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,18 +95,36 @@ def int8_controlnet_engine():
     from tests._controlnet import controlnet_under_test
     from tests._exports import controlnet_export
 
-    onnx = controlnet_export()
-    out, manifest, reused = build_target(
-        "ov-cpu-int8",
-        "tiny",
-        out=_root() / "ov-cpu-int8-tiny-controlnet",
-        controlnet_spec=controlnet_under_test(),
-        onnx_from=onnx,
-        options=small_int8_options(),
-        log=quiet,
-    )
-    assert not reused
-    return out, manifest
+    def build(out: Path):
+        _, manifest, reused = build_target(
+            "ov-cpu-int8",
+            "tiny",
+            out=out,
+            controlnet_spec=controlnet_under_test(),
+            onnx_from=controlnet_export(),
+            options=small_int8_options(),
+            log=quiet,
+        )
+        assert not reused
+        return manifest
+
+    return once("ov-cpu-int8-tiny-controlnet", build)
+
+
+@functools.lru_cache(maxsize=None)
+def controlnet_engine() -> Path:
+    """ov-cpu with `controlnet_under_test()` for the C++ tests, converted from the session's one ControlNet
+    export (the shared ort-cpu engine: fp32 graphs, not optimised), unverified (the C++ tests hold it to
+    the Python runtime); made once per session (`tests/_shared.py`)."""
+    from pixart_export.build import build_target
+    from tests._controlnet import controlnet_under_test
+    from tests._exports import controlnet_export
+
+    def build(out: Path) -> None:
+        common = {"controlnet_spec": controlnet_under_test(), "verify": False, "log": quiet}
+        build_target("ov-cpu", "tiny", out=out, onnx_from=controlnet_export(), **common)
+
+    return once("ov-cpu-tiny-controlnet", build)[0]
 
 
 @functools.lru_cache(maxsize=None)

@@ -5,33 +5,32 @@ from __future__ import annotations
 
 import functools
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests._controlnet import controlnet_under_test
+from tests._shared import once
 
 
 @functools.lru_cache(maxsize=None)
 def tiny_engine():
-    """(folder, Manifest) of the shared engine."""
+    """(folder, Manifest) of the shared engine (made once per session: `tests/_shared.py`)."""
     from pixart_export.build import build_target
 
-    root = Path(tempfile.mkdtemp(prefix="pixart-export-tests-"))
-    import atexit
+    def build(out: Path):
+        _, manifest, reused = build_target(
+            "ort-cpu",
+            "tiny",
+            out=out,
+            controlnet_spec=controlnet_under_test(),
+            options={"optimise": False},
+            log=lambda m: None,
+        )
+        assert not reused
+        return manifest
 
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
-    out, manifest, reused = build_target(
-        "ort-cpu",
-        "tiny",
-        out=root / "ort-cpu-tiny",
-        controlnet_spec=controlnet_under_test(),
-        options={"optimise": False},
-        log=lambda m: None,
-    )
-    assert not reused
-    return out, manifest
+    return once("ort-cpu-tiny-controlnet", build)
 
 
 @functools.lru_cache(maxsize=None)

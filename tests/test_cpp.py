@@ -109,20 +109,12 @@ def _engines() -> dict[str, Path]:
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
     # the same module (and so the same cached engines) as the openvino tests import
-    from pixart_export.build import build_target
-    from tests._controlnet import controlnet_under_test
-    from tests._exports import controlnet_export
-    from tests._openvino_engine import _root, int8_controlnet_engine, int8_engine, ov_engine, quiet
+    from tests._openvino_engine import controlnet_engine, int8_controlnet_engine, int8_engine, ov_engine
 
-    root = _root() / "cpp"
-    # the shipped, trained ControlNet (its residuals are not zero), converted from the session's one
-    # ControlNet export (the shared ort-cpu engine, whose graphs are fp32 and not optimised)
-    common = {"controlnet_spec": controlnet_under_test(), "verify": False, "log": quiet}
-    controlnet, _, _ = build_target("ov-cpu", "tiny", out=root / "ov-cpu-cn", onnx_from=controlnet_export(), **common)
     return {
         "ov-cpu": ov_engine()[0],
         "ov-cpu-int8": int8_engine()[0],
-        "ov-cpu-controlnet": controlnet,
+        "ov-cpu-controlnet": controlnet_engine(),
         "ov-cpu-int8-controlnet": int8_controlnet_engine()[0],  # built once, shared with the openvino tests
     }
 

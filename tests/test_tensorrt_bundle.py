@@ -1,36 +1,20 @@
 """build --target trt-* on CPU: the bundle path end to end on `tiny` (export, fp16, int8 Q/DQ, verify,
 check, bundle), the CLI around it, the gate; and ort-cuda, which ships the same fp16 preparation.
-One bundle per session (~2.5 min on 2 cores)."""
+One bundle per session (~1 min on 2 cores; `tests/_exports.tiny_bundle`, built in the background while
+the tests that do not need it run: conftest.py)."""
 
 from __future__ import annotations
 
 import argparse
-import functools
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from pixart_export.cli import main
 from pixart_export.errors import GateFailed, UserError
-from pixart_export.manifest import BackendInfo, Device, Manifest, Parity, Precision, check_files, read_manifest
-from tests._exports import fp32_export
-
-
-@functools.lru_cache(maxsize=None)
-def tiny_bundle() -> tuple[Path, Manifest]:
-    import atexit
-
-    from pixart_export.build import build_target
-
-    root = Path(tempfile.mkdtemp(prefix="pixart-export-trt-"))
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
-    out, manifest, reused = build_target(
-        "trt-t4", "tiny", out=root / "trt-t4-tiny", onnx_from=fp32_export(), log=lambda m: None
-    )
-    assert not reused
-    return out, manifest
+from pixart_export.manifest import BackendInfo, Device, Parity, Precision, check_files, read_manifest
+from tests._exports import fp32_export, tiny_bundle
 
 
 def test_bundle_contents_and_figures():
