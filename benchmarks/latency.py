@@ -477,6 +477,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build-only", action="store_true", help="build (or reuse) the engines and stop")
     parser.add_argument("--rebuild", action="store_true", help="build the engines even if folders exist")
     parser.add_argument("--full", action="store_true", help="with --xl: every stage for every backend (slow)")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated rows to measure (e.g. diffusers,ov-cpu-int8,diffusers+tiny-vae,ov-cpu-int8+preview); "
+        "eager-fp32 is always measured first when other rows' errors need it",
+    )
     args = parser.parse_args(argv)
     repeats = args.repeats or (2 if args.xl else 10)
     try:  # the plot is written at the end: a missing matplotlib must stop the run now, not after it
@@ -584,6 +590,12 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.xl and not args.full:
         backends = [(k, label, make, size, XL_PLAN[k]) for k, label, make, size, _ in backends]
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {b[0] for b in backends}
+        if unknown:
+            parser.error(f"--only {args.only}: no rows {sorted(unknown)}; choose among {[b[0] for b in backends]}")
+        backends = [b for b in backends if b[0] in wanted]
     results: dict = {
         "model": name,
         "resolution": list(inputs.resolution),
@@ -808,8 +820,8 @@ def plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for ax, stage, title in zip(
         axes,
-        ("transformer_step", "denoiser_lcm4", "end_to_end"),
-        ("one transformer step", "denoiser_lcm4 (4 steps)", "end to end"),
+        ("transformer_step", "vae_decoder", "end_to_end"),
+        ("one transformer step", "VAE decoder (full or preview)", "end to end"),
     ):
         ks = [k for k in keys if stage in b[k]["stages"]]
         med = [b[k]["stages"][stage]["median_s"] for k in ks]

@@ -200,6 +200,8 @@ def main(argv=None) -> int:
     from pixart_export.backends.openvino.runner import cpu_info
 
     latency = json.loads(args.latency.read_text())
+    if not latency["model"].startswith("xl"):
+        parser.error(f"{args.latency}: the work counted here is PixArt-XL's at 512 px; give an XL latency run")
     cpu = cpu_info()
     print(f"CPU: {cpu['model']}, {cpu['logical_cores']} logical cores, ISA: {' '.join(cpu['isa'])}", file=sys.stderr)
     if latency["cpu"]["model"] != cpu["model"] or latency["cpu"]["isa"] != cpu["isa"]:
