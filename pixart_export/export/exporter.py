@@ -211,8 +211,9 @@ def is_streamed(text_encoder) -> bool:
 def direct_record(spec: GraphSpec, dims: Dims, text_encoder) -> dict:
     """The record of a text encoder that is not exported here: no ONNX file, the weights' folder instead.
 
-    A backend whose `direct_text_encoder` is true converts it from those weights (`t5_direct.py`);
-    `build` refuses the others before any work (`check_text_encoder`)."""
+    A backend whose `direct_text_encoder` is true converts it from those weights (OpenVINO: `t5_direct.py`;
+    TensorRT: `backends/tensorrt/t5_blockwise.py`); `build` refuses the others before any work
+    (`check_text_encoder`)."""
     return {
         "graph": spec.name,
         "file": None,
@@ -239,7 +240,8 @@ def check_text_encoder(model, target) -> None:
         f"{target.name}: the text encoder ({model.text_encoder.num_parameters() / 1e9:.2f} B parameters, "
         f"{gib:.1f} GiB in fp32) is too large for the fp32 ONNX export, which holds about 2.3x the weights "
         f"in memory ({2.3 * gib:.0f} GiB; benchmarks/results/export_xl.md); ov-cpu-int8 converts it "
-        "directly from bf16 weights to int8 (README: 'The full-size model')"
+        "directly from bf16 weights to int8, the trt-* targets export it block by block in their T5 plan's "
+        "precision (README: 'The full-size model')"
     )
 
 

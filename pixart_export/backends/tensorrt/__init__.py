@@ -31,6 +31,8 @@ class TensorRT(BackendBase):
     #: engines of the folder: `compile.loop_records`, issue #23).
     runtime_settings = {"profile": dict, "source": str, "timing_cache": str, "k_step_loop": dict}
     code = (_HERE,)
+    #: a T5 too large for the fp32 export is exported block by block in its plan's precision (`t5_blockwise.py`)
+    direct_text_encoder = True
 
     def __repr__(self) -> str:
         return "TensorRT()"

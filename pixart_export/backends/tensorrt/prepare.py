@@ -15,6 +15,9 @@ Stages, after `build.py`'s export (each a named `Stage`; the build numbers them)
      encoder follows the target's T5 plan (`TrtSpec.text_encoder`, `t5_plan.py`): fp16 with the overflow
      layers fp32 (T4, V100), or bf16 (`bf16.py`, measured by cast simulation: A100, H100); it ships fp32
      where that fails (`FP32_FALLBACK_GRAPHS`) only if fp32 fits the target's card, else the build stops.
+     A T5 too large for the fp32 export (streamed, `exporter.direct_record`: no fp32 graph, so no row in
+     1.) is written block by block in the plan's precision and measured, chained piece by piece, against
+     the streamed fp32 reference (`t5_blockwise.py`); end to end, the reference stands in for its fp32 graph.
      The plan with its T5-XXL memory estimate goes to the build section (`text_encoder_plan`);
   4. int8 (where the target has it and `--trt-fp16-only` is not given): explicit Q/DQ for the transformer
      and the unrolled denoiser, and with a ControlNet for `controlnet` and `denoiser_lcm{K}_controlnet`
@@ -257,8 +260,10 @@ def _fp32_parity(ctx, work: _Work) -> None:
     from ...verify import graph_parity
     from ..onnxruntime.runner import OrtRunner
 
+    base = _fp32_manifest(ctx, work)  # a T5 exported directly has no fp32 graph: measured in the fp16 stage
+    exported = dataclasses.replace(base, graphs=tuple(g for g in base.graphs if not g.details.get("direct_from")))
     work.fp32_rows = graph_parity(
-        ctx.model, OrtRunner(ctx.fp32_dir), _fp32_manifest(ctx, work), on_graph=lambda n: ctx.log(f"      {n}")
+        ctx.model, OrtRunner(ctx.fp32_dir), exported, on_graph=lambda n: ctx.log(f"      {n}")
     )
     for r in work.fp32_rows:
         r["against"] = "PyTorch reference"
@@ -317,6 +322,9 @@ def _fp16(ctx, work: _Work) -> None:
 
     ctx.records = []
     for rec in ctx.fp32_records:
+        if rec.get("direct_from"):  # a T5 too large for the fp32 export (`exporter.direct_record`)
+            ctx.records.append(_direct_text_encoder(ctx, work, rec))
+            continue
         spec, dims, first_bucket = _spec_dims(ctx, rec)
         src = ctx.fp32_dir / rec["file"]
         ranges = fp16.activation_ranges(src, _range_feeds(spec, dims, work.calib if first_bucket else None))
@@ -377,6 +385,83 @@ def _fp16(ctx, work: _Work) -> None:
         if trt is not None and rec["graph"] == "text_encoder":
             ctx.build_info["text_encoder_plan"] = _t5_plan_record(ctx, trt, new, reasons)
         ctx.records.append(new)
+
+
+def _direct_text_encoder(ctx, work: _Work, rec: dict) -> dict:
+    """The text encoder of a streamed T5 (too large for the fp32 export), written block by block in the
+    target's T5 plan precision (`t5_blockwise.py`; ranges from the streamed reference on the calibration
+    prompts) and measured, chained piece by piece, against the streamed fp32 reference on the held-out
+    prompts (that row goes to the parity table with the prepared-vs-fp32 rows). Where it fails its
+    tolerance it ships fp32, made the same way, only if fp32 fits the target's card (the fp16 plan's
+    cards do not fit T5-XXL in fp32: `t5_plan.py`)."""
+    from reference.t5_streamed import fp32_bytes
+
+    from . import fp16, t5_blockwise
+    from .t5_plan import GIB
+
+    trt = ctx.target.trt
+    low = trt.text_encoder
+    streamed = ctx.model.text_encoder
+    spec, dims, _ = _spec_dims(ctx, rec)
+    shapes = {t["name"]: t["shape"] for t in rec["inputs"] + rec["outputs"]}
+    calib = _range_feeds(spec, dims, work.calib)
+    held = work.heldout.get(spec.name) or _range_feeds(spec, dims, None)
+    pieces_dir = ctx.scratch / "t5-pieces"
+    ctx.log(f"      {rec['direct_from']}: {streamed.num_parameters() / 1e9:.2f} B parameters, exported in {low}")
+
+    def made(precision: Precision) -> tuple[dict, dict]:
+        name = f"{rec['graph']}.{precision}.onnx"
+        info = t5_blockwise.build(streamed, ctx.staging / name, precision, calib, pieces_dir, shapes, log=ctx.log)
+        row, per_block = t5_blockwise.verify(streamed, ctx.staging / name, precision, held, pieces_dir)
+        reasons: dict[str, int] = {}
+        for reason in info["kept_fp32"].values():
+            reasons[fp16.reason_kind(reason)] = reasons.get(fp16.reason_kind(reason), 0) + 1
+        new = _prepared(
+            rec,
+            name,
+            info["files"],
+            str(precision),
+            bytes=sum((ctx.staging / f).stat().st_size for f in info["files"]),
+            kept_fp32=len(info["kept_fp32"]),
+            kept_fp32_reasons=reasons,
+            fp16_keep=info["keep"],
+            casts=info["casts"],
+            fp16_matmul_share=round(fp16.fp16_share(ctx.staging / name), 3) if precision == Precision.FP16 else None,
+            max_activation=info["max_activation"],
+            exported_directly={
+                "from": rec["direct_from"],
+                "precision": str(precision),
+                "how": t5_blockwise.HOW,
+                "pieces": len(info["pieces"]),
+                "seconds": info["seconds"],
+                "per_block_rel_l2": per_block,
+            },
+            verified_by=t5_blockwise.VERIFIED_BY,
+        )
+        new.pop("direct_from", None)
+        ctx.log(f"      {name}: {len(info['kept_fp32'])} nodes kept fp32, rel L2 {row['rel_l2']:.2e} vs the reference")
+        return new, row
+
+    new, row = made(low)
+    work.rows.append(row)
+    if not row["ok"]:
+        need = fp32_bytes(Path(rec["direct_from"])) / GIB + 0.5
+        if need > trt.memory_gib:
+            raise GateFailed(
+                f"{ctx.target.name}: text_encoder in {low} measured rel L2 {row['rel_l2']:.2e} > "
+                f"{row['tol_rel_l2']:.0e}, and its fp32 fallback does not fit: {need:.1f} GiB in fp32 > "
+                f"{trt.memory_gib} GiB on {ctx.target.name}'s card. Nothing was installed at {ctx.out}"
+            )
+        for f in new["files"]:
+            (ctx.staging / f).unlink(missing_ok=True)
+        row["replaced_by_fp32"] = True
+        failed = row
+        new, row = made(Precision.FP32)
+        work.rows.append(row)
+        new["fp32_fallback"] = f"{low} measured rel L2 {failed['rel_l2']:.2e} > tolerance {failed['tol_rel_l2']:.0e}"
+        ctx.log(f"      text_encoder: {new['fp32_fallback']}: shipping it fp32 ({new['file']})")
+    ctx.build_info["text_encoder_plan"] = _t5_plan_record(ctx, trt, new, new["kept_fp32_reasons"])
+    return new
 
 
 #: How the bf16 graphs' error is measured (onnxruntime has no CPU bf16 kernels): bf16.simulation.
@@ -582,13 +667,25 @@ def _choose_fp8(ctx, work: _Work, graphs: list) -> tuple:
 class _TwoFolders:
     """A runner over the fp32 graphs (in `fp32_dir`) and the prepared ones (in the staging folder)."""
 
-    def __init__(self, fp32_dir: Path, staging: Path, prepared: set[str], simulated: dict | None = None):
+    def __init__(
+        self,
+        fp32_dir: Path,
+        staging: Path,
+        prepared: set[str],
+        simulated: dict | None = None,
+        direct: dict | None = None,
+    ):
         from ..onnxruntime.runner import OrtRunner
 
         self.fp32, self.prepared, self.files = OrtRunner(fp32_dir), OrtRunner(staging), prepared
         self.simulated = {f: OrtRunner(d) for f, d in (simulated or {}).items()}  # bf16: its simulation
+        self.direct = direct or {}  # a T5 exported directly: its fp32 side (None) and prepared file
 
     def run(self, record, feeds):
+        if record.details.get("direct_from") and None in self.direct:  # no fp32 graph: the streamed reference
+            return self.direct[None].run(record, feeds)
+        if record.file in self.direct:
+            return self.direct[record.file].run(record, feeds)
         if record.file in self.simulated:
             return self.simulated[record.file].run(record, feeds)
         return (self.prepared if record.file in self.files else self.fp32).run(record, feeds)
@@ -602,7 +699,7 @@ def _end_to_end(ctx, work: _Work) -> None:
     base = _fp32_manifest(ctx, work)
     fp32 = [graph_record(r) for r in ctx.fp32_records]
     prepared = [graph_record(r) for r in ctx.records]
-    runner = _TwoFolders(ctx.fp32_dir, ctx.staging, {r.file for r in prepared}, work.simulated)
+    runner = _TwoFolders(ctx.fp32_dir, ctx.staging, {r.file for r in prepared}, work.simulated, _direct_runners(ctx))
     want = pipeline_images(Pipeline(ctx.staging, dataclasses.replace(base, graphs=tuple(fp32)), runner))
 
     def case(records, precision: Precision, controlnet: bool) -> list[dict]:
@@ -646,6 +743,21 @@ def _end_to_end(ctx, work: _Work) -> None:
         if work.int8 or work.fp8
         else "precision check failed",
     )
+
+
+def _direct_runners(ctx) -> dict:
+    """{None: the streamed reference, prepared file: its chained runner} for a T5 exported directly (the
+    end-to-end pipelines' text encoder: fp32 has no graph, the prepared one runs piece by piece)."""
+    from . import t5_blockwise
+
+    out = {}
+    for r in ctx.records:
+        if r.get("exported_directly"):
+            n = len(ctx.model.text_encoder.model.encoder.block)
+            path = ctx.staging / r["file"]
+            out[r["file"]] = t5_blockwise.ChainedRunner(path, r["precision"], n, ctx.scratch / "t5-pieces")
+            out[None] = t5_blockwise.ReferenceRunner(ctx.model.text_encoder)
+    return out
 
 
 #: The lcm_update graph vs the reference LCM step: the same affine step in fp32 with the coefficients
