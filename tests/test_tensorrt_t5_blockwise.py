@@ -107,7 +107,7 @@ def _check(path: Path, target_name: str, precision: str):
 
 
 def test_fp16_graph_against_the_streamed_reference_and_the_whole_graph(t5, fp16_graph):
-    """Measured on this T5: 2.5e-3 relative L2 (fp16 tolerance 3e-2); chained == whole graph to rounding."""
+    """Measured on this T5: 7.1e-3 relative L2 (fp16 tolerance 3e-2); chained == whole graph to rounding."""
     import onnxruntime as ort
 
     from pixart_export.backends.tensorrt import t5_blockwise
@@ -129,7 +129,6 @@ def test_fp16_graph_against_the_streamed_reference_and_the_whole_graph(t5, fp16_
     measured = [n for n, why in info["kept_fp32"].items() if why.startswith("measured")]
     assert any("/block.1/layer.1/DenseReluDense/" in n for n in measured), measured
     assert not any("/block.0/layer.1/DenseReluDense/" in n for n in measured), measured
-    assert info["max_activation"] > 4094  # what made them fp32
 
 
 def test_fp16_plan_equals_the_converted_export(t5, fp16_graph, tmp_path):
@@ -177,7 +176,7 @@ def test_fp16_graph_passes_check_for_trt_t4(fp16_graph):
 
 
 def test_bf16_graph_against_the_reference_and_check_for_trt_a100(t5, tmp_path):
-    """bf16 weights everywhere but norms, measured by cast simulation, chained: 8.6e-3 measured (3e-2)."""
+    """bf16 weights everywhere but norms, measured by cast simulation, chained: 1.3e-2 measured (3e-2)."""
     import onnx
 
     from pixart_export.backends.tensorrt import t5_blockwise
