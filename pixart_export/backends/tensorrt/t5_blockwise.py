@@ -333,6 +333,7 @@ class _Assembly:
         graph = helper.make_graph(self.nodes, "text_encoder", self.inputs, self.outputs, self.initializers)
         graph.value_info.extend(self.value_info)
         _dedupe_casts(graph)
+        self.casts = sum(node.op_type == "Cast" for node in graph.node)
         _set_shapes(graph, shapes)
         model = helper.make_model(graph, opset_imports=self.opset, producer_name="pixart_export")
         model.ir_version = self.ir_version
@@ -452,12 +453,11 @@ def build(
         shapes,
         {"pixart_export.graph": "text_encoder", "pixart_export.direct": f"{precision}, block by block"},
     )
-    casts = sum(node.op_type == "Cast" for node in assembly.nodes)
     return {
         "files": files,
         "kept_fp32": kept,
         "keep": keep_choice,
-        "casts": casts,
+        "casts": assembly.casts,
         "max_activation": top,
         "pieces": [p.tag for p in pieces(n)],
         "seconds": round(time.perf_counter() - started, 1),
