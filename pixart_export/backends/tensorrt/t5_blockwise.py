@@ -3,7 +3,10 @@ fp32), made block by block in the precision of the target's T5 plan (`t5_plan.py
 
 Why: the fp32 ONNX export traces the resident fp32 model and holds about 2.3x its weights
 (`benchmarks/results/export_xl.md`; ~41 GiB for T5-XXL), and `fp16.convert` / `bf16.convert` load a
-whole graph. Here no step holds more than one block (0.8 GB in fp32 at XXL width):
+whole graph. Here every step works on one block (0.8 GB in fp32 at XXL width), so the peak is a few
+times one block's weights (its trace, its onnxruntime range session, its conversion) plus the kept
+reference activations, whatever the number of layers (measured: 7.15 GiB at full size, in block 0;
+`tests/test_tensorrt_t5_blockwise.py` checks that it does not grow with the layers):
 
 1. pieces (`pieces`): the encoder as 2 + N small fp32 graphs traced from transformers' own modules of
    the streamed reference (`reference/t5_streamed.py`): `head` (input_ids, attention_mask -> the token
@@ -20,7 +23,7 @@ whole graph. Here no step holds more than one block (0.8 GB in fp32 at XXL width
 3. each piece is converted by the code that converts an exported graph (`fp16.convert`, with the
    piece's ranges, or `bf16.convert`; fp32 as traced for a fallback) and appended to the one
    `text_encoder` graph (`_Assembly`): values renamed, every weight written to the graph's external-data
-   file as the piece is appended, so the graph proto holds no weight and the process at most one piece.
+   file as the piece is appended, so the graph proto holds no weight and the process one piece at a time.
    Between pieces the hidden state is an fp32 graph value (`keep_io_types` of the converter; in the fp16
    plan the residual adds producing it are fp32 anyway); the fp16 Cast of the shared attention bias is
    made once, not once per block (`_dedupe_casts`).
