@@ -219,7 +219,12 @@ def test_remeasure_gives_the_build_figures(ov_cpu):  # noqa: F811
     parity = get_target("ov-cpu").backend.remeasure(folder, manifest, recorded, log=lambda m: None)
     assert parity.ok and [r["file"] for r in parity.graphs] == [r["file"] for r in manifest.parity.graphs]
     for new, old in zip(parity.graphs, manifest.parity.graphs):
-        assert new["rel_l2"] == pytest.approx(old["rel_l2"], rel=1e-3, abs=1e-9)
+        # ov-cpu's rows are fp32 rounding noise (1e-7..3e-6): their exact value follows the order of
+        # OpenVINO's sums, which its TBB scheduler varies with load from other processes (idle: the build's
+        # figures reproduced to 10 digits, 4 runs; under load the VAE decoder's 9.22e-7 remeasured
+        # 1.19e-6). So the rows agree to 1e-3 of the figure or to 1e-6, the fp32 noise level, whichever is
+        # larger; a wrong graph or model is off by orders of magnitude (and parity.ok gates each row).
+        assert new["rel_l2"] == pytest.approx(old["rel_l2"], rel=1e-3, abs=1e-6)
 
 
 def test_parity_command_on_openvino_folder(ov_cpu, tmp_path, capsys):  # noqa: F811
