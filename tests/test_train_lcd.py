@@ -146,3 +146,22 @@ def test_lcd_smoke_student_becomes_self_consistent(teacher_dir, tmp_path):
     assert after < 0.7 * before, (before, after)
     images = ReferencePipeline(load_model(out / "model"))("a red circle", steps=4, output="pt")
     assert images.shape == (1, 3, 128, 128) and torch.isfinite(images).all()
+
+
+def test_init_student_starts_from_that_model(teacher_dir, tmp_path):
+    """`--init-student`: the student and its target start from another model's DiT, not the teacher's
+    (fine-tuning a distilled student after its teacher changed); at lr 0 the written target is that DiT."""
+    from reference.train.common import write_model_folder
+
+    other = load_model(teacher_dir).dit
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    write_model_folder(tmp_path / "other", teacher_dir, dit=other)
+    out = tmp_path / "lcd"
+    args = ["--teacher", str(teacher_dir), "--out", str(out), "--steps", "1", "--batch-size", "4"]
+    lcd.main([*args, "--num-images", "8", "--lr", "0", "--init-student", str(tmp_path / "other"), "--no-progress"])
+    written = load_model(out / "model").dit.state_dict()
+    want, teacher_sd = other.state_dict(), load_model(teacher_dir).dit.state_dict()
+    name = "transformer_blocks.0.attn1.to_q.weight"
+    assert torch.equal(written[name], want[name]) and not torch.equal(written[name], teacher_sd[name])

@@ -158,3 +158,34 @@ def test_out_of_time_by_duration_or_wall_clock():
     assert out_of_time(acc, now - 10, 5.0) and not out_of_time(acc, now, 60.0)
     assert out_of_time(acc, now, 0.0, now - 1) and not out_of_time(acc, now, 0.0, now + 60)
     assert out_of_time(acc, now, 60.0, now - 1)  # whichever comes first
+
+
+def test_free_layout_set_and_fine_tuning_from_a_trained_dit(vae_dir, tmp_path):
+    """`--free-layout` mixes layout.py's scenes into the fixed set (the cache's captions are the ones
+    `dataset_captions` lists, in its order); `--init-from` starts the DiT from that model's weights (step 0's
+    EMA is exactly them), where a fresh run starts from the PixArt initialisation."""
+    from reference.train import common, layout
+
+    run(vae_dir, tmp_path / "first", 2)
+    run(vae_dir, tmp_path / "tuned", 1, "--free-layout", "0.5", "--init-from", str(tmp_path / "first" / "model"))
+    captions = common.dataset_captions(0, 32, 0.5)
+    assert sum(" and " in c or "," in c for c in captions[16:]) > 0  # free-layout captions, last half
+    assert not any(" and " in c for c in captions[:16])
+    cached = next((tmp_path / "tuned").glob("cache-*-free0.5.safetensors"))
+    assert len(load_file(str(cached))["embeds"]) == len(set(captions))
+    assert all(not layout.shows_heldout_pair(layout.scene(0, i)) for i in layout.base_training_indices(0, 16))
+    start = load_model(tmp_path / "first" / "model").dit.state_dict()
+    fresh = teacher.initialize_like_pixart(PixArtDiT(load_model(tmp_path / "first" / "model").dit.config, text_len=120))
+    tuned = load_model(tmp_path / "tuned" / "model").dit.state_dict()
+    # one step at lr 1e-3 with warm-up 5 moves the weights a little; the EMA of step 1 (rate 0: warm-up) is
+    # the trained weights, so: much closer to the start than a fresh initialisation is
+    name = "transformer_blocks.0.attn1.to_q.weight"
+    assert (tuned[name] - start[name]).norm() < 0.1 * (fresh.state_dict()[name] - start[name]).norm()
+
+
+def test_free_layout_needs_a_fixed_set(vae_dir, tmp_path):
+    with pytest.raises(SystemExit, match="--num-images"):
+        teacher.main(
+            ["--vae", str(vae_dir), "--out", str(tmp_path / "x"), "--steps", "1", "--free-layout", "0.5"]
+            + ["--batch-size", "8", "--no-progress"]
+        )

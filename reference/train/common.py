@@ -35,7 +35,7 @@ from ..controlnet import PixArtControlNet
 from ..dit import PixArtDiT
 from ..loading import save_controlnet, save_dit
 from ..text import encode_prompts
-from . import data
+from . import data, layout
 
 CKPT = "ckpt"
 
@@ -264,15 +264,46 @@ def content_digest(paths: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def free_layout_count(count: int, free: float) -> int:
+    """How many of a fixed set's `count` scenes are free-layout scenes (`--free-layout` share)."""
+    return int(round(count * free))
+
+
+def dataset_captions(seed: int, count: int, free: float = 0.0) -> list[str]:
+    """The captions of the fixed set `encode_dataset` builds, in its order, without rendering."""
+    n_free = free_layout_count(count, free)
+    out = data.captions(seed, count - n_free)
+    for i in layout.base_training_indices(seed, n_free):
+        out.append(layout.caption(layout.scene(seed, i), np.random.default_rng([seed, i, 25])))
+    return out
+
+
 @torch.no_grad()
-def encode_dataset(vae, tokenizer, text_encoder, seed: int, count: int, size: int, chunk: int = 32):
-    """(latents [N,4,h,w] scaled, caption ids [N], unique embeds [U,L,C], unique masks [U,L])."""
+def encode_dataset(
+    vae, tokenizer, text_encoder, seed: int, count: int, size: int, chunk: int = 32, free: float = 0.0, bar=None
+):
+    """(latents [N,4,h,w] scaled, caption ids [N], unique embeds [U,L,C], unique masks [U,L]).
+
+    The first N - F scenes are `data.py`'s (captioned layouts on fixed lanes), the last F = `free` x N
+    free-layout scenes (`layout.py`: objects anywhere, captions that mostly name no places, no held-out
+    pair): with them the base model learns to draw shapes wherever a ControlNet will ask (issue #24)."""
     latents, captions = [], []
-    for start in range(0, count, chunk):
-        images, caps, _ = data.dataset(seed, min(chunk, count - start), size, start=start)
+    n_free = free_layout_count(count, free)
+    for start in range(0, count - n_free, chunk):
+        images, caps, _ = data.dataset(seed, min(chunk, count - n_free - start), size, start=start)
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
         latents.append(vae_io.encode(vae, x))
         captions += caps
+        if bar is not None:
+            bar.update(len(caps))
+    free_indices = layout.base_training_indices(seed, n_free)
+    for start in range(0, n_free, chunk):
+        samples = [layout.sample(seed, i, size) for i in free_indices[start : start + chunk]]
+        x = torch.from_numpy(np.stack([s[0] for s in samples])).permute(0, 3, 1, 2).float() / 255.0
+        latents.append(vae_io.encode(vae, x))
+        captions += [s[1] for s in samples]
+        if bar is not None:
+            bar.update(len(samples))
     unique = sorted(set(captions))
     ids = torch.tensor([unique.index(c) for c in captions], dtype=torch.int64)
     embeds, masks = [], []
@@ -407,6 +438,13 @@ def add_stream_args(parser) -> None:
         type=int,
         default=0,
         help="a fixed, cached set of this many scenes instead of the stream (default 0: the stream)",
+    )
+    parser.add_argument(
+        "--free-layout",
+        type=float,
+        default=0.0,
+        help="with --num-images: this share of the set are free-layout scenes (reference.train.layout: "
+        "objects anywhere, captions that mostly name no places; default 0)",
     )
     parser.add_argument("--window", type=int, default=16, help="stream: chunks held in the window (default 16)")
     parser.add_argument("--chunk", type=int, default=512, help="stream: scenes per chunk (default 512)")

@@ -168,3 +168,27 @@ def offcentre_circles(colour: int = 0, r: float = 0.14) -> list[list[Thing]]:
     """Issue #24's probe: one circle at the top, bottom, left and right of the frame."""
     at = [(0.5, 0.2), (0.5, 0.8), (0.2, 0.5), (0.8, 0.5)]
     return [[Thing(0, colour, x, y, r)] for x, y in at]
+
+
+def shows_heldout_pair(things: list[Thing]) -> bool:
+    """Whether two of the objects form one of `data.HELDOUT`'s combinations in either order and either
+    relation: such a scene stays out of the base model's training, so the quality benchmark's held-out
+    pairs stay unseen."""
+    for a in things:
+        for b in things:
+            if a is not b and any(
+                data.Labels(rel, a.shape, a.colour, b.shape, b.colour) in data.HELDOUT for rel in (1, 2)
+            ):
+                return True
+    return False
+
+
+def base_training_indices(seed: int, count: int) -> list[int]:
+    """The first `count` free-layout scene indices of data set `seed` the base model may train on (those
+    that show no held-out pair), in order: deterministic, so a cached set and its caption list agree."""
+    out, i = [], 0
+    while len(out) < count:
+        if not shows_heldout_pair(scene(seed, i)):
+            out.append(i)
+        i += 1
+    return out

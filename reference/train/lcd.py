@@ -141,6 +141,12 @@ def parse_args(argv=None):
     parser.add_argument("--skip", "-k", type=int, default=20, help="skipping interval k in timesteps (default 20)")
     parser.add_argument("--ema-rate", type=float, default=0.95, help="target network EMA rate (default 0.95)")
     parser.add_argument("--huber-c", type=float, default=0.001, help="pseudo-Huber c (default 0.001)")
+    parser.add_argument(
+        "--init-student",
+        default=None,
+        help="start the student and its target from this model's DiT (`tiny`, a folder) instead of the "
+        "teacher's: fine-tuning a distilled student after its teacher was fine-tuned (default: the teacher)",
+    )
     return parser.parse_args(argv)
 
 
@@ -153,9 +159,14 @@ def main(argv=None) -> None:
     embeds, masks = train.frozen_text(teacher_model, dev)
 
     teacher = teacher_model.dit.eval().requires_grad_(False)
-    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    if args.init_student:
+        # Fine-tuning an existing student on a changed teacher (issue #24's free layouts): Algorithm 1
+        # starts theta from the teacher; a student already consistent on the old data needs fewer steps.
+        student = load_model(args.init_student).dit.train().requires_grad_(True)
+    else:
+        student = copy.deepcopy(teacher).train().requires_grad_(True)
     student.null_caption.requires_grad_(False)  # the student is never unconditioned
-    target = copy.deepcopy(teacher).requires_grad_(False)
+    target = copy.deepcopy(student).eval().requires_grad_(False)
     params = [p for p in student.parameters() if p.requires_grad]
     fused = {"fused": True} if dev.type == "cuda" else {}
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, **fused)

@@ -209,6 +209,12 @@ def parse_args(argv=None):
         "whether it is in a colour/shape word of the top/left object, of the bottom/right one, or neither "
         "(the caption parsing a pre-trained language model brings; default 0: none)",
     )
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        help="start the DiT (and its EMA) from this model's DiT (`tiny-teacher`, a folder): fine-tuning a "
+        "trained base on new data instead of training from scratch (default: a fresh --init)",
+    )
     return parser.parse_args(argv)
 
 
@@ -226,12 +232,25 @@ def load_training_set(args, acc, vae_dir: Path, base):
         ]
     )
     key = f"{key}-s{args.seed}-n{args.num_images}-px{args.size}"
-    return vae, common.cached_dataset(
-        args.cache_dir or args.out,
-        key,
-        acc,
-        lambda: common.encode_dataset(vae, base.tokenizer, base.text_encoder, args.seed, args.num_images, args.size),
-    )
+    if args.free_layout:
+        key += f"-free{args.free_layout:g}"
+
+    def build():
+        bar = common.progress(args.num_images, 0, "encode scenes", not args.no_progress)
+        out = common.encode_dataset(
+            vae,
+            base.tokenizer,
+            base.text_encoder,
+            args.seed,
+            args.num_images,
+            args.size,
+            free=args.free_layout,
+            bar=bar,
+        )
+        bar.close()
+        return out
+
+    return vae, common.cached_dataset(args.cache_dir or args.out, key, acc, build)
 
 
 class TrainingData:
@@ -247,7 +266,7 @@ class TrainingData:
             self.vae = vae
             self.latents = train["latents"].to(acc.device)
             self.caption_ids = train["caption_ids"].to(acc.device)
-            self.captions = sorted(set(data.captions(args.seed, args.num_images)))
+            self.captions = sorted(set(common.dataset_captions(args.seed, args.num_images, args.free_layout)))
             self.embeds, self.masks = train["embeds"], train["masks"]
             if len(self.captions) != len(self.embeds):
                 raise SystemExit(
@@ -255,6 +274,8 @@ class TrainingData:
                 )
             self.rows = len(self.latents)
         else:
+            if args.free_layout:
+                raise SystemExit("--free-layout mixes scenes into a fixed set: give --num-images N too")
             self.vae = AutoencoderKL.from_pretrained(str(vae_dir), local_files_only=True).eval()
             self.stream = common.SceneStream(
                 args.seed,
@@ -312,7 +333,9 @@ def main(argv=None) -> None:
 
     torch.manual_seed(args.seed)
     dit = PixArtDiT(base.dit.config, text_len=MAX_TEXT_LEN)
-    if args.init == "pixart":
+    if args.init_from:
+        dit.load_state_dict(load_model(args.init_from).dit.state_dict())
+    elif args.init == "pixart":
         initialize_like_pixart(dit)
     modules = {"dit": dit, "ema": copy.deepcopy(dit).requires_grad_(False)}
     if args.text_encoder == "trained":
