@@ -90,6 +90,24 @@ def test_card_states_the_measured_figures_and_gates(tmp_path):
     assert "ControlNet-Transformer trained on the teacher" in card
 
 
+def test_card_of_a_fine_tuned_run_says_where_each_stage_started(tmp_path):
+    """Issue #24's run: the teacher fine-tuned from another model on a set with free layouts, the student
+    started from the shipped one: the card says so instead of 'pixart initialisation'."""
+    results = fake_run(tmp_path / "run", with_vae=False)
+    for stage, extra in (
+        ("teacher", {"init_from": "runs/free/teacher-phase1/model", "num_images": "12288", "free_layout": "0.5"}),
+        ("lcd", {"init_student": "tiny"}),
+    ):
+        path = tmp_path / "run" / stage / "summary.json"
+        summary = json.loads(path.read_text())
+        summary["args"].update(extra)
+        path.write_text(json.dumps(summary))
+    card = package.model_card(tmp_path / "run", results)
+    assert "fine-tuned from `runs/free/teacher-phase1/model`" in card and "pixart initialisation" not in card
+    assert "a fixed 12288 scenes of data set seed 0, 50% of them free-layout scenes" in card
+    assert "LCD from the teacher, the student started from `tiny`" in card
+
+
 def test_card_without_a_vae_stage_says_the_vae_was_reused(tmp_path):
     results = fake_run(tmp_path / "run", with_vae=False)
     card = package.model_card(tmp_path / "run", results)

@@ -171,7 +171,7 @@ def test_free_layout_set_and_fine_tuning_from_a_trained_dit(vae_dir, tmp_path):
     captions = common.dataset_captions(0, 32, 0.5)
     assert sum(" and " in c or "," in c for c in captions[16:]) > 0  # free-layout captions, last half
     assert not any(" and " in c for c in captions[:16])
-    cached = next((tmp_path / "tuned").glob("cache-*-free0.5.safetensors"))
+    cached = next((tmp_path / "tuned").glob("cache-*-free0.5-*.safetensors"))
     assert len(load_file(str(cached))["embeds"]) == len(set(captions))
     assert all(not layout.shows_heldout_pair(layout.scene(0, i)) for i in layout.base_training_indices(0, 16))
     start = load_model(tmp_path / "first" / "model").dit.state_dict()

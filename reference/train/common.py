@@ -264,6 +264,16 @@ def content_digest(paths: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def data_code_digest() -> str:
+    """The code that renders and encodes a fixed set (scenes, free layouts, the VAE boundary, this module):
+    part of the set's cache key, so a change to how scenes are drawn or chosen never reuses a stale set."""
+    h = hashlib.sha256()
+    for module in (data, layout, vae_io):
+        h.update(Path(module.__file__).read_bytes())
+    h.update(Path(__file__).read_bytes())
+    return h.hexdigest()[:12]
+
+
 def free_layout_count(count: int, free: float) -> int:
     """How many of a fixed set's `count` scenes are free-layout scenes (`--free-layout` share)."""
     return int(round(count * free))

@@ -55,21 +55,47 @@ def text_encoder_line(args: dict, t5: dict | None) -> str:
     return f"- Text encoder and tokenizer: the tiny random T5 ({size}, byte-level ByT5 tokenizer), frozen."
 
 
+def _given(args: dict, key: str) -> str | None:
+    value = args.get(key)
+    return None if value in (None, "None", "") else value
+
+
 def teacher_line(stage: dict) -> str:
     args = stage["args"]
     gamma = float(args.get("snr_gamma", 0))
     weighting = f"min-SNR-{gamma:g} loss weights" if gamma > 0 else "plain MSE"
+    start = (
+        f"fine-tuned from `{_given(args, 'init_from')}`"
+        if _given(args, "init_from")
+        else f"{args.get('init', 'diffusers')} initialisation"
+    )
     return (
         f"- Teacher (`teacher/transformer`, `--model tiny-teacher`): epsilon prediction, linear betas 1e-4..0.02 "
-        f"over 1000 steps, {weighting}, {args.get('init', 'diffusers')} initialisation, 10% captions dropped to "
+        f"over 1000 steps, {weighting}, {start}, 10% captions dropped to "
         f"the learned null caption; {stage['steps']} steps; EMA weights."
+    )
+
+
+def student_line(stage: dict) -> str:
+    start = _given(stage["args"], "init_student")
+    origin = f"LCD from the teacher, the student started from `{start}`" if start else "LCD from the teacher"
+    return (
+        f"- Student (these weights): {origin}, w = 4.5, DDIM solver, k = 20, target EMA 0.95, "
+        f"pseudo-Huber c = 0.001; {stage['steps']} steps; the target network is shipped."
     )
 
 
 def data_line(stage: dict) -> str:
     args = stage["args"]
     if int(args.get("num_images", 0) or 0) > 0:
-        return f"Training set: a fixed {args['num_images']} scenes of data set seed {args.get('seed', 0)}."
+        free = float(args.get("free_layout", 0) or 0)
+        mixed = (
+            f", {free:.0%} of them free-layout scenes (`reference/train/layout.py`: two or three objects anywhere "
+            "in the frame, captions that mostly name no places, no held-out pair)"
+            if free
+            else ""
+        )
+        return f"Training set: a fixed {args['num_images']} scenes of data set seed {args.get('seed', 0)}{mixed}."
     window, chunk = int(args.get("window", 0)), int(args.get("chunk", 0))
     return (
         f"Training data: the seeded scene stream rendered on the fly, a sliding window of {window} x {chunk} = "
@@ -143,8 +169,7 @@ def model_card(run: Path, results: Path, note: str | None = None) -> str:
         lines.append("- VAE: the previously shipped tiny VAE, reused unchanged (frozen).")
     lines += [
         teacher_line(stages["teacher"]),
-        f"- Student (these weights): LCD from the teacher, w = 4.5, DDIM solver, k = 20, target EMA 0.95, "
-        f"pseudo-Huber c = 0.001; {stages['lcd']['steps']} steps; the target network is shipped.",
+        student_line(stages["lcd"]),
         "- ControlNet (`controlnet/`, `--controlnet tiny`): a ControlNet-Transformer trained on the teacher's edge "
         "maps by `reference/train/controlnet.py` and shipped by `reference.train.package_controlnet` (its own card: "
         "`controlnet/MODEL_CARD.md`); valid for the teacher and this student.",

@@ -4,7 +4,7 @@
 # two fixed lanes), so it cannot draw a shape where a control image asks (benchmarks/results/controlnet_layout.md).
 #   nohup reference/train/retrain_free_layout.sh runs/free > runs/free/pipeline.log 2>&1 &
 # Stages (each resumable from its checkpoints, skipped when finished):
-#   teacher  the shipped teacher fine-tuned on a fixed set, FREE share of it free-layout scenes (no held-out
+#   teacher  the shipped teacher (or INIT_FROM) fine-tuned on a fixed set, FREE share of it free-layout scenes (no held-out
 #            pair), T5 frozen (the shipped, trained one)
 #   lcd      Algorithm 1 from the new teacher, the student started from the shipped student (fine-tuning)
 #   cn       the ControlNet-Transformer (N = COPIES) on the new teacher, the same share of free layouts
@@ -26,10 +26,11 @@ CN_BATCH=${CN_BATCH:-32}
 CN_LR=${CN_LR:-5e-4}
 CN_IMAGES=${CN_IMAGES:-4096}
 COPIES=${COPIES:-3}
+INIT_FROM=${INIT_FROM:-tiny-teacher}
 mkdir -p "$RUN"
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 [ -d "$RUN/teacher/model" ] || { stamp teacher; $LAUNCH reference.train.teacher --vae reference/assets/tiny/vae \
-    --base reference/assets/tiny --init-from tiny-teacher --text-encoder frozen --out "$RUN/teacher" \
+    --base reference/assets/tiny --init-from "$INIT_FROM" --text-encoder frozen --out "$RUN/teacher" \
     --steps "$TEACHER_STEPS" --batch-size "$TEACHER_BATCH" --lr "$TEACHER_LR" --warmup 50 --ema-decay 0.995 \
     --num-images "$NUM_IMAGES" --free-layout "$FREE" --cache-dir "$RUN/cache" --ckpt-every 100 --no-progress; }
 [ -d "$RUN/lcd/model" ] || { stamp lcd; $LAUNCH reference.train.lcd --teacher "$RUN/teacher/model" \

@@ -233,7 +233,7 @@ def load_training_set(args, acc, vae_dir: Path, base):
     )
     key = f"{key}-s{args.seed}-n{args.num_images}-px{args.size}"
     if args.free_layout:
-        key += f"-free{args.free_layout:g}"
+        key += f"-free{args.free_layout:g}-{common.data_code_digest()}"
 
     def build():
         bar = common.progress(args.num_images, 0, "encode scenes", not args.no_progress)
