@@ -196,6 +196,10 @@ def main() -> None:
     if not xml.exists():
         ov.save_model(ov.convert_model(str(onnx)), str(xml), compress_to_fp16=False)
     rows = [measure(mode, xml) for mode in args.modes.split(",")]
+    previous = args.out / "int8_calibration_memory.json"
+    if previous.exists():  # a partial rerun (--modes) keeps the other modes' rows
+        done = {r["mode"] for r in rows}
+        rows = [r for r in json.loads(previous.read_text())["rows"] if r["mode"] not in done] + rows
     tokens = (args.size // 16) ** 2
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
