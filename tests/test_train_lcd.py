@@ -165,3 +165,17 @@ def test_init_student_starts_from_that_model(teacher_dir, tmp_path):
     want, teacher_sd = other.state_dict(), load_model(teacher_dir).dit.state_dict()
     name = "transformer_blocks.0.attn1.to_q.weight"
     assert torch.equal(written[name], want[name]) and not torch.equal(written[name], teacher_sd[name])
+
+
+def test_init_student_of_another_architecture_is_refused(teacher_dir, tmp_path):
+    import dataclasses
+
+    from reference.dit import PixArtDiT
+    from reference.train.common import write_model_folder
+
+    config = load_model(teacher_dir).dit.config
+    smaller = PixArtDiT(dataclasses.replace(config, num_layers=config.num_layers - 1), text_len=120)
+    write_model_folder(tmp_path / "other", teacher_dir, dit=smaller)
+    args = ["--teacher", str(teacher_dir), "--out", str(tmp_path / "lcd"), "--steps", "1", "--batch-size", "4"]
+    with pytest.raises(SystemExit, match="is not the teacher's"):
+        lcd.main([*args, "--num-images", "8", "--init-student", str(tmp_path / "other"), "--no-progress"])

@@ -163,6 +163,11 @@ def main(argv=None) -> None:
         # Fine-tuning an existing student on a changed teacher (issue #24's free layouts): Algorithm 1
         # starts theta from the teacher; a student already consistent on the old data needs fewer steps.
         student = load_model(args.init_student).dit.train().requires_grad_(True)
+        if student.config != teacher.config:
+            raise SystemExit(
+                f"--init-student {args.init_student}: its DiT ({student.config}) is not the teacher's "
+                f"({teacher.config})"
+            )
     else:
         student = copy.deepcopy(teacher).train().requires_grad_(True)
     student.null_caption.requires_grad_(False)  # the student is never unconditioned
