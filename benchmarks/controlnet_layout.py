@@ -67,21 +67,21 @@ class Prompts:
         return len(self.captions)
 
 
-def probe_set(model) -> Prompts:
+def probe_set(model, condition: str = "edge") -> Prompts:
     """Issue #24's probe: a red circle, then a red square, at the top, bottom, left and right."""
     things = [[layout.Thing(shape, 0, t.cx, t.cy, t.r)] for shape in (0, 1) for [t] in layout.offcentre_circles()]
-    controls = np.stack([control.condition(layout.render(t)) for t in things])
+    controls = np.stack([control.condition(layout.render(t), condition) for t in things])
     return Prompts(model, controls, [f"a red {data.SHAPES[t[0].shape]}" for t in things], things)
 
 
-def heldout_set(model, count: int) -> Prompts:
+def heldout_set(model, count: int, condition: str = "edge") -> Prompts:
     samples = [layout.sample(EVAL_SEED_LAYOUT, i, heldout=True) for i in range(count)]
     scenes = np.stack([s[0] for s in samples])
-    controls = np.stack([control.condition(s) for s in scenes])
+    controls = np.stack([control.condition(s, condition) for s in scenes])
     return Prompts(model, controls, [s[1] for s in samples], [s[2] for s in samples], scenes)
 
 
-def contradiction_set(model) -> Prompts:
+def contradiction_set(model, condition: str = "edge") -> Prompts:
     """Control: the caption's bottom object on top. Labels: the caption's (as data.Labels tuples)."""
     controls, captions, labels = [], [], []
     for top, bottom in CONTRADICTIONS:
@@ -89,7 +89,7 @@ def contradiction_set(model) -> Prompts:
         drawn = data.Labels(1, bottom[0], bottom[1], top[0], top[1])
         for j in range(CONTRADICTION_JITTERS):
             scene = data.render(drawn, 128, np.random.default_rng([EVAL_SEED_LAYOUT, 77, j, *said.as_tuple()]))
-            controls.append(control.condition(scene))
+            controls.append(control.condition(scene, condition))
             captions.append(data.caption(said))
             labels.append(said.as_tuple())
     return Prompts(model, np.stack(controls), captions, labels=np.asarray(labels))
@@ -129,6 +129,12 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=2, help="noise seeds per scene (default 2)")
     parser.add_argument("--steps", type=int, default=4, help="student LCM steps (default 4)")
     parser.add_argument("--scales", default="0,0.5,1,1.5", help="conditioning scales (default 0,0.5,1,1.5)")
+    parser.add_argument(
+        "--condition",
+        choices=("edge", "mask"),
+        default="edge",
+        help="the control images every ControlNet gets: edge outlines or filled silhouettes (default edge)",
+    )
     parser.add_argument("--sweep", default=None, help="the ControlNet measured at every scale (default the first)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
     parser.add_argument("--classifier-steps", type=int, default=300, help="probe training steps (default 300)")
@@ -150,11 +156,11 @@ def main(argv=None) -> None:
     teacher, student = load_model(args.teacher), load_model(args.student)
     seeds = list(range(args.seeds))
     sets = {
-        "probe": probe_set(student),
-        "held-out": heldout_set(student, args.scenes),
-        "contradict": contradiction_set(student),
+        "probe": probe_set(student, args.condition),
+        "held-out": heldout_set(student, args.scenes, args.condition),
+        "contradict": contradiction_set(student, args.condition),
     }
-    captioned = EvalSet(student, "edge", args.scenes, start=EVAL_START)
+    captioned = EvalSet(student, args.condition, args.scenes, start=EVAL_START)
     sets["captioned"] = Prompts(
         student, captioned.controls, captioned.captions, scenes=captioned.scenes, labels=captioned.labels
     )

@@ -48,6 +48,18 @@ def _layout_module():
     return module
 
 
+def test_layout_sets_draw_the_condition_asked_for():
+    """`--condition mask` gives a silhouette ControlNet filled silhouettes, not the outlines an edge one reads."""
+    from reference.loading import load_model
+
+    bench = _layout_module()
+    model = load_model("tiny")
+    edges, masks = bench.probe_set(model, "edge"), bench.probe_set(model, "mask")
+    dark = lambda controls: float((controls.min(axis=-1) < 128).mean())  # noqa: E731
+    assert dark(masks.controls) > 1.5 * dark(edges.controls)  # a filled disc covers more than its ring
+    assert bench.heldout_set(model, 2, "mask").controls.shape == bench.heldout_set(model, 2).controls.shape
+
+
 @pytest.mark.slow  # samples 8 rows of images on the student: minutes on 2 shared cores
 def test_layout_benchmark_measures_the_shipped_controlnet_end_to_end(tmp_path):
     """benchmarks/controlnet_layout.py on a few scenes: every metric in its table, contradiction controls
