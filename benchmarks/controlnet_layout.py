@@ -256,7 +256,8 @@ def main(argv=None) -> None:
         json.dumps({"meta": meta, "rows": rows, "comparisons": comparisons, "curves": curves}, indent=2) + "\n"
     )
     held = sets["held-out"]
-    cols = [("control (edges)", held.controls), ("no control", images_of[("none", "held-out")])]
+    shown = "edges" if args.condition == "edge" else "silhouettes"
+    cols = [(f"control ({shown})", held.controls), ("no control", images_of[("none", "held-out")])]
     cols += [(f"{r['key']}", images_of[(r["key"], "held-out")]) for r in rows if r["scale"] == 1.0]
     grid(cols, rows=min(6, len(held))).save(args.out / f"{args.name}_grid.png")
     (args.out / f"{args.name}.md").write_text(markdown(meta, rows, comparisons))
