@@ -264,14 +264,19 @@ def content_digest(paths: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def data_code_digest() -> str:
-    """The code that renders and encodes a fixed set (scenes, free layouts, the VAE boundary, this module):
-    part of the set's cache key, so a change to how scenes are drawn or chosen never reuses a stale set."""
+def source_digest(*sources) -> str:
+    """sha256 (12 hex digits) of the source files of `sources` (modules, or paths), in order: the code part
+    of a cached set's key, so a change to how its data is drawn or encoded never reuses a stale set."""
     h = hashlib.sha256()
-    for module in (data, layout, vae_io):
-        h.update(Path(module.__file__).read_bytes())
-    h.update(Path(__file__).read_bytes())
+    for source in sources:
+        h.update(Path(getattr(source, "__file__", source)).read_bytes())
     return h.hexdigest()[:12]
+
+
+def data_code_digest() -> str:
+    """The code that renders and encodes the base's fixed set: scenes, free layouts, the VAE boundary and
+    this module."""
+    return source_digest(data, layout, vae_io, __file__)
 
 
 def free_layout_count(count: int, free: float) -> int:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -72,10 +71,7 @@ def build(base_dit, design: str, copies: int) -> tuple[torch.nn.Module, torch.nn
 
 def code_digest() -> str:
     """What made the cached data besides the weights: the scene, condition and VAE-boundary code."""
-    h = hashlib.sha256()
-    for module in (data, control, layout, vae_io):
-        h.update(Path(module.__file__).read_bytes())
-    return h.hexdigest()[:12]
+    return common.source_digest(data, control, layout, vae_io)
 
 
 @torch.no_grad()
