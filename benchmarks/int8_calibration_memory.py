@@ -13,7 +13,9 @@ RSS is read from `os.wait4`:
 - `one-step-of-4`: the same NNCF call observing only step 0's layers (steps 1-3 in the ignored scope):
   does observing fewer points bound the memory?
 - `one-step-graph`: `quantize_ir` on the one-step `transformer` graph (one LCM step, 28 block instances),
-  what a calibration that never runs the unrolled graph whole would pay per step.
+  what a calibration that never runs the unrolled graph whole would pay per step;
+- `stepwise`: what the build does now (`backends/openvino/stepwise.py`): the unrolled graph's int8 moved
+  step by step from the one-step graph's NNCF quantisation, 2 samples a step.
 
 It also counts the bytes NNCF's statistics model returns per inference (the in-graph reducers' outputs),
 to tell NNCF's stored statistics from OpenVINO's execution of the statistics model.
@@ -94,6 +96,7 @@ def feeds(model, count: int) -> list[dict]:
 def child(mode: str, xml: Path) -> dict:
     """One measurement in this (child) process; prints its JSON."""
     import nncf
+    import numpy as np
     import openvino as ov
 
     from pixart_export.backends.openvino.quantize import (
@@ -146,6 +149,16 @@ def child(mode: str, xml: Path) -> dict:
                 smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=settings.smooth_quant_alpha)
             ),
         )
+    elif mode == "stepwise":  # what the build does now: `stepwise.quantize_unrolled`, 2 samples a step
+        from pixart_export.backends.openvino.stepwise import quantize_unrolled
+
+        step_xml = xml.with_name(xml.name.replace("denoiser_lcm4", "transformer"))
+        step_samples = feeds(core.read_model(str(step_xml)), 2)
+        by_step = [[{**f, "timestep": np.array([t], np.float32)} for f in step_samples] for t in (999, 759, 499, 259)]
+        _, reports = quantize_unrolled(
+            step_xml, xml, xml.with_name(f"s-{xml.name}"), by_step, CANDIDATES[0], xml.parent
+        )
+        info["steps"] = reports
     info["seconds"] = round(time.perf_counter() - t0, 1)
     return info
 
@@ -168,7 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "int8-memory", help="model, export, IR")
     parser.add_argument("--size", type=int, default=1024, help="image size in px (default 1024: 4096 tokens)")
-    parser.add_argument("--modes", default="infer,quantize,one-step-of-4,one-step-graph")
+    parser.add_argument("--modes", default="infer,quantize,one-step-of-4,one-step-graph,stepwise")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--xml", type=Path, help=argparse.SUPPRESS)
