@@ -129,3 +129,33 @@ def test_a_graph_that_is_not_the_unrolled_one_is_refused(ir, samples, tmp_path):
             tmp_path,
         )
     assert not list(tmp_path.iterdir())
+
+
+def test_timestep_only_ops_stay_float_and_the_graph_compiles_at_fixed_shapes(ir, samples, tmp_path):
+    """NNCF's defaults quantise the adaLN MLP of the one-step graph (its timestep is an input); in the
+    unrolled graph that MLP reads only the constant t_k broadcast to the batch, which NNCF leaves float and
+    OpenVINO folds once shapes are static. Moving those quantisers made the graph fail to compile at the
+    parity's static shapes ("m_element_type.is_static()"); they stay float, as whole-graph NNCF leaves them."""
+    from pixart_export.backends.openvino.quantize import CANDIDATES, STEPWISE
+    from pixart_export.backends.openvino.stepwise import quantize_unrolled
+
+    train, _ = samples
+    defaults = next(c for c in CANDIDATES if c.name == "nncf-defaults")
+    by_step = [s[:1] for s in train[STEPWISE.format("denoiser_lcm4")]]
+    _, reports = quantize_unrolled(
+        ir["transformer"], ir["denoiser_lcm4"], tmp_path / "q.xml", by_step, defaults, tmp_path
+    )
+    assert all(r["left_float_as_constant_in_the_unrolled_graph"] > 0 for r in reports)
+    core = ov.Core()
+    graph = core.read_model(str(tmp_path / "q.xml"))
+    graph.reshape(
+        {
+            p.get_any_name(): ov.PartialShape([2 if d.is_dynamic else d.get_length() for d in p.get_partial_shape()])
+            for p in graph.inputs
+        }
+    )
+    assert not any(
+        op.get_friendly_name().startswith("/step.1/transformer/adaln_single/") and op.get_type_name() == "FakeQuantize"
+        for op in graph.get_ops()
+    )
+    core.compile_model(graph, "CPU")
