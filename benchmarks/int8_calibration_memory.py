@@ -156,7 +156,7 @@ def child(mode: str, xml: Path) -> dict:
         step_samples = feeds(core.read_model(str(step_xml)), 2)
         by_step = [[{**f, "timestep": np.array([t], np.float32)} for f in step_samples] for t in (999, 759, 499, 259)]
         _, reports = quantize_unrolled(
-            step_xml, xml, xml.with_name(f"s-{xml.name}"), by_step, CANDIDATES[0], xml.parent
+            step_xml, xml, xml.with_name(f"s-{xml.name}"), by_step, CANDIDATES[0], xml.parent, quantize_ir
         )
         info["steps"] = reports
     info["seconds"] = round(time.perf_counter() - t0, 1)

@@ -6,7 +6,10 @@
   calibration set is what the transformer really sees: `calibration.collect` runs the reference
   text encoder and LCM sampler over the DiT on the calibration prompts (batch 1, seed 0 + prompt
   index) and records every step's inputs (one-step graph) and every prompt's (x_T, step noise,
-  embeddings) (unrolled graph, whose K steps each get their own scales).
+  embeddings) (unrolled graph, whose K steps each get their own scales). The plain unrolled graph is
+  calibrated one step at a time on the one-step graph (`stepwise.py`: NNCF on the whole unrolled graph
+  needs memory that grows with it, past 24 GiB for XL at 1024 px); its held-out scores use the unrolled
+  samples.
   The settings (SmoothQuant alpha, ignored scopes) are chosen by measurement: each candidate of
   `CANDIDATES` is quantised on the unrolled denoiser (the graph `run` executes) and scored by its
   relative L2 error against the fp32 graph on held-out prompts; the best is used for both graphs,
@@ -191,7 +194,7 @@ def quantize_graph(
         r for r in records if r["graph"] == "transformer" and (r["height"], r["width"]) == (rec["height"], rec["width"])
     )
     return quantize_unrolled(
-        fp32_dir / step["file"], fp32_dir / rec["file"], xml_out, train[key], settings, xml_out.parent, log
+        fp32_dir / step["file"], fp32_dir / rec["file"], xml_out, train[key], settings, xml_out.parent, quantize_ir, log
     )
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 #: Node types that are values, not computations: never matched as ops, never moved as frontiers.
 _LEAVES = ("Constant",)
@@ -233,14 +234,14 @@ def quantize_unrolled(
     samples_by_step: list[list[dict]],
     settings,
     work: Path,
+    quantize_ir: Callable,
     log=lambda s: None,
 ) -> tuple[list[str], list[dict]]:
     """int8 `unrolled_xml` (fp32 IR of `denoiser_lcm{K}`) into `xml_out` (+ .bin), step k's quantisation
-    being NNCF's of `step_xml` (the fp32 one-step graph) on `samples_by_step[k]`; each step's one-step IR
-    is written in `work` and removed. Returns the files written and a report per step."""
+    being `quantize_ir(step_xml, out, samples_by_step[k], settings)` (`quantize.quantize_ir`: NNCF on the
+    fp32 one-step graph); each step's one-step IR is written in `work` and removed. Returns the files
+    written and a report per step."""
     import openvino as ov
-
-    from .quantize import quantize_ir
 
     core = ov.Core()
     unrolled = core.read_model(str(unrolled_xml))
