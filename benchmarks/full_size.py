@@ -491,6 +491,14 @@ def render(data: dict) -> str:
 
 def _render_check(check: dict) -> list[str]:
     gib = 2**30
+    if "resolution" not in check:  # a recorded attempt that did not finish (`check_1024_attempt`)
+        return [
+            f"## An earlier build-and-run attempt ({check.get('started_utc', '?')} - "
+            f"{check.get('ended_utc', '?')} UTC)",
+            "",
+            f"`{check.get('command', '')}`: {check.get('result', '')}",
+            "",
+        ]
     h, w = check["resolution"]
     lines = [f"## Build-and-run check at {h}x{w} px (`full_size.py check`)", ""]
     build_record = check.get("build")
@@ -499,8 +507,8 @@ def _render_check(check: dict) -> list[str]:
             f"Build: {build_record['seconds'] / 60:.0f} min, engine folder {check['engine_bytes'] / gib:.2f} GiB. "
             "Stages (seconds, the process's own peak RSS GiB): "
             + ", ".join(
-                f"{st['name'].split(' ')[0]} {st['seconds']:.0f} s / {own_and_child(st)[0] / gib:.2f}"
-                + (f" (+ child {own_and_child(st)[1] / gib:.2f})" if own_and_child(st)[1] else "")
+                f"{st['name'].split(' ')[0]} {st['seconds']:.0f} s / {own_and_child(st, False)[0] / gib:.2f}"
+                + _child_text(st)
                 for st in check["build_stages"]
             )
             + "."
@@ -516,14 +524,28 @@ def _render_check(check: dict) -> list[str]:
     return lines + [""]
 
 
-def own_and_child(stage: dict) -> tuple[int, int]:
+def _child_text(stage: dict) -> str:
+    """How a (current-format) stage record's child figure reads beside the process's own peak."""
+    own, child = own_and_child(stage, False)
+    if not child:
+        return ""
+    if stage.get("children_measured_with_parent"):
+        return f" (with a child at once: {child / 2**30:.2f})"
+    if stage.get("children_peak_is_bound"):
+        return f" (an earlier child's {child / 2**30:.2f}, a bound, not added)"
+    return f" (+ child {child / 2**30:.2f})"
+
+
+def own_and_child(stage: dict, legacy: bool = True) -> tuple[int, int]:
     """(the build process's own peak, the child's peak) of a stage record, bytes. Records written before
-    `StageMeter.child_ran` added every child's peak, a bound among them; later ones add only an exact
-    child and leave a bound beside (then the figure is below the bound, which tells the two apart)."""
+    `StageMeter.child_ran` (`legacy`) added every child's peak, a bound among them; later ones add only an
+    exact child and leave a bound beside, unadded (`resources.StageMeter.record`). A legacy record whose
+    figure is below its bound cannot have added it."""
     child = stage.get("children_peak_rss_bytes", 0)
     if stage.get("children_measured_with_parent"):
         return stage["peak_rss_bytes"], child
-    added = child and (not stage.get("children_peak_is_bound") or stage["peak_rss_bytes"] >= child)
+    bound = stage.get("children_peak_is_bound")
+    added = child and (not bound or (legacy and stage["peak_rss_bytes"] >= child))
     return (stage["peak_rss_bytes"] - child if added else stage["peak_rss_bytes"]), child
 
 
