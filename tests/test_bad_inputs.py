@@ -174,6 +174,24 @@ def test_run_values_are_checked(tmp_path, capsys, extra, match):
     refused(capsys, run_argv(folder, tmp_path / "x.png", *extra), match, root=tmp_path)
 
 
+def test_a_bucket_the_engine_lacks_is_named_before_disk_space(tmp_path, capsys, monkeypatch):
+    """A 65536x65536 request on a disk with less than its 12.9 GB of PNG room: the answer is that the
+    engine has no such bucket (what the user must change), not that the disk is full (a fresh clone's
+    suite failed that way on a machine with 12.8 GB free)."""
+    import os
+
+    folder = tiny_engine()[0]
+    real = os.statvfs
+
+    class Full:
+        def __init__(self, st):
+            self.f_frsize, self.f_bavail = st.f_frsize, 1
+
+    monkeypatch.setattr(os, "statvfs", lambda p: Full(real(p)))
+    refused(capsys, run_argv(folder, tmp_path / "x.png", "--resolution", "65536"), r"not in this engine", root=tmp_path)
+    refused(capsys, run_argv(folder, tmp_path / "x.png"), r"bytes free on its file system", root=tmp_path)
+
+
 @pytest.mark.parametrize(
     "extra,match",
     [

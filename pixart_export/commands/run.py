@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         decoder=args.decoder,
         **options,
     )
-    _options.check_free_space(paths, *(args.resolution or pipe.resolutions[0]))  # before the inference
+    # a bucket the engine has (else its own error, not a disk-space one), then room for it, before the inference
+    _options.check_free_space(paths, *pipe.bucket(args.resolution))
     chunks = pipe.chunks(
         args.prompt,
         seed=args.seed,

@@ -127,7 +127,8 @@ class Pipeline:
         ids, mask = self.tokenizer(prompts)
         return self.run("text_encoder", {"input_ids": ids, "attention_mask": mask})[0], mask
 
-    def _resolution(self, resolution) -> tuple[int, int]:
+    def bucket(self, resolution=None) -> tuple[int, int]:
+        """(height, width) of `resolution` (None: the first bucket); UserError for one the engine lacks."""
         if resolution is None:
             return self.resolutions[0]
         h, w = (resolution, resolution) if isinstance(resolution, int) else tuple(int(v) for v in resolution)
@@ -174,7 +175,7 @@ class Pipeline:
             raise UserError("no prompt given")
         if not math.isfinite(conditioning_scale):
             raise UserError(f"conditioning scale {conditioning_scale}: give a finite number")
-        height, width = self._resolution(resolution)
+        height, width = self.bucket(resolution)
         for p in prompts:  # every prompt checked before the first chunk runs
             self.encode_check(p)
         f = self.manifest.vae_scale_factor
